@@ -1,0 +1,1 @@
+"""Sensor sources (thin IO adapters) and the pure decoders behind them."""

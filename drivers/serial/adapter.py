@@ -1,0 +1,144 @@
+"""The serial adapter: the only module that imports pyserial (house style, habit 3).
+
+It opens a port by path (stable names such as ``/dev/serial/by-id/...`` are symlinks and work as they are), reads
+whatever arrives through the event loop (``add_reader``, no thread per port), and hands the bytes to a pure
+protocol. When the device goes away (a USB adapter pulled out, a pty closed), reads fail; the adapter closes,
+counts ``reopen`` and opens again with exponential backoff, forever, until cancelled. It never hangs on a dead
+port: a silent port is only counted (``silent``).
+"""
+
+import asyncio
+import logging
+import os
+import select
+
+import serial
+
+from drivers.base import Source
+from gateway.model import Reading
+
+log = logging.getLogger(__name__)
+
+PARITIES = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
+
+
+class PortGone(Exception):
+    pass
+
+
+class SerialSource(Source):
+    def __init__(self, name, port, protocol, clock, baud=9600, bytesize=8, parity="N", stopbits=1,
+                 backoff_min=0.2, backoff_max=30.0, silent_after=60.0, opener=None):
+        super().__init__()
+        if parity not in PARITIES:
+            raise ValueError("parity must be N, E or O")
+        self.name = name
+        self.port = port
+        self.protocol = protocol
+        self.clock = clock
+        self.settings = dict(baudrate=baud, bytesize=bytesize, parity=PARITIES[parity], stopbits=stopbits)
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.silent_after = silent_after
+        self.opener = opener or self._open
+        self.connected = False
+        self.last_data = None
+
+    def _open(self):
+        return serial.Serial(self.port, timeout=0, write_timeout=0, exclusive=True, **self.settings)
+
+    async def run(self, emit):
+        delay = self.backoff_min
+        while True:
+            try:
+                ser = self.opener()
+            except (serial.SerialException, OSError, ValueError) as exc:
+                self.count("open_failed")
+                log.warning("%s: cannot open %s: %s; retrying in %.1f s", self.name, self.port, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff_max)
+                continue
+            self.count("opened")
+            self.connected = True
+            log.info("%s: opened %s", self.name, self.port)
+            try:
+                await self._pump(ser, emit)
+                delay = self.backoff_min
+            except PortGone as exc:
+                self.count("reopen")
+                log.warning("%s: %s went away (%s); reopening", self.name, self.port, exc)
+            finally:
+                self.connected = False
+                try:
+                    ser.close()
+                except (serial.SerialException, OSError):
+                    pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.backoff_max)
+
+    async def _pump(self, ser, emit):
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        fd = ser.fileno()
+        loop.add_reader(fd, ready.set)
+        interval = getattr(self.protocol, "poll_interval", 0.5)
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(ready.wait(), interval)
+                except asyncio.TimeoutError:
+                    pass
+                now = self.clock.monotonic()
+                if ready.is_set():
+                    ready.clear()
+                    try:
+                        # pyserial opened the fd non-blocking; reading it directly tells a spurious wake-up
+                        # (EAGAIN) from a device that went away (EIO or end of file).
+                        data = os.read(fd, 4096)
+                    except BlockingIOError:
+                        continue
+                    except OSError as exc:
+                        raise PortGone(exc) from exc
+                    if not data:
+                        # A raw tty with VMIN=0 reads 0 bytes when nothing is there, and the loop's reader
+                        # callback can fire after we already drained it. Gone means: readable, yet empty twice.
+                        if not select.select([fd], [], [], 0)[0]:
+                            continue
+                        try:
+                            data = os.read(fd, 4096)
+                        except BlockingIOError:
+                            continue
+                        except OSError as exc:
+                            raise PortGone(exc) from exc
+                        if not data:
+                            raise PortGone("end of file")
+                    self.count("bytes", len(data))
+                    self.last_data = now
+                    self._deliver(self.protocol.feed(data, now), now, emit)
+                elif self.last_data is not None and now - self.last_data > self.silent_after:
+                    self.count("silent")
+                    self.last_data = now
+                out = self.protocol.poll(now)
+                if out:
+                    try:
+                        ser.write(out)
+                    except (serial.SerialException, OSError) as exc:
+                        raise PortGone(exc) from exc
+                    except serial.SerialTimeoutException:
+                        self.count("write_timeout")
+                for reason, n in self.protocol.errors.items():
+                    self.counters["error." + reason] = n
+        finally:
+            loop.remove_reader(fd)
+
+    def _deliver(self, decoded, now, emit):
+        for sensor, measurements in decoded:
+            sensor = sensor or self.name
+            for m in measurements:
+                emit(Reading(sensor, m.name, m.value, m.unit, now, m.resolution))
+            self.count("records")
+
+    def status(self):
+        s = super().status()
+        s.update(port=self.port, connected=self.connected)
+        return s

@@ -1,0 +1,370 @@
+"""Wiring and lifecycle: sources -> rules -> batcher -> sign -> store -> uplink.
+
+The agent is the small daemon shell around pure stages. It runs on one asyncio loop:
+
+* sources call ``emit`` with readings; rules filter them; the batcher cuts batches, which are signed at once;
+* a commit task writes every batch waiting for the disk in one transaction (group commit: under load, many
+  batches share one fsync), on a dedicated store thread;
+* an uplink task sends what the store holds, alarms first, acknowledging (deleting) only after the upstream said
+  so, with capped exponential backoff and jitter, honouring ``Retry-After``;
+* an alarm event is cut into a batch of its own at once and wakes the uplink, which re-reads the queue after
+  every send, so an alarm overtakes a backlog after at most one batch in flight.
+
+Backpressure: at most ``max_pending`` signed batches wait in memory for the disk. While the store refuses writes
+(full disk, read-only directory) they are also sent straight from memory. When memory is full too, the oldest
+non-alarm batch in memory is dropped and counted (``memory_dropped_*``): the agent degrades, it does not die.
+"""
+
+import asyncio
+import collections
+import logging
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+from gateway import senml, wire
+from gateway.batcher import Batcher, TimeBase
+from gateway.errors import StoreError, UplinkError
+from gateway.model import EncodedBatch, Event, Reading
+
+log = logging.getLogger(__name__)
+
+HEALTH_SENSOR = "health"
+
+
+class Backoff:
+    """Capped exponential backoff with jitter; ``reset`` on success."""
+
+    def __init__(self, low=0.5, high=300.0, rng=None):
+        self.low, self.high = low, high
+        self.rng = rng or random.Random()
+        self.failures = 0
+
+    def next(self, retry_after=None):
+        delay = min(self.high, self.low * (2 ** self.failures))
+        self.failures = min(self.failures + 1, 32)
+        delay *= 0.5 + 0.5 * self.rng.random()
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, 3600.0))
+        return delay
+
+    def reset(self):
+        self.failures = 0
+
+
+class Agent:
+    def __init__(self, *, gw, key, store, uplink, sources=(), clock, batch=None, rules=None, rng=None,
+                 backoff=(0.5, 300.0), max_pending=256, health_interval=60.0, on_commit=None, on_sent=None):
+        self.gw = gw
+        self.prefix = gw + "/"
+        self.store = store
+        self.uplink = uplink
+        self.sources = list(sources)
+        self.clock = clock
+        self.rules = rules
+        self.signer = wire.Signer(key)
+        self.kid = key.kid
+        max_readings = getattr(batch, "max_readings", 1000)
+        self.batcher = Batcher(max_readings, getattr(batch, "max_age_s", 10.0))
+        self.time_quantum = getattr(batch, "time_quantum_s", 1.0)
+        self.timebase = TimeBase(clock)
+        self.rng = rng or random.Random()
+        self.backoff = Backoff(backoff[0], backoff[1], self.rng)
+        self.max_pending = max_pending
+        self.health_interval = health_interval
+        self.on_commit = on_commit
+        self.on_sent = on_sent
+        self.boot = store.next_boot()
+        self.seq = 0
+        self.started = clock.monotonic()
+        self.counters = collections.Counter()
+        self.uplink_state = "starting"
+        self.last_ack = None
+        self.last_error = None
+        self.store_ok = True
+        self._pending = collections.deque()
+        self._last_health = None
+        self._health_sent = {}
+        self._store_thread = ThreadPoolExecutor(1, "store")
+        self._uplink_thread = ThreadPoolExecutor(1, "uplink")
+        self._commit_wake = None
+        self._uplink_wake = None
+        self._alarm_waiting = False
+        self._loop = None
+
+    # -- input side (runs on the event loop, must be fast and must not raise for bad data) ---------------------
+    def emit(self, item):
+        cls = item.__class__
+        if cls is Reading:
+            self.counters["readings_in"] += 1
+            if self.rules is None:
+                self._add(item)
+                return
+            result = self.rules.process(item)
+            for r in result.send:
+                self._add(r)
+            for e in result.events:
+                self._event(e)
+        elif isinstance(item, Event):
+            self._event(item)
+        else:
+            self.counters["emit_bad_type"] += 1
+
+    def _add(self, item):
+        if self.batcher.add(item, self.clock.monotonic()):
+            self._cut()
+
+    def _event(self, event):
+        self.counters["events"] += 1
+        if event.alarm:
+            self.counters["alarms"] += 1
+            self._seal([], [event], priority=1)
+        else:
+            self._add(event)
+
+    def _cut(self):
+        readings, events = self.batcher.cut()
+        now = self.clock.monotonic()
+        if self._last_health is None or now - self._last_health >= self.health_interval:
+            readings = readings + self._health_readings(now)
+        if readings or events:
+            self._seal(readings, events, priority=0)
+
+    def _seal(self, readings, events, priority):
+        """Encode and sign a batch; it waits in memory until the commit task writes it."""
+        synced = self.timebase.refresh()
+        records = senml.encode_records(readings, events, self.prefix, time_quantum=self.time_quantum,
+                                       to_wire=self.timebase.to_wire)
+        payload = wire.encode_payload(self.gw, self.boot, self.seq, synced, records, self.timebase.anchor())
+        batch = EncodedBatch(self.boot, self.seq, self.signer(payload), priority, len(readings), len(events),
+                             self.clock.wall())
+        self.seq += 1
+        self.counters["batches_cut"] += 1
+        if len(self._pending) >= self.max_pending:
+            self._drop_from_memory()
+        self._pending.append(batch)
+        if priority:
+            self._alarm_waiting = True
+        if self._commit_wake is not None:
+            self._commit_wake.set()
+        return batch
+
+    def _drop_from_memory(self):
+        victim = next((b for b in self._pending if not b.priority), None) or self._pending[0]
+        self._pending.remove(victim)
+        self.counters["memory_dropped_batches"] += 1
+        self.counters["memory_dropped_readings"] += victim.readings
+
+    def _health_readings(self, now):
+        self._last_health = now
+        values = {}
+        try:
+            values.update(self.store.counters())
+        except StoreError:
+            values["store_errors"] = self.counters["store_errors"]
+        for key in ("memory_dropped_batches", "memory_dropped_readings", "store_errors"):
+            values[key] = self.counters[key]
+        for src in self.sources:
+            for key, n in src.counters.items():
+                if key.startswith("error.") or key in ("reopen", "restarts", "open_failed", "silent"):
+                    values["%s.%s" % (src.name, key)] = n
+        keep = ("dropped_batches", "dropped_readings", "dropped_alarm_batches", "expired_batches", "quarantined")
+        out = []
+        for key, value in values.items():
+            if key in keep or "error" in key or "dropped" in key or "reopen" in key or "restarts" in key \
+                    or "silent" in key or "open_failed" in key:
+                if self._health_sent.get(key) != value:
+                    self._health_sent[key] = value
+                    out.append(Reading(HEALTH_SENSOR, key, value, None, now))
+        return out
+
+    # -- the commit task --------------------------------------------------------------------------------------
+    async def _commit_loop(self):
+        loop = asyncio.get_running_loop()
+        delay = 0.5
+        while True:
+            await self._commit_wake.wait()
+            self._commit_wake.clear()
+            while self._pending:
+                batches = list(self._pending)
+                try:
+                    ids = await loop.run_in_executor(self._store_thread, self.store.put_many, batches)
+                except StoreError as exc:
+                    self.counters["store_errors"] += 1
+                    if self.store_ok or self.last_error != str(exc):
+                        log.error("store: %s; keeping up to %d batches in memory", exc, self.max_pending)
+                    self.store_ok = False
+                    self.last_error = str(exc)
+                    self._uplink_wake.set()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+                    continue
+                if not self.store_ok:
+                    log.warning("store: writable again")
+                self.store_ok = True
+                delay = 0.5
+                committed = set(map(id, batches))
+                self._pending = collections.deque(b for b in self._pending if id(b) not in committed)
+                self.counters["batches_committed"] += len(batches)
+                self.counters["readings_committed"] += sum(b.readings for b in batches)
+                if self.on_commit:
+                    for b, sid in zip(batches, ids):
+                        self.on_commit(b, sid)
+                self._uplink_wake.set()
+
+    # -- the uplink task --------------------------------------------------------------------------------------
+    async def _next_batches(self, limit=8):
+        if self.store_ok:
+            loop = asyncio.get_running_loop()
+            try:
+                return await loop.run_in_executor(self._store_thread, self.store.pending, limit)
+            except StoreError as exc:
+                self.store_ok = False
+                self.last_error = str(exc)
+        batches = sorted(self._pending, key=lambda b: -b.priority)
+        return batches[:limit]
+
+    async def _uplink_loop(self):
+        loop = asyncio.get_running_loop()
+        while True:
+            batches = await self._next_batches()
+            if not batches:
+                if self.uplink_state != "down":
+                    self.uplink_state = "idle"
+                try:
+                    await asyncio.wait_for(self._uplink_wake.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+                self._uplink_wake.clear()
+                continue
+            self._alarm_waiting = False
+            for batch in batches:
+                try:
+                    await loop.run_in_executor(self._uplink_thread, self.uplink.send, batch)
+                except UplinkError as exc:
+                    self.last_error = str(exc)
+                    if not exc.retryable:
+                        await self._quarantine(batch, str(exc))
+                        continue
+                    self.counters["uplink_failures"] += 1
+                    delay = self.backoff.next(exc.retry_after)
+                    if self.uplink_state != "down":
+                        log.warning("uplink: %s; retrying in %.1f s", exc, delay)
+                    self.uplink_state = "down"
+                    await asyncio.sleep(delay)
+                    break
+                self.backoff.reset()
+                if self.uplink_state == "down":
+                    log.info("uplink: delivering again")
+                self.uplink_state = "up"
+                self.last_ack = self.clock.wall()
+                self.counters["batches_sent"] += 1
+                self.counters["readings_sent"] += batch.readings
+                await self._ack(batch)
+                if self.on_sent:
+                    self.on_sent(batch)
+                if self._alarm_waiting and not batch.priority:
+                    break  # an alarm was cut meanwhile: re-read the queue so it goes next
+
+    async def _ack(self, batch):
+        if batch.store_id is None:
+            try:
+                self._pending.remove(batch)
+            except ValueError:
+                pass
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._store_thread, self.store.ack, [batch.store_id])
+        except StoreError as exc:
+            # The batch stays queued and will be sent again: a duplicate the backend drops, never a loss.
+            self.counters["store_errors"] += 1
+            self.last_error = str(exc)
+            log.error("store: cannot delete acknowledged batch %s: %s", batch.key, exc)
+
+    async def _quarantine(self, batch, reason):
+        self.counters["quarantined"] += 1
+        log.warning("uplink rejected batch %s (%s); quarantined", batch.key, reason)
+        if batch.store_id is None:
+            self._pending.remove(batch)
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._store_thread, self.store.quarantine, batch.store_id, reason)
+        except StoreError as exc:
+            self.counters["store_errors"] += 1
+            log.error("store: cannot quarantine batch %s: %s", batch.key, exc)
+
+    # -- the ticker ------------------------------------------------------------------------------------------
+    async def _tick_loop(self, period=0.2):
+        while True:
+            await asyncio.sleep(period)
+            now = self.clock.monotonic()
+            if self.rules is not None:
+                result = self.rules.tick(now)
+                for r in result.send:
+                    self._add(r)
+                for e in result.events:
+                    self._event(e)
+            if self.batcher.due(now):
+                self._cut()
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    async def run(self, stop, drain_timeout=0.0):
+        """Run until ``stop`` (an asyncio.Event) is set; then flush, commit, optionally drain, and return."""
+        self._loop = asyncio.get_running_loop()
+        self._commit_wake = asyncio.Event()
+        self._uplink_wake = asyncio.Event()
+        log.info("agent %s starting: boot epoch %d, kid %s, uplink %s", self.gw, self.boot, self.kid,
+                 self.uplink.describe())
+        source_tasks = [asyncio.create_task(s.run(self.emit), name="source:" + s.name) for s in self.sources]
+        core = [asyncio.create_task(self._commit_loop(), name="commit"),
+                asyncio.create_task(self._uplink_loop(), name="uplink"),
+                asyncio.create_task(self._tick_loop(), name="tick")]
+        try:
+            waiter = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([waiter] + core + source_tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not waiter and task.exception() is not None:
+                    raise task.exception()
+        finally:
+            for task in source_tasks:
+                task.cancel()
+            await asyncio.gather(*source_tasks, return_exceptions=True)
+            if self.rules is not None and hasattr(self.rules, "flush"):
+                result = self.rules.flush()
+                for r in getattr(result, "send", result):
+                    self._add(r)
+            self._cut()
+            self._commit_wake.set()
+            await self._wait(lambda: not self._pending, 10.0)
+            if drain_timeout:
+                await self._wait(lambda: self.depth()[0] == 0, drain_timeout)
+            for task in core:
+                task.cancel()
+            await asyncio.gather(*core, return_exceptions=True)
+            self._uplink_thread.shutdown(wait=True)
+            self.uplink.close()
+            self._store_thread.shutdown(wait=True)
+
+    async def _wait(self, predicate, timeout):
+        deadline = self._loop.time() + timeout
+        while not predicate() and self._loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return predicate()
+
+    def depth(self):
+        try:
+            return self.store.depth()
+        except StoreError:
+            return (len(self._pending), sum(b.readings for b in self._pending), 0, 0)
+
+    def status(self):
+        """A snapshot for the console, ``doctor`` and the demo summary."""
+        n, readings, size, alarms = self.depth()
+        return {"gateway": self.gw, "boot": self.boot, "kid": self.kid,
+                "uptime_s": round(self.clock.monotonic() - self.started, 1), "clock_synced": self.timebase.synced,
+                "uplink": self.uplink.describe(), "uplink_state": self.uplink_state, "last_ack": self.last_ack,
+                "last_error": self.last_error, "store_ok": self.store_ok, "queue_batches": n,
+                "queue_readings": readings, "queue_bytes": size, "queue_alarms": alarms,
+                "memory_batches": len(self._pending), "counters": dict(self.counters),
+                "sources": [s.status() for s in self.sources]}

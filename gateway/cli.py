@@ -1,0 +1,214 @@
+"""``edge-gateway``: the one entry point. It only parses arguments and wires things together (habit 10).
+
+Subcommands and flags are a contract with scripts outside the project (``../shared/DESIGN.md``, CLI contract):
+change them only in backward-compatible ways.
+"""
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+
+from gateway import __version__
+
+log = logging.getLogger("gateway")
+
+
+def _setup_logging(level):
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_demo(args):
+    from gateway.demo import run_demo
+    _setup_logging("warning" if not args.verbose else "info")
+    summary = run_demo(args)
+    ok = summary["batches_sent"] > 0 and summary["batches_rejected"] == 0
+    return 0 if ok else 1
+
+
+def cmd_run(args):
+    from gateway.config import load
+    from gateway.errors import ConfigError, KeyFileError, StoreError
+    from gateway.service import run_service
+    try:
+        cfg = load(args.config)
+    except ConfigError as exc:
+        print("edge-gateway: config error: %s" % exc, file=sys.stderr)
+        return 2
+    _setup_logging(cfg.gateway.log_level)
+    try:
+        return asyncio.run(run_service(cfg))
+    except (ConfigError, KeyFileError, StoreError) as exc:
+        print("edge-gateway: %s" % exc, file=sys.stderr)
+        return 2
+
+
+def cmd_receive(args):
+    from gateway.errors import KeyFileError
+    from gateway.keys import TrustStore
+    from gateway.receiver import Receiver, ReceiverServer
+    _setup_logging(args.log_level)
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        print("edge-gateway: --listen must be HOST:PORT, e.g. 127.0.0.1:8080", file=sys.stderr)
+        return 2
+    try:
+        trust = TrustStore.load(args.trust)
+    except KeyFileError as exc:
+        print("edge-gateway: %s" % exc, file=sys.stderr)
+        return 2
+    receiver = Receiver(args.db, trust)
+    server = ReceiverServer(receiver, host.strip("[]"), int(port)).start()
+    print("receiving on %s (trust store %s: %d keys, database %s)" % (server.url, args.trust, len(trust.keys),
+                                                                     args.db), flush=True)
+    consumer = None
+    if args.mqtt:
+        from gateway.uplink.mqtt import MqttConsumer
+        consumer = MqttConsumer.from_url(args.mqtt, receiver, group=args.mqtt_group).start()
+    stopped = []
+    signal.signal(signal.SIGTERM, lambda *a: stopped.append(1))
+    try:
+        while not stopped:
+            signal.pause() if hasattr(signal, "pause") else None
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if consumer:
+            consumer.stop()
+        server.stop()
+        print(json.dumps(receiver.stats(), sort_keys=True), flush=True)
+        receiver.close()
+    return 0
+
+
+def cmd_verify(args):
+    from gateway.errors import KeyFileError, VerifyError
+    from gateway.keys import TrustStore
+    from gateway.wire import verify
+    try:
+        trust = TrustStore.load(args.trust)
+    except KeyFileError as exc:
+        print("edge-gateway: %s" % exc, file=sys.stderr)
+        return 2
+    lines, failed = [], 0
+    for path in args.files:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            batch = verify(data, trust)
+        except OSError as exc:
+            print("%s: cannot read: %s" % (path, exc.strerror), file=sys.stderr)
+            failed += 1
+            continue
+        except VerifyError as exc:
+            print("%s: rejected (%s): %s" % (path, exc.reason, exc), file=sys.stderr)
+            failed += 1
+            continue
+        for rec in batch.records:
+            out = {"gw": batch.gw, "boot": batch.boot, "seq": batch.seq, "clock": batch.clock}
+            out.update(rec)
+            if "vd" in out:
+                out["vd"] = out["vd"].hex()
+            lines.append(json.dumps(out, sort_keys=True))
+    if failed:
+        print("edge-gateway: %d of %d files failed verification" % (failed, len(args.files)), file=sys.stderr)
+        return 1
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    return 0
+
+
+def cmd_decode(args):
+    from drivers.formats import cli_decoder
+    from gateway.errors import DecodeError
+    try:
+        decode = cli_decoder(args.format)
+    except KeyError as exc:
+        print("edge-gateway: %s" % exc.args[0], file=sys.stderr)
+        return 2
+    key = None
+    if args.key:
+        try:
+            key = bytes.fromhex(args.key.replace(":", "").replace(" ", ""))
+        except ValueError:
+            print("edge-gateway: --key must be hex", file=sys.stderr)
+            return 2
+    try:
+        measurements = decode(args.data, mac=args.mac, key=key)
+    except DecodeError as exc:
+        print("edge-gateway: cannot decode %s (%s): %s" % (args.format, exc.reason, exc), file=sys.stderr)
+        return 1
+    rows = [{"name": m.name, "value": m.value, "unit": m.unit} for m in measurements]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print("%-16s %14s %s" % (r["name"], r["value"], r["unit"] or ""))
+    return 0
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="edge-gateway", description="Edge gateway agent: sensors in, signed "
+                                "SenML-CBOR batches out, store-and-forward in between.")
+    p.add_argument("--version", action="version", version="edge-gateway " + __version__)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    d = sub.add_parser("demo", help="run the agent on simulated sensors with a loopback receiver")
+    d.add_argument("--duration", type=float, default=10.0, help="seconds to run (default 10)")
+    d.add_argument("--scenario", help="a field scenario (see docs/scenarios.md)")
+    d.add_argument("--quick", action="store_true", help="the short form of a scenario")
+    d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--sensors", type=int, default=3, help="simulated sensors on the board (default 3)")
+    d.add_argument("--rate", type=float, default=2.0, help="readings per second per sensor (default 2)")
+    d.add_argument("--save-batches", metavar="DIR", help="write each batch as DIR/NNNNNN.cose plus DIR/jwks.json")
+    d.add_argument("--uplink", metavar="URL", help="send to this HTTP receiver instead of the built-in one")
+    d.add_argument("--store", metavar="DIR", help="keep key, jwks.json, boot epoch and queue in DIR")
+    d.add_argument("--console", metavar="DEVICE", help="serve the technician console on DEVICE")
+    d.add_argument("--json", action="store_true", help="print one JSON summary at the end")
+    d.add_argument("--verbose", action="store_true", help="log at INFO")
+    d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("run", help="the production agent")
+    r.add_argument("--config", required=True, metavar="FILE")
+    r.set_defaults(func=cmd_run)
+
+    rc = sub.add_parser("receive", help="the reference backend receiver")
+    rc.add_argument("--listen", required=True, metavar="HOST:PORT")
+    rc.add_argument("--trust", required=True, metavar="JWKS")
+    rc.add_argument("--db", required=True, metavar="FILE")
+    rc.add_argument("--mqtt", metavar="URL", help="also consume mqtt://HOST:PORT/PREFIX with a shared subscription")
+    rc.add_argument("--mqtt-group", default="receivers", help="shared subscription group (default receivers)")
+    rc.add_argument("--log-level", default="info")
+    rc.set_defaults(func=cmd_receive)
+
+    v = sub.add_parser("verify", help="verify batch files and print their records as JSON lines")
+    v.add_argument("--trust", required=True, metavar="JWKS")
+    v.add_argument("files", nargs="+", metavar="FILE")
+    v.set_defaults(func=cmd_verify)
+
+    dc = sub.add_parser("decode", help="decode one advertisement or frame")
+    dc.add_argument("format", help="bthome, ruuvi, atc, ess, nmea, modbus, lines")
+    dc.add_argument("data", help="hex for radio formats, the sentence for text formats")
+    dc.add_argument("--mac")
+    dc.add_argument("--key", help="hex bindkey for encrypted BTHome")
+    dc.add_argument("--json", action="store_true")
+    dc.set_defaults(func=cmd_decode)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

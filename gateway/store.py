@@ -1,0 +1,341 @@
+"""The durable queue: signed batches in SQLite (WAL), deleted only when the upstream acknowledges them.
+
+Semantics (``docs/wire-format.md`` and ``docs/operations.md`` say the same for users):
+
+* A batch is **accepted** when ``put`` returns: it was signed before, so the bytes on disk are the bytes on the
+  wire, and the commit ran with ``synchronous=FULL`` in WAL mode (one fsync of the WAL per commit). The agent
+  commits one batch per transaction, and batches are cut every ``batch.max_age_s`` seconds or
+  ``batch.max_readings`` readings, so fsyncs are batched by construction; ``fsyncs`` counts them (commits, plus
+  two per checkpoint).
+* The queue is bounded by bytes and by age. Making room drops the oldest non-alarm batches first; alarms go only
+  when nothing else is left. Every drop is counted in ``meta`` in the same transaction, so the counters survive
+  restarts and the agent reports them upstream in its health records.
+* ``pending`` yields alarms first, then the rest oldest first. ``ack`` deletes; ``quarantine`` moves a batch the
+  upstream rejected (4xx) aside, where it neither blocks the queue nor is lost.
+* The boot epoch is a persisted counter, bumped once per start. ``seq`` restarts at 0 in every boot epoch, so the
+  hot path writes no metadata.
+* A database that does not open as SQLite, or fails ``PRAGMA quick_check``, is renamed to
+  ``<name>.corrupt-<n>`` and a new one is created; ``recovered_from`` says so and the agent reports it.
+"""
+
+import os
+import sqlite3
+import threading
+
+from gateway.clock import SystemClock
+from gateway.errors import StoreError
+from gateway.model import EncodedBatch
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    prio INTEGER NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL,
+    created REAL NOT NULL, readings INTEGER NOT NULL, events INTEGER NOT NULL,
+    data BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS batches_alarm ON batches (prio) WHERE prio > 0;
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY, prio INTEGER NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL,
+    created REAL NOT NULL, readings INTEGER NOT NULL, events INTEGER NOT NULL, data BLOB NOT NULL,
+    reason TEXT NOT NULL, at REAL NOT NULL);
+"""
+
+COUNTERS = ("dropped_batches", "dropped_readings", "dropped_alarm_batches", "expired_batches", "quarantined",
+            "acked_batches", "acked_readings", "accepted_batches", "accepted_readings")
+_COLUMNS = "id, prio, boot, seq, created, readings, events, data"
+
+
+def _classify(exc):
+    text = str(exc).lower()
+    if "full" in text:
+        return "full"
+    if "readonly" in text or "read-only" in text:
+        return "readonly"
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return "corrupt"
+    return "io"
+
+
+def _store_error(action, path, exc):
+    kind = _classify(exc)
+    hint = {"full": "the disk is full; free space or lower store.max_bytes",
+            "readonly": "the store directory or file is read-only; check its owner and mode",
+            "corrupt": "the database is damaged; it will be moved aside at the next start"}.get(kind, str(exc))
+    return StoreError("cannot %s %s: %s (%s)" % (action, path, hint, exc), kind=kind)
+
+
+class Store:
+    def __init__(self, path, max_bytes=64 << 20, max_age=30 * 86400.0, clock=None, page_size=4096,
+                 checkpoint_pages=1000):
+        self.path = os.fspath(path)
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self.clock = clock or SystemClock()
+        self.recovered_from = None
+        self.fsyncs = 0
+        self.commits = 0
+        self._lock = threading.RLock()
+        self._checkpoint_pages = checkpoint_pages
+        self._wal_pages = 0
+        try:
+            self._db = self._open(page_size)
+        except sqlite3.DatabaseError as exc:
+            if _classify(exc) != "corrupt" and "file is not a database" not in str(exc):
+                raise _store_error("open", self.path, exc) from exc
+            self.recovered_from = self._move_aside()
+            try:
+                self._db = self._open(page_size)
+            except sqlite3.DatabaseError as exc2:
+                raise _store_error("recreate", self.path, exc2) from exc2
+        self._bytes = self._db.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM batches").fetchone()[0]
+
+    # -- opening -------------------------------------------------------------------------------------------
+    def _open(self, page_size):
+        directory = os.path.dirname(self.path) or "."
+        if not os.path.isdir(directory):
+            raise StoreError("store directory %s does not exist" % directory, kind="io")
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        try:
+            db.execute("PRAGMA page_size=%d" % page_size)
+            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError("cannot switch %s to WAL mode (got %s)" % (self.path, mode), kind="io")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA wal_autocheckpoint=0")  # we checkpoint ourselves, and count it
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError("database disk image is malformed: %s" % check)
+            db.executescript(SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _move_aside(self):
+        n = 0
+        while os.path.exists("%s.corrupt-%d" % (self.path, n)):
+            n += 1
+        target = "%s.corrupt-%d" % (self.path, n)
+        os.replace(self.path, target)
+        for suffix in ("-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                os.replace(self.path + suffix, target + suffix)
+        return target
+
+    def close(self):
+        with self._lock:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            self._db.close()
+
+    # -- metadata --------------------------------------------------------------------------------------------
+    def _meta(self, key):
+        row = self._db.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
+        return row[0] if row else 0
+
+    def _bump(self, key, n=1):
+        self._db.execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = v + ?",
+                         (key, n, n))
+
+    def next_boot(self):
+        """Increment and return the persisted boot epoch (one commit per agent start)."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._bump("boot")
+                boot = self._meta("boot")
+                self._commit()
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise _store_error("write the boot epoch to", self.path, exc) from exc
+            return boot
+
+    def counters(self):
+        with self._lock:
+            rows = dict(self._db.execute("SELECT k, v FROM meta").fetchall())
+        return {k: rows.get(k, 0) for k in COUNTERS}
+
+    # -- the queue ---------------------------------------------------------------------------------------------
+    def put(self, batch):
+        return self.put_many([batch])[0]
+
+    def put_many(self, batches):
+        """Commit ``batches`` in one transaction, making room first. Returns their store ids."""
+        now = self._now()
+        need = sum(len(b.data) for b in batches)
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._make_room(need, now)
+                ids = []
+                for b in batches:
+                    cur = self._db.execute(
+                        "INSERT INTO batches (prio, boot, seq, created, readings, events, data) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (b.priority, b.boot, b.seq, b.created or now, b.readings, b.events, b.data))
+                    ids.append(cur.lastrowid)
+                self._bump("accepted_batches", len(batches))
+                self._bump("accepted_readings", sum(b.readings for b in batches))
+                self._commit()
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise _store_error("commit a batch to", self.path, exc) from exc
+            self._bytes += need
+            self._wal_pages += 1 + need // 4000
+            self._maybe_checkpoint()
+            return ids
+
+    def _make_room(self, need, now):
+        if self.max_age:
+            rows = self._db.execute("SELECT id, readings, LENGTH(data) FROM batches WHERE created < ?",
+                                    (now - self.max_age,)).fetchall()
+            if rows:
+                self._drop(rows, "expired_batches")
+        if self._bytes + need <= self.max_bytes:
+            return
+        for alarms in (False, True):
+            cond = "prio > 0" if alarms else "prio = 0"
+            while self._bytes + need > self.max_bytes:
+                rows = self._db.execute(
+                    "SELECT id, readings, LENGTH(data) FROM batches WHERE %s ORDER BY id LIMIT 64" % cond
+                ).fetchall()
+                if not rows:
+                    break
+                excess = self._bytes + need - self.max_bytes
+                take, freed = [], 0
+                for row in rows:
+                    take.append(row)
+                    freed += row[2]
+                    if freed >= excess:
+                        break
+                self._drop(take, "dropped_alarm_batches" if alarms else None)
+        if self._bytes + need > self.max_bytes:
+            raise sqlite3.OperationalError("batch of %d bytes is larger than the store bound (full)" % need)
+
+    def _drop(self, rows, extra_counter=None):
+        self._db.executemany("DELETE FROM batches WHERE id = ?", [(r[0],) for r in rows])
+        self._bump("dropped_batches", len(rows))
+        self._bump("dropped_readings", sum(r[1] for r in rows))
+        if extra_counter:
+            self._bump(extra_counter, len(rows))
+        self._bytes -= sum(r[2] for r in rows)
+
+    def pending(self, limit=16, after_id=None):
+        """Up to ``limit`` batches to deliver: alarms first, then oldest first."""
+        with self._lock:
+            try:
+                rows = self._db.execute(
+                    "SELECT %s FROM batches WHERE prio > 0 ORDER BY id LIMIT ?" % _COLUMNS, (limit,)).fetchall()
+                if len(rows) < limit:
+                    rows += self._db.execute(
+                        "SELECT %s FROM batches WHERE prio = 0 ORDER BY id LIMIT ?" % _COLUMNS,
+                        (limit - len(rows),)).fetchall()
+            except sqlite3.Error as exc:
+                raise _store_error("read the queue in", self.path, exc) from exc
+        return [EncodedBatch(boot=r[2], seq=r[3], data=r[7], priority=r[1], readings=r[5], events=r[6],
+                             created=r[4], store_id=r[0]) for r in rows]
+
+    def ack(self, store_ids):
+        """Delete delivered batches. Unknown ids (already dropped by policy) are ignored."""
+        if not store_ids:
+            return
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                marks = ",".join("?" * len(store_ids))
+                size, readings, count = self._db.execute(
+                    "SELECT COALESCE(SUM(LENGTH(data)), 0), COALESCE(SUM(readings), 0), COUNT(*) FROM batches "
+                    "WHERE id IN (%s)" % marks, list(store_ids)).fetchone()
+                self._db.execute("DELETE FROM batches WHERE id IN (%s)" % marks, list(store_ids))
+                self._bump("acked_batches", count)
+                self._bump("acked_readings", readings)
+                self._commit()
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise _store_error("delete acknowledged batches from", self.path, exc) from exc
+            self._bytes -= size
+            self._wal_pages += 1
+            self._maybe_checkpoint()
+
+    def quarantine(self, store_id, reason):
+        """Move a batch the upstream rejected out of the queue, keeping its bytes for inspection or requeue."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(
+                    "INSERT OR REPLACE INTO quarantine SELECT %s, ?, ? FROM batches WHERE id = ?" % _COLUMNS,
+                    (reason[:200], self._now(), store_id))
+                size = self._db.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM batches WHERE id = ?",
+                                        (store_id,)).fetchone()[0]
+                self._db.execute("DELETE FROM batches WHERE id = ?", (store_id,))
+                self._bump("quarantined")
+                self._commit()
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise _store_error("quarantine a batch in", self.path, exc) from exc
+            self._bytes -= size
+
+    def requeue_quarantined(self):
+        """Put every quarantined batch back in the queue (after the backend was fixed). Returns the count."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                n = self._db.execute(
+                    "INSERT INTO batches (prio, boot, seq, created, readings, events, data) "
+                    "SELECT prio, boot, seq, created, readings, events, data FROM quarantine ORDER BY id"
+                ).rowcount
+                self._db.execute("DELETE FROM quarantine")
+                self._commit()
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise _store_error("requeue quarantined batches in", self.path, exc) from exc
+            self._bytes = self._db.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM batches").fetchone()[0]
+            return n
+
+    def quarantined(self):
+        with self._lock:
+            return self._db.execute("SELECT id, boot, seq, reason, LENGTH(data) FROM quarantine ORDER BY id"
+                                    ).fetchall()
+
+    def depth(self):
+        """``(batches, readings, bytes, alarm_batches)`` waiting for delivery."""
+        with self._lock:
+            n, readings, alarms = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(readings), 0), COALESCE(SUM(prio > 0), 0) FROM batches").fetchone()
+        return n, readings, self._bytes, alarms
+
+    def dump(self, out):
+        """Write every queued batch to the file object ``out`` as a CBOR sequence (RFC 8742). Returns the count."""
+        n = 0
+        with self._lock:
+            for (data,) in self._db.execute("SELECT data FROM batches ORDER BY prio DESC, id"):
+                out.write(data)
+                n += 1
+        return n
+
+    # -- durability --------------------------------------------------------------------------------------------
+    def _commit(self):
+        self._db.execute("COMMIT")
+        self.commits += 1
+        self.fsyncs += 1
+
+    def _rollback(self):
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    def _maybe_checkpoint(self):
+        if self._wal_pages < self._checkpoint_pages:
+            return
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            return
+        self._wal_pages = 0
+        self.fsyncs += 2
+
+    def _now(self):
+        return self.clock.wall()
