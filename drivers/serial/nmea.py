@@ -1,0 +1,389 @@
+"""NMEA 0183 for GNSS receivers: an incremental sentence framer and decoders for GGA, RMC, VTG and GSA.
+
+Pure (house style, habits 1 and 2): bytes go in, ``Sentence`` values come out, nothing here reads a port or a
+clock. Three layers, usable apart:
+
+* ``NmeaFramer(max_len=82).feed(data) -> [body, ...]`` finds ``$<body>*HH<CR><LF>`` and returns each ``body``
+  (``b"GPGGA,..."``, without ``$`` and ``*HH``) whose checksum matches. Everything that is not a good sentence is
+  counted in ``framer.counters`` under a stable reason token and dropped; the stream never stops:
+
+  ========================  ==================================================================================
+  ``bad_checksum``          the ``*HH`` did not match the XOR of the body (or was not two hex digits)
+  ``no_checksum``           a sentence without ``*HH``; we require it (every GNSS receiver sends it)
+  ``overlong``              more than ``max_len`` characters including ``$`` and CR LF (82 in NMEA 0183)
+  ``truncated``             a ``$`` arrived before the previous sentence ended (a sentence was cut short)
+  ``garbage``               bytes outside any sentence (CR and LF between sentences do not count)
+  ========================  ==================================================================================
+
+  Some high-precision receivers (Hemisphere, Trimble with 8-decimal positions) exceed 82 characters; raise
+  ``max_len`` for them.
+* ``decode_sentence(body) -> Sentence`` decodes one checked body. It raises ``DecodeError`` with reason
+  ``unsupported`` for a sentence type we do not decode, ``malformed`` for a wrong field count or an unparsable
+  field and ``bad_field`` for a value out of range.
+* ``NmeaReader`` puts both together; its ``feed(data) -> [Sentence, ...]`` counts decoder failures in the same
+  ``counters`` dict (an unsupported type is counted as ``ignored``), and keeps ``utc``, the last GPS date and time.
+
+Units (SenML, RFC 8428): ``lat``/``lon`` in decimal degrees (units ``lat``/``lon``, resolution from the number of
+decimals of the minutes), ``alt`` in ``m``, ``speed`` in ``m/s`` (converted from knots, or km/h when VTG has no
+knots), ``course`` (true track) in ``rad``: RFC 8428 registers ``rad`` and no degree unit, so we convert.
+``fix`` (GGA quality 0..8), ``sats``, ``hdop``, ``pdop``, ``vdop`` and ``fix_type`` (GSA 1 none, 2 2-D, 3 3-D) are
+dimensionless (unit None).
+
+No fix means no position: empty fields are omitted, never turned into zeros, and a GGA with quality 0, an RMC with
+status ``V`` or mode ``N``, a VTG with mode ``N`` and a GSA with fix type 1 yield no position, speed, course or DOP
+readings. The UTC time (GGA, RMC) and date (RMC) are not measurements; they ride on the ``Sentence`` as ``time``,
+``date`` and ``datetime`` so a caller may use GPS time.
+"""
+
+import datetime
+import functools
+import math
+from dataclasses import dataclass
+
+from gateway.errors import DecodeError
+from gateway.model import Measurement
+
+MAX_SENTENCE = 82  # NMEA 0183: at most 82 characters from "$" to LF inclusive
+
+KNOT = 1852.0 / 3600.0  # m/s
+KMH = 1.0 / 3.6  # m/s
+DEG = math.pi / 180.0  # rad
+
+_UTC = datetime.timezone.utc
+_HEX = {}
+for _i in range(256):
+    _HEX[b"%02X" % _i] = _i
+    _HEX[b"%02x" % _i] = _i
+del _i
+_MASKS = [(1 << (8 * _n)) - 1 for _n in range(129)]
+_DECIMALS = [10.0 ** -_n for _n in range(20)]
+_MIN_DECIMALS = [10.0 ** -_n / 60.0 for _n in range(20)]
+
+
+def checksum(body):
+    """XOR of every byte of ``body`` (the bytes between ``$`` and ``*``) as an int 0..255.
+
+    Folds a big integer in halves instead of looping per byte: about ten big-int operations per sentence.
+    """
+    n = len(body)
+    x = int.from_bytes(body, "big")
+    while n > 1:
+        half = (n + 1) >> 1
+        x = (x >> (half << 3)) ^ (x & _MASKS[half])
+        n = half
+    return x
+
+
+def with_checksum(body):
+    """``b"GPGGA,..."`` -> ``b"$GPGGA,...*HH\\r\\n"``: what a receiver sends."""
+    return b"$%s*%02X\r\n" % (body, checksum(body))
+
+
+@dataclass(frozen=True, slots=True)
+class Sentence:
+    """One decoded sentence: talker (``GP``, ``GN``, ``GL``, ``GA``, ...), kind (``GGA``...), the readings and
+    the GPS UTC time (``datetime.time``) and date (``datetime.date``) when the sentence carries them."""
+
+    talker: str
+    kind: str
+    measurements: tuple
+    time: datetime.time = None
+    date: datetime.date = None
+
+    @property
+    def datetime(self):
+        """An aware UTC ``datetime`` when both date and time are known, else None."""
+        if self.time is None or self.date is None:
+            return None
+        return datetime.datetime.combine(self.date, self.time, _UTC)
+
+
+class NmeaFramer:
+    """Finds checksummed sentences in a byte stream. See the module docstring for the counters."""
+
+    def __init__(self, max_len=MAX_SENTENCE):
+        if max_len < 10:
+            raise ValueError("max_len must be at least 10")
+        self.max_len = max_len
+        self.counters = {}
+        self._buf = b""
+        self._skipping = False  # inside an over-long sentence: drop bytes up to the next LF or "$"
+
+    def _count(self, reason, n=1):
+        self.counters[reason] = self.counters.get(reason, 0) + n
+
+    def _garbage(self, seg):
+        n = len(seg) - seg.count(b"\r") - seg.count(b"\n")
+        if n:
+            self._count("garbage", n)
+
+    def feed(self, data):
+        """Return the checked bodies of the complete sentences now available (bytes, without ``$`` and ``*HH``)."""
+        buf = self._buf + data if self._buf else bytes(data)
+        out = []
+        pos = 0
+        n = len(buf)
+        limit = self.max_len - 1  # bytes allowed from "$" up to, not including, the LF
+        if self._skipping:
+            lf = buf.find(b"\n")
+            dollar = buf.find(b"$")
+            if lf < 0 and dollar < 0:
+                self._buf = b""
+                return out
+            self._skipping = False
+            pos = lf + 1 if dollar < 0 or 0 <= lf < dollar else dollar
+        find = buf.find
+        while True:
+            start = find(b"$", pos)
+            if start < 0:
+                self._garbage(buf[pos:])
+                buf = b""
+                break
+            if start > pos:
+                self._garbage(buf[pos:start])
+            end = find(b"\n", start)
+            nxt = find(b"$", start + 1, n if end < 0 else end)
+            stop = nxt if nxt >= 0 else end
+            if stop < 0:  # incomplete
+                if n - start > limit:
+                    self._count("overlong")
+                    self._skipping = True
+                    buf = b""
+                else:
+                    buf = buf[start:]
+                break
+            if stop - start > limit:
+                self._count("overlong")
+                pos = stop if stop == nxt else stop + 1
+                continue
+            if stop == nxt:
+                self._count("truncated")
+                pos = nxt
+                continue
+            pos = end + 1
+            body = buf[start + 1:end - 1 if buf[end - 1] == 13 else end]
+            if len(body) < 3 or body[-3] != 42:  # "*"
+                self._count("no_checksum")
+                continue
+            want = _HEX.get(body[-2:])
+            body = body[:-3]
+            if want is None or want != checksum(body):
+                self._count("bad_checksum")
+                continue
+            out.append(body)
+        self._buf = buf
+        return out
+
+
+def _decimal(text):
+    """(value, resolution) of a decimal field such as ``b"545.4"``."""
+    value = float(text)
+    if value - value != 0:  # nan or inf
+        raise DecodeError("field %r is not finite" % (text[:16],), reason="bad_field")
+    dot = text.find(b".")
+    return value, _DECIMALS[len(text) - dot - 1] if dot >= 0 else 1.0
+
+
+@functools.lru_cache(maxsize=16)  # GGA, RMC and GLL of one epoch repeat the same position fields
+def _coord(text, hemi, max_deg, pos, neg):
+    dot = text.find(b".")
+    if dot < 0:
+        dot = len(text)
+    deg = text[:dot - 2]
+    if dot < 3 or not deg.isdigit():
+        raise DecodeError("bad coordinate %r" % (text[:16],), reason="malformed")
+    minutes = float(text[dot - 2:])
+    deg = int(deg)
+    if not 0.0 <= minutes < 60.0 or deg > max_deg or (deg == max_deg and minutes):  # also rejects nan and inf
+        raise DecodeError("coordinate %r out of range" % (text[:16],), reason="bad_field")
+    value = deg + minutes / 60.0
+    if hemi == neg:
+        value = -value
+    elif hemi != pos:
+        raise DecodeError("bad hemisphere %r" % (hemi[:4],), reason="bad_field")
+    return value, _MIN_DECIMALS[len(text) - dot - 1] if dot < len(text) else 1.0 / 60.0
+
+
+def _position(f, i):
+    """[lat, lon] from fields i..i+3, or [] when they are empty."""
+    if not f[i] or not f[i + 2]:
+        return []
+    lat, lat_res = _coord(f[i], f[i + 1], 90, b"N", b"S")
+    lon, lon_res = _coord(f[i + 2], f[i + 3], 180, b"E", b"W")
+    return [Measurement("lat", lat, "lat", lat_res), Measurement("lon", lon, "lon", lon_res)]
+
+
+@functools.lru_cache(maxsize=8)  # GGA, RMC and ZDA of one epoch share the time field
+def _time(text):
+    if not text:
+        return None
+    if len(text) < 6 or not text[:6].isdigit() or (len(text) > 6 and (text[6] != 46 or not text[7:].isdigit())):
+        raise DecodeError("bad UTC time %r" % (text[:16],), reason="malformed")
+    h, m, s = int(text[0:2]), int(text[2:4]), int(text[4:6])
+    us = int(round(float(b"0" + text[6:]) * 1e6)) if len(text) > 7 else 0
+    if h > 23 or m > 59 or s > 60:
+        raise DecodeError("UTC time %r out of range" % (text[:16],), reason="bad_field")
+    if s == 60 or us > 999999:  # a leap second: keep the order of events, not the 61st second
+        s, us = min(s, 59), 999999
+    return datetime.time(h, m, s, us)
+
+
+@functools.lru_cache(maxsize=4)
+def _date(text):
+    if not text:
+        return None
+    if len(text) != 6 or not text.isdigit():
+        raise DecodeError("bad date %r" % (text[:16],), reason="malformed")
+    d, m, y = int(text[0:2]), int(text[2:4]), int(text[4:6])
+    try:
+        return datetime.date(y + (1900 if y >= 80 else 2000), m, d)
+    except ValueError:
+        raise DecodeError("date %r out of range" % (text,), reason="bad_field") from None
+
+
+def _need(f, n, kind):
+    if len(f) < n:
+        raise DecodeError("%s has %d fields, needs %d" % (kind, len(f), n), reason="malformed")
+
+
+def _speed(out, text, factor):
+    value, res = _decimal(text)
+    if value < 0:
+        raise DecodeError("negative speed", reason="bad_field")
+    out.append(Measurement("speed", value * factor, "m/s", res * factor))
+
+
+def _course(out, text):
+    value, res = _decimal(text)
+    if not 0.0 <= value <= 360.0:
+        raise DecodeError("course %r out of range" % (text[:16],), reason="bad_field")
+    out.append(Measurement("course", value * DEG, "rad", res * DEG))
+
+
+def _gga(f):
+    # time, lat, N/S, lon, E/W, quality, sats, hdop, alt, M, geoid separation, M, age, station
+    if len(f) < 10:
+        _need(f, 10, "GGA")
+    if f[6]:
+        quality = int(f[6])
+        out = _position(f, 2) if quality else []
+        out.append(Measurement("fix", quality))
+        if quality:
+            if f[9]:
+                value, res = _decimal(f[9])
+                out.append(Measurement("alt", value, "m", res))
+            if f[8]:
+                value, res = _decimal(f[8])
+                out.append(Measurement("hdop", value, None, res))
+    else:
+        out = []
+    if f[7]:
+        out.append(Measurement("sats", int(f[7])))
+    return out, _time(f[1]), None
+
+
+def _rmc(f):
+    # time, status A/V, lat, N/S, lon, E/W, knots, course, ddmmyy, magvar, E/W, [mode], [nav status]
+    if len(f) < 10:
+        _need(f, 10, "RMC")
+    out = []
+    if f[2] == b"A" and (len(f) < 13 or f[12] != b"N"):
+        out = _position(f, 3)
+        if f[7]:
+            _speed(out, f[7], KNOT)
+        if f[8]:
+            _course(out, f[8])
+    elif f[2] not in (b"A", b"V"):
+        raise DecodeError("RMC status %r" % (f[2][:4],), reason="bad_field")
+    return out, _time(f[1]), _date(f[9])
+
+
+def _vtg(f):
+    # course true, T, course magnetic, M, knots, N, km/h, K, [mode]
+    _need(f, 9, "VTG")
+    out = []
+    if len(f) < 10 or f[9] != b"N":
+        if f[1]:
+            _course(out, f[1])
+        if f[5]:
+            _speed(out, f[5], KNOT)
+        elif f[7]:
+            _speed(out, f[7], KMH)
+    return out, None, None
+
+
+def _gsa(f):
+    # mode M/A, fix type 1/2/3, 12 satellite ids, PDOP, HDOP, VDOP, [system id]
+    _need(f, 18, "GSA")
+    out = []
+    if f[2]:
+        fix_type = int(f[2])
+        out.append(Measurement("fix_type", fix_type))
+        if fix_type > 1:
+            for name, text in (("pdop", f[15]), ("hdop", f[16]), ("vdop", f[17])):
+                if text:
+                    value, res = _decimal(text)
+                    out.append(Measurement(name, value, None, res))
+    return out, None, None
+
+
+DECODERS = {b"GGA": (_gga, "GGA"), b"RMC": (_rmc, "RMC"), b"VTG": (_vtg, "VTG"), b"GSA": (_gsa, "GSA")}
+
+
+def decode_sentence(body):
+    """Decode one checked sentence body (``b"GPGGA,..."``) into a ``Sentence``; raises ``DecodeError``."""
+    f = body.split(b",")
+    address = f[0]
+    entry = DECODERS.get(address[2:]) if len(address) == 5 and address[0] != 80 else None  # 80: "P"roprietary
+    if entry is None:
+        raise DecodeError("sentence %r is not decoded" % (address[:8],), reason="unsupported")
+    decoder, kind = entry
+    try:
+        out, time, date = decoder(f)
+        talker = address[:2].decode("ascii")
+    except DecodeError:
+        raise
+    except (ValueError, IndexError) as exc:  # int()/float() on a bad field, a non-ASCII talker
+        raise DecodeError("%s: %s" % (address[:8], exc), reason="malformed") from exc
+    return Sentence(talker, kind, tuple(out), time, date)
+
+
+class NmeaReader:
+    """Framer plus decoder: ``feed(data) -> [Sentence, ...]``; every failure is counted in ``counters``."""
+
+    def __init__(self, max_len=MAX_SENTENCE):
+        self.framer = NmeaFramer(max_len)
+        self.counters = self.framer.counters  # one dict: framing and decoding reasons together
+        self.decoded = 0
+        self._dated = None  # the last sentence that carried both a date and a time
+
+    @property
+    def utc(self):
+        """The GPS date and time of the last RMC (an aware ``datetime``), or None before the first one."""
+        return self._dated.datetime if self._dated is not None else None
+
+    def feed(self, data):
+        out = []
+        for body in self.framer.feed(data):
+            try:
+                sentence = decode_sentence(body)
+            except DecodeError as exc:
+                reason = "ignored" if exc.reason == "unsupported" else exc.reason
+                self.counters[reason] = self.counters.get(reason, 0) + 1
+                continue
+            if sentence.date is not None and sentence.time is not None:
+                self._dated = sentence
+            out.append(sentence)
+        self.decoded += len(out)
+        return out
+
+
+def cli_decode(text, mac=None, key=None):
+    """``edge-gateway decode nmea '$GPGGA,...*47'``: the measurements of one sentence, or ``DecodeError``."""
+    data = text.encode("ascii", "replace") if isinstance(text, str) else bytes(text)
+    framer = NmeaFramer(max_len=max(MAX_SENTENCE, len(data) + 2))
+    bodies = framer.feed(data.strip() + b"\r\n")
+    if not bodies:
+        reason = next(iter(sorted(framer.counters)), "malformed")
+        raise DecodeError("not a valid NMEA sentence (%s)" % reason, reason=reason)
+    return list(decode_sentence(bodies[0]).measurements)
