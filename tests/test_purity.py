@@ -1,0 +1,20 @@
+"""House style habit 1: the core does no IO. Pure modules must not pull in IO stacks when imported."""
+
+import subprocess
+import sys
+
+import pytest
+
+PURE = ["gateway.senml", "gateway.wire", "gateway.batcher", "gateway.model", "gateway.rules",
+        "drivers.ble.bthome", "drivers.ble.ruuvi", "drivers.ble.atc", "drivers.ble.ess",
+        "drivers.serial.nmea", "drivers.serial.modbus", "drivers.serial.lines", "drivers.serial.protocols"]
+IO = ["asyncio", "serial", "bleak", "socket", "sqlite3", "http", "paho", "dbus_fast"]
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_pure_module_imports_no_io(module):
+    code = ("import sys, importlib; importlib.import_module(%r); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & set(%r)))" % (module, IO))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", "%s imports %s" % (module, out.stdout.strip())
