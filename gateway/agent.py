@@ -89,10 +89,13 @@ class Agent:
         self._commit_wake = None
         self._uplink_wake = None
         self._alarm_waiting = False
+        self._first_cut = False
         self._loop = None
 
     # -- input side (runs on the event loop, must be fast and must not raise for bad data) ---------------------
     def emit(self, item):
+        for observe in getattr(self, "observers", ()):  # e.g. the console's SensorBoard (gateway/console)
+            observe(item)
         cls = item.__class__
         if cls is Reading:
             self.counters["readings_in"] += 1
@@ -110,7 +113,10 @@ class Agent:
             self.counters["emit_bad_type"] += 1
 
     def _add(self, item):
-        if self.batcher.add(item, self.clock.monotonic()):
+        if self.batcher.add(item, self.clock.monotonic()) or not self._first_cut:
+            # The first reading after start is committed at once: an installer sees data arrive within a second
+            # of boot, and a crash loop still gets each boot's first reading out.
+            self._first_cut = True
             self._cut()
 
     def _event(self, event):

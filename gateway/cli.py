@@ -197,6 +197,9 @@ def build_parser():
     dc.add_argument("--key", help="hex bindkey for encrypted BTHome")
     dc.add_argument("--json", action="store_true")
     dc.set_defaults(func=cmd_decode)
+
+    from gateway import bench
+    bench.register(sub)
     return p
 
 

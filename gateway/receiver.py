@@ -116,6 +116,7 @@ class Receiver:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes: without this, 40 ms delayed-ACK stalls
     server_version = "edge-gateway-receiver"
 
     def log_message(self, fmt, *args):

@@ -18,6 +18,7 @@ Compactness (the wire is billed per megabyte):
 """
 
 import math
+import operator
 import re
 import struct
 
@@ -34,6 +35,7 @@ _VALUE_LABELS = (V, VS, VB, VD)
 # RFC 8428 section 4.5.1: the resolved name.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:./_-]*$")
 
+_GROUP_KEY = operator.itemgetter(0, 1, 2, 3)
 _F16 = struct.Struct("<e")
 _F32 = struct.Struct("<f")
 
@@ -108,9 +110,12 @@ def encode_records(readings, events=(), prefix="", base_time=None, time_quantum=
             rec[T] = dt
         records.append(rec)
     # Stable sort keeps arrival order (time order) inside each group.
-    items.sort(key=lambda it: it[:4])
+    items.sort(key=_GROUP_KEY)
     current_group = None
     current_bu = None
+    whole = time_quantum >= 1 and float(time_quantum).is_integer()
+    iq = int(time_quantum)
+    numbers = {}  # (value, resolution) -> compact value: readings repeat their values a lot within a batch
     for has_unit, unit, sensor, name, t, r in items:
         rec = {}
         group = (sensor, name)
@@ -122,12 +127,20 @@ def encode_records(readings, events=(), prefix="", base_time=None, time_quantum=
                 current_bu = unit
         if has_unit and unit != current_bu:
             rec[U] = unit
-        dt = _quantize_time(t - base_time, time_quantum)
+        dt = round((t - base_time) / iq) * iq if whole else _quantize_time(t - base_time, time_quantum)
         if dt:
             rec[T] = dt
         value = r.value
         cls = value.__class__
-        if cls is bool:
+        if cls is float:
+            key = (value, r.resolution)
+            compact = numbers.get(key)
+            if compact is None:
+                compact = numbers[key] = compact_number(value, r.resolution)
+            rec[V] = compact
+        elif cls is int:
+            rec[V] = value
+        elif cls is bool:
             rec[VB] = value
         elif cls is str:
             rec[VS] = value

@@ -67,6 +67,9 @@ class HttpUplink(Uplink):
                                                          context=self.context)
             else:
                 self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            self._conn.connect()
+            # http.client writes headers and body separately; Nagle plus delayed ACK would stall each POST.
+            self._conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return self._conn
 
     def send(self, batch):
