@@ -82,6 +82,8 @@ class SerialSource(Source):
         fd = ser.fileno()
         loop.add_reader(fd, ready.set)
         interval = getattr(self.protocol, "poll_interval", 0.5)
+        if hasattr(self.protocol, "reset"):
+            self.protocol.reset()  # a fresh port: no transaction is outstanding on it
         try:
             while True:
                 try:
