@@ -1,0 +1,474 @@
+"""The BLE adapter: the only module that imports bleak (house style, habit 3).
+
+Two sources, built from ``[[sources]]`` tables by ``build_ble_source`` (keys in ``drivers/ble/README.md``):
+
+* ``BleScanSource`` (``type = "ble"``) listens to advertisements with ``bleak.BleakScanner`` and feeds the raw
+  records to the pure decoders (``selection.records``: service data 0xFCD2 -> BTHome, 0x181A -> pvvx/ATC1441,
+  manufacturer data 0x0499 -> Ruuvi). Repeats are dropped (``selection.Deduper``), decode errors are counted as
+  ``error.<reason>`` and never raised. Each accepted advert also gives an ``rssi`` reading (dBm), at most once
+  per ``rssi_interval_s`` per device.
+* ``GattPollSource`` (``type = "gatt"``) connects to configured devices with ``bleak.BleakClient``, reads the
+  Environmental Sensing characteristics (0x2A6E, 0x2A6F, 0x2A6D) every ``poll_s`` (or subscribes when
+  ``notify = true``) and disconnects. Each device runs in its own task with its own backoff, so a dead device
+  never delays the others.
+
+Scanning mode: passive scanning (no scan requests sent; kinder to coin cells) needs BlueZ's
+AdvertisementMonitor API, which bleak drives with or-patterns built from the enabled formats. When it is not
+there, the scanner falls back to active scanning and says once, at INFO, which mode it uses. The choice is
+remembered: once passive worked, a later passive failure is a failure, not a reason to switch.
+
+Watchdog: when no advertisement arrived for ``watchdog_s`` although some arrived before (so sensors are known to
+be around), or when bleak raises (adapter gone, D-Bus error), the scan is stopped and started again with capped
+exponential backoff; each restart is counted (``restarts``) and logged at WARNING. Every bleak call is bounded by
+``asyncio.wait_for``, so a wedged bluetoothd cannot hang the source.
+"""
+
+import asyncio
+import functools
+import logging
+
+from bleak import BleakClient, BleakScanner
+from bleak.args.bluez import OrPattern
+from bleak.assigned_numbers import AdvertisementDataType
+from bleak.backends.device import BLEDevice
+from bleak.exc import BleakDeviceNotFoundError, BleakError
+
+from drivers.base import Source
+from drivers.ble import atc, ess, ruuvi
+from drivers.ble.bthome import BTHomeDecoder
+from drivers.ble.selection import (FORMATS, Deduper, RateLimit, Selection, SensorSpec, normalise_format,
+                                   normalise_mac, records)
+from drivers.ble.units import parse_key
+from gateway.errors import DecodeError
+from gateway.model import Reading
+
+log = logging.getLogger(__name__)
+
+#: what bleak and its D-Bus stack raise when the adapter, bluetoothd or the bus misbehave
+BLE_ERRORS = (BleakError, TimeoutError, OSError, EOFError)
+
+#: or-patterns for passive scanning: (AD type, content at position 0)
+PATTERNS = {
+    "bthome": (AdvertisementDataType.SERVICE_DATA_UUID16, b"\xd2\xfc"),
+    "atc": (AdvertisementDataType.SERVICE_DATA_UUID16, b"\x1a\x18"),
+    "ruuvi": (AdvertisementDataType.MANUFACTURER_SPECIFIC_DATA, b"\x99\x04"),
+}
+
+#: decoder outputs that are bookkeeping, not quantities (used for dedup, not sent)
+DEFAULT_SKIP = ("packet_id", "counter", "seq", "flags")
+
+BASE_UUID = "0000%04x-0000-1000-8000-00805f9b34fb"
+
+
+class BleScanSource(Source):
+    """Advertisements -> readings. See the module docstring."""
+
+    def __init__(self, name, clock, selection, adapter="hci0", passive=True, watchdog_s=120.0, rssi_interval_s=60.0,
+                 dedup_window_s=30.0, skip=DEFAULT_SKIP, backoff_min_s=1.0, backoff_max_s=60.0, timeout_s=10.0):
+        super().__init__()
+        self.name = name
+        self.clock = clock
+        self.selection = selection
+        self.adapter = adapter
+        self.passive = passive
+        self.watchdog_s = watchdog_s
+        self.backoff_min_s = backoff_min_s
+        self.backoff_max_s = backoff_max_s
+        self.timeout_s = timeout_s
+        self.skip = frozenset(skip)
+        self.dedup = Deduper(dedup_window_s)
+        self.rssi = RateLimit(rssi_interval_s) if rssi_interval_s is not None else None
+        self.bthome = BTHomeDecoder(selection.keys())
+        self.decoders = {"bthome": self.bthome.decode, "ruuvi": ruuvi.decode, "atc": atc.decode}
+        self.mode = None          # "passive" or "active" once a scan has started
+        self.scanning = False
+        self.last_advert = None   # clock.monotonic() of the last advertisement of any device
+        self._emit = None
+
+    # -- advertisements (called by bleak on the event loop; must not raise) ------------------------------------
+    def _on_advert(self, device, adv):
+        now = self.clock.monotonic()
+        self.last_advert = now
+        self.count("adverts")
+        mac = device.address.upper()
+        sensor = None
+        for fmt, payload in records(adv.service_data, adv.manufacturer_data):
+            spec = self.selection.match(mac, fmt)
+            if spec is None:
+                self.count("ignored")
+                continue
+            if not self.dedup.accept(mac, fmt, payload, now):
+                self.count("duplicates")
+                continue
+            try:
+                measurements = self.decoders[fmt](payload, mac)
+            except DecodeError as exc:
+                self.count("error." + exc.reason)
+                log.debug("%s: %s advert from %s did not decode: %s", self.name, fmt, mac, exc)
+                continue
+            sensor = spec.sensor
+            self.count("records")
+            for m in measurements:
+                if m.name not in self.skip:
+                    self._emit(Reading(sensor, m.name, m.value, m.unit, now, m.resolution))
+        if sensor is not None and self.rssi is not None and self.rssi.due(mac, now):
+            self._emit(Reading(sensor, "rssi", adv.rssi, "dBm", now, 1))
+
+    # -- scan lifecycle ---------------------------------------------------------------------------------------
+    async def run(self, emit):
+        self._emit = emit
+        delay = self.backoff_min_s
+        while True:
+            healthy = False
+            try:
+                scanner = await self._start()
+            except BLE_ERRORS as exc:
+                self.count("start_failed")
+                reason = "cannot start scanning: %s" % (exc or type(exc).__name__)
+            else:
+                try:
+                    healthy = await self._watch()
+                    reason = "no advertisement for %.1f s" % self.watchdog_s
+                finally:
+                    await self._stop(scanner)
+            if healthy:
+                delay = self.backoff_min_s
+            self.count("restarts")
+            log.warning("%s: %s on %s; restarting the scan in %.1f s", self.name, reason, self.adapter, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.backoff_max_s)
+
+    def _patterns(self):
+        return [OrPattern(0, *PATTERNS[f]) for f in sorted(self.selection.formats)]
+
+    async def _start(self):
+        passive_error = None
+        if self.passive and self.mode != "active":
+            scanner = BleakScanner(self._on_advert, scanning_mode="passive",
+                                   bluez={"adapter": self.adapter, "or_patterns": self._patterns()})
+            try:
+                await asyncio.wait_for(scanner.start(), self.timeout_s)
+            except BleakError as exc:
+                if self.mode == "passive":
+                    raise
+                passive_error = exc
+            else:
+                self._started("passive", None)
+                return scanner
+        scanner = BleakScanner(self._on_advert, scanning_mode="active", bluez={"adapter": self.adapter})
+        await asyncio.wait_for(scanner.start(), self.timeout_s)
+        self._started("active", passive_error)
+        return scanner
+
+    def _started(self, mode, passive_error):
+        self.scanning = True
+        self.count("scans_started")
+        if self.mode is None:
+            if passive_error is not None:
+                log.info("%s: passive scanning is not available on %s (%s); scanning in active mode",
+                         self.name, self.adapter, passive_error)
+            else:
+                log.info("%s: scanning on %s in %s mode", self.name, self.adapter, mode)
+        self.mode = mode
+
+    async def _watch(self):
+        """Return when the watchdog fires; True if adverts arrived during this scan session."""
+        started = self.clock.monotonic()
+        seen_before = self.counters.get("adverts", 0)
+        tick = max(0.05, min(1.0, self.watchdog_s / 4))
+        while True:
+            await asyncio.sleep(tick)
+            if self.last_advert is None:
+                continue  # nothing ever seen: nothing is known to be missing
+            now = self.clock.monotonic()
+            if now - max(self.last_advert, started) >= self.watchdog_s:
+                self.count("watchdog")
+                return self.counters.get("adverts", 0) > seen_before
+
+    async def _stop(self, scanner):
+        self.scanning = False
+        try:
+            await asyncio.wait_for(scanner.stop(), self.timeout_s)
+        except BLE_ERRORS as exc:
+            # the adapter is usually gone already; the restart that follows is what matters
+            self.count("stop_failed")
+            log.info("%s: stopping the scan on %s failed: %s", self.name, self.adapter, exc or type(exc).__name__)
+
+    def status(self):
+        s = super().status()
+        s.update(adapter=self.adapter, mode=self.mode, scanning=self.scanning)
+        return s
+
+
+class GattDevice:
+    """One device to poll: MAC, sensor name, and the 16-bit characteristic UUIDs to read."""
+
+    __slots__ = ("mac", "sensor", "characteristics")
+
+    def __init__(self, mac, sensor, characteristics):
+        self.mac = mac
+        self.sensor = sensor
+        self.characteristics = tuple(characteristics)
+
+
+class GattPollSource(Source):
+    """Connect, read (or subscribe to) ESS characteristics, disconnect; one task and one backoff per device."""
+
+    def __init__(self, name, clock, devices, adapter="hci0", poll_s=60.0, notify=False, connect_timeout_s=20.0,
+                 timeout_s=10.0, backoff_min_s=1.0, backoff_max_s=300.0):
+        super().__init__()
+        self.name = name
+        self.clock = clock
+        self.devices = list(devices)
+        self.adapter = adapter
+        self.poll_s = poll_s
+        self.notify = notify
+        self.connect_timeout_s = connect_timeout_s
+        self.timeout_s = timeout_s
+        self.backoff_min_s = backoff_min_s
+        self.backoff_max_s = backoff_max_s
+        self.connected = set()
+
+    async def run(self, emit):
+        tasks = [asyncio.create_task(self._device_loop(d, emit), name="%s:%s" % (self.name, d.sensor))
+                 for d in self.devices]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _device_loop(self, dev, emit):
+        delay = self.backoff_min_s
+        while True:
+            try:
+                client, gone = await self._connect(dev)
+            except BLE_ERRORS as exc:
+                self.count("connect_failed")
+                self.count("connect_failed." + dev.sensor)
+                log.warning("%s: cannot connect to %s (%s): %s; retrying in %.1f s", self.name, dev.sensor, dev.mac,
+                            exc or type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.backoff_max_s)
+                continue
+            delay = self.backoff_min_s
+            try:
+                await self._session(dev, client, gone, emit)
+            except BLE_ERRORS as exc:
+                self.count("session_failed")
+                log.warning("%s: %s (%s) failed while connected: %s", self.name, dev.sensor, dev.mac,
+                            exc or type(exc).__name__)
+            finally:
+                await self._disconnect(dev, client)
+            await asyncio.sleep(self.backoff_min_s if self.notify else self.poll_s)
+
+    async def _connect(self, dev):
+        gone = asyncio.Event()
+
+        def on_disconnect(_client):
+            gone.set()
+
+        # Connect by BlueZ object path first: no discovery scan per poll. A device BlueZ does not know yet (never
+        # seen since bluetoothd started) needs one discovery, bounded by connect_timeout_s.
+        path = "/org/bluez/%s/dev_%s" % (self.adapter, dev.mac.replace(":", "_"))
+        device = BLEDevice(dev.mac, None, {"path": path, "props": None})
+        bluez = {"adapter": self.adapter}
+        client = BleakClient(device, on_disconnect, timeout=self.connect_timeout_s, bluez=bluez)
+        try:
+            await asyncio.wait_for(client.connect(), self.connect_timeout_s + 1)
+        except BleakError as exc:
+            if not isinstance(exc, BleakDeviceNotFoundError) and "not found" not in str(exc):
+                raise
+            self.count("discoveries")
+            found = await asyncio.wait_for(
+                BleakScanner.find_device_by_address(dev.mac, timeout=self.connect_timeout_s, bluez=bluez),
+                self.connect_timeout_s + 1)
+            if found is None:
+                raise BleakDeviceNotFoundError(dev.mac, "%s was not found within %.1f s"
+                                               % (dev.mac, self.connect_timeout_s)) from None
+            client = BleakClient(found, on_disconnect, timeout=self.connect_timeout_s, bluez=bluez)
+            await asyncio.wait_for(client.connect(), self.connect_timeout_s + 1)
+        self.count("connects")
+        self.connected.add(dev.sensor)
+        return client, gone
+
+    async def _session(self, dev, client, gone, emit):
+        chars = {}
+        for uuid16 in dev.characteristics:
+            char = client.services.get_characteristic(BASE_UUID % uuid16)
+            if char is None:
+                self.count("error.missing_characteristic")
+                continue
+            chars[uuid16] = char
+            data = await asyncio.wait_for(client.read_gatt_char(char), self.timeout_s)
+            self._deliver(dev, uuid16, emit, None, data)
+        if not self.notify:
+            return
+        for uuid16, char in chars.items():
+            await asyncio.wait_for(client.start_notify(char, functools.partial(self._deliver, dev, uuid16, emit)),
+                                   self.timeout_s)
+        await gone.wait()
+        self.count("disconnected")
+        log.warning("%s: %s (%s) disconnected; reconnecting", self.name, dev.sensor, dev.mac)
+
+    def _deliver(self, dev, uuid16, emit, _char, data):
+        try:
+            m = ess.decode_characteristic(uuid16, bytes(data))
+        except DecodeError as exc:
+            self.count("error." + exc.reason)
+            log.debug("%s: characteristic 0x%04X of %s did not decode: %s", self.name, uuid16, dev.mac, exc)
+            return
+        self.count("reads")
+        if m is not None:
+            emit(Reading(dev.sensor, m.name, m.value, m.unit, self.clock.monotonic(), m.resolution))
+
+    async def _disconnect(self, dev, client):
+        self.connected.discard(dev.sensor)
+        try:
+            await asyncio.wait_for(client.disconnect(), self.timeout_s)
+        except BLE_ERRORS as exc:
+            self.count("disconnect_failed")
+            log.info("%s: disconnecting %s failed: %s", self.name, dev.mac, exc or type(exc).__name__)
+
+    def status(self):
+        s = super().status()
+        s.update(adapter=self.adapter, connected=sorted(self.connected))
+        return s
+
+
+# -- config -----------------------------------------------------------------------------------------------------
+
+SCAN_KEYS = {"type", "name", "adapter", "sensors", "formats", "passive", "watchdog_s", "rssi_interval_s",
+             "dedup_window_s", "skip", "backoff_min_s", "backoff_max_s", "timeout_s"}
+GATT_KEYS = {"type", "name", "adapter", "sensors", "poll_s", "notify", "connect_timeout_s", "timeout_s",
+             "backoff_min_s", "backoff_max_s"}
+SCAN_SENSOR_KEYS = {"mac", "format", "key", "alias"}
+GATT_SENSOR_KEYS = {"mac", "alias", "characteristics"}
+DEFAULT_CHARACTERISTICS = ("temperature", "humidity", "pressure")
+
+
+def _number(spec, key, default, minimum=0.0, allow_zero=False):
+    value = spec.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("%s: must be a number of seconds, got %r" % (key, value))
+    if value < minimum or (value == minimum and not allow_zero):
+        raise ValueError("%s: must be %s %s, got %r" % (key, ">=" if allow_zero else ">", minimum, value))
+    return float(value)
+
+
+def _bool(spec, key, default):
+    value = spec.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError("%s: must be true or false, got %r" % (key, value))
+    return value
+
+
+def _text(table, key, where, default=None):
+    value = table.get(key, default)
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValueError("%s%s: must be non-empty text" % (where, key))
+    return value
+
+
+def _check_keys(table, allowed, where):
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ValueError("%s%s: unknown key (allowed: %s)" % (where, unknown[0], ", ".join(sorted(allowed))))
+
+
+def _sensor_tables(spec, required):
+    sensors = spec.get("sensors", [])
+    if not isinstance(sensors, list) or not all(isinstance(s, dict) for s in sensors):
+        raise ValueError("sensors: must be a list of tables like {mac = \"A4:C1:38:00:00:01\"}")
+    if required and not sensors:
+        raise ValueError("sensors: at least one device is needed")
+    seen = set()
+    for i, s in enumerate(sensors):
+        where = "sensors[%d]." % i
+        if "mac" not in s:
+            raise ValueError(where + "mac: is required")
+        try:
+            mac = normalise_mac(s["mac"])
+        except ValueError as exc:
+            raise ValueError(where + "mac: " + str(exc)) from None
+        if mac in seen:
+            raise ValueError(where + "mac: %s is listed twice" % mac)
+        seen.add(mac)
+        yield where, mac, s
+
+
+def _scan_source(spec, clock, name):
+    _check_keys(spec, SCAN_KEYS, "")
+    formats = spec.get("formats", list(FORMATS))
+    if not isinstance(formats, list) or not formats:
+        raise ValueError("formats: must be a non-empty list such as [\"bthome\", \"ruuvi\", \"atc\"]")
+    formats = {normalise_format(f, "formats") for f in formats}
+    sensors = []
+    for where, mac, s in _sensor_tables(spec, required=False):
+        _check_keys(s, SCAN_SENSOR_KEYS, where)
+        fmt = normalise_format(s["format"], where + "format") if "format" in s else None
+        if fmt is not None and fmt not in formats:
+            raise ValueError("%sformat: %s is not in formats" % (where, fmt))
+        key = _text(s, "key", where)
+        if key is not None:
+            if fmt not in (None, "bthome"):
+                raise ValueError(where + "key: only BTHome adverts are decrypted with a bindkey")
+            try:
+                parse_key(key)
+            except DecodeError:
+                raise ValueError(where + "key: must be 32 hex digits (a 16-byte BTHome bindkey)") from None
+        sensors.append(SensorSpec(mac, fmt, key, _text(s, "alias", where)))
+    skip = spec.get("skip", list(DEFAULT_SKIP))
+    if not isinstance(skip, list) or not all(isinstance(x, str) for x in skip):
+        raise ValueError("skip: must be a list of quantity names")
+    rssi = spec.get("rssi_interval_s", 60.0)
+    rssi = None if rssi is False else _number(spec, "rssi_interval_s", 60.0, allow_zero=True)
+    return BleScanSource(
+        name, clock, Selection(sensors, formats), adapter=_text(spec, "adapter", "", "hci0"),
+        passive=_bool(spec, "passive", True), watchdog_s=_number(spec, "watchdog_s", 120.0),
+        rssi_interval_s=rssi, dedup_window_s=_number(spec, "dedup_window_s", 30.0, allow_zero=True),
+        skip=skip, backoff_min_s=_number(spec, "backoff_min_s", 1.0),
+        backoff_max_s=max(_number(spec, "backoff_max_s", 60.0), _number(spec, "backoff_min_s", 1.0)),
+        timeout_s=_number(spec, "timeout_s", 10.0))
+
+
+def _characteristic(value, where):
+    try:
+        uuid16 = ess.parse_uuid(value) if isinstance(value, str) else value
+    except DecodeError:
+        uuid16 = None
+    if isinstance(uuid16, bool) or uuid16 not in ess.CHARACTERISTICS:
+        raise ValueError("%s: %r is not a supported ESS characteristic (%s)" % (
+            where, value, ", ".join(sorted(set(ess.ALIASES)))))
+    return uuid16
+
+
+def _gatt_source(spec, clock, name):
+    _check_keys(spec, GATT_KEYS, "")
+    devices = []
+    for where, mac, s in _sensor_tables(spec, required=True):
+        _check_keys(s, GATT_SENSOR_KEYS, where)
+        chars = s.get("characteristics", list(DEFAULT_CHARACTERISTICS))
+        if not isinstance(chars, list) or not chars:
+            raise ValueError(where + "characteristics: must be a non-empty list")
+        uuids = [_characteristic(c, "%scharacteristics[%d]" % (where, j)) for j, c in enumerate(chars)]
+        devices.append(GattDevice(mac, _text(s, "alias", where) or mac.lower(), uuids))
+    return GattPollSource(
+        name, clock, devices, adapter=_text(spec, "adapter", "", "hci0"), poll_s=_number(spec, "poll_s", 60.0),
+        notify=_bool(spec, "notify", False), connect_timeout_s=_number(spec, "connect_timeout_s", 20.0),
+        timeout_s=_number(spec, "timeout_s", 10.0), backoff_min_s=_number(spec, "backoff_min_s", 1.0),
+        backoff_max_s=max(_number(spec, "backoff_max_s", 300.0), _number(spec, "backoff_min_s", 1.0)))
+
+
+def build_ble_source(spec, clock, name):
+    """``[[sources]]`` table of ``type = "ble"`` (scanner) or ``"gatt"`` (poller) -> source.
+
+    Raises ValueError naming the key; ``drivers.sources`` turns it into a ConfigError with the file.
+    """
+    kind = spec.get("type")
+    if kind == "ble":
+        return _scan_source(spec, clock, name)
+    if kind == "gatt":
+        return _gatt_source(spec, clock, name)
+    raise ValueError("type: %r is not a BLE source type (ble or gatt)" % (kind,))
