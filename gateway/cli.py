@@ -198,7 +198,9 @@ def build_parser():
     dc.add_argument("--json", action="store_true")
     dc.set_defaults(func=cmd_decode)
 
-    from gateway import bench
+    from gateway import bench, doctor, provision
+    provision.register(sub)
+    doctor.register(sub)
     bench.register(sub)
     return p
 
