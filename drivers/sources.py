@@ -22,9 +22,6 @@ def build_source(spec, clock, file=None, index=0):
         if kind in ("ble", "gatt"):
             from drivers.ble.adapter import build_ble_source
             return build_ble_source(spec, clock, name)
-        if kind == "simulated":
-            from firmware_sim.sources import build_simulated_source
-            return build_simulated_source(spec, clock, name)
     except ConfigError:
         raise
     except (ValueError, TypeError, KeyError) as exc:

@@ -91,10 +91,11 @@ class Agent:
         self._alarm_waiting = False
         self._first_cut = False
         self._loop = None
+        self.observers = []  # callables that see every reading and event first (the console's SensorBoard)
 
     # -- input side (runs on the event loop, must be fast and must not raise for bad data) ---------------------
     def emit(self, item):
-        for observe in getattr(self, "observers", ()):  # e.g. the console's SensorBoard (gateway/console)
+        for observe in self.observers:
             observe(item)
         cls = item.__class__
         if cls is Reading:

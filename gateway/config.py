@@ -103,7 +103,7 @@ _POSITIVE = {"store.max_bytes", "batch.max_readings", "batch.max_age_s", "batch.
              "uplink.timeout_s", "uplink.backoff_min_s", "uplink.backoff_max_s", "store.memory_batches",
              "store.max_age_days", "console.baud", "uplink.mqtt.port", "uplink.mqtt.keepalive_s",
              "console.idle_lock_s"}
-SOURCE_TYPES = ("serial", "ble", "gatt", "simulated")
+SOURCE_TYPES = ("serial", "ble", "gatt")
 
 
 def _fill(obj, data, file, prefix):
