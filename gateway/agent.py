@@ -140,7 +140,7 @@ class Agent:
         """Encode and sign a batch; it waits in memory until the commit task writes it."""
         synced = self.timebase.refresh()
         records = senml.encode_records(readings, events, self.prefix, time_quantum=self.time_quantum,
-                                       to_wire=self.timebase.to_wire)
+                                       time_offset=self.timebase.offset)
         payload = wire.encode_payload(self.gw, self.boot, self.seq, synced, records, self.timebase.anchor())
         batch = EncodedBatch(self.boot, self.seq, self.signer(payload), priority, len(readings), len(events),
                              self.clock.wall())

@@ -18,7 +18,6 @@ Compactness (the wire is billed per megabyte):
 """
 
 import math
-import operator
 import re
 import struct
 
@@ -35,7 +34,6 @@ _VALUE_LABELS = (V, VS, VB, VD)
 # RFC 8428 section 4.5.1: the resolved name.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:./_-]*$")
 
-_GROUP_KEY = operator.itemgetter(0, 1, 2, 3)
 _F16 = struct.Struct("<e")
 _F32 = struct.Struct("<f")
 
@@ -85,72 +83,80 @@ def event_value(event):
     return "%s: %s" % (event.state, event.reason)
 
 
-def encode_records(readings, events=(), prefix="", base_time=None, time_quantum=1.0, to_wire=None):
+def encode_records(readings, events=(), prefix="", base_time=None, time_quantum=1.0, time_offset=0.0):
     """Build the list of SenML record maps (integer labels) for ``readings`` and ``events``.
 
-    ``prefix`` is prepended to every name (``"<gw>/"``). ``to_wire`` maps an internal time to the wire time scale
-    (identity if None). ``base_time`` defaults to the earliest wire time in the pack.
+    ``prefix`` is prepended to every name (``"<gw>/"``). ``time_offset`` is added to each internal time to put it
+    on the wire's time scale (``gateway.batcher.TimeBase.offset``). ``base_time`` (wire scale) defaults to the
+    earliest wire time in the pack.
     """
-    conv = to_wire or (lambda t: t)
-    items = []
+    offset = time_offset
+    # Group by (unit, sensor, quantity); dict order keeps arrival (time) order inside each group.
+    groups = {}
+    earliest = None
     for r in readings:
-        items.append((r.unit is not None, r.unit or "", r.sensor, r.name, conv(r.t), r))
-    times = [it[4] for it in items] + [conv(e.t) for e in events]
-    if not times:
+        key = (r.unit or "", r.sensor, r.name)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [r]
+        else:
+            group.append(r)
+        if earliest is None or r.t < earliest:
+            earliest = r.t
+    for e in events:
+        if earliest is None or e.t < earliest:
+            earliest = e.t
+    if earliest is None:
         return []
     if base_time is None:
-        base_time = min(times)
+        base_time = earliest + offset
     base_time = _quantize_time(base_time, time_quantum)
+    shift = offset - base_time  # wire time relative to bt = internal time + shift
+    whole = time_quantum >= 1 and float(time_quantum).is_integer()
+    iq = int(time_quantum)
     records = []
     # Events first: they have no unit, and alarms should be the first thing a reader sees.
     for e in events:
         rec = {BN: "%s%s/%s" % (prefix, e.sensor, e.name), VS: event_value(e)}
-        dt = _quantize_time(conv(e.t) - base_time, time_quantum)
+        dt = _quantize_time(e.t + shift, time_quantum)
         if dt:
             rec[T] = dt
         records.append(rec)
-    # Stable sort keeps arrival order (time order) inside each group.
-    items.sort(key=_GROUP_KEY)
-    current_group = None
-    current_bu = None
-    whole = time_quantum >= 1 and float(time_quantum).is_integer()
-    iq = int(time_quantum)
     numbers = {}  # (value, resolution) -> compact value: readings repeat their values a lot within a batch
-    for has_unit, unit, sensor, name, t, r in items:
-        rec = {}
-        group = (sensor, name)
-        if group != current_group:
-            rec[BN] = "%s%s/%s" % (prefix, sensor, name)
-            current_group = group
-            if has_unit and unit != current_bu:
-                rec[BU] = unit
-                current_bu = unit
-        if has_unit and unit != current_bu:
-            rec[U] = unit
-        dt = round((t - base_time) / iq) * iq if whole else _quantize_time(t - base_time, time_quantum)
-        if dt:
-            rec[T] = dt
-        value = r.value
-        cls = value.__class__
-        if cls is float:
-            key = (value, r.resolution)
-            compact = numbers.get(key)
-            if compact is None:
-                compact = numbers[key] = compact_number(value, r.resolution)
-            rec[V] = compact
-        elif cls is int:
-            rec[V] = value
-        elif cls is bool:
-            rec[VB] = value
-        elif cls is str:
-            rec[VS] = value
-        elif cls is bytes:
-            rec[VD] = value
-        else:
-            rec[V] = compact_number(value, r.resolution)
-        records.append(rec)
-    if records:
-        records[0][BT] = base_time
+    current_bu = ""
+    # Groups with no unit first, because bu cannot be unset once given.
+    for key in sorted(groups):
+        unit, sensor, name = key
+        first = True
+        for r in groups[key]:
+            dt = r.t + shift
+            dt = round(dt / iq) * iq if whole else _quantize_time(dt, time_quantum)
+            rec = {T: dt} if dt else {}
+            if first:
+                first = False
+                rec[BN] = "%s%s/%s" % (prefix, sensor, name)
+                if unit and unit != current_bu:
+                    rec[BU] = current_bu = unit
+            value = r.value
+            cls = value.__class__
+            if cls is float:
+                nkey = (value, r.resolution)
+                compact = numbers.get(nkey)
+                if compact is None:
+                    compact = numbers[nkey] = compact_number(value, r.resolution)
+                rec[V] = compact
+            elif cls is int:
+                rec[V] = value
+            elif cls is bool:
+                rec[VB] = value
+            elif cls is str:
+                rec[VS] = value
+            elif cls is bytes:
+                rec[VD] = value
+            else:
+                rec[V] = compact_number(value, r.resolution)
+            records.append(rec)
+    records[0][BT] = base_time
     return records
 
 
