@@ -95,11 +95,11 @@ if [ "$REAL" = 1 ] && ! id "$SERVICE_USER" >/dev/null 2>&1; then
 fi
 
 # 3. Config and key.
-mkdirs /etc/edge-gateway 0750
+mkdirs /etc/edge-gateway 0770  # group-writable: the console's `config set` rewrites config.toml
 mkdirs /var/lib/edge-gateway 0700
-if [ -n "$CONFIG" ]; then put "$CONFIG" /etc/edge-gateway/config.toml 0640 || true
+if [ -n "$CONFIG" ]; then put "$CONFIG" /etc/edge-gateway/config.toml 0660 || true
 elif [ ! -e "$R/etc/edge-gateway/config.toml" ]; then
-    put "$HERE/config.example.toml" /etc/edge-gateway/config.toml 0640
+    put "$HERE/config.example.toml" /etc/edge-gateway/config.toml 0660
     echo "install.sh: installed the EXAMPLE config; edit /etc/edge-gateway/config.toml before starting"
     START=0
 fi

@@ -380,7 +380,6 @@ def bench_drain(workdir, readings, i, alarms=0):
             stop = asyncio.Event()
             task = asyncio.create_task(agent.run(stop))
             start = time.perf_counter()
-            loop = asyncio.get_running_loop()
             for k in range(alarms):
                 await asyncio.sleep(0.15)
                 emitted[k] = time.time()

@@ -199,8 +199,10 @@ def build_parser():
     dc.set_defaults(func=cmd_decode)
 
     from gateway import bench, doctor, provision
+    from gateway.console import cli as console_cli
     provision.register(sub)
     doctor.register(sub)
+    console_cli.register(sub)
     bench.register(sub)
     return p
 

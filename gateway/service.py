@@ -53,15 +53,32 @@ def build_agent(cfg, clock=None, **extra):
                  max_pending=cfg.store.memory_batches, **extra)
 
 
-async def run_service(cfg):
+EXIT_RESTART = 75  # the console's `restart`: exit non-zero so systemd's Restart=on-failure starts us again
+
+
+async def run_service(cfg, console_port=None):
+    """Run the agent until SIGTERM/SIGINT, serving the technician console when a port is configured."""
     agent = build_agent(cfg)
     stop = asyncio.Event()
+    restart = []
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    console = None
+    port = console_port or cfg.console.port
+    if port:
+        from gateway.console.cli import serve_console
+
+        def request_restart():
+            restart.append(1)
+            loop.call_soon_threadsafe(stop.set)
+        console = serve_console(agent, port, cfg.file, request_restart=request_restart)
     try:
         await agent.run(stop)
     finally:
+        if console is not None:
+            console.cancel()
+            await asyncio.gather(console, return_exceptions=True)
         agent.store.close()
     log.info("agent stopped: %s", dict(agent.counters))
-    return 0
+    return EXIT_RESTART if restart else 0

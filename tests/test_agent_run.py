@@ -1,12 +1,10 @@
 """`edge-gateway run --config FILE`: a firmware node on a real pty, pyserial, the pipeline, HTTP to a receiver."""
 
-import os
 import signal
 import subprocess
 import sys
 import time
 
-import pytest
 
 from firmware_sim.harness import PtyNode
 from gateway import keys

@@ -10,7 +10,6 @@ import collections
 import os
 import pathlib
 import random
-import shutil
 import subprocess
 import sys
 import time

@@ -1,8 +1,6 @@
 """Wire format: COSE_Sign1 + SenML-CBOR, checked against our verifier, the committed vectors and pycose."""
 
-import base64
 import json
-import struct
 
 import cbor2
 import pytest

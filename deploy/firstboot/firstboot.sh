@@ -8,7 +8,7 @@
 # when the agent is already installed).
 #
 # What it does: check SHA256SUMS; deploy/install.sh (venv from the wheelhouse, service user edge-gateway in
-# dialout+bluetooth, config 0640 root:edge-gateway, key 0600 edge-gateway, systemd unit enabled and started, udev
+# dialout+bluetooth, config 0660 root:edge-gateway (the console may rewrite it), key 0600 edge-gateway, systemd unit enabled and started, udev
 # rules); then remove the private key from the boot partition (a FAT partition cannot protect it).
 set -eu
 BUNDLE=$(cd "$(dirname "$0")" && pwd)

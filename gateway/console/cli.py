@@ -24,7 +24,6 @@ from gateway.errors import ConfigError, KeyFileError, StoreError
 
 log = logging.getLogger(__name__)
 
-EXIT_RESTART = 75  # EX_TEMPFAIL: "try again", so Restart=on-failure restarts too
 
 
 def attach_board(agent, board):
@@ -129,26 +128,8 @@ def cmd_console(args, stdin=None, out=None):
 
 
 async def _run_with_console(cfg, port, config_path):
-    from gateway.service import build_agent
-    agent = build_agent(cfg)
-    stop = asyncio.Event()
-    restart = []
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-    def request_restart():
-        restart.append(1)
-        loop.call_soon_threadsafe(stop.set)
-
-    task = serve_console(agent, port, config_path, request_restart=request_restart)
-    try:
-        await agent.run(stop)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        agent.store.close()
-    return EXIT_RESTART if restart else 0
+    from gateway.service import run_service
+    return await run_service(cfg, console_port=port)
 
 
 def _set_pin(config_path, stdin, out):
