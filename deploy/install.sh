@@ -123,7 +123,7 @@ if [ "$REAL" = 1 ]; then
     systemctl enable edge-gateway.service
     if [ "$START" = 1 ]; then
         systemctl restart edge-gateway.service
-        runuser -u edge-gateway -- /opt/edge-gateway/current/bin/python -m gateway.doctor doctor --config /etc/edge-gateway/config.toml || \
+        runuser -u edge-gateway -- /opt/edge-gateway/current/bin/python -m gateway.cli doctor --config /etc/edge-gateway/config.toml || \
             echo "install.sh: doctor reported problems (see above); the service is installed" >&2
     fi
 fi

@@ -40,7 +40,7 @@ healthy() {
         sleep "$HEALTH_WAIT"
         systemctl is-active --quiet edge-gateway.service
     else
-        "$BASE/current/bin/python" -m gateway.doctor doctor --quick --config "$CONFIG" >/dev/null
+        "$BASE/current/bin/python" -m gateway.cli doctor --quick --config "$CONFIG" >/dev/null
     fi
 }
 as_service() { if [ "$REAL" = 1 ]; then runuser -u edge-gateway -- "$@"; else "$@"; fi; }
@@ -65,7 +65,7 @@ NEW=$BASE/venvs/$NAME
 if ! PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$NEW/bin/python" "$PIPWHL/pip" install --quiet --no-index \
         --find-links "$WHEELHOUSE" --no-cache-dir --disable-pip-version-check edge-gateway \
    || ! "$NEW/bin/edge-gateway" --version \
-   || ! as_service "$NEW/bin/python" -m gateway.doctor doctor --quick --config "$CONFIG"; then
+   || ! as_service "$NEW/bin/python" -m gateway.cli doctor --quick --config "$CONFIG"; then
     rm -rf "$NEW"
     echo "upgrade.sh: the new version failed its checks; still running $CURRENT" >&2
     exit 1

@@ -35,19 +35,17 @@ KINDS = ("noise", "badsum", "silence", "burst", "disconnect")
 DEFAULTS = {"noise": 16, "silence": 5.0, "burst": 200}
 
 
-class Rng:
-    """xorshift32: tiny, deterministic and identical on every Python."""
+try:
+    from fridge import XorShift32
+except ImportError:  # imported as firmware_sim.faults under CPython
+    from firmware_sim.fridge import XorShift32
+
+
+class Rng(XorShift32):
+    """xorshift32 (firmware_sim/fridge.py), seeded through a multiplicative hash so nearby seeds diverge."""
 
     def __init__(self, seed):
-        self.state = (seed * 2654435761 + 1) & 0xFFFFFFFF or 1
-
-    def next(self):
-        x = self.state
-        x ^= (x << 13) & 0xFFFFFFFF
-        x ^= x >> 17
-        x ^= (x << 5) & 0xFFFFFFFF
-        self.state = x
-        return x
+        XorShift32.__init__(self, (seed * 2654435761 + 1) & 0xFFFFFFFF or 1)
 
     def noise(self, n, forbidden):
         out = bytearray()

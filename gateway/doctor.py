@@ -238,15 +238,3 @@ def cmd_doctor(args, out=None):
     out.write("%s: %d checks, %d failed, %d warnings\n" % ("FAIL" if failed else "OK", len(checks), failed, warned))
     out.flush()
     return 1 if failed else 0
-
-
-def main(argv=None):
-    import argparse
-    parser = argparse.ArgumentParser(prog="edge-gateway")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

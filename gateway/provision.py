@@ -344,16 +344,3 @@ def cmd_provision(args, out=None):
     except (ProvisionError, ConfigError, KeyFileError, WheelhouseError) as exc:
         print("edge-gateway provision: %s" % exc, file=sys.stderr)
         return 2
-
-
-def main(argv=None):
-    """``python -m gateway.provision ...`` works before the lead wires ``register`` into cli.py."""
-    import argparse
-    parser = argparse.ArgumentParser(prog="edge-gateway")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

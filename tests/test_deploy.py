@@ -59,7 +59,7 @@ def sh(script, *args, env=None, check=True, timeout=60):
 
 
 def provision(out, gw, uplink, *extra):
-    proc = subprocess.run([PY, "-m", "gateway.provision", "provision", "--gateway-id", gw, "--uplink", uplink,
+    proc = subprocess.run([PY, "-m", "gateway.cli", "provision", "--gateway-id", gw, "--uplink", uplink,
                            "--out", out] + list(extra), capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     return proc
@@ -227,7 +227,7 @@ def test_install_run_doctor_uninstall(tmp_path, wheels):
         cfg = root / "etc/edge-gateway/config.toml"
         cfg.write_text(open(prov + "/gw-site-1/config.toml").read() + "\n[batch]\nmax_age_s = 0.5\n")
 
-        doc = subprocess.run([venv_bin + "/python", "-m", "gateway.doctor", "doctor", "--config", str(cfg)],
+        doc = subprocess.run([venv_bin + "/python", "-m", "gateway.cli", "doctor", "--config", str(cfg)],
                              capture_output=True, text=True, timeout=30,
                              env=dict(os.environ, DBUS_SYSTEM_BUS_ADDRESS="unix:path=" + str(tmp_path / "nobus")))
         print(doc.stdout)

@@ -93,27 +93,9 @@ class SerialSource(Source):
                 now = self.clock.monotonic()
                 if ready.is_set():
                     ready.clear()
-                    try:
-                        # pyserial opened the fd non-blocking; reading it directly tells a spurious wake-up
-                        # (EAGAIN) from a device that went away (EIO or end of file).
-                        data = os.read(fd, 4096)
-                    except BlockingIOError:
+                    data = self._read(fd)
+                    if data is None:
                         continue
-                    except OSError as exc:
-                        raise PortGone(exc) from exc
-                    if not data:
-                        # A raw tty with VMIN=0 reads 0 bytes when nothing is there, and the loop's reader
-                        # callback can fire after we already drained it. Gone means: readable, yet empty twice.
-                        if not select.select([fd], [], [], 0)[0]:
-                            continue
-                        try:
-                            data = os.read(fd, 4096)
-                        except BlockingIOError:
-                            continue
-                        except OSError as exc:
-                            raise PortGone(exc) from exc
-                        if not data:
-                            raise PortGone("end of file")
                     self.count("bytes", len(data))
                     self.last_data = now
                     self._deliver(self.protocol.feed(data, now), now, emit)
@@ -132,6 +114,27 @@ class SerialSource(Source):
                     self.counters["error." + reason] = n
         finally:
             loop.remove_reader(fd)
+
+    @staticmethod
+    def _read(fd):
+        """Bytes that arrived, None after a spurious wake-up, ``PortGone`` when the device went away.
+
+        pyserial opened the fd non-blocking; reading it directly tells a spurious wake-up (EAGAIN) from a device
+        that went away (EIO or end of file). A raw tty with VMIN=0 also reads 0 bytes when nothing is there, and
+        the loop's reader callback can fire after we drained it, so gone means: readable, yet empty twice.
+        """
+        for attempt in (1, 2):
+            try:
+                data = os.read(fd, 4096)
+            except BlockingIOError:
+                return None
+            except OSError as exc:
+                raise PortGone(exc) from exc
+            if data:
+                return data
+            if attempt == 1 and not select.select([fd], [], [], 0)[0]:
+                return None
+        raise PortGone("end of file")
 
     def _deliver(self, decoded, now, emit):
         for sensor, measurements in decoded:
