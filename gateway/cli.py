@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 
 from gateway import __version__
@@ -25,6 +26,12 @@ def _setup_logging(level):
 def cmd_demo(args):
     from gateway.demo import run_demo
     _setup_logging("warning" if not args.verbose else "info")
+    if args.store:
+        try:
+            os.makedirs(args.store, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            print("edge-gateway: cannot use --store %s: %s" % (args.store, exc.strerror or exc), file=sys.stderr)
+            return 2
     summary = run_demo(args)
     ok = summary["batches_sent"] > 0 and summary["batches_rejected"] == 0
     return 0 if ok else 1
@@ -61,8 +68,16 @@ def cmd_receive(args):
     except KeyFileError as exc:
         print("edge-gateway: %s" % exc, file=sys.stderr)
         return 2
-    receiver = Receiver(args.db, trust)
-    server = ReceiverServer(receiver, host.strip("[]"), int(port)).start()
+    try:
+        receiver = Receiver(args.db, trust)
+    except sqlite3.Error as exc:
+        print("edge-gateway: cannot open the receiver database %s: %s" % (args.db, exc), file=sys.stderr)
+        return 2
+    try:
+        server = ReceiverServer(receiver, host.strip("[]"), int(port)).start()
+    except OSError as exc:
+        print("edge-gateway: cannot listen on %s: %s" % (args.listen, exc.strerror or exc), file=sys.stderr)
+        return 2
     print("receiving on %s (trust store %s: %d keys, database %s)" % (server.url, args.trust, len(trust.keys),
                                                                      args.db), flush=True)
     consumer = None
