@@ -58,6 +58,14 @@ def _prepare_dir(store_dir):
     return tmp.name, tmp
 
 
+def _make_uplink(url):
+    """``--uplink``: an http(s):// receiver, or an mqtt(s)://HOST:PORT/PREFIX broker (QoS 1, PUBACK acks)."""
+    if url.startswith(("mqtt://", "mqtts://")):
+        from gateway.uplink.mqtt import MqttUplink
+        return MqttUplink.from_url(url, timeout=5.0, reconnect=(0.5, 2.0))
+    return HttpUplink(url)
+
+
 def run_demo(args, out=sys.stdout):
     """Returns the summary dict; the CLI prints it and picks the exit code."""
     workdir, tmp = _prepare_dir(args.store)
@@ -105,7 +113,7 @@ async def _demo(args, workdir, out):
             verified["rejected"] += 1
             say("batch %d/%d FAILED verification: %s" % (batch.boot, batch.seq, exc))
 
-    agent = Agent(gw=GATEWAY_ID, key=key, store=store, uplink=HttpUplink(url), sources=[source], clock=clock,
+    agent = Agent(gw=GATEWAY_ID, key=key, store=store, uplink=_make_uplink(url), sources=[source], clock=clock,
                   batch=BatchSection(max_readings=500, max_age_s=1.0, time_quantum_s=0.1),
                   rng=random.Random(args.seed), backoff=(0.2, 5.0), on_commit=saver, on_sent=on_sent)
     say("edge-gateway demo: gateway %s, boot epoch %d, kid %s%s" % (
@@ -117,9 +125,17 @@ async def _demo(args, workdir, out):
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.call_later(args.duration, stop.set)
+    console = None
+    if args.console:
+        from gateway.console.cli import serve_console
+        console = serve_console(agent, args.console, None, request_restart=stop.set)
+        say("technician console on %s (115200 8N1; read-only: the demo has no config file)" % args.console)
     try:
         await agent.run(stop, drain_timeout=10.0)
     finally:
+        if console is not None:
+            console.cancel()
+            await asyncio.gather(console, return_exceptions=True)
         node.stop()
         store_depth = agent.depth()
         store.close()

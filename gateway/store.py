@@ -4,10 +4,12 @@ Semantics (``docs/wire-format.md`` and ``docs/operations.md`` say the same for u
 
 * A batch is **accepted** when ``put`` returns: it was signed before, so the bytes on disk are the bytes on the
   wire, and the commit ran with ``synchronous=FULL`` in WAL mode (one fsync of the WAL per commit). The agent
-  commits one batch per transaction, and batches are cut every ``batch.max_age_s`` seconds or
-  ``batch.max_readings`` readings, so fsyncs are batched by construction; ``fsyncs`` counts them (commits, plus
-  two per checkpoint).
-* The queue is bounded by bytes and by age. Making room drops the oldest non-alarm batches first; alarms go only
+  commits every batch waiting for the disk in one transaction (group commit), and batches are cut every
+  ``batch.max_age_s`` seconds or ``batch.max_readings`` readings, so fsyncs are batched by construction;
+  ``fsyncs`` counts them (commits, plus two per checkpoint). The WAL is checkpointed and truncated by us once it
+  holds ``checkpoint_pages`` pages, which bounds it on disk (``docs/store-and-forward.md``).
+* The queue is bounded by bytes (the signed batches' sizes; the files add a documented slack) and by age (only
+  with a plausible wall clock, see ``_expire``). Making room drops the oldest non-alarm batches first; alarms go only
   when nothing else is left. Every drop is counted in ``meta`` in the same transaction, so the counters survive
   restarts and the agent reports them upstream in its health records.
 * ``pending`` yields alarms first, then the rest oldest first. ``ack`` deletes; ``quarantine`` moves a batch the
@@ -18,6 +20,7 @@ Semantics (``docs/wire-format.md`` and ``docs/operations.md`` say the same for u
   ``<name>.corrupt-<n>`` and a new one is created; ``recovered_from`` says so and the agent reports it.
 """
 
+import logging
 import os
 import sqlite3
 import threading
@@ -43,9 +46,17 @@ CREATE TABLE IF NOT EXISTS quarantine (
 COUNTERS = ("dropped_batches", "dropped_readings", "dropped_alarm_batches", "expired_batches", "quarantined",
             "acked_batches", "acked_readings", "accepted_batches", "accepted_readings")
 _COLUMNS = "id, prio, boot, seq, created, readings, events, data"
+log = logging.getLogger(__name__)
 
 
 def _classify(exc):
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith("SQLITE_FULL"):
+        return "full"
+    if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM")):
+        return "readonly"
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return "corrupt"
     text = str(exc).lower()
     if "full" in text:
         return "full"
@@ -61,12 +72,16 @@ def _store_error(action, path, exc):
     hint = {"full": "the disk is full; free space or lower store.max_bytes",
             "readonly": "the store directory or file is read-only; check its owner and mode",
             "corrupt": "the database is damaged; it will be moved aside at the next start"}.get(kind, str(exc))
-    return StoreError("cannot %s %s: %s (%s)" % (action, path, hint, exc), kind=kind)
+    name = getattr(exc, "sqlite_errorname", None)
+    return StoreError("cannot %s %s: %s (%s%s)" % (action, path, hint, exc, ", " + name if name else ""), kind=kind)
+
+
+SANE_WALL = 1_600_000_000.0  # 2020-09-13: a wall time before this is a Pi that has not synchronised its clock yet
 
 
 class Store:
     def __init__(self, path, max_bytes=64 << 20, max_age=30 * 86400.0, clock=None, page_size=4096,
-                 checkpoint_pages=1000):
+                 checkpoint_pages=1000, expire_every=60.0):
         self.path = os.fspath(path)
         self.max_bytes = max_bytes
         self.max_age = max_age
@@ -77,16 +92,23 @@ class Store:
         self._lock = threading.RLock()
         self._checkpoint_pages = checkpoint_pages
         self._wal_pages = 0
+        self._expire_every = expire_every
+        self._next_expiry = None
+        self.checkpoints = 0
+        self._page_size = page_size
         try:
             self._db = self._open(page_size)
         except sqlite3.DatabaseError as exc:
-            if _classify(exc) != "corrupt" and "file is not a database" not in str(exc):
+            if _classify(exc) != "corrupt":
                 raise _store_error("open", self.path, exc) from exc
             self.recovered_from = self._move_aside()
             try:
                 self._db = self._open(page_size)
             except sqlite3.DatabaseError as exc2:
                 raise _store_error("recreate", self.path, exc2) from exc2
+        self._resync_bytes()
+
+    def _resync_bytes(self):
         self._bytes = self._db.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM batches").fetchone()[0]
 
     # -- opening -------------------------------------------------------------------------------------------
@@ -126,8 +148,8 @@ class Store:
         with self._lock:
             try:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                pass
+            except sqlite3.Error as exc:
+                log.warning("store: final checkpoint of %s failed (the WAL keeps the data): %s", self.path, exc)
             self._db.close()
 
     # -- metadata --------------------------------------------------------------------------------------------
@@ -162,15 +184,28 @@ class Store:
         return self.put_many([batch])[0]
 
     def put_many(self, batches):
-        """Commit ``batches`` in one transaction, making room first. Returns their store ids."""
+        """Commit ``batches`` in one transaction, making room first. Returns their store ids.
+
+        If the batches alone exceed ``max_bytes`` (a long store outage filled the memory buffer), the policy
+        applies to them too: the oldest non-alarm ones are dropped and counted (their id is None), so one
+        oversized group can never wedge the commit path.
+        """
         now = self._now()
-        need = sum(len(b.data) for b in batches)
+        admitted = self._admit(batches)
+        need = sum(len(b.data) for b in batches if id(b) in admitted)
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._make_room(need, now)
                 ids = []
+                refused = [b for b in batches if id(b) not in admitted]
+                if refused:
+                    self._count_drop(len(refused), sum(b.readings for b in refused),
+                                     sum(1 for b in refused if b.priority))
                 for b in batches:
+                    if id(b) not in admitted:
+                        ids.append(None)
+                        continue
                     cur = self._db.execute(
                         "INSERT INTO batches (prio, boot, seq, created, readings, events, data) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -183,41 +218,86 @@ class Store:
                 self._rollback()
                 raise _store_error("commit a batch to", self.path, exc) from exc
             self._bytes += need
-            self._wal_pages += 1 + need // 4000
             self._maybe_checkpoint()
             return ids
 
+    def _admit(self, batches):
+        """Ids of the batches that fit in the bound on their own: alarms first, then the newest."""
+        budget = self.max_bytes * 3 // 4  # a payload byte costs up to ~1.3 bytes of file
+        if sum(len(b.data) for b in batches) <= budget:
+            return set(map(id, batches))
+        admitted, total = set(), 0
+        order = [b for b in reversed(batches) if b.priority] + [b for b in reversed(batches) if not b.priority]
+        for b in order:
+            if total + len(b.data) <= budget:
+                admitted.add(id(b))
+                total += len(b.data)
+        return admitted
+
+    def _disk_used(self):
+        """Bytes of the database file in use (pages minus free pages), as seen inside the transaction."""
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * self._page_size
+
+    def _excess(self, need):
+        """How far over the bound the queue would be after adding ``need`` bytes: the larger of the payload
+        excess and the file excess (B-tree pages are not full, so a payload byte costs more than a byte on disk;
+        a new batch is estimated at its size plus a quarter plus one page)."""
+        excess = self._bytes + need - self.max_bytes
+        if need:
+            excess = max(excess, self._disk_used() + need + need // 4 + self._page_size - self.max_bytes)
+        return excess
+
     def _make_room(self, need, now):
-        if self.max_age:
-            rows = self._db.execute("SELECT id, readings, LENGTH(data) FROM batches WHERE created < ?",
-                                    (now - self.max_age,)).fetchall()
-            if rows:
-                self._drop(rows, "expired_batches")
-        if self._bytes + need <= self.max_bytes:
+        self._expire(now)
+        if self._excess(need) <= 0:
             return
         for alarms in (False, True):
             cond = "prio > 0" if alarms else "prio = 0"
-            while self._bytes + need > self.max_bytes:
+            while self._excess(need) > 0:
                 rows = self._db.execute(
-                    "SELECT id, readings, LENGTH(data) FROM batches WHERE %s ORDER BY id LIMIT 64" % cond
+                    "SELECT id, readings, LENGTH(data), prio FROM batches WHERE %s ORDER BY id LIMIT 64" % cond
                 ).fetchall()
                 if not rows:
                     break
-                excess = self._bytes + need - self.max_bytes
+                excess = self._excess(need)
                 take, freed = [], 0
                 for row in rows:
                     take.append(row)
                     freed += row[2]
                     if freed >= excess:
                         break
-                self._drop(take, "dropped_alarm_batches" if alarms else None)
-        if self._bytes + need > self.max_bytes:
+                self._drop(take)
+        if self._bytes + need > self.max_bytes:  # cannot happen: _admit keeps need <= max_bytes
             raise sqlite3.OperationalError("batch of %d bytes is larger than the store bound (full)" % need)
+
+    def _expire(self, now):
+        """Drop batches older than ``max_age`` (counted as ``expired_batches`` and as drops).
+
+        Only with a plausible wall clock: a gateway that boots in 1970 and then synchronises must not expire
+        everything it queued meanwhile. Batches stamped before ``SANE_WALL`` never expire by age (the byte bound
+        still applies to them). Runs at most every ``expire_every`` seconds of wall time.
+        """
+        if not self.max_age or now < SANE_WALL:
+            return
+        if self._next_expiry is not None and self._next_expiry - self._expire_every <= now < self._next_expiry:
+            return
+        self._next_expiry = now + self._expire_every
+        rows = self._db.execute("SELECT id, readings, LENGTH(data), prio FROM batches WHERE created < ? "
+                                "AND created >= ?", (now - self.max_age, SANE_WALL)).fetchall()
+        if rows:
+            self._drop(rows, "expired_batches")
+
+    def _count_drop(self, batches, readings, alarms):
+        self._bump("dropped_batches", batches)
+        self._bump("dropped_readings", readings)
+        if alarms:
+            self._bump("dropped_alarm_batches", alarms)
 
     def _drop(self, rows, extra_counter=None):
         self._db.executemany("DELETE FROM batches WHERE id = ?", [(r[0],) for r in rows])
-        self._bump("dropped_batches", len(rows))
-        self._bump("dropped_readings", sum(r[1] for r in rows))
+        self._count_drop(len(rows), sum(r[1] for r in rows), sum(1 for r in rows if r[3]))
         if extra_counter:
             self._bump(extra_counter, len(rows))
         self._bytes -= sum(r[2] for r in rows)
@@ -256,7 +336,6 @@ class Store:
                 self._rollback()
                 raise _store_error("delete acknowledged batches from", self.path, exc) from exc
             self._bytes -= size
-            self._wal_pages += 1
             self._maybe_checkpoint()
 
     def quarantine(self, store_id, reason):
@@ -276,6 +355,7 @@ class Store:
                 self._rollback()
                 raise _store_error("quarantine a batch in", self.path, exc) from exc
             self._bytes -= size
+            self._maybe_checkpoint()
 
     def requeue_quarantined(self):
         """Put every quarantined batch back in the queue (after the backend was fixed). Returns the count."""
@@ -322,20 +402,44 @@ class Store:
         self.fsyncs += 1
 
     def _rollback(self):
+        """Undo a failed transaction and re-read the byte total (drops made in it did not happen)."""
         try:
-            self._db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.error("store: rollback failed on %s: %s", self.path, exc)
+        try:
+            self._resync_bytes()
+        except sqlite3.Error as exc:
+            log.error("store: cannot re-read the queue size of %s: %s", self.path, exc)
+
+    def wal_bytes(self):
+        try:
+            return os.path.getsize(self.path + "-wal")
+        except OSError:
+            return 0
 
     def _maybe_checkpoint(self):
-        if self._wal_pages < self._checkpoint_pages:
+        """Copy the WAL into the database and truncate it once it holds ``checkpoint_pages`` pages.
+
+        This bounds the WAL on disk (``checkpoint_pages * page_size`` plus one transaction). A checkpoint costs
+        two fsyncs (the WAL, then the database); a failed one is retried after the next commit.
+        """
+        if self.wal_bytes() < self._checkpoint_pages * self._page_size:
             return
-        try:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            return
-        self._wal_pages = 0
-        self.fsyncs += 2
+        self.checkpoint()
+
+    def checkpoint(self):
+        """Checkpoint and truncate the WAL now. Returns True if it completed."""
+        with self._lock:
+            try:
+                busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.Error as exc:
+                log.error("store: checkpoint of %s failed: %s", self.path, exc)
+                return False
+            self.checkpoints += 1
+            self.fsyncs += 2
+            return not busy
 
     def _now(self):
         return self.clock.wall()

@@ -1,0 +1,202 @@
+"""HTTP(S) uplink against real loopback servers: TLS with a throwaway CA, keep-alive, 2xx/4xx/429/503."""
+
+import datetime
+import http.server
+import ipaddress
+import os
+import ssl
+import threading
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from gateway.errors import UplinkError
+from gateway.model import EncodedBatch
+from gateway.uplink.http import HttpUplink, parse_retry_after
+
+
+def _name(cn):
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_pki(directory, client=False):
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost (and a client cert). Returns file paths."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(_name("test CA")).issuer_name(_name("test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    out = {"ca": os.path.join(directory, "ca.pem")}
+    with open(out["ca"], "wb") as f:
+        f.write(ca.public_bytes(serialization.Encoding.PEM))
+
+    def leaf(name, cn, san, usage):
+        key = ec.generate_private_key(ec.SECP256R1())
+        b = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca.subject)
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        if san:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        cert = b.sign(ca_key, hashes.SHA256())
+        out[name + "_cert"] = os.path.join(directory, name + ".pem")
+        out[name + "_key"] = os.path.join(directory, name + ".key")
+        with open(out[name + "_cert"], "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        with open(out[name + "_key"], "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+
+    leaf("server", "localhost", [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+         x509.oid.ExtendedKeyUsageOID.SERVER_AUTH)
+    if client:
+        leaf("client", "gw-test", None, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH)
+    return out
+
+
+class Backend:
+    """A scripted loopback server: answers from ``script`` (a list of (status, headers)), then 201."""
+
+    def __init__(self, script=(), tls=None):
+        outer = self
+        self.script = list(script)
+        self.bodies = []
+        self.connections = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                outer.connections += 1
+                super().setup()
+
+            def do_POST(self):
+                outer.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+                status, headers = outer.script.pop(0) if outer.script else (201, {})
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        scheme = "http"
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(tls["server_cert"], tls["server_key"])
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        self.url = "%s://127.0.0.1:%d/v1/batches" % (scheme, self.httpd.server_address[1])
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def batch(i=0):
+    return EncodedBatch(1, i, b"\xd2\x84batch-%d" % i, readings=1)
+
+
+@pytest.fixture
+def pki(tmp_path):
+    return make_pki(str(tmp_path))
+
+
+def test_https_verifies_with_pinned_ca_and_fails_clearly_without(pki):
+    server = Backend(tls=pki)
+    try:
+        up = HttpUplink(server.url, ca_file=pki["ca"])
+        assert up.send(batch(1)) == 201 and server.bodies == [batch(1).data]
+        up.close()
+        plain = HttpUplink(server.url)  # system trust store only: the throwaway CA is unknown
+        with pytest.raises(UplinkError) as err:
+            plain.send(batch(2))
+        assert "did not verify" in str(err.value) and err.value.retryable
+        assert len(server.bodies) == 1
+        wrong_host = HttpUplink(server.url.replace("127.0.0.1", "localhost"), ca_file=pki["ca"])
+        assert wrong_host.send(batch(3)) == 201  # the name in the URL matches the certificate's SAN
+    finally:
+        server.stop()
+
+
+def test_keep_alive_reuses_one_connection():
+    server = Backend()
+    try:
+        up = HttpUplink(server.url)
+        for i in range(20):
+            up.send(batch(i))
+        assert len(server.bodies) == 20 and server.connections == 1
+    finally:
+        server.stop()
+
+
+def test_status_classes_retryable_rejected_and_retry_after():
+    server = Backend([(503, {"Retry-After": "7"}), (429, {"Retry-After": "2"}), (400, {}), (403, {}), (500, {}),
+                      (200, {})])
+    try:
+        up = HttpUplink(server.url)
+        results = []
+        for i in range(6):
+            try:
+                results.append(("ok", up.send(batch(i))))
+            except UplinkError as exc:
+                results.append((exc.status, exc.retryable, exc.retry_after))
+        assert results == [(503, True, 7.0), (429, True, 2.0), (400, False, None), (403, False, None),
+                           (500, True, None), ("ok", 200)]
+    finally:
+        server.stop()
+
+
+def test_unreachable_is_retryable(tmp_path):
+    from mosquitto import free_port
+    with pytest.raises(UplinkError) as err:
+        HttpUplink("http://127.0.0.1:%d/x" % free_port(), timeout=2).send(batch())
+    assert err.value.retryable and "cannot reach" in str(err.value)
+
+
+def test_retry_after_http_date():
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert parse_retry_after("soon") is None and parse_retry_after("12") == 12.0
+
+
+def test_rejected_batch_is_quarantined_and_never_blocks_the_queue(tmp_path, signing_key):
+    """A 4xx for one batch: quarantined and counted, the next batches go through; nothing retried forever."""
+    import asyncio
+    import random
+
+    from gateway.agent import Agent
+    from gateway.clock import SystemClock
+    from gateway.model import Reading
+    from gateway.store import Store
+    server = Backend([(201, {}), (422, {})])
+    store = Store(str(tmp_path / "q.sqlite"))
+    agent = Agent(gw="gw-test", key=signing_key, store=store, uplink=HttpUplink(server.url),
+                  clock=SystemClock("synced"), rng=random.Random(1), backoff=(0.05, 0.2))
+
+    async def main():
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        await asyncio.sleep(0.1)
+        for i in range(4):
+            agent.emit(Reading("s", "x", i, None, 1.0 + i))
+            agent._cut()
+            await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.wait_for(task, 20)
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()
+    assert agent.counters["quarantined"] == 1 and store.counters()["quarantined"] == 1
+    assert len(store.quarantined()) == 1 and store.depth()[0] == 0
+    assert len(server.bodies) == 4 and agent.counters["uplink_failures"] == 0  # each batch sent once
+    store.close()
