@@ -82,6 +82,7 @@ class Agent:
         self.last_error = None
         self.store_ok = True
         self._pending = collections.deque()
+        self._committing = set()  # ids of the batches the commit task is writing right now
         self._last_health = None
         self._health_sent = {}
         self._store_thread = ThreadPoolExecutor(1, "store")
@@ -156,7 +157,11 @@ class Agent:
         return batch
 
     def _drop_from_memory(self):
-        victim = next((b for b in self._pending if not b.priority), None) or self._pending[0]
+        # A batch being committed right now is on its way to disk: dropping (and counting) it would be a lie.
+        movable = [b for b in self._pending if id(b) not in self._committing]
+        victim = next((b for b in movable if not b.priority), None) or (movable[0] if movable else None)
+        if victim is None:
+            return  # all in flight: memory holds at most max_pending + 1 until the commit returns
         self._pending.remove(victim)
         self.counters["memory_dropped_batches"] += 1
         self.counters["memory_dropped_readings"] += victim.readings
@@ -193,9 +198,11 @@ class Agent:
             self._commit_wake.clear()
             while self._pending:
                 batches = list(self._pending)
+                self._committing = set(map(id, batches))
                 try:
                     ids = await loop.run_in_executor(self._store_thread, self.store.put_many, batches)
                 except StoreError as exc:
+                    self._committing = set()
                     self.counters["store_errors"] += 1
                     if self.store_ok or self.last_error != str(exc):
                         log.error("store: %s; keeping up to %d batches in memory", exc, self.max_pending)
@@ -205,6 +212,7 @@ class Agent:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
                     continue
+                self._committing = set()
                 if not self.store_ok:
                     log.warning("store: writable again")
                 self.store_ok = True
@@ -309,6 +317,8 @@ class Agent:
             if self.rules is not None:
                 result = self.rules.tick(now)
                 for r in result.send:
+                    self._add(r)
+                for r in getattr(result, "heartbeat", ()):  # forwarded by the heartbeat: the engine counts them sent
                     self._add(r)
                 for e in result.events:
                     self._event(e)

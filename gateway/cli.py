@@ -24,8 +24,16 @@ def _setup_logging(level):
 
 
 def cmd_demo(args):
-    from gateway.demo import run_demo
     _setup_logging("warning" if not args.verbose else "info")
+    if args.scenario:
+        from gateway.scenarios import UnknownScenario, run_scenario
+        try:
+            summary = run_scenario(args, out=sys.stdout)
+        except UnknownScenario as exc:
+            print("edge-gateway: %s" % exc, file=sys.stderr)
+            return 2
+        return 0 if summary["ok"] else 1
+    from gateway.demo import run_demo
     if args.store:
         try:
             os.makedirs(args.store, mode=0o700, exist_ok=True)

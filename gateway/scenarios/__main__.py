@@ -1,0 +1,5 @@
+import sys
+
+from gateway.scenarios import main
+
+sys.exit(main())
