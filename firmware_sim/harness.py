@@ -9,6 +9,8 @@ adapter coming and going: the old pty disappears, a new one appears under the sa
 This module runs on the host (CPython) only; the node scripts beside it are the firmware.
 """
 
+import ctypes
+import ctypes.util
 import os
 import shutil
 import signal
@@ -27,6 +29,15 @@ def interpreter(prefer="micropython"):
             if candidate and os.access(candidate, os.X_OK):
                 return candidate
     return sys.executable
+
+
+def _die_with_parent():
+    """Runs in the child before exec: a node must not outlive the gateway that spawned it (kill -9 included)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def node_script(name):
@@ -61,7 +72,7 @@ class PtyNode:
         env = dict(os.environ, MICROPYPATH=os.path.dirname(HERE) + ":.frozen")
         self.proc = subprocess.Popen([self.python, self.script] + self.args, stdin=master, stdout=master,
                                      stderr=subprocess.DEVNULL, close_fds=True, env=env,
-                                     cwd=os.path.dirname(HERE))
+                                     cwd=os.path.dirname(HERE), preexec_fn=_die_with_parent)
         self.plugs += 1
         return self
 

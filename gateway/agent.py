@@ -19,6 +19,7 @@ import asyncio
 import collections
 import logging
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from gateway import senml, wire
@@ -359,9 +360,21 @@ class Agent:
             for task in core:
                 task.cancel()
             await asyncio.gather(*core, return_exceptions=True)
+            await self._close_blocking()
+
+    async def _close_blocking(self, timeout=20.0):
+        """Join the worker threads and close the uplink without blocking the loop (signals keep working)."""
+        def close():
             self._uplink_thread.shutdown(wait=True)
             self.uplink.close()
             self._store_thread.shutdown(wait=True)
+        closer = threading.Thread(target=close, name="agent-close", daemon=True)
+        closer.start()
+        deadline = self._loop.time() + timeout
+        while closer.is_alive() and self._loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if closer.is_alive():
+            log.error("shutdown: the uplink or the store did not close within %.0f s; leaving them behind", timeout)
 
     async def _wait(self, predicate, timeout):
         deadline = self._loop.time() + timeout
