@@ -192,7 +192,7 @@ def bench_store_cycle(workdir, batches=200, readings=1000):
         rs = [Reading("s%d" % (i % 20), "temp", round(4 + (i % 37) / 100, 2), "Cel", 1.7e9 + b * 10 + i / 100, 0.01)
               for i in range(readings)]
         datas.append(signer(wire.encode_payload(GW, 1, b, True, senml.encode_records(rs, (), GW + "/"))))
-    path = os.path.join(workdir, "cycle.sqlite")
+    path = os.path.join(workdir, "cycle-%d.sqlite" % readings)
     store = Store(path, max_bytes=1 << 30)
     wb0 = _write_bytes()
     for b, data in enumerate(datas):
@@ -437,6 +437,9 @@ def run_bench(quick=False, progress=None):
         runs["pipeline_readings_per_s"] = [round(p["readings_per_s"]) for p in pipe]
         say("store cycle")
         cycle = bench_store_cycle(workdir, 50 if quick else 200)
+        big = bench_store_cycle(workdir, 15 if quick else 50, readings=4000)
+        runs["disk_to_wire_ratio_4000_reading_batches"] = round(big["disk_to_wire_ratio"], 2) \
+            if big["disk_to_wire_ratio"] is not None else None
         results["fsyncs_per_1k_readings"] = round(cycle["fsyncs_per_1k_readings"], 2)
         if cycle["disk_bytes_per_reading"] is not None:
             results["disk_bytes_per_reading"] = round(cycle["disk_bytes_per_reading"], 2)

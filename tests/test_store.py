@@ -67,10 +67,15 @@ def test_boot_epoch_persists_and_counters_survive_reopen(tmp_path):
     store = Store(path)
     assert store.next_boot() == 1
     store.put(make_batch(0))
+    store.quarantine(store.put(make_batch(1)), "403 rejected")
+    assert store.counters()["accepted_batches"] == 2
     store.close()
     store = Store(path)
     assert store.next_boot() == 2
-    assert store.counters()["accepted_batches"] == 1 and ids_of(store) == [0]
+    assert ids_of(store) == [0]
+    counters = store.counters()
+    assert counters["quarantined"] == 1  # policy counters persist in the database
+    assert counters["accepted_batches"] == 0  # per-process counters start afresh (no write per commit)
     store.close()
 
 
