@@ -69,7 +69,9 @@ class PtyNode:
                 os.unlink(tmp)
             os.symlink(self.slave_path, tmp)
             os.replace(tmp, self.link)
-        env = dict(os.environ, MICROPYPATH=os.path.dirname(HERE) + ":.frozen")
+        root = os.path.dirname(HERE)  # nodes may import the gateway's pure modules (gateway.rules)
+        env = dict(os.environ, MICROPYPATH=root + ":.frozen",
+                   PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
         self.proc = subprocess.Popen([self.python, self.script] + self.args, stdin=master, stdout=master,
                                      stderr=subprocess.DEVNULL, close_fds=True, env=env,
                                      cwd=os.path.dirname(HERE), preexec_fn=_die_with_parent)
