@@ -173,7 +173,13 @@ def cmd_decode(args):
     return 0
 
 
-def build_parser():
+#: Subcommands implemented in their own modules. They are imported only when needed, so the long-running agent
+#: (``run``) does not carry the installer's, the bench's or the console's code in its memory.
+EXTRA_COMMANDS = {"provision": "gateway.provision", "doctor": "gateway.doctor", "console": "gateway.console.cli",
+                  "bench": "gateway.bench"}
+
+
+def build_parser(command=None):
     p = argparse.ArgumentParser(prog="edge-gateway", description="Edge gateway agent: sensors in, signed "
                                 "SenML-CBOR batches out, store-and-forward in between.")
     p.add_argument("--version", action="version", version="edge-gateway " + __version__)
@@ -221,17 +227,18 @@ def build_parser():
     dc.add_argument("--json", action="store_true")
     dc.set_defaults(func=cmd_decode)
 
-    from gateway import bench, doctor, provision
-    from gateway.console import cli as console_cli
-    provision.register(sub)
-    doctor.register(sub)
-    console_cli.register(sub)
-    bench.register(sub)
+    import importlib
+    for name, module in EXTRA_COMMANDS.items():
+        if command is None or command == name:
+            importlib.import_module(module).register(sub)
     return p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    core = command in ("demo", "run", "receive", "verify", "decode")
+    args = build_parser(command if core else None).parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:
