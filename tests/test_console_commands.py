@@ -76,6 +76,10 @@ class FakeView(GatewayView):
         self.calls.append(("store_dump", path))
         raise FileExistsError(17, "File exists", path)
 
+    def store_requeue(self):
+        self.calls.append(("store_requeue",))
+        return "put 2 quarantined batches back in the queue"
+
     def restart(self):
         self.calls.append(("restart",))
         return "restarting"
@@ -186,7 +190,7 @@ def test_keys_shows_public_identity_only(rig):
 def test_write_commands_need_unlock_and_do_not_touch_the_view(rig):
     _, view, lock, _, console = rig
     for text in ("config set batch.max_age_s 5", "sensor add x serial port=/dev/x", "sensor remove x",
-                 "store flush-to-file /tmp/q", "restart"):
+                 "store flush-to-file /tmp/q", "store requeue", "restart"):
         lines = say(console, text)
         assert "type 'unlock' first" in lines[0]
     assert view.calls == []
@@ -213,6 +217,9 @@ def test_unlock_with_masked_prompt_then_write_and_audit(rig):
     assert "s3cret" not in "\n".join(audit.entries) and "<redacted>" in audit.entries[2]
     assert "FAILED" in audit.entries[3] and "FAILED: /tmp/exists: File exists" in audit.entries[4]
     assert PIN not in "\n".join(audit.entries)
+    assert say(console, "store requeue") == ("put 2 quarantined batches back in the queue",)
+    assert view.calls[-1] == ("store_requeue",) and audit.entries[-1].endswith("store requeue -> ok: put 2 "
+                                                                               "quarantined batches back in the queue")
     assert say(console, "lock") == ("locked",)
     assert console.prompt() == "gw-7> "
 

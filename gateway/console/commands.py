@@ -141,6 +141,9 @@ COMMANDS = (
     Command(("store", "flush-to-file"), "PATH", "copy the queue to a file (CBOR sequence)",
             write=True, detail="The queue is not emptied: batches are still delivered. The file must not "
                                "exist yet; give an absolute path, e.g. on a USB stick."),
+    Command(("store", "requeue"), "", "send rejected (quarantined) batches again",
+            write=True, detail="Batches the backend refused with a 4xx (e.g. before it knew this gateway's key) "
+                               "are kept aside; once the backend is fixed, this puts them back in the queue."),
     Command(("restart",), "", "stop the agent so systemd starts it again", write=True),
 )
 _BY_WORDS = {c.words: c for c in COMMANDS}
@@ -530,6 +533,11 @@ class Console:
         if len(args) != 1:
             return self._usage(("store", "flush-to-file"))
         return self._write("store flush-to-file %s" % args[0], lambda: self.view.store_dump(args[0]))
+
+    def do_store_requeue(self, args, text):
+        if args:
+            return self._usage(("store", "requeue"))
+        return self._write("store requeue", self.view.store_requeue)
 
     def do_restart(self, args, text):
         if args:

@@ -169,6 +169,10 @@ class AgentView(GatewayView):
             size = f.tell()
         return "wrote %d batches (%d bytes) to %s; the queue is unchanged" % (n, size, path)
 
+    def store_requeue(self):
+        n = self.agent.store.requeue_quarantined()
+        return "put %d quarantined batches back in the queue" % n if n else "nothing is quarantined"
+
     def restart(self):
         if self.request_restart is None:
             raise ValueError("restart is not available here")
