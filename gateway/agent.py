@@ -7,7 +7,8 @@ The agent is the small daemon shell around pure stages. It runs on one asyncio l
   batches share one fsync), on a dedicated store thread;
 * an uplink task sends what the store holds, alarms first, acknowledging (deleting) only after the upstream said
   so, with capped exponential backoff and jitter, honouring ``Retry-After``;
-* an alarm event is cut into a batch of its own at once and wakes the uplink, which re-reads the queue after
+* an alarm event is cut into a batch of its own at once and wakes the uplink (even out of a backoff or a
+  Retry-After wait: one immediate attempt per new alarm), which re-reads the queue after
   every send, so an alarm overtakes a backlog after at most one batch in flight.
 
 Backpressure: at most ``max_pending`` signed batches wait in memory for the disk. While the store refuses writes
@@ -90,6 +91,7 @@ class Agent:
         self._uplink_thread = ThreadPoolExecutor(1, "uplink")
         self._commit_wake = None
         self._uplink_wake = None
+        self._alarm_wake = None
         self._alarm_waiting = False
         self._first_cut = False
         self._loop = None
@@ -153,6 +155,8 @@ class Agent:
         self._pending.append(batch)
         if priority:
             self._alarm_waiting = True
+            if self._alarm_wake is not None:
+                self._alarm_wake.set()
         if self._commit_wake is not None:
             self._commit_wake.set()
         return batch
@@ -266,7 +270,7 @@ class Agent:
                     if self.uplink_state != "down":
                         log.warning("uplink: %s; retrying in %.1f s", exc, delay)
                     self.uplink_state = "down"
-                    await asyncio.sleep(delay)
+                    await self._backoff_sleep(delay)
                     break
                 self.backoff.reset()
                 if self.uplink_state == "down":
@@ -280,6 +284,16 @@ class Agent:
                     self.on_sent(batch)
                 if self._alarm_waiting and not batch.priority:
                     break  # an alarm was cut meanwhile: re-read the queue so it goes next
+
+    async def _backoff_sleep(self, delay):
+        """Sleep out the backoff, but wake at once when an alarm is cut: each new alarm earns one immediate attempt,
+        even against a server's Retry-After, because a fridge alarm must not wait for the backoff to expire."""
+        self._alarm_wake.clear()
+        try:
+            await asyncio.wait_for(self._alarm_wake.wait(), delay)
+        except asyncio.TimeoutError:
+            return
+        self.counters["alarm_wakeups"] += 1
 
     async def _ack(self, batch):
         if batch.store_id is None:
@@ -332,6 +346,7 @@ class Agent:
         self._loop = asyncio.get_running_loop()
         self._commit_wake = asyncio.Event()
         self._uplink_wake = asyncio.Event()
+        self._alarm_wake = asyncio.Event()
         log.info("agent %s starting: boot epoch %d, kid %s, uplink %s", self.gw, self.boot, self.kid,
                  self.uplink.describe())
         source_tasks = [asyncio.create_task(s.run(self.emit), name="source:" + s.name) for s in self.sources]

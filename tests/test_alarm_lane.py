@@ -61,3 +61,45 @@ def test_alarms_overtake_a_100k_backlog_within_a_second(tmp_path):
     data = receiver.query("SELECT COUNT(*) FROM records WHERE n NOT LIKE ?", (GW + "/health/%",))[0][0]
     assert data == 100_000 + 5 and receiver.stats()["duplicates"] == 0  # the backlog and the alarms, once each
     receiver.close()
+
+
+def test_an_alarm_cuts_the_backoff_short(tmp_path):
+    """The backend said 'Retry-After: 30'. It is back after 2 s: an alarm goes out at once, not after 30 s."""
+    key = keys.SigningKey.generate()
+    receiver = Receiver(str(tmp_path / "rx.sqlite"), keys.TrustStore({"keys": [key.jwk(GW)]}))
+    server = ReceiverServer(receiver).start()
+    store = Store(str(tmp_path / "q.sqlite"))
+    _backlog(store, key, store.next_boot(), 2, 100)
+    clock = SystemClock("synced")
+    agent = Agent(gw=GW, key=key, store=store, uplink=HttpUplink(server.url), clock=clock, backoff=(0.1, 60.0))
+    out = {}
+
+    async def main():
+        server.maintenance(30)
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        deadline = time.monotonic() + 10
+        while agent.uplink_state != "down" and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        out["down"] = agent.uplink_state
+        await asyncio.sleep(2.0)
+        server.maintenance(0)  # the backend is back; the agent still sleeps out its Retry-After
+        out["stored_before_alarm"] = receiver.stats()["stored"]
+        start = time.monotonic()
+        agent.emit(Event("fridge-9", "alarm.high", "raised", "compressor", clock.monotonic(), alarm=True))
+        while not receiver.query("SELECT COUNT(*) FROM records WHERE vs = 'raised: compressor'")[0][0] \
+                and time.monotonic() - start < 10:
+            await asyncio.sleep(0.005)
+        out["latency"] = time.monotonic() - start
+        stop.set()
+        await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()
+        store.close()
+    assert out["down"] == "down" and out["stored_before_alarm"] == 0
+    assert out["latency"] < 1.0, out
+    assert agent.counters["alarm_wakeups"] == 1
+    receiver.close()
