@@ -16,28 +16,8 @@ readings have been emitted to the agent.
 import asyncio
 
 from drivers.base import Source
-from drivers.ble.adapter import BleScanSource
+from drivers.ble.adverts import AdvertDecoder
 from drivers.ble.selection import FORMATS, Selection, SensorSpec, normalise_mac
-
-
-class _Device:
-    """What bleak's ``BLEDevice`` gives the callback: the address."""
-
-    __slots__ = ("address",)
-
-    def __init__(self, address):
-        self.address = address
-
-
-class _Advert:
-    """What bleak's ``AdvertisementData`` gives the callback: service data, manufacturer data, RSSI."""
-
-    __slots__ = ("service_data", "manufacturer_data", "rssi")
-
-    def __init__(self, service_data, manufacturer_data, rssi):
-        self.service_data = service_data
-        self.manufacturer_data = manufacturer_data
-        self.rssi = rssi
 
 
 class SimulatedRadio(Source):
@@ -47,21 +27,19 @@ class SimulatedRadio(Source):
         super().__init__()
         self.name = name
         specs = [s if isinstance(s, SensorSpec) else SensorSpec(normalise_mac(s[0]), alias=s[1]) for s in sensors]
-        self.scanner = BleScanSource(name, clock, Selection(specs, formats), rssi_interval_s=rssi_interval_s,
-                                     dedup_window_s=dedup_window_s)
-        self.counters = self.scanner.counters  # adverts, records, duplicates, ignored, error.<reason>
+        self.clock = clock
+        self.adverts = AdvertDecoder(Selection(specs, formats), rssi_interval_s, dedup_window_s,
+                                     counters=self.counters, name=name)  # adverts, records, duplicates, error.*
+        self._emit = None
         self.running = asyncio.Event()
         self.dropped = 0
 
     async def run(self, emit):
-        self.scanner._emit = emit  # the scanner's callback emits through this, as when bleak drives it
-        self.scanner.mode = "simulated"
-        self.scanner.scanning = True
+        self._emit = emit
         self.running.set()
         try:
             await asyncio.Event().wait()  # adverts arrive through hear(); nothing to poll
         finally:
-            self.scanner.scanning = False
             self.running.clear()
 
     def hear(self, mac, service_data=None, manufacturer_data=None, rssi=-60):
@@ -69,9 +47,10 @@ class SimulatedRadio(Source):
         if not self.running.is_set():
             self.dropped += 1  # the radio is off: nobody hears it (counted, never raised)
             return
-        self.scanner._on_advert(_Device(mac), _Advert(service_data or {}, manufacturer_data or {}, rssi))
+        for reading in self.adverts.readings(mac, service_data, manufacturer_data, rssi, self.clock.monotonic()):
+            self._emit(reading)
 
     def status(self):
-        s = self.scanner.status()
-        s.update(name=self.name, path="simulated-radio")
+        s = super().status()
+        s.update(mode="simulated", scanning=self.running.is_set(), path="simulated-radio")
         return s

@@ -34,10 +34,9 @@ from bleak.backends.device import BLEDevice
 from bleak.exc import BleakDeviceNotFoundError, BleakError
 
 from drivers.base import Source
-from drivers.ble import atc, ess, ruuvi
-from drivers.ble.bthome import BTHomeDecoder
-from drivers.ble.selection import (FORMATS, Deduper, RateLimit, Selection, SensorSpec, normalise_format,
-                                   normalise_mac, records)
+from drivers.ble import ess
+from drivers.ble.adverts import DEFAULT_SKIP, AdvertDecoder
+from drivers.ble.selection import FORMATS, Selection, SensorSpec, normalise_format, normalise_mac
 from drivers.ble.units import parse_key
 from gateway.errors import DecodeError
 from gateway.model import Reading
@@ -53,9 +52,6 @@ PATTERNS = {
     "atc": (AdvertisementDataType.SERVICE_DATA_UUID16, b"\x1a\x18"),
     "ruuvi": (AdvertisementDataType.MANUFACTURER_SPECIFIC_DATA, b"\x99\x04"),
 }
-
-#: decoder outputs that are bookkeeping, not quantities (used for dedup, not sent)
-DEFAULT_SKIP = ("packet_id", "counter", "seq", "flags")
 
 BASE_UUID = "0000%04x-0000-1000-8000-00805f9b34fb"
 
@@ -75,11 +71,8 @@ class BleScanSource(Source):
         self.backoff_min_s = backoff_min_s
         self.backoff_max_s = backoff_max_s
         self.timeout_s = timeout_s
-        self.skip = frozenset(skip)
-        self.dedup = Deduper(dedup_window_s)
-        self.rssi = RateLimit(rssi_interval_s) if rssi_interval_s is not None else None
-        self.bthome = BTHomeDecoder(selection.keys())
-        self.decoders = {"bthome": self.bthome.decode, "ruuvi": ruuvi.decode, "atc": atc.decode}
+        self.adverts = AdvertDecoder(selection, rssi_interval_s, dedup_window_s, skip, self.counters, name)
+        self.rssi = self.adverts.rssi
         self.mode = None          # "passive" or "active" once a scan has started
         self.scanning = False
         self.last_advert = None   # clock.monotonic() of the last advertisement of any device
@@ -89,30 +82,8 @@ class BleScanSource(Source):
     def _on_advert(self, device, adv):
         now = self.clock.monotonic()
         self.last_advert = now
-        self.count("adverts")
-        mac = device.address.upper()
-        sensor = None
-        for fmt, payload in records(adv.service_data, adv.manufacturer_data):
-            spec = self.selection.match(mac, fmt)
-            if spec is None:
-                self.count("ignored")
-                continue
-            if not self.dedup.accept(mac, fmt, payload, now):
-                self.count("duplicates")
-                continue
-            try:
-                measurements = self.decoders[fmt](payload, mac)
-            except DecodeError as exc:
-                self.count("error." + exc.reason)
-                log.debug("%s: %s advert from %s did not decode: %s", self.name, fmt, mac, exc)
-                continue
-            sensor = spec.sensor
-            self.count("records")
-            for m in measurements:
-                if m.name not in self.skip:
-                    self._emit(Reading(sensor, m.name, m.value, m.unit, now, m.resolution))
-        if sensor is not None and self.rssi is not None and self.rssi.due(mac, now):
-            self._emit(Reading(sensor, "rssi", adv.rssi, "dBm", now, 1))
+        for reading in self.adverts.readings(device.address, adv.service_data, adv.manufacturer_data, adv.rssi, now):
+            self._emit(reading)
 
     # -- scan lifecycle ---------------------------------------------------------------------------------------
     async def run(self, emit):
