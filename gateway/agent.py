@@ -55,7 +55,8 @@ class Backoff:
 
 class Agent:
     def __init__(self, *, gw, key, store, uplink, sources=(), clock, batch=None, rules=None, rng=None,
-                 backoff=(0.5, 300.0), max_pending=256, health_interval=60.0, on_commit=None, on_sent=None):
+                 backoff=(0.5, 300.0), max_pending=256, health_interval=60.0, on_commit=None, on_sent=None,
+                 retry_every=60.0):
         self.gw = gw
         self.prefix = gw + "/"
         self.store = store
@@ -73,6 +74,7 @@ class Agent:
         self.backoff = Backoff(backoff[0], backoff[1], self.rng)
         self.max_pending = max_pending
         self.health_interval = health_interval
+        self.retry_every = retry_every  # how often to look for rejected batches whose retry is due
         self.on_commit = on_commit
         self.on_sent = on_sent
         self.boot = store.next_boot()
@@ -311,6 +313,20 @@ class Agent:
             self.last_error = str(exc)
             log.error("store: cannot delete acknowledged batch %s: %s", batch.key, exc)
 
+    async def _retry_quarantined(self):
+        """Give rejected batches their bounded retries (``Store.requeue_due``): a 4xx may have been passing."""
+        loop = asyncio.get_running_loop()
+        try:
+            n = await loop.run_in_executor(self._store_thread, self.store.requeue_due)
+        except StoreError as exc:
+            self.counters["store_errors"] += 1
+            log.error("store: %s", exc)
+            return
+        if n:
+            self.counters["quarantine_retries"] += n
+            log.info("uplink: retrying %d batches the upstream rejected earlier", n)
+            self._uplink_wake.set()
+
     async def _quarantine(self, batch, reason):
         self.counters["quarantined"] += 1
         log.warning("uplink rejected batch %s (%s); quarantined", batch.key, reason)
@@ -326,9 +342,13 @@ class Agent:
 
     # -- the ticker ------------------------------------------------------------------------------------------
     async def _tick_loop(self, period=0.2):
+        next_retry = self.clock.monotonic() + self.retry_every
         while True:
             await asyncio.sleep(period)
             now = self.clock.monotonic()
+            if now >= next_retry and self.store_ok:
+                next_retry = now + self.retry_every
+                await self._retry_quarantined()
             if self.rules is not None:
                 result = self.rules.tick(now)
                 for r in result.send:
@@ -347,6 +367,8 @@ class Agent:
         self._commit_wake = asyncio.Event()
         self._uplink_wake = asyncio.Event()
         self._alarm_wake = asyncio.Event()
+        if self._pending:
+            self._commit_wake.set()  # batches sealed before the loop started must not wait for the next one
         log.info("agent %s starting: boot epoch %d, kid %s, uplink %s", self.gw, self.boot, self.kid,
                  self.uplink.describe())
         source_tasks = [asyncio.create_task(s.run(self.emit), name="source:" + s.name) for s in self.sources]

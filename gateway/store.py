@@ -13,7 +13,8 @@ Semantics (``docs/wire-format.md`` and ``docs/operations.md`` say the same for u
   when nothing else is left. Every drop is counted in ``meta`` in the same transaction, so the counters survive
   restarts and the agent reports them upstream in its health records.
 * ``pending`` yields alarms first, then the rest oldest first. ``ack`` deletes; ``quarantine`` moves a batch the
-  upstream rejected (4xx) aside, where it neither blocks the queue nor is lost.
+  upstream rejected (4xx) aside, where it neither blocks the queue nor is lost; ``requeue_due`` gives it a bounded
+  number of automatic retries (``RETRY_DELAYS``), ``requeue_quarantined`` sends them all again by hand.
 * The boot epoch is a persisted counter, bumped once per start. ``seq`` restarts at 0 in every boot epoch, so the
   hot path writes no metadata.
 * A database that does not open as SQLite, or fails ``PRAGMA quick_check``, is renamed to
@@ -37,6 +38,9 @@ CREATE TABLE IF NOT EXISTS batches (
     created REAL NOT NULL, readings INTEGER NOT NULL, events INTEGER NOT NULL,
     data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS batches_alarm ON batches (prio) WHERE prio > 0;
+CREATE TABLE IF NOT EXISTS retries (
+    boot INTEGER NOT NULL, seq INTEGER NOT NULL, attempts INTEGER NOT NULL,
+    PRIMARY KEY (boot, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY, prio INTEGER NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL,
     created REAL NOT NULL, readings INTEGER NOT NULL, events INTEGER NOT NULL, data BLOB NOT NULL,
@@ -394,6 +398,42 @@ class Store:
                 raise _store_error("requeue quarantined batches in", self.path, exc) from exc
             self._bytes = self._db.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM batches").fetchone()[0]
             return n
+
+    #: how long a rejected batch waits before each automatic retry; after the last one it stays quarantined
+    RETRY_DELAYS = (900.0, 7200.0, 43200.0)
+
+    def requeue_due(self, delays=None):
+        """Put back in the queue the quarantined batches whose next retry is due. Returns the count.
+
+        A 4xx can be the backend's passing state (the gateway's key not enrolled yet) or a batch damaged on the way
+        (a middlebox, an attacker flipping bytes): the bytes on disk are still genuine. So each rejected batch is
+        retried after ``delays[0]``, ``delays[1]``, ... seconds in quarantine, and stays quarantined (kept,
+        counted, requeued by hand with the console's ``store requeue``) once the delays are used up.
+        """
+        delays = self.RETRY_DELAYS if delays is None else delays
+        now = self._now()
+        with self._lock:
+            try:
+                rows = self._db.execute(
+                    "SELECT q.id, q.boot, q.seq, q.at, COALESCE(r.attempts, 0) FROM quarantine q "
+                    "LEFT JOIN retries r ON r.boot = q.boot AND r.seq = q.seq ORDER BY q.id").fetchall()
+                due = [row for row in rows if row[4] < len(delays) and now - row[3] >= delays[row[4]]]
+                if not due:
+                    return 0
+                self._db.execute("BEGIN IMMEDIATE")
+                for qid, boot, seq, _, attempts in due:
+                    self._db.execute(
+                        "INSERT INTO batches (prio, boot, seq, created, readings, events, data) "
+                        "SELECT prio, boot, seq, created, readings, events, data FROM quarantine WHERE id = ?",
+                        (qid,))
+                    self._db.execute("DELETE FROM quarantine WHERE id = ?", (qid,))
+                    self._db.execute("INSERT OR REPLACE INTO retries VALUES (?, ?, ?)", (boot, seq, attempts + 1))
+                self._commit()
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise _store_error("retry quarantined batches in", self.path, exc) from exc
+            self._resync_bytes()
+            return len(due)
 
     def quarantined(self):
         with self._lock:

@@ -394,3 +394,30 @@ def test_backpressure_memory_bounded_and_drops_counted(tmp_path, signing_key, tr
     dropped = dict(receiver.query("SELECT n, MAX(v) FROM records WHERE n LIKE '%health/memory_dropped_readings'"))
     assert dropped and max(v for v in dropped.values() if v is not None) > 0  # reported upstream
     receiver.close()
+
+
+def test_rejected_batches_are_retried_a_bounded_number_of_times(tmp_path):
+    from gateway.clock import FakeClock
+    clock = FakeClock(wall=1_767_225_600.0)
+    store = Store(tmp_path / "q.sqlite", clock=clock)
+    store.next_boot()
+    store.put(make_batch(0))
+
+    def reject():
+        (batch,) = store.pending()
+        store.quarantine(batch.store_id, "403 unknown_kid")
+        assert store.pending() == []
+
+    reject()
+    for delay in Store.RETRY_DELAYS:
+        clock.advance(delay - 1)
+        assert store.requeue_due() == 0  # not yet due
+        clock.advance(1)
+        assert store.requeue_due() == 1 and ids_of(store) == [0]  # back in the queue, same bytes
+        reject()
+    clock.advance(10 * 86400)
+    assert store.requeue_due() == 0  # attempts used up: it stays quarantined, kept and counted
+    assert [row[1:3] for row in store.quarantined()] == [(1, 0)]
+    assert store.counters()["quarantined"] == 1 + len(Store.RETRY_DELAYS)
+    assert store.requeue_quarantined() == 1  # a technician can still send it by hand
+    store.close()

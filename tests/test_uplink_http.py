@@ -200,3 +200,51 @@ def test_rejected_batch_is_quarantined_and_never_blocks_the_queue(tmp_path, sign
     assert len(store.quarantined()) == 1 and store.depth()[0] == 0
     assert len(server.bodies) == 4 and agent.counters["uplink_failures"] == 0  # each batch sent once
     store.close()
+
+
+def test_batches_rejected_before_enrolment_arrive_after_their_retry(tmp_path):
+    """The backend did not know the gateway's key yet (403 unknown_kid): the batch is quarantined, then retried
+    once the retry is due, and arrives once the key is enrolled. Nothing is lost, nothing is retried forever."""
+    import asyncio
+    import time
+
+    from gateway import keys
+    from gateway.agent import Agent
+    from gateway.clock import SystemClock
+    from gateway.model import Reading
+    from gateway.receiver import Receiver, ReceiverServer
+    from gateway.store import Store
+    from gateway.uplink.http import HttpUplink
+
+    key = keys.SigningKey.generate()
+    receiver = Receiver(str(tmp_path / "rx.sqlite"), keys.TrustStore({"keys": []}))
+    server = ReceiverServer(receiver).start()
+    store = Store(str(tmp_path / "q.sqlite"))
+    store.RETRY_DELAYS = (1.0,)
+    agent = Agent(gw="gw-late", key=key, store=store, uplink=HttpUplink(server.url), clock=SystemClock("synced"),
+                  retry_every=0.2)
+    seen = {}
+
+    async def main():
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        agent.emit(Reading("s1", "temp", 4.5, "Cel", agent.clock.monotonic()))
+        deadline = time.monotonic() + 10
+        while agent.counters["quarantined"] == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        seen["quarantined"] = agent.counters["quarantined"]
+        receiver.trust.add(key.jwk("gw-late"))  # the installer enrols the key at the backend
+        while not receiver.stats()["stored"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        stop.set()
+        await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()
+        store.close()
+    assert seen["quarantined"] == 1 and receiver.stats()["rejections"] == {"unknown_kid": 1}
+    assert agent.counters["quarantine_retries"] == 1
+    assert receiver.query("SELECT n, v FROM records WHERE n = 'gw-late/s1/temp'") == [("gw-late/s1/temp", 4.5)]
+    receiver.close()
