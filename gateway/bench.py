@@ -201,10 +201,12 @@ def bench_store_cycle(workdir, batches=200, readings=1000):
     store.close()
     wb1 = _write_bytes()
     wire_bytes = sum(map(len, datas))
+    # No bytes written at all means the directory is not on a block device (tmpfs): say so instead of 0.
+    written = (wb1 - wb0) if wb0 is not None and wb1 is not None and wb1 > wb0 else None
     return {"fsyncs_per_1k_readings": store.fsyncs / (batches * readings / 1000),
-            "disk_bytes_per_reading": (wb1 - wb0) / (batches * readings) if wb0 is not None else None,
+            "disk_bytes_per_reading": written / (batches * readings) if written else None,
             "wire_bytes_per_reading": wire_bytes / (batches * readings),
-            "disk_to_wire_ratio": (wb1 - wb0) / wire_bytes if wb0 is not None else None}
+            "disk_to_wire_ratio": written / wire_bytes if written else None}
 
 
 def bench_ceilings(workdir):
