@@ -7,7 +7,7 @@ from drivers.serial.adapter import SerialSource
 from drivers.serial.protocols import LinesProtocol
 from firmware_sim import ble_nodes
 from firmware_sim.harness import PtyNode
-from firmware_sim.radio import SimulatedRadio
+from firmware_sim.radio import BluezRadio, SimulatedRadio
 from gateway.clock import FakeClock
 from gateway.config import BatchSection
 from gateway.scenarios.runner import Env, TickGate, checks
@@ -55,7 +55,9 @@ async def run(args, workdir):
     env = Env("home-support", workdir)
     clock = FakeClock(mono=1000.0, wall=1_750_000_000.0)
     t0 = clock.monotonic()
-    radio = SimulatedRadio("ble", clock, [(d[2], d[0]) for d in DEVICES], rssi_interval_s=None)
+    # Through bleak and a mocked BlueZ when the test tools are installed; else the simulated radio.
+    radio_class = BluezRadio if BluezRadio.available() else SimulatedRadio
+    radio = radio_class("ble", clock, [(d[2], d[0]) for d in DEVICES], rssi_interval_s=None)
     node = PtyNode("line_node", ["--sensors", 1, "--rate", 20, "--seed", args.seed, "--prefix", "meter"],
                    link=os.path.join(workdir, "tty-meter"))
     node.start()
@@ -81,6 +83,7 @@ async def run(args, workdir):
                 last_heard[dev[0]] = t
                 if batt is not None and batt < BATTERY_LOW and dev[0] not in truth:
                     truth[dev[0]] = t  # first advert with a battery under the limit
+            await radio.settle()  # stamped at this simulated time: let the scanner see them before time moves
             near_stale = any(STALE_S - 2 * FINE_GATE_S <= t - h <= STALE_S + 5 * FINE_GATE_S
                              for h in last_heard.values())
             if t >= next_gate or near_stale:
@@ -92,11 +95,12 @@ async def run(args, workdir):
     try:
         await env.run(agent, drive, ready=[radio.running])
         summary = _outcome(env, agent, clock.offset + t0, last_heard, truth, meter)
-        summary.update(simulated_hours=hours, ble_path="simulated-radio", serial_interpreter=os.path.basename(
+        summary.update(simulated_hours=hours, ble_path=radio.path, serial_interpreter=os.path.basename(
             node.python))
         return summary
     finally:
         node.stop()
+        radio.close()
         env.close()
 
 
