@@ -17,7 +17,7 @@ import tempfile
 
 from drivers.serial.adapter import SerialSource
 from drivers.serial.protocols import LinesProtocol
-from firmware_sim.harness import PtyNode, interpreter
+from firmware_sim.harness import PtyNode
 from gateway import keys, wire
 from gateway.agent import Agent
 from gateway.clock import SystemClock
@@ -165,7 +165,3 @@ async def _demo(args, workdir, out):
         say("done: %(readings_generated)d readings, %(batches_sent)d batches sent, %(batches_verified)d verified, "
             "%(batches_rejected)d rejected, %(queue_left)d left in the queue" % summary)
     return summary
-
-
-def default_interpreter():
-    return interpreter()
