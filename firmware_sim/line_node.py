@@ -1,43 +1,46 @@
-# A custom sensor board speaking the line protocol: one "id=<sensor> temp=<C> hum=<%>" line per sensor and tick.
+# A custom sensor board speaking the line protocol: one "id=<sensor> n=<tick> temp=<C> hum=<%>" line per sensor and
+# tick.
 #
 # Written to MicroPython's subset: it runs unchanged under the MicroPython unix port and under CPython.
 # Usage: line_node.py [--sensors N] [--rate HZ] [--count N] [--seed S] [--prefix NAME] [--start-temp C]
-#                     [--deadband C] [--heartbeat S]
+#                     [--checksum 1] [--deadband C] [--heartbeat S] [--fault KIND[:ARG]@TICK ...]
+# Output goes to stdout as raw bytes (the harness puts a pseudo-terminal there). It exits after --count ticks
+# (0 = run until killed). Values are deterministic for a seed; the "n" field numbers the ticks, so a test can count
+# exactly what was produced.
+#
+# --checksum 1 ends every line with "*HH" (the XOR of the bytes before the '*', as in NMEA).
 # With --deadband the node reports by exception: it runs the gateway's own rules engine (gateway/rules, pure and
 # MicroPython-compatible) and prints a sensor's line only when its temperature moved by more than the deadband
 # since the last line it printed, or when --heartbeat seconds passed without one.
-# Output goes to stdout as raw bytes (the harness puts a pseudo-terminal there). It exits after --count ticks
-# (0 = run until killed). Values are deterministic for a seed; readings are numbered by a "n" field so a test
-# can count exactly what was produced.
+# Faults on demand, as for every node (firmware_sim/faults.py): scheduled with --fault KIND[:ARG]@TICK, or sent as a
+# control line on stdin: "!noise 16", "!badsum", "!silence 5", "!burst 200", "!disconnect".
 import sys
-import time
+
+try:
+    from faults import Line, Rng, parse_args, split_controls, now_ms, elapsed_ms
+except ImportError:  # imported as firmware_sim.line_node under CPython
+    from firmware_sim.faults import Line, Rng, parse_args, split_controls, now_ms, elapsed_ms
+
+OPTIONS = {"sensors": 3, "rate": 1.0, "count": 0, "seed": 1, "prefix": "board", "start_temp": 4.0,
+           "checksum": 0, "deadband": 0.0, "heartbeat": 0.0}
 
 
 def lcg(state):
     return (state * 1103515245 + 12345) & 0x7FFFFFFF
 
 
-def args(argv):
-    opts = {"sensors": 3, "rate": 1.0, "count": 0, "seed": 1, "prefix": "board", "start-temp": 4.0,
-            "deadband": 0.0, "heartbeat": 0.0}
-    i = 1
-    while i < len(argv):
-        key = argv[i][2:]
-        if key in opts and i + 1 < len(argv):
-            val = argv[i + 1]
-            opts[key] = val if key == "prefix" else float(val)
-            i += 2
-        else:
-            i += 1
-    return opts
-
-
-def line(sensor, n, temp, hum):
+def line(sensor, n, temp, hum, checksum=False, bad=False):
     # Fixed-point formatting by hand: MicroPython's float formatting differs in the last digit.
     t = int(round(temp * 100))
     sign = "-" if t < 0 else ""
     t = abs(t)
-    return "id=%s n=%d temp=%s%d.%02d hum=%d.%d\n" % (sensor, n, sign, t // 100, t % 100, hum // 10, hum % 10)
+    body = "id=%s n=%d temp=%s%d.%02d hum=%d.%d" % (sensor, n, sign, t // 100, t % 100, hum // 10, hum % 10)
+    if checksum or bad:
+        x = 0
+        for c in body.encode():
+            x ^= c
+        body += "*%02X" % (x ^ 0x5A if bad else x)
+    return (body + "\n").encode()
 
 
 class Sample:
@@ -61,36 +64,81 @@ def rules_engine(deadband, heartbeat):
     return RuleEngine([rule])
 
 
-def main():
-    o = args(sys.argv)
-    sensors = int(o["sensors"])
-    period = 1.0 / o["rate"] if o["rate"] > 0 else 0
-    count = int(o["count"])
-    state = int(o["seed"]) or 1
-    temps = [o["start-temp"] + 0.5 * k for k in range(sensors)]
-    out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else sys.stdout
-    engine = rules_engine(o["deadband"], o["heartbeat"]) if o["deadband"] > 0 else None
-    tick = 0
-    start = time.time()
-    while count == 0 or tick < count:
-        for k in range(sensors):
-            state = lcg(state)
-            temps[k] += ((state >> 8) % 21 - 10) / 100.0
-            state = lcg(state)
-            hum = 450 + (state >> 8) % 100
-            sensor = "%s-%d" % (o["prefix"], k + 1)
-            if engine is not None:
-                t = tick * period if period else float(tick)
-                if not engine.process(Sample(sensor, "temp", round(temps[k], 2), t)).send:
+class Board:
+    def __init__(self, o):
+        self.o = o
+        self.state = int(o["seed"]) or 1
+        self.temps = [o["start_temp"] + 0.5 * k for k in range(int(o["sensors"]))]
+        self.period = 1.0 / o["rate"] if o["rate"] > 0 else 0
+        self.engine = rules_engine(o["deadband"], o["heartbeat"]) if o["deadband"] > 0 else None
+
+    def tick(self, tick, bad=False):
+        """The bytes of one tick: one line per sensor (fewer when reporting by exception)."""
+        out = b""
+        for k in range(len(self.temps)):
+            self.state = lcg(self.state)
+            self.temps[k] += ((self.state >> 8) % 21 - 10) / 100.0
+            self.state = lcg(self.state)
+            hum = 450 + (self.state >> 8) % 100
+            sensor = "%s-%d" % (self.o["prefix"], k + 1)
+            if self.engine is not None:
+                t = tick * self.period if self.period else float(tick)
+                if not self.engine.process(Sample(sensor, "temp", round(self.temps[k], 2), t)).send:
                     continue  # report by exception: nothing new worth the airtime
-            out.write(line(sensor, tick, temps[k], hum).encode())
-        if hasattr(out, "flush"):
-            out.flush()
+            out += line(sensor, tick, self.temps[k], hum, self.o["checksum"], bad and not out)
+        return out
+
+
+def main(argv):
+    o, schedule = parse_args(argv, OPTIONS)
+    board = Board(o)
+    rng = Rng(o["seed"])
+    port = Line()
+    period_ms = board.period * 1000.0
+    count = o["count"]
+    start = now_ms()
+    inbox = b""
+    tick = 0
+    silent_until = -1
+    bad_next = False
+    while count <= 0 or tick < count:
+        faults = schedule.pop(tick, [])
+        while True:  # wait for this tick, taking control lines as they come
+            wait = tick * period_ms - elapsed_ms(start)
+            data = port.read(wait if wait > 0 else 0)
+            if data:
+                inbox += data
+                new, inbox = split_controls(inbox)
+                faults.extend(new)
+                if inbox[:1] != b"!":
+                    inbox = b""  # ordinary input: the board ignores it
+            if wait <= 0 or faults:
+                break
+        burst = 0
+        for kind, arg in faults:
+            if kind == "noise":
+                port.write(rng.noise(arg, (0x0A, 0x0D)))
+            elif kind == "badsum":
+                bad_next = True
+            elif kind == "silence":
+                silent_until = tick + int(arg * o["rate"] + 0.5)
+            elif kind == "burst":
+                burst = arg
+            elif kind == "disconnect":
+                sys.exit(0)
+        if tick * period_ms > elapsed_ms(start) and not burst:
+            continue  # a control line arrived early; go back to waiting for this tick
+        if burst:
+            port.write(b"".join(board.tick(tick + i) for i in range(burst)))
+            tick += burst
+            continue
+        if tick >= silent_until:
+            port.write(board.tick(tick, bad_next))
+            bad_next = False
+        else:
+            board.tick(tick)  # the sensors go on measuring; the line is silent
         tick += 1
-        if period:
-            delay = start + tick * period - time.time()
-            if delay > 0:
-                time.sleep(delay)
 
 
-main()
+if __name__ == "__main__":
+    main(sys.argv[1:])
