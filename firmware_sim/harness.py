@@ -9,8 +9,6 @@ adapter coming and going: the old pty disappears, a new one appears under the sa
 This module runs on the host (CPython) only; the node scripts beside it are the firmware.
 """
 
-import ctypes
-import ctypes.util
 import os
 import shutil
 import signal
@@ -31,13 +29,14 @@ def interpreter(prefer="micropython"):
     return sys.executable
 
 
-def _die_with_parent():
-    """Runs in the child before exec: a node must not outlive the gateway that spawned it (kill -9 included)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+def _die_with_parent(argv):
+    """Prefix ``argv`` so the node gets SIGKILL when the gateway that spawned it dies (kill -9 included).
+
+    util-linux's ``setpriv --pdeathsig`` sets PR_SET_PDEATHSIG and execs the node. A ``preexec_fn`` would do the
+    same from Python, but it runs between fork and exec of a threaded parent, where it can deadlock.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] + argv if setpriv else argv
 
 
 def node_script(name):
@@ -72,9 +71,10 @@ class PtyNode:
         root = os.path.dirname(HERE)  # nodes may import the gateway's pure modules (gateway.rules)
         env = dict(os.environ, MICROPYPATH=root + ":.frozen",
                    PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
-        self.proc = subprocess.Popen([self.python, self.script] + self.args, stdin=master, stdout=master,
+        self.proc = subprocess.Popen(_die_with_parent([self.python, self.script] + self.args), stdin=master,
+                                     stdout=master,
                                      stderr=subprocess.DEVNULL, close_fds=True, env=env,
-                                     cwd=os.path.dirname(HERE), preexec_fn=_die_with_parent)
+                                     cwd=os.path.dirname(HERE))
         self.plugs += 1
         return self
 
