@@ -2,9 +2,10 @@
 
 Semantics (``docs/wire-format.md`` and ``docs/operations.md`` say the same for users):
 
-* A batch is **accepted** when ``put`` returns: it was signed before, so the bytes on disk are the bytes on the
-  wire, and the commit ran with ``synchronous=FULL`` in WAL mode (one fsync of the WAL per commit). The agent
-  commits every batch waiting for the disk in one transaction (group commit), and batches are cut every
+* A batch is **accepted** when ``put`` returns: it was signed before, so what is on disk is the bytes on the
+  wire, deflated with zlib when that is smaller (~4x less to write to an SD card; ``pending`` gives back the
+  signed bytes bit for bit, and a blob damaged on disk is quarantined, never sent). The commit ran with
+  ``synchronous=FULL`` in WAL mode (one fsync of the WAL per commit). The agent commits every batch waiting for the disk in one transaction (group commit), and batches are cut every
   ``batch.max_age_s`` seconds or ``batch.max_readings`` readings, so fsyncs are batched by construction;
   ``fsyncs`` counts them (commits, plus two per checkpoint). The WAL is checkpointed and truncated by us once it
   holds ``checkpoint_pages`` pages, which bounds it on disk (``docs/store-and-forward.md``).
@@ -25,6 +26,7 @@ import logging
 import os
 import sqlite3
 import threading
+import zlib
 
 from gateway.clock import SystemClock
 from gateway.errors import StoreError
@@ -50,6 +52,19 @@ CREATE TABLE IF NOT EXISTS quarantine (
 COUNTERS = ("dropped_batches", "dropped_readings", "dropped_alarm_batches", "expired_batches", "quarantined")
 SESSION_COUNTERS = ("acked_batches", "acked_readings", "accepted_batches", "accepted_readings")
 _COLUMNS = "id, prio, boot, seq, created, readings, events, data"
+_ZLIB = b"\x78"  # a zlib stream's first byte; a stored COSE batch starts with 0xd2 (tag 18)
+
+
+def _deflate(data):
+    """What goes into the ``data`` column: the signed batch, deflated when that is smaller (it nearly always is:
+    ~0.25x for a batch of 1,000 readings, at ~0.1 us per reading)."""
+    packed = zlib.compress(data, 1)
+    return packed if len(packed) < len(data) else data
+
+
+def _inflate(blob):
+    """The exact signed bytes back; raises ``zlib.error`` if a deflated blob was damaged on disk."""
+    return zlib.decompress(blob) if blob[:1] == _ZLIB else blob
 log = logging.getLogger(__name__)
 
 
@@ -206,8 +221,9 @@ class Store:
         oversized group can never wedge the commit path.
         """
         now = self._now()
-        admitted = self._admit(batches)
-        need = sum(len(b.data) for b in batches if id(b) in admitted)
+        blobs = {id(b): _deflate(b.data) for b in batches}
+        admitted = self._admit(batches, blobs)
+        need = sum(len(blobs[id(b)]) for b in batches if id(b) in admitted)
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -224,7 +240,7 @@ class Store:
                     cur = self._db.execute(
                         "INSERT INTO batches (prio, boot, seq, created, readings, events, data) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (b.priority, b.boot, b.seq, b.created or now, b.readings, b.events, b.data))
+                        (b.priority, b.boot, b.seq, b.created or now, b.readings, b.events, blobs[id(b)]))
                     ids.append(cur.lastrowid)
                 self._commit()
                 self.session["accepted_batches"] += len(admitted)
@@ -236,17 +252,17 @@ class Store:
             self._maybe_checkpoint()
             return ids
 
-    def _admit(self, batches):
+    def _admit(self, batches, blobs):
         """Ids of the batches that fit in the bound on their own: alarms first, then the newest."""
         budget = self.max_bytes * 3 // 4  # a payload byte costs up to ~1.3 bytes of file
-        if sum(len(b.data) for b in batches) <= budget:
+        if sum(len(blob) for blob in blobs.values()) <= budget:
             return set(map(id, batches))
         admitted, total = set(), 0
         order = [b for b in reversed(batches) if b.priority] + [b for b in reversed(batches) if not b.priority]
         for b in order:
-            if total + len(b.data) <= budget:
+            if total + len(blobs[id(b)]) <= budget:
                 admitted.add(id(b))
-                total += len(b.data)
+                total += len(blobs[id(b)])
         return admitted
 
     def _disk_used(self):
@@ -329,8 +345,19 @@ class Store:
                         (limit - len(rows),)).fetchall()
             except sqlite3.Error as exc:
                 raise _store_error("read the queue in", self.path, exc) from exc
-        return [EncodedBatch(boot=r[2], seq=r[3], data=r[7], priority=r[1], readings=r[5], events=r[6],
-                             created=r[4], store_id=r[0]) for r in rows]
+        out, damaged = [], []
+        for r in rows:
+            try:
+                data = _inflate(r[7])
+            except zlib.error as exc:
+                damaged.append((r[0], "damaged on disk: %s" % exc))
+                continue
+            out.append(EncodedBatch(boot=r[2], seq=r[3], data=data, priority=r[1], readings=r[5], events=r[6],
+                                    created=r[4], store_id=r[0]))
+        for store_id, reason in damaged:  # kept aside for inspection, counted; never sent, never a crash
+            log.error("store: batch %d in %s: %s; quarantined", store_id, self.path, reason)
+            self.quarantine(store_id, reason)
+        return out
 
     def ack(self, store_ids):
         """Delete delivered batches. Unknown ids (already dropped by policy) are ignored."""
@@ -451,8 +478,11 @@ class Store:
         """Write every queued batch to the file object ``out`` as a CBOR sequence (RFC 8742). Returns the count."""
         n = 0
         with self._lock:
-            for (data,) in self._db.execute("SELECT data FROM batches ORDER BY prio DESC, id"):
-                out.write(data)
+            for (blob,) in self._db.execute("SELECT data FROM batches ORDER BY prio DESC, id").fetchall():
+                try:
+                    out.write(_inflate(blob))
+                except zlib.error:
+                    continue  # damaged on disk: pending() quarantines it
                 n += 1
         return n
 

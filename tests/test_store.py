@@ -421,3 +421,43 @@ def test_rejected_batches_are_retried_a_bounded_number_of_times(tmp_path):
     assert store.counters()["quarantined"] == 1 + len(Store.RETRY_DELAYS)
     assert store.requeue_quarantined() == 1  # a technician can still send it by hand
     store.close()
+
+
+def _signed_batches(n, readings=500):
+    from gateway import keys, senml, wire
+    from gateway.model import Reading
+    key = keys.SigningKey.generate()
+    out = []
+    for b in range(n):
+        rs = [Reading("s%d" % (i % 20), "temp", round(4 + (i % 37) / 100, 2), "Cel", 1.7e9 + b * 10 + i / 50, 0.01)
+              for i in range(readings)]
+        out.append(EncodedBatch(1, b, wire.sign(wire.encode_payload("gw", 1, b, True, senml.encode_records(
+            rs, (), "gw/")), key), 0, readings, 0, 0.0))
+    return out
+
+
+def test_batches_are_deflated_at_rest_and_come_back_bit_for_bit(tmp_path):
+    store = Store(tmp_path / "q.sqlite")
+    batches = _signed_batches(5)
+    store.put_many(batches)
+    assert [b.data for b in store.pending(limit=10)] == [b.data for b in batches]  # the exact signed bytes
+    stored = sum(r[0] for r in store._db.execute("SELECT LENGTH(data) FROM batches"))
+    assert stored < 0.5 * sum(len(b.data) for b in batches)  # deflate: much less to write to the SD card
+    import io
+    out = io.BytesIO()
+    assert store.dump(out) == 5 and out.getvalue() == b"".join(b.data for b in batches)
+    store.close()
+
+
+def test_a_batch_damaged_on_disk_is_quarantined_not_sent_not_fatal(tmp_path):
+    store = Store(tmp_path / "q.sqlite")
+    batches = _signed_batches(3)
+    ids = store.put_many(batches)
+    blob = store._db.execute("SELECT data FROM batches WHERE id = ?", (ids[1],)).fetchone()[0]
+    store._db.execute("UPDATE batches SET data = ? WHERE id = ?", (blob[:20] + b"\xff" * 40 + blob[60:], ids[1]))
+    got = store.pending(limit=10)
+    assert [b.seq for b in got] == [0, 2] and [b.data for b in got] == [batches[0].data, batches[2].data]
+    (row,) = store.quarantined()
+    assert row[1:3] == (1, 1) and row[3].startswith("damaged on disk")
+    assert store.counters()["quarantined"] == 1
+    store.close()
