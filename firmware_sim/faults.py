@@ -165,3 +165,57 @@ def split_controls(buf):
             pass
         buf = buf[end + 1:]
     return faults, buf
+
+
+def run_paced(make, rate, count, schedule, seed, forbidden):
+    """The main loop of a node that sends on a clock (the GPS tracker, the line board), with faults on demand.
+
+    ``make(k, bad)`` returns the bytes of tick ``k`` (``bad``: spoil the first frame's checksum); it is called for
+    silent ticks too, so a node's state goes on. ``count`` < 0 runs until killed. ``schedule`` maps a tick to
+    faults (``parse_args``); control lines on stdin add faults at run time. ``forbidden`` are bytes noise never
+    contains (frame delimiters).
+    """
+    line = Line()
+    rng = Rng(seed)
+    period = 1000.0 / rate if rate > 0 else 0.0
+    start = now_ms()
+    inbox = b""
+    k = 0
+    silent_until = -1
+    bad_next = False
+    while count < 0 or k < count:
+        faults = schedule.pop(k, [])
+        while True:  # wait for tick k, taking control lines as they come
+            wait = k * period - elapsed_ms(start)
+            data = line.read(wait if wait > 0 else 0)
+            if data:
+                inbox += data
+                new, inbox = split_controls(inbox)
+                faults.extend(new)
+                if inbox[:1] != b"!":
+                    inbox = b""  # ordinary input: these nodes ignore it
+            if wait <= 0 or faults:
+                break
+        burst = 0
+        for kind, arg in faults:
+            if kind == "noise":
+                line.write(rng.noise(arg, forbidden))
+            elif kind == "badsum":
+                bad_next = True
+            elif kind == "silence":
+                silent_until = k + int(arg * rate + 0.5)
+            elif kind == "burst":
+                burst = arg
+            elif kind == "disconnect":
+                sys.exit(0)
+        if k * period > elapsed_ms(start) and not burst:
+            continue  # a control line arrived early; go back to waiting for this tick
+        if burst:
+            line.write(b"".join(make(k + i, False) for i in range(burst)))
+            k += burst
+            continue
+        data = make(k, bad_next)
+        if k >= silent_until:
+            line.write(data)
+            bad_next = False
+        k += 1

@@ -15,9 +15,9 @@ import math
 import sys
 
 try:
-    from faults import Line, Rng, parse_args, split_controls, now_ms, elapsed_ms
+    from faults import parse_args, run_paced
 except ImportError:  # imported as firmware_sim.gps_node under CPython
-    from firmware_sim.faults import Line, Rng, parse_args, split_controls, now_ms, elapsed_ms
+    from firmware_sim.faults import parse_args, run_paced
 
 LAT0 = 48.1173
 LON0 = 11.5167
@@ -136,50 +136,8 @@ def main(argv):
     opts, schedule = parse_args(argv, OPTIONS)
     rate = opts["rate"]
     kinds = [s.strip().upper() for s in opts["sentences"].split(",") if s.strip()]
-    rng = Rng(opts["seed"])
-    line = Line()
-    period = 1000.0 / rate
-    start = now_ms()
-    inbox = b""
-    k = 0
-    silent_until = -1
-    bad_next = False
-    count = opts["count"]
-    while count < 0 or k < count:
-        faults = schedule.pop(k, [])
-        while True:  # wait for epoch k, taking control lines as they come
-            wait = k * period - elapsed_ms(start)
-            data = line.read(wait if wait > 0 else 0)
-            if data:
-                inbox += data
-                new, inbox = split_controls(inbox)
-                faults.extend(new)
-                if inbox[:1] != b"!":
-                    inbox = b""  # ordinary input: a GPS ignores it
-            if wait <= 0 or faults:
-                break
-        burst = 0
-        for kind, arg in faults:
-            if kind == "noise":
-                line.write(rng.noise(arg, (0x24, 0x0D, 0x0A)))
-            elif kind == "badsum":
-                bad_next = True
-            elif kind == "silence":
-                silent_until = k + int(arg * rate + 0.5)
-            elif kind == "burst":
-                burst = arg
-            elif kind == "disconnect":
-                sys.exit(0)
-        if k * period > elapsed_ms(start) and not burst:
-            continue  # a control line arrived early; go back to waiting for this epoch
-        if burst:
-            line.write(b"".join(epoch_bytes(k + i, rate, kinds) for i in range(burst)))
-            k += burst
-            continue
-        if k >= silent_until:
-            line.write(epoch_bytes(k, rate, kinds, bad_next))
-            bad_next = False
-        k += 1
+    run_paced(lambda k, bad: epoch_bytes(k, rate, kinds, bad), rate, opts["count"], schedule, opts["seed"],
+              (0x24, 0x0D, 0x0A))
 
 
 if __name__ == "__main__":

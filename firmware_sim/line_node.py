@@ -17,9 +17,9 @@
 import sys
 
 try:
-    from faults import Line, Rng, parse_args, split_controls, now_ms, elapsed_ms
+    from faults import parse_args, run_paced
 except ImportError:  # imported as firmware_sim.line_node under CPython
-    from firmware_sim.faults import Line, Rng, parse_args, split_controls, now_ms, elapsed_ms
+    from firmware_sim.faults import parse_args, run_paced
 
 OPTIONS = {"sensors": 3, "rate": 1.0, "count": 0, "seed": 1, "prefix": "board", "start_temp": 4.0,
            "checksum": 0, "deadband": 0.0, "heartbeat": 0.0}
@@ -92,52 +92,8 @@ class Board:
 def main(argv):
     o, schedule = parse_args(argv, OPTIONS)
     board = Board(o)
-    rng = Rng(o["seed"])
-    port = Line()
-    period_ms = board.period * 1000.0
-    count = o["count"]
-    start = now_ms()
-    inbox = b""
-    tick = 0
-    silent_until = -1
-    bad_next = False
-    while count <= 0 or tick < count:
-        faults = schedule.pop(tick, [])
-        while True:  # wait for this tick, taking control lines as they come
-            wait = tick * period_ms - elapsed_ms(start)
-            data = port.read(wait if wait > 0 else 0)
-            if data:
-                inbox += data
-                new, inbox = split_controls(inbox)
-                faults.extend(new)
-                if inbox[:1] != b"!":
-                    inbox = b""  # ordinary input: the board ignores it
-            if wait <= 0 or faults:
-                break
-        burst = 0
-        for kind, arg in faults:
-            if kind == "noise":
-                port.write(rng.noise(arg, (0x0A, 0x0D)))
-            elif kind == "badsum":
-                bad_next = True
-            elif kind == "silence":
-                silent_until = tick + int(arg * o["rate"] + 0.5)
-            elif kind == "burst":
-                burst = arg
-            elif kind == "disconnect":
-                sys.exit(0)
-        if tick * period_ms > elapsed_ms(start) and not burst:
-            continue  # a control line arrived early; go back to waiting for this tick
-        if burst:
-            port.write(b"".join(board.tick(tick + i) for i in range(burst)))
-            tick += burst
-            continue
-        if tick >= silent_until:
-            port.write(board.tick(tick, bad_next))
-            bad_next = False
-        else:
-            board.tick(tick)  # the sensors go on measuring; the line is silent
-        tick += 1
+    count = o["count"] if o["count"] > 0 else -1  # 0: until killed
+    run_paced(board.tick, o["rate"], count, schedule, o["seed"], (0x0A, 0x0D))
 
 
 if __name__ == "__main__":
