@@ -176,7 +176,7 @@ def cmd_decode(args):
 #: Subcommands implemented in their own modules. They are imported only when needed, so the long-running agent
 #: (``run``) does not carry the installer's, the bench's or the console's code in its memory.
 EXTRA_COMMANDS = {"provision": "gateway.provision", "doctor": "gateway.doctor", "console": "gateway.console.cli",
-                  "bench": "gateway.bench"}
+                  "bench": "gateway.bench", "fuzz": "gateway.fuzz"}
 
 
 def build_parser(command=None):
