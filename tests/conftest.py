@@ -23,3 +23,33 @@ def signing_key():
 def trust(signing_key):
     from gateway.keys import TrustStore
     return TrustStore({"keys": [signing_key.jwk("gw-test")]})
+
+
+# -- required tools: a skip for a missing tool is a failure where the tools are promised ------------------------
+#: Words in a skip reason that name a tool ``./bootstrap.sh test`` installs. Under ``EDGE_GATEWAY_REQUIRE_TOOLS=1``
+#: (set by ``bootstrap.sh test``, so by CI) such a skip fails the run: a green suite that silently skipped every
+#: MQTT, MicroPython or BLE end-to-end test would be a lie.
+REQUIRED_TOOLS = ("mosquitto", "micropython", "dbus", "dbusmock", "picocom", "tmux", "bleak", "pycose")
+
+
+def _required_skips(terminalreporter):
+    found = []
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        if any(tool in reason.lower() for tool in REQUIRED_TOOLS):
+            found.append((report.nodeid, reason))
+    return found
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if os.environ.get("EDGE_GATEWAY_REQUIRE_TOOLS") != "1":
+        return
+    found = _required_skips(terminalreporter)
+    if found:
+        terminalreporter.section("skipped although the tool is required", sep="=", red=True, bold=True)
+        for nodeid, reason in found:
+            terminalreporter.write_line("%s: %s" % (nodeid, reason))
+        session = terminalreporter._session  # pytest returns session.exitstatus after this hook
+        if session.exitstatus == 0:
+            session.exitstatus = 1
