@@ -51,4 +51,6 @@ export PATH="$PWD/.venv/bin:$PATH"
 if [ "$job" = demo ]; then
   exec .venv/bin/edge-gateway demo "$@"
 fi
+# Every tool installed above is promised to the tests: a test skipped for want of one fails the run (tests/conftest.py).
+export EDGE_GATEWAY_REQUIRE_TOOLS=1
 exec .venv/bin/python -m pytest "$@"
