@@ -59,7 +59,11 @@ def redact_text(text):
     """Every URL inside ``text`` redacted (``redact_url``); the rest unchanged."""
     if not isinstance(text, str) or "://" not in text:
         return text
-    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+    def one(match):
+        url = match.group(0)
+        core = url.rstrip(".,;:!?)]}")  # sentence punctuation after a URL is not part of it
+        return redact_url(core) + url[len(core):]
+    return _URL_IN_TEXT.sub(one, text)
 
 
 class RedactingFilter(logging.Filter):
