@@ -6,7 +6,8 @@ key, transport); ``upgrade.sh`` gates a new virtualenv on it. URLs are shown wit
 (``gateway.redact``), in every line.
 
 Checks: config valid (any config error is a FAIL: the agent would exit 78 and systemd would not restart it); key
-present, 0600 and owned by the running user; transport (a WARN when the uplink is plain text (``http://`` or MQTT
+present, 0600 and owned by the running user; a config holding the PIN hash or a broker password readable by
+others (WARN); transport (a WARN when the uplink is plain text (``http://`` or MQTT
 without TLS) to a host other than this machine); clock synchronised (kernel adjtimex);
 free disk for the store bound; serial ports present and read/write; BLE adapter present and powered (BlueZ over
 D-Bus, ``org.bluez.Adapter1.Powered``; only a WARN when no BLE source is configured); uplink reachable with a
@@ -69,6 +70,20 @@ def check_key(cfg):
     except KeyFileError as exc:
         return Check(FAIL, "key", str(exc), "re-copy the key from the provisioning bundle")
     return Check(PASS, "key", "%s (kid %s, %s)" % (path, key.kid, keys.fingerprint(key.public)))
+
+
+def check_config_mode(cfg):
+    """The config holds the PIN hash and broker passwords: nobody but its owner should read it."""
+    secrets = [k for k, v in (("console.pin_hash", cfg.console.pin_hash), ("uplink.mqtt.password",
+                                                                          cfg.uplink.mqtt.password)) if v]
+    try:
+        mode = stat.S_IMODE(os.stat(cfg.file).st_mode)
+    except (OSError, TypeError):
+        return None
+    if secrets and mode & 0o077:
+        return Check(WARN, "secrets", "%s has mode %04o and holds %s" % (cfg.file, mode, " and ".join(secrets)),
+                     "chmod 600 %s (owned by the service user)" % cfg.file)
+    return None
 
 
 def check_transport(cfg):
@@ -232,8 +247,8 @@ def run_checks(config_path, quick=False):
         cfg = load(config_path)
     except ConfigError as exc:
         return [Check(FAIL, "config", str(exc), "fix the named key (docs/configuration.md)")]
-    checks = [Check(PASS, "config", "%s valid (gateway %s)" % (config_path, cfg.gateway.id)), check_key(cfg),
-              check_transport(cfg)]
+    checks = [Check(PASS, "config", "%s valid (gateway %s)" % (config_path, cfg.gateway.id))]
+    checks += [c for c in (check_config_mode(cfg),) if c] + [check_key(cfg), check_transport(cfg)]
     if quick:
         return checks
     checks += [check_clock(), check_disk(cfg)] + check_serial(cfg) + [check_ble(cfg), check_uplink(cfg)]

@@ -337,6 +337,18 @@ def test_bad_url_exits_78_without_its_secret(tmp_path):
     assert proc.returncode == 78 and "uplink.url" in proc.stderr and "hunter2" not in proc.stderr
 
 
+def test_doctor_warns_when_the_config_with_secrets_is_readable_by_others(tmp_path):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(to_toml({"gateway": {"state_dir": str(tmp_path)}, "uplink": {"url": "https://x.example/"},
+                            "console": {"pin_hash": PIN_HASH}}))
+    os.chmod(cfg, 0o644)
+    rc, lines = run_doctor(str(cfg), quick=True)
+    warn = [l for l in lines if l.startswith("WARN secrets")]
+    assert warn and "console.pin_hash" in warn[0] and "chmod 600" in warn[0] and PIN_HASH not in warn[0]
+    os.chmod(cfg, 0o600)
+    assert not any("secrets" in l for l in run_doctor(str(cfg), quick=True)[1])
+
+
 def test_plaintext_uplink_is_pure():
     assert plaintext_uplink("http", url="https://x.example/") is None
     assert plaintext_uplink("http", url="http://[bad") is None  # not a URL: the config check reports it
