@@ -11,7 +11,8 @@
 #   opt/edge-gateway/venvs/<version>-<stamp>/    the virtualenv (upgrade.sh adds the next one beside it)
 #   opt/edge-gateway/current -> venvs/...        the active venv; the unit runs current/bin/edge-gateway
 #   usr/local/bin/edge-gateway -> ../../../opt/edge-gateway/current/bin/edge-gateway
-#   etc/edge-gateway/config.toml                 (not replaced if present)
+#   etc/edge-gateway/config.toml                 0600, owned by edge-gateway (it holds the console PIN hash and any
+#                                                broker password; the console rewrites it); not replaced if present
 #   var/lib/edge-gateway/key.pem                 0600, owned by edge-gateway (not replaced if present)
 #   etc/systemd/system/edge-gateway.service, etc/udev/rules.d/99-edge-gateway-serial.rules
 #   opt/edge-gateway/install-manifest            every path this script created; uninstall.sh removes exactly those
@@ -97,15 +98,16 @@ fi
 # 3. Config and key.
 mkdirs /etc/edge-gateway 0770  # group-writable: the console's `config set` rewrites config.toml
 mkdirs /var/lib/edge-gateway 0700
-if [ -n "$CONFIG" ]; then put "$CONFIG" /etc/edge-gateway/config.toml 0660 || true
+if [ -n "$CONFIG" ]; then put "$CONFIG" /etc/edge-gateway/config.toml 0600 || true
 elif [ ! -e "$R/etc/edge-gateway/config.toml" ]; then
-    put "$HERE/config.example.toml" /etc/edge-gateway/config.toml 0660
+    put "$HERE/config.example.toml" /etc/edge-gateway/config.toml 0600
     echo "install.sh: installed the EXAMPLE config; edit /etc/edge-gateway/config.toml before starting"
     START=0
 fi
 if [ -n "$KEY" ]; then put "$KEY" /var/lib/edge-gateway/key.pem 0600 || true; fi
 if [ "$REAL" = 1 ]; then
-    chown root:"$SERVICE_USER" "$R/etc/edge-gateway" "$R/etc/edge-gateway/config.toml"
+    chown root:"$SERVICE_USER" "$R/etc/edge-gateway"
+    chown "$SERVICE_USER:$SERVICE_USER" "$R/etc/edge-gateway/config.toml"
     chown -R "$SERVICE_USER:$SERVICE_USER" "$R/var/lib/edge-gateway"
 fi
 

@@ -46,19 +46,26 @@ def cmd_demo(args):
 
 
 def cmd_run(args):
-    from gateway.config import load
+    """Exit status: 0 after SIGTERM; 78 (EX_CONFIG) for a config error, which systemd does not restart
+    (``RestartPreventExitStatus=``); 2 for a key or store that cannot be used; 75 for the console's ``restart``."""
+    from gateway.config import EX_CONFIG, load
     from gateway.errors import ConfigError, KeyFileError, StoreError
+    from gateway.redact import install_log_redaction, redact_text
     from gateway.service import run_service
     try:
         cfg = load(args.config)
     except ConfigError as exc:
-        print("edge-gateway: config error: %s" % exc, file=sys.stderr)
-        return 2
+        print("edge-gateway: config error: %s" % redact_text(str(exc)), file=sys.stderr)
+        return EX_CONFIG
     _setup_logging(cfg.gateway.log_level)
+    install_log_redaction()
     try:
         return asyncio.run(run_service(cfg))
-    except (ConfigError, KeyFileError, StoreError) as exc:
-        print("edge-gateway: %s" % exc, file=sys.stderr)
+    except ConfigError as exc:
+        print("edge-gateway: config error: %s" % redact_text(str(exc)), file=sys.stderr)
+        return EX_CONFIG
+    except (KeyFileError, StoreError) as exc:
+        print("edge-gateway: %s" % redact_text(str(exc)), file=sys.stderr)
         return 2
 
 

@@ -1,10 +1,14 @@
 """``edge-gateway doctor [--config FILE] [--quick]``: the on-site self-check.
 
 One line per check, ``PASS``/``WARN``/``FAIL``, each WARN and FAIL with a fix hint; the exit code is 1 if any
-check FAILs (WARN alone exits 0). ``--quick`` runs only the checks that need no network and no hardware (config
-and key); ``upgrade.sh`` gates a new virtualenv on it.
+check FAILs (WARN alone exits 0). ``--quick`` runs only the checks that need no network and no hardware (config,
+key, transport); ``upgrade.sh`` gates a new virtualenv on it. URLs are shown with their credentials redacted
+(``gateway.redact``), in every line.
 
-Checks: config valid; key present, 0600 and owned by the running user; clock synchronised (kernel adjtimex);
+Checks: config valid (any config error is a FAIL: the agent would exit 78 and systemd would not restart it); key
+present, 0600 and owned by the running user; a config holding the PIN hash or a broker password readable by
+others (WARN); transport (a WARN when the uplink is plain text (``http://`` or MQTT
+without TLS) to a host other than this machine); clock synchronised (kernel adjtimex);
 free disk for the store bound; serial ports present and read/write; BLE adapter present and powered (BlueZ over
 D-Bus, ``org.bluez.Adapter1.Powered``; only a WARN when no BLE source is configured); uplink reachable with a
 valid TLS certificate (HTTP: a real GET of the URL, where any 2xx-4xx answer proves reachability; MQTT: TCP and,
@@ -26,6 +30,7 @@ from gateway import keys
 from gateway.clock import kernel_clock_synced
 from gateway.config import load
 from gateway.errors import ConfigError, KeyFileError
+from gateway.redact import plaintext_uplink, redact_text, redact_url
 
 DEFAULT_CONFIG = "/etc/edge-gateway/config.toml"
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
@@ -40,7 +45,7 @@ class Check:
 
     def line(self):
         text = "%s %-8s %s" % (self.status, self.name, self.detail)
-        return text + ("  -> fix: " + self.fix if self.fix and self.status != PASS else "")
+        return redact_text(text + ("  -> fix: " + self.fix if self.fix and self.status != PASS else ""))
 
 
 def check_key(cfg):
@@ -65,6 +70,34 @@ def check_key(cfg):
     except KeyFileError as exc:
         return Check(FAIL, "key", str(exc), "re-copy the key from the provisioning bundle")
     return Check(PASS, "key", "%s (kid %s, %s)" % (path, key.kid, keys.fingerprint(key.public)))
+
+
+def check_config_mode(cfg):
+    """The config holds the PIN hash and broker passwords: nobody but its owner should read it."""
+    secrets = [k for k, v in (("console.pin_hash", cfg.console.pin_hash), ("uplink.mqtt.password",
+                                                                          cfg.uplink.mqtt.password)) if v]
+    try:
+        mode = stat.S_IMODE(os.stat(cfg.file).st_mode)
+    except (OSError, TypeError):
+        return None
+    if secrets and mode & 0o077:
+        return Check(WARN, "secrets", "%s has mode %04o and holds %s" % (cfg.file, mode, " and ".join(secrets)),
+                     "chmod 600 %s (owned by the service user)" % cfg.file)
+    return None
+
+
+def check_transport(cfg):
+    up = cfg.uplink
+    clear = plaintext_uplink(up.kind, up.url, up.mqtt.host, up.mqtt.tls)
+    if clear:
+        fix = ("use an https:// uplink.url (the receiver behind TLS)" if up.kind == "http" else
+               "set uplink.mqtt.tls = true and the broker's TLS port (usually 8883), or provision with mqtts://")
+        return Check(WARN, "tls", clear, fix)
+    if up.kind == "http" and not up.url:
+        return Check(FAIL, "tls", "uplink.url is empty", "set uplink.url in the config")
+    where = redact_url(up.url) if up.kind == "http" else "mqtt %s:%d" % (up.mqtt.host, up.mqtt.port)
+    plain = up.url.startswith("http:") if up.kind == "http" else not up.mqtt.tls
+    return Check(PASS, "tls", "%s: %s" % (where, "plain text to this machine (loopback)" if plain else "TLS"))
 
 
 def check_clock(synced=None):
@@ -162,6 +195,7 @@ def check_uplink(cfg):
         return _check_mqtt(up.mqtt, up.timeout_s)
     if not up.url:
         return Check(FAIL, "uplink", "uplink.url is empty", "set uplink.url in the config")
+    shown = redact_url(up.url)
     req = urllib.request.Request(up.url, method="GET", headers={"User-Agent": "edge-gateway-doctor"})
     ctx = _ssl_context(up.ca_file) if up.url.startswith("https:") else None
     try:
@@ -172,18 +206,18 @@ def check_uplink(cfg):
     except urllib.error.URLError as exc:
         reason = exc.reason
         if isinstance(reason, ssl.SSLCertVerificationError):
-            return Check(FAIL, "uplink", "%s: TLS certificate not valid: %s" % (up.url, reason.verify_message),
+            return Check(FAIL, "uplink", "%s: TLS certificate not valid: %s" % (shown, reason.verify_message),
                          "check the clock, and uplink.ca_file (the CA that signed the receiver's certificate)")
         if isinstance(reason, ssl.SSLError):
-            return Check(FAIL, "uplink", "%s: TLS failed: %s" % (up.url, reason), "check uplink.url and ca_file")
-        return Check(FAIL, "uplink", "%s unreachable: %s" % (up.url, reason),
-                     "check the network, DNS and firewall from this gateway: curl -v %s" % up.url)
+            return Check(FAIL, "uplink", "%s: TLS failed: %s" % (shown, reason), "check uplink.url and ca_file")
+        return Check(FAIL, "uplink", "%s unreachable: %s" % (shown, reason),
+                     "check the network, DNS and firewall from this gateway: curl -v %s" % shown)
     except (OSError, ValueError) as exc:
-        return Check(FAIL, "uplink", "%s unreachable: %s" % (up.url, exc), "check the network and uplink.url")
+        return Check(FAIL, "uplink", "%s unreachable: %s" % (shown, exc), "check the network and uplink.url")
     if status >= 500:
-        return Check(WARN, "uplink", "%s answered HTTP %d" % (up.url, status),
+        return Check(WARN, "uplink", "%s answered HTTP %d" % (shown, status),
                      "the receiver is up but failing; batches stay queued until it recovers")
-    return Check(PASS, "uplink", "%s answered HTTP %d%s" % (up.url, status,
+    return Check(PASS, "uplink", "%s answered HTTP %d%s" % (shown, status,
                                                            ", TLS verified" if ctx else ""))
 
 
@@ -213,7 +247,8 @@ def run_checks(config_path, quick=False):
         cfg = load(config_path)
     except ConfigError as exc:
         return [Check(FAIL, "config", str(exc), "fix the named key (docs/configuration.md)")]
-    checks = [Check(PASS, "config", "%s valid (gateway %s)" % (config_path, cfg.gateway.id)), check_key(cfg)]
+    checks = [Check(PASS, "config", "%s valid (gateway %s)" % (config_path, cfg.gateway.id))]
+    checks += [c for c in (check_config_mode(cfg),) if c] + [check_key(cfg), check_transport(cfg)]
     if quick:
         return checks
     checks += [check_clock(), check_disk(cfg)] + check_serial(cfg) + [check_ble(cfg), check_uplink(cfg)]
@@ -223,7 +258,7 @@ def run_checks(config_path, quick=False):
 def register(subparsers):
     p = subparsers.add_parser("doctor", help="check this gateway: config, key, clock, disk, serial, BLE, uplink")
     p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE", help="default " + DEFAULT_CONFIG)
-    p.add_argument("--quick", action="store_true", help="config and key only (no network, no hardware)")
+    p.add_argument("--quick", action="store_true", help="config, key and transport only (no network, no hardware)")
     p.set_defaults(func=cmd_doctor)
     return p
 

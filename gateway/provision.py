@@ -11,6 +11,9 @@ Set, ``OUT/jwks.json`` unless ``--trust`` says otherwise).
   ``provision --retire KID`` removes it once the backlog has drained. Stock JOSE libraries ignore both members.
 * ``--csv FILE`` provisions many: columns ``gateway_id``, ``uplink`` and optional ``mqtt``, ``ca_file``,
   ``sensors``, ``pin``, ``state_dir``; one bundle directory per gateway, one trust store for the backend.
+* An ``http://`` uplink, or MQTT without TLS, to a host that is not this machine is provisioned with a WARNING
+  on stderr (and in the record's ``warnings``): the batches are signed, but readable on the way.
+* Nothing printed carries a URL's credentials (``gateway.redact``); ``--pin`` is refused below 6 characters.
 * ``--bundle DIR`` (one gateway) builds the first-boot bundle for a Raspberry Pi OS SD card: wheelhouse, config,
   key, ``deploy/`` and the first-boot script (``docs/operations.md``, "Installer's guide").
 """
@@ -23,12 +26,13 @@ import shutil
 import stat
 import sys
 import tomllib
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from gateway import config as gconfig
 from gateway import keys
 from gateway import wheelhouse as wheelhouse_mod
 from gateway.errors import ConfigError, KeyFileError
+from gateway.redact import plaintext_uplink, redact_text, redact_url
 from gateway.wheelhouse import WheelhouseError
 
 DEFAULT_STATE_DIR = "/var/lib/edge-gateway"
@@ -44,18 +48,25 @@ class ProvisionError(Exception):
 # -- config ------------------------------------------------------------------------------------------------------
 def mqtt_section(url):
     """``mqtt://host:port/prefix`` or ``mqtts://...`` -> the ``[uplink.mqtt]`` table."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ProvisionError("--mqtt must look like mqtt://HOST:PORT/PREFIX or mqtts://..., got %r" % url)
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:
+        parts = hostname = None
+    if parts is None or parts.scheme not in ("mqtt", "mqtts") or not hostname:
+        raise ProvisionError("--mqtt must look like mqtt://HOST:PORT/PREFIX or mqtts://..., got %r"
+                             % redact_url(url))
     try:
         port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
     except ValueError:
-        raise ProvisionError("--mqtt has a bad port: %r" % url) from None
+        raise ProvisionError("--mqtt has a bad port: %r" % redact_url(url)) from None
     section = {"host": parts.hostname, "port": port, "topic_prefix": parts.path.strip("/") or "edge"}
     if parts.scheme == "mqtts":
         section["tls"] = True
     if parts.username:
-        section["username"] = parts.username
+        section["username"] = unquote(parts.username)
+    if parts.password:
+        section["password"] = unquote(parts.password)
     return section
 
 
@@ -81,7 +92,10 @@ def hash_console_pin(pin):
     except ImportError as exc:
         raise ProvisionError("--pin needs gateway.console.auth.hash_pin, which this build lacks (%s)" % exc) \
             from None
-    return hash_pin(pin)
+    try:
+        return hash_pin(pin)
+    except ValueError as exc:
+        raise ProvisionError("--pin refused: %s" % exc) from None
 
 
 def build_config(gateway_id, uplink=None, mqtt=None, ca_file=None, sensors=None, pin=None, state_dir=None):
@@ -106,6 +120,13 @@ def build_config(gateway_id, uplink=None, mqtt=None, ca_file=None, sensors=None,
         data.update({k: v for k, v in extra.items() if v})
     gconfig.from_dict(data, "<provision %s>" % gateway_id)
     return data
+
+
+def transport_warning(data):
+    """The plain-text warning for a built config (``gateway.redact.plaintext_uplink``), or None."""
+    up = data.get("uplink", {})
+    mqtt = up.get("mqtt", {})
+    return plaintext_uplink(up.get("kind", "http"), up.get("url", ""), mqtt.get("host", ""), mqtt.get("tls", False))
 
 
 # -- trust store -------------------------------------------------------------------------------------------------
@@ -180,6 +201,9 @@ def provision_one(out_dir, gateway_id, rotate=False, **config_args):
               "config": os.path.abspath(cfg_path), "key": os.path.abspath(key_path)}
     if old_kid:
         record["rotated_from"] = old_kid
+    warning = transport_warning(data)
+    if warning:
+        record["warnings"] = [warning]
     gconfig.write_atomic(os.path.join(gw_dir, "enrollment.json"), json.dumps(record, indent=2) + "\n", 0o644)
     return record, jwk, old_kid
 
@@ -316,7 +340,9 @@ def cmd_provision(args, out=None):
     trust = args.trust or os.path.join(args.out, "jwks.json")
 
     def emit(record):
-        out.write(json.dumps(record, sort_keys=True) + "\n")
+        for warning in record.get("warnings", ()):
+            print("edge-gateway provision: WARNING: %s: %s" % (record.get("gateway_id"), warning), file=sys.stderr)
+        out.write(redact_text(json.dumps(record, sort_keys=True)) + "\n")
         out.flush()
 
     try:
@@ -342,5 +368,5 @@ def cmd_provision(args, out=None):
         emit(record)
         return 0
     except (ProvisionError, ConfigError, KeyFileError, WheelhouseError) as exc:
-        print("edge-gateway provision: %s" % exc, file=sys.stderr)
+        print("edge-gateway provision: %s" % redact_text(str(exc)), file=sys.stderr)
         return 2

@@ -59,6 +59,10 @@ EXIT_RESTART = 75  # the console's `restart`: exit non-zero so systemd's Restart
 async def run_service(cfg, console_port=None):
     """Run the agent until SIGTERM/SIGINT, serving the technician console when a port is configured."""
     agent = build_agent(cfg)
+    from gateway.redact import plaintext_uplink
+    clear = plaintext_uplink(cfg.uplink.kind, cfg.uplink.url, cfg.uplink.mqtt.host, cfg.uplink.mqtt.tls)
+    if clear:
+        log.warning("%s", clear)  # the URL in it is redacted (gateway.redact)
     stop = asyncio.Event()
     restart = []
     loop = asyncio.get_running_loop()

@@ -86,7 +86,7 @@ def test_run_refuses_bad_config_and_missing_key(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[store]\nmax_bytes = \"lots\"\n")
     proc = subprocess.run(EG + ["run", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 2 and "store.max_bytes" in proc.stderr and "must be an integer" in proc.stderr
+    assert proc.returncode == 78 and "store.max_bytes" in proc.stderr and "must be an integer" in proc.stderr
     cfg.write_text('[gateway]\nstate_dir = "%s"\n[uplink]\nurl = "http://127.0.0.1:9/"\n' % (tmp_path / "s"))
     proc = subprocess.run(EG + ["run", "--config", str(cfg)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "provision" in proc.stderr

@@ -14,7 +14,7 @@ from gateway.console.protocol import Line
 from gateway.errors import ConfigError
 from gateway.model import Event, Reading
 
-PIN = "4711"
+PIN = "471100"
 # Cheap scrypt parameters keep the pure tests fast; the real default is checked in test_hash_pin_default.
 PIN_HASH = hash_pin(PIN, salt=b"0123456789abcdef", n=1 << 10)
 LONG = "x" * 150
@@ -29,7 +29,8 @@ class FakeView(GatewayView):
         self.probe = Probe(True, 0.0042, "127.0.0.1:8080 answered HTTP 404 Not Found")
         self.config = {"gateway": {"id": "gw-7"}, "uplink": {"url": "http://h/x", "mqtt": {"password": "hunter2"}},
                        "console": {"pin_hash": PIN_HASH},
-                       "sources": [{"name": "b", "type": "ble", "key": "00112233445566778899aabbccddeeff"}]}
+                       "sources": [{"name": "b", "type": "ble", "sensors": [
+                           {"mac": "A4:C1:38:00:00:01", "key": "00112233445566778899aabbccddeeff"}]}]}
 
     def version(self): return "0.1.0"
     def gateway_id(self): return "gw-7"
@@ -209,7 +210,7 @@ def test_unlock_with_masked_prompt_then_write_and_audit(rig):
     assert view.config["batch"]["max_age_s"] == 2.5
     say(console, "config set uplink.mqtt.password s3cret")
     bad = say(console, "config set batch.max_age_s -1")
-    assert bad[0].startswith("failed:") and "must be positive" in bad[0]
+    assert bad[0].startswith("failed:") and "must be between" in bad[0]
     say(console, "store flush-to-file /tmp/exists")
     stamp = datetime.datetime.fromtimestamp(clock.wall(), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert audit.entries[0] == stamp + " console unlock -> ok"
@@ -296,11 +297,11 @@ def test_fit_wraps_and_sanitizes():
 
 # -- auth -------------------------------------------------------------------------------------------------------
 def test_hash_pin_default_format_and_verify():
-    encoded = hash_pin("2468")
+    encoded = hash_pin("246800")
     scheme, n, r, p, salt, digest = encoded.split("$")
     assert (scheme, n, r, p) == ("scrypt", "16384", "8", "1")
-    assert verify_pin("2468", encoded) and not verify_pin("2469", encoded)
-    assert hash_pin("2468") != encoded  # salted
+    assert verify_pin("246800", encoded) and not verify_pin("246801", encoded)
+    assert hash_pin("246800") != encoded  # salted
 
 
 @pytest.mark.parametrize("bad", ["", "plain", "scrypt$16384$8$1$c2FsdA==", "scrypt$1000$8$1$AAAAAAAAAAA=$" + "A" * 44,
@@ -311,7 +312,7 @@ def test_parse_pin_hash_rejects_bad_or_dangerous(bad):
     assert exc.value.key == "console.pin_hash"
 
 
-@pytest.mark.parametrize("pin", ["123", "has space", "x" * 65])
+@pytest.mark.parametrize("pin", ["123", "4711", "12345", "has space", "x" * 65])
 def test_hash_pin_refuses_weak_input(pin):
     with pytest.raises(ValueError):
         hash_pin(pin, n=1 << 10)
@@ -343,8 +344,11 @@ def test_set_key_parses_by_declared_type_and_validates():
 
 def test_sources_add_remove():
     raw = {"sources": [{"name": "a", "type": "serial", "port": "/dev/x"}]}
-    new, spec = settings.add_source(raw, "b", "ble", {"key": "00"})
+    new, spec = settings.add_source(raw, "b", "ble", {"adapter": "hci1"})
     assert [s["name"] for s in new["sources"]] == ["a", "b"]
+    with pytest.raises(ConfigError) as exc:  # a misspelt key is refused at once, not at the next start
+        settings.add_source(raw, "c", "serial", {"port": "/dev/y", "buad": 9600})
+    assert exc.value.key == "sources[1].buad" and "did you mean 'baud'?" in str(exc.value)
     with pytest.raises(ConfigError):
         settings.add_source(raw, "a", "serial", {})
     with pytest.raises(ConfigError):

@@ -111,6 +111,8 @@ def test_unit_hardening_settings_present():
     assert "AF_UNIX" in settings["RestrictAddressFamilies"][0] and settings["MemoryDenyWriteExecute"] == ["yes"]
     assert {"char-ttyUSB rw", "char-ttyACM rw", "char-ttyAMA rw", "char-ttyGS rw"} <= set(settings["DeviceAllow"])
     assert "WatchdogSec" not in settings  # the agent does not speak sd_notify: a watchdog would kill it
+    # A config error exits 78 (EX_CONFIG), a bad key 2: systemd must not restart either in a loop.
+    assert {"2", "78"} <= set(settings["RestartPreventExitStatus"][0].split())
 
 
 def test_runtime_works_without_writable_executable_memory():
@@ -262,6 +264,38 @@ def test_install_run_doctor_uninstall(tmp_path, wheels):
     assert not any(p.endswith("key.pem") or p.startswith(("opt", "etc/", "usr")) for p in left)
     assert len(added) > 100  # the venv really was there
     print("install took %.1f s" % install_s)
+
+
+def test_firstboot_leaves_no_secret_on_the_boot_partition(tmp_path, wheels):
+    """The bundle on the (FAT, world-readable) boot partition holds the key and the config with the PIN hash:
+    after first boot both live only under /var/lib and /etc/edge-gateway, 0600, and the boot copies are gone."""
+    root = tmp_path / "root"
+    boot = root / "boot" / "firmware"
+    bundle = boot / "edge-gateway"
+    boot.mkdir(parents=True)
+    hook = " systemd.run=/boot/firmware/edge-gateway/firstboot.sh systemd.run_success_action=reboot"
+    (boot / "cmdline.txt").write_text("console=serial0,115200 root=PARTUUID=1-02 rootwait" + hook + "\n")
+    provision(str(tmp_path / "prov"), "gw-fb-1", "https://ingest.example/v1/batches", "--pin", "135790",
+              "--bundle", str(bundle), "--wheelhouse", wheels)
+    pin_hash = [l for l in (bundle / "config.toml").read_text().splitlines() if l.startswith("pin_hash")][0]
+    assert "scrypt$" in pin_hash
+    env = {"DESTDIR": str(root), "PYTHON": BASE_PYTHON, "FIRSTBOOT_LOG": str(tmp_path / "firstboot.log")}
+    proc = subprocess.run(["sh", str(bundle / "firstboot.sh")], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, **env))
+    log = (tmp_path / "firstboot.log").read_text()
+    assert proc.returncode == 0, log
+    cfg, key = root / "etc/edge-gateway/config.toml", root / "var/lib/edge-gateway/key.pem"
+    assert pin_hash in cfg.read_text() and oct(os.stat(cfg).st_mode & 0o777) == "0o600"
+    assert oct(os.stat(key).st_mode & 0o777) == "0o600"
+    assert not (bundle / "config.toml").exists() and not (bundle / "key.pem").exists()
+    for folder, _, names in os.walk(boot):
+        for name in names:
+            data = open(os.path.join(folder, name), "rb").read()
+            assert pin_hash.split("$")[-1].encode() not in data and b"PRIVATE KEY" not in data, name
+    assert "firstboot.sh" not in (boot / "cmdline.txt").read_text()  # the hook runs once
+    again = subprocess.run(["sh", str(bundle / "firstboot.sh")], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, **env))
+    assert again.returncode == 0 and "already installed" in (tmp_path / "firstboot.log").read_text()
 
 
 def fake_broken_wheel(dest, version="0.1.1"):

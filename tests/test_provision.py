@@ -77,12 +77,12 @@ def test_pin_uses_console_hash_when_available(tmp_path):
     try:
         from gateway.console.auth import hash_pin  # noqa: F401 (written in parallel by the console helper)
     except ImportError:
-        rc, _ = run("--gateway-id", "gw-p", "--uplink", "http://x/", "--pin", "1234", "--out", str(tmp_path))
+        rc, _ = run("--gateway-id", "gw-p", "--uplink", "http://x/", "--pin", "123456", "--out", str(tmp_path))
         assert rc == 2  # never silently leaves the console without its PIN
         return
-    rc, (rec,) = run("--gateway-id", "gw-p", "--uplink", "http://x/", "--pin", "1234", "--out", str(tmp_path))
+    rc, (rec,) = run("--gateway-id", "gw-p", "--uplink", "http://x/", "--pin", "123456", "--out", str(tmp_path))
     pin_hash = config.load(rec["config"]).console.pin_hash
-    assert rc == 0 and pin_hash and "1234" not in pin_hash
+    assert rc == 0 and pin_hash and "123456" not in pin_hash
 
 
 def test_bulk_50_gateways_one_trust_store_and_rotation(tmp_path):

@@ -1,4 +1,5 @@
-"""PIN unlock for the console's write commands, and the audit trail. No IO except the audit file; clock injected.
+"""PIN unlock for the console's write commands, and the audit trail. No IO except the audit and lock-state files
+(each behind its own small class); the clock is injected.
 
 * Only a salted scrypt hash is stored, in ``[console] pin_hash``, as ``scrypt$N$r$p$<salt b64>$<hash b64>``
   (standard base64). ``hash_pin(pin)`` makes one; ``edge-gateway console --set-pin`` and the installer's
@@ -7,6 +8,13 @@
 * Failed attempts back off: after the k-th consecutive failure the next attempt is refused unchecked for
   ``backoff_s * 2**(k-1)`` seconds (1, 2, 4, 8 s). After ``max_failures`` failures every attempt is refused for
   ``lockout_s`` (15 min). Unplugging the cable does not reset the count; a correct PIN does.
+* The failure count and the wait survive a restart and a power cycle: ``LockState`` keeps them in
+  ``<state_dir>/console-lock.json`` (0600, written atomically after every checked attempt). The monotonic clock
+  starts again at boot, so the wait left is stored and starts again in full after a restart: a power cycle never
+  shortens a lockout. A file that cannot be read back counts as a lockout (fail closed).
+* PINs are at least ``MIN_PIN`` (6) characters: 4 digits fall to 5 guesses per 15 min in about a month.
+* The audit file is bounded: ``AuditLog`` rotates it to ``.1`` at ``max_bytes`` (one old file kept) and writes
+  a run of identical failure lines once, then ``(previous line repeated N times)``.
 * The console locks again after ``idle_lock_s`` without input, on disconnect, and on ``lock``.
 """
 
@@ -15,17 +23,20 @@ import binascii
 import datetime
 import hashlib
 import hmac
+import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 from gateway.errors import ConfigError
+from gateway.redact import redact_text
 
 log = logging.getLogger(__name__)
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 14, 8, 1  # 16 MiB, ~50 ms on a desktop, ~0.3 s on a Raspberry Pi 3
 SALT_BYTES, HASH_BYTES = 16, 32
-MIN_PIN, MAX_PIN = 4, 64
+MIN_PIN, MAX_PIN = 6, 64
 
 
 def _b64(data):
@@ -39,7 +50,8 @@ def _maxmem(n, r):
 def hash_pin(pin, salt=None, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P):
     """``"scrypt$N$r$p$salt$hash"`` for ``pin`` (text). A random 16-byte salt unless one is given (tests)."""
     if not isinstance(pin, str) or not MIN_PIN <= len(pin) <= MAX_PIN or not pin.isprintable() or " " in pin:
-        raise ValueError("a PIN is %d to %d printable characters without spaces" % (MIN_PIN, MAX_PIN))
+        raise ValueError("a PIN is %d to %d printable characters without spaces (at least %d digits: shorter "
+                         "PINs fall to guessing)" % (MIN_PIN, MAX_PIN, MIN_PIN))
     salt = os.urandom(SALT_BYTES) if salt is None else salt
     digest = hashlib.scrypt(pin.encode("utf-8"), salt=salt, n=n, r=r, p=p, dklen=HASH_BYTES,
                             maxmem=_maxmem(n, r))
@@ -90,7 +102,8 @@ class Attempt:
 class PinLock:
     """Lock state, failure backoff and idle re-lock for one console. ``clock.monotonic()`` is the only time read."""
 
-    def __init__(self, pin_hash, clock, *, max_failures=5, lockout_s=900.0, backoff_s=1.0, idle_lock_s=300.0):
+    def __init__(self, pin_hash, clock, *, max_failures=5, lockout_s=900.0, backoff_s=1.0, idle_lock_s=300.0,
+                 state=None):
         self.pin_hash = pin_hash or ""
         if self.pin_hash:
             parse_pin_hash(self.pin_hash)
@@ -104,6 +117,23 @@ class PinLock:
         self.not_before = None
         self.locked_out = False
         self.last_activity = clock.monotonic()
+        self.state = state  # a LockState, or None (tests, the demo): nothing survives a restart
+        self._wait = 0.0  # the wait set by the last checked attempt (what is persisted)
+        if state is not None:
+            self._restore(state.load(max_failures, lockout_s))
+
+    def _restore(self, saved):
+        if not saved:
+            return
+        self.failures = saved["failures"]
+        self.locked_out = saved["locked_out"]
+        self._wait = saved["wait_s"]
+        if self._wait > 0:
+            self.not_before = self.clock.monotonic() + self._wait
+
+    def _save(self):
+        if self.state is not None:
+            self.state.save({"failures": self.failures, "locked_out": self.locked_out, "wait_s": self._wait})
 
     @property
     def configured(self):
@@ -146,7 +176,9 @@ class PinLock:
         if verify_pin(pin, self.pin_hash):
             self.failures = 0
             self.not_before = None
+            self._wait = 0.0
             self.unlocked = True
+            self._save()
             return Attempt(True, "unlocked: write commands allowed until 'lock', idle %s or disconnect"
                            % _seconds(self.idle_lock_s))
         self.failures += 1
@@ -159,6 +191,8 @@ class PinLock:
             message = "wrong PIN (%d of %d); next attempt in %s" % (self.failures, self.max_failures,
                                                                    _seconds(wait))
         self.not_before = self.clock.monotonic() + wait
+        self._wait = wait
+        self._save()
         return Attempt(False, message, wait)
 
 
@@ -170,20 +204,75 @@ def _seconds(s):
     return "%.1f s" % s
 
 
+class LockState:
+    """The PIN lock's failures and wait on disk: JSON, mode 0600, replaced atomically (temp file, fsync, rename).
+
+    ``load`` returns ``{"failures", "locked_out", "wait_s"}`` or None when there is no file. A file that exists but
+    cannot be read back means a full lockout (fail closed): whoever can corrupt it must not win a fresh count."""
+
+    def __init__(self, path):
+        self.path = path
+        self.errors = 0
+
+    def load(self, max_failures, lockout_s):
+        try:
+            with open(self.path, "rb") as f:
+                data = json.loads(f.read().decode("utf-8"))
+            failures, locked_out, wait = data["failures"], data["locked_out"], data["wait_s"]
+            if (type(failures) is not int or type(locked_out) is not bool or type(wait) not in (int, float)
+                    or failures < 0 or not 0 <= wait <= lockout_s):
+                raise ValueError("bad values")
+            return {"failures": failures, "locked_out": locked_out, "wait_s": float(wait)}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            log.warning("console: lock state %s unreadable (%s): locked out for %d s", self.path, exc, lockout_s)
+            return {"failures": max_failures, "locked_out": True, "wait_s": float(lockout_s)}
+
+    def save(self, state):
+        tmp = "%s.tmp.%d" % (self.path, os.getpid())
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(state, sort_keys=True))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            self.errors += 1
+            log.error("console: cannot save the PIN lock state to %s: %s (a restart would forget failures)",
+                      self.path, exc.strerror or exc)
+
+
+_DIGITS = re.compile(r"\d+(?:\.\d+)?")
+
+
 class AuditLog:
     """Every write command and unlock attempt, with wall time, to a logger and (optionally) an append-only file.
 
     The time is the injected clock's wall time in UTC, marked ``(clock unsynced)`` when NTP has not synced yet.
+    Bounded: the file is rotated to ``<path>.1`` before it would pass ``max_bytes`` (one old file is kept, so the
+    trail takes at most twice that), and a failure line that repeats the previous one (numbers aside) within
+    ``repeat_window_s`` is only counted; the count is written as ``(previous line repeated N times)`` before the
+    next line that is written (another line, or the same one after the window). Successful actions are always
+    written.
     """
 
-    def __init__(self, clock, path=None, logger=None):
+    def __init__(self, clock, path=None, logger=None, max_bytes=256 << 10, repeat_window_s=60.0):
         self.clock = clock
         self.path = path
+        self.max_bytes = max_bytes
+        self.repeat_window_s = repeat_window_s
         self.log = logger or logging.getLogger("gateway.console.audit")
         if self.log.level == logging.NOTSET or self.log.level > logging.INFO:
             self.log.setLevel(logging.INFO)  # the audit trail is kept whatever the agent's log level
         self.entries = []  # the last few, for tests and 'log'
         self.errors = 0
+        self.suppressed = 0  # repeated failure lines counted, not written
+        self.rotations = 0
+        self._shape = None  # the last written failure line with its numbers blanked
+        self._since = None  # when that line was written (monotonic)
+        self._repeats = 0
 
     def stamp(self):
         when = datetime.datetime.fromtimestamp(self.clock.wall(), datetime.timezone.utc)
@@ -194,18 +283,44 @@ class AuditLog:
         return text
 
     def record(self, action, outcome):
+        action, outcome = redact_text(action), redact_text(outcome)
         entry = "%s console %s -> %s" % (self.stamp(), action, outcome)
         self.entries = (self.entries + [entry])[-100:]
-        self.log.info("audit: %s", entry)
-        if self.path:
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-                try:
-                    os.write(fd, (entry + "\n").encode("utf-8", "replace"))
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                self.errors += 1
-                log.error("cannot append to audit file %s: %s", self.path, exc.strerror)
+        now = self.clock.monotonic()
+        failure = not outcome.startswith("ok")
+        shape = _DIGITS.sub("#", "%s -> %s" % (action, outcome)) if failure else None
+        if shape is not None and shape == self._shape and now - self._since < self.repeat_window_s:
+            self._repeats += 1
+            self.suppressed += 1
+            return entry
+        self._flush_repeats()
+        self._shape, self._since = shape, now
+        self._write(entry)
         return entry
+
+    def _flush_repeats(self):
+        if self._repeats:
+            self._write("%s console (previous line repeated %d times)" % (self.stamp(), self._repeats))
+            self._repeats = 0
+
+    def _write(self, entry):
+        self.log.info("audit: %s", entry)
+        if not self.path:
+            return
+        data = (entry + "\n").encode("utf-8", "replace")
+        try:
+            try:
+                if os.stat(self.path).st_size + len(data) > self.max_bytes:
+                    os.replace(self.path, self.path + ".1")
+                    self.rotations += 1
+            except FileNotFoundError:
+                pass
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self.errors += 1
+            log.error("cannot append to audit file %s: %s", self.path, exc.strerror)

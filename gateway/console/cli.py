@@ -15,12 +15,13 @@ import signal
 import sys
 import tomllib
 
-from gateway.console.auth import AuditLog, PinLock, hash_pin
+from gateway.console.auth import AuditLog, LockState, PinLock, hash_pin
 from gateway.console.board import SensorBoard
 from gateway.console.commands import Console
 from gateway.console.serial_io import ConsoleServer
 from gateway.console.view import AgentView, RingLogHandler
 from gateway.errors import ConfigError, KeyFileError, StoreError
+from gateway.redact import install_log_redaction, redact_text
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,12 @@ def _default_restart():
 
 def build_console(agent, port, config_path=None, *, board=None, request_restart=None, pin_hash=None,
                   idle_lock_s=None, baud=None, max_failures=5, lockout_s=900.0, backoff_s=1.0, audit_path=None,
-                  ring_capacity=500, **server_options):
+                  lock_path=None, ring_capacity=500, **server_options):
     """Everything the console needs, not started: returns a ``ConsoleServer`` (``.run()`` is the coroutine).
 
     Settings come from ``[console]`` of ``config_path`` (``pin_hash``, ``idle_lock_s``, ``baud``); keyword
-    arguments override them. The audit trail goes to ``<state_dir>/console-audit.log`` when there is a config.
+    arguments override them. With a config, the audit trail goes to ``<state_dir>/console-audit.log`` and the PIN
+    lock's failures and wait to ``<state_dir>/console-lock.json`` (so a restart does not reset a lockout).
     """
     cfg = None
     if config_path:
@@ -56,6 +58,8 @@ def build_console(agent, port, config_path=None, *, board=None, request_restart=
     baud = baud or (section.baud if section else 115200)
     if audit_path is None and cfg is not None:
         audit_path = os.path.join(cfg.gateway.state_dir, "console-audit.log")
+    if lock_path is None and cfg is not None:
+        lock_path = os.path.join(cfg.gateway.state_dir, "console-lock.json")
     if board is None:
         board = SensorBoard()
         attach_board(agent, board)
@@ -63,7 +67,7 @@ def build_console(agent, port, config_path=None, *, board=None, request_restart=
     view = AgentView(agent, board, config_path, ring, request_restart or _default_restart)
     try:
         lock = PinLock(pin_hash, agent.clock, max_failures=max_failures, lockout_s=lockout_s, backoff_s=backoff_s,
-                       idle_lock_s=idle_lock_s)
+                       idle_lock_s=idle_lock_s, state=LockState(lock_path) if lock_path else None)
     except ConfigError as exc:
         log.error("console: %s; write commands are disabled", exc)
         lock = PinLock("", agent.clock, idle_lock_s=idle_lock_s)
@@ -112,18 +116,22 @@ def cmd_console(args, stdin=None, out=None):
     if not args.port or not args.config:
         print("edge-gateway: console needs --port DEV and --config FILE (or --set-pin)", file=sys.stderr)
         return 2
-    from gateway.config import load
+    from gateway.config import EX_CONFIG, load
     try:
         cfg = load(args.config)
     except ConfigError as exc:
-        print("edge-gateway: config error: %s" % exc, file=sys.stderr)
-        return 2
+        print("edge-gateway: config error: %s" % redact_text(str(exc)), file=sys.stderr)
+        return EX_CONFIG
     logging.basicConfig(level=getattr(logging, cfg.gateway.log_level.upper(), logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_redaction()
     try:
         return asyncio.run(_run_with_console(cfg, args.port, args.config))
-    except (ConfigError, KeyFileError, StoreError) as exc:
-        print("edge-gateway: %s" % exc, file=sys.stderr)
+    except ConfigError as exc:
+        print("edge-gateway: config error: %s" % redact_text(str(exc)), file=sys.stderr)
+        return EX_CONFIG
+    except (KeyFileError, StoreError) as exc:
+        print("edge-gateway: %s" % redact_text(str(exc)), file=sys.stderr)
         return 2
 
 

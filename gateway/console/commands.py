@@ -6,8 +6,9 @@ then hands to ``Work.finish`` for the ``Reply``. Everything the console knows ab
 injected ``GatewayView``; tests use a small fake.
 
 The command table ``COMMANDS`` is data: words, usage, one-line summary, whether it writes. Write commands need
-``unlock`` first and are audit-logged with their time and outcome. Every output line is cut to printable ASCII
-and wrapped to ``width`` (79) columns; unknown input gets a one-line hint, never a traceback.
+``unlock`` first and are audit-logged with their time and outcome. Every output line has URL credentials
+redacted (``gateway.redact``), is cut to printable ASCII and wrapped to ``width`` (79) columns; unknown input gets
+a one-line hint, never a traceback.
 """
 
 import abc
@@ -16,6 +17,7 @@ import textwrap
 from dataclasses import dataclass
 
 from gateway.errors import ConfigError, GatewayError
+from gateway.redact import redact_text
 
 WIDTH = 79
 NEWLINE = "\r\n"
@@ -156,10 +158,11 @@ def sanitize(text):
 
 
 def fit(lines, width=WIDTH):
-    """Sanitize and wrap every line to ``width`` columns (continuations indented by two spaces)."""
+    """Redact URL credentials, sanitize and wrap every line to ``width`` columns (continuations indented by two
+    spaces). Every reply passes here, so no console output shows a ``user:password@`` or a ``token=``."""
     out = []
     for line in lines:
-        line = sanitize(line).rstrip()
+        line = sanitize(redact_text(str(line))).rstrip()
         if len(line) <= width:
             out.append(line)
             continue

@@ -1,7 +1,8 @@
 """Editing the config as the console does it. Pure: plain dicts (as read from TOML) in, plain dicts out.
 
 ``set_key`` parses a console value by the type the ``Config`` dataclass declares for the key, ``validate`` runs
-the same ``gateway.config.from_dict`` the agent runs at start-up, and ``redact`` hides secrets for ``config show``.
+the same ``gateway.config.from_dict`` the agent runs at start-up, and ``redact`` hides secrets for ``config show``:
+secret-named keys and the credentials inside every URL (``gateway.redact.redact_url``).
 Which keys apply live (without a restart) is the table ``LIVE_KEYS``; the view applies them.
 """
 
@@ -10,6 +11,7 @@ import dataclasses
 
 from gateway.config import Config, from_dict
 from gateway.errors import ConfigError
+from gateway.redact import REDACTED, redact_text
 
 #: keys the running agent takes at once; everything else is saved and applies at the next start
 LIVE_KEYS = ("batch.max_age_s", "batch.max_readings", "uplink.backoff_min_s", "uplink.backoff_max_s",
@@ -19,7 +21,6 @@ REFUSED_KEYS = {"console.pin_hash": "set the PIN with 'edge-gateway console --se
                 "gateway.id": "the gateway id is set at provisioning (it is bound to the signing key)"}
 SECRET_NAMES = ("password", "pin_hash", "key", "bindkey", "secret", "token", "psk", "private_key")
 NOT_SECRET = ("gateway.key",)  # a file path, not key material
-REDACTED = "<redacted>"
 TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
@@ -151,4 +152,6 @@ def redact(raw, _prefix=""):
         return out
     if isinstance(raw, list):
         return [redact(v, _prefix) for v in raw]
+    if isinstance(raw, str):
+        return redact_text(raw)
     return raw

@@ -19,6 +19,7 @@ from gateway.config import to_toml, write_atomic
 from gateway.console import settings
 from gateway.console.commands import GatewayView, Probe
 from gateway.errors import ConfigError, StoreError
+from gateway.redact import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class RingLogHandler(logging.Handler):
         except (TypeError, ValueError, IndexError):
             message = str(record.msg)
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        self.lines.append("%s %s %s: %s" % (stamp, record.levelname[:4], record.name, message))
+        self.lines.append("%s %s %s: %s" % (stamp, record.levelname[:4], record.name, redact_text(message)))
 
     def tail(self, n):
         return list(self.lines)[-n:]
@@ -64,6 +65,9 @@ class AgentView(GatewayView):
 
     def status(self):
         st = self.agent.status()
+        for key in ("uplink", "last_error"):
+            if isinstance(st.get(key), str):
+                st[key] = redact_text(st[key])
         st["version"] = __version__
         st["wall"] = self.agent.clock.wall()
         try:
