@@ -73,7 +73,7 @@ class NmeaProtocol:
     def __init__(self, sentences=None, max_len=nmea.MAX_SENTENCE):
         self.reader = nmea.NmeaReader(max_len)
         known = sorted(kind for _, kind in nmea.DECODERS.values())
-        wanted = [s.upper() for s in (sentences or known)]
+        wanted = [s.upper() for s in (sentences or nmea.DEFAULT_SENTENCES)]
         bad = [s for s in wanted if s not in known]
         if bad:
             raise ConfigError("unknown sentence type(s) %s (known: %s)" % (", ".join(bad), ", ".join(known)),
