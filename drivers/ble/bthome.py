@@ -37,8 +37,9 @@ Decisions (see also ``OBJECTS`` below):
   is not strictly greater (``reason="replay"``); a counter is only remembered after its MIC verified. Its state
   can be saved and restored (``state``/``restore``), so a restart does not reopen the door to captured adverts
   (the BLE adapter persists it; see ``drivers/ble/README.md``).
-* **Counter reset** (a battery change restarts the sender's counter): adverts with a valid MIC and a counter at or
-  below the last accepted one are refused as ``replay``, but they are also tracked as a reset candidate. When
+* **Counter reset** (a battery change restarts the sender's counter): adverts with a valid MIC and a counter
+  below the last accepted one are refused as ``replay``, but they are also tracked as a reset candidate (an equal
+  counter is only a replay). When
   ``reset_adverts`` of them in a row have strictly increasing counters, span at least ``reset_gap_s`` seconds,
   and no advert above the last accepted counter arrived meanwhile, the device is taken to have restarted: the last
   of them is accepted and counted (``resets``, surfaced as ``counter_reset``). A single captured advert replayed,
@@ -516,6 +517,9 @@ class BTHomeDecoder:
             self.dirty = True
             return
         run = self._pending.get(norm)
+        if counter == last:  # the last accepted advert again: a plain replay, never part of a reset
+            raise DecodeError("counter %d of %s equals the last accepted one (replay)" % (counter, norm),
+                              reason="replay")
         if run is None or counter <= run[2]:
             self._pending[norm] = run = [now, 1, counter]
         else:
