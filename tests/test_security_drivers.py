@@ -368,3 +368,26 @@ def test_nmea_gll_is_decoded_when_asked_for():
         with pytest.raises(DecodeError) as info:
             nmea.decode_sentence(bad)
         assert info.value.reason == reason, bad
+
+
+def test_ble_source_writes_behind_only_when_a_counter_moved(tmp_path):
+    """Each write-behind step (one per ``replay_flush_s``) writes only when a counter moved since the last write."""
+    source = _ble_source(tmp_path)
+
+    async def steps():
+        written = []
+        source.adverts.readings(MAC, {0xFCD2: seal(1)}, {}, -60, 0.0)
+        for _ in range(3):
+            written.append(await source.flush_replay_state())
+        source.adverts.readings(MAC, {0xFCD2: seal(2)}, {}, -60, 0.0)
+        source.adverts.readings(MAC, {0xFCD2: seal(3)}, {}, -60, 0.0)
+        written.append(await source.flush_replay_state())
+        return written
+    assert asyncio.run(steps()) == [True, False, False, True]
+    assert source.counters["state_writes"] == 2
+    assert json.loads((tmp_path / "bthome-counters-ble.json").read_text())["counters"] == {MAC: 3}
+    (tmp_path / "bthome-counters-ble.json").unlink()
+    tmp_path.rmdir()  # the directory is gone: the write fails, is counted, and is tried again next time
+    source.adverts.readings(MAC, {0xFCD2: seal(4)}, {}, -60, 0.0)
+    assert asyncio.run(source.flush_replay_state()) is False
+    assert source.counters["state_write_failed"] == 1 and source.adverts.bthome.dirty

@@ -112,25 +112,48 @@ class BleScanSource(Source):
         log.info("%s: loaded %d BTHome counters from %s", self.name, loaded, self.replay_state_file)
         return loaded
 
-    def save_replay_state(self, force=False):
-        """Write the counters if they moved (or ``force``); True when written."""
+    def _snapshot(self, force):
         bthome = self.adverts.bthome
         if self.replay_state_file is None or not (bthome.dirty or force):
-            return False
-        try:
-            replay_state.save(self.replay_state_file, bthome.state())
-        except replay_state.StateFileError as exc:
-            bthome.dirty = True  # try again at the next interval
+            return None
+        return bthome.state()
+
+    def _saved(self, error):
+        if error is not None:
+            self.adverts.bthome.dirty = True  # try again at the next interval
             self.count("state_write_failed")
-            log.error("%s: %s", self.name, exc)
+            log.error("%s: %s", self.name, error)
             return False
         self.count("state_writes")
         return True
 
+    def save_replay_state(self, force=False):
+        """Write the counters now if they moved (or ``force``); True when written. Used at stop."""
+        snapshot = self._snapshot(force)
+        if snapshot is None:
+            return False
+        try:
+            replay_state.save(self.replay_state_file, snapshot)
+        except replay_state.StateFileError as exc:
+            return self._saved(exc)
+        return self._saved(None)
+
+    async def flush_replay_state(self):
+        """One write-behind step: write the counters if they moved, off the event loop (fsync on an SD card)."""
+        snapshot = self._snapshot(False)
+        if snapshot is None:
+            return False
+        try:
+            await asyncio.to_thread(replay_state.save, self.replay_state_file, snapshot)
+        except replay_state.StateFileError as exc:
+            return self._saved(exc)
+        return self._saved(None)
+
     async def _flush_replay_state(self):
+        """Write-behind: at most one write per ``replay_flush_s``."""
         while True:
             await asyncio.sleep(self.replay_flush_s)
-            self.save_replay_state()
+            await self.flush_replay_state()
 
     async def run(self, emit):
         self.load_replay_state()

@@ -82,7 +82,9 @@ def _b(name):
     return (name, 1, False, 1, 1, None, _BOOL)
 
 
-#: Every object id of the BTHome v2 spec (bthome.io/format; cross-checked with bthome-ble ``const.py``).
+#: Every object id of the BTHome v2 spec (bthome.io/format; cross-checked with bthome-ble ``const.py``
+#: ``MEAS_TYPES`` at commit d55bd3a of 2026-02-27: the same ids 0x00-0x64, lengths and signedness; it defines no id
+#: above 0x64 either). An id we do not know ends the walk with the measurements before it kept (``PartialDecode``).
 #: ``(name, length, signed, num, den, SenML unit, kind)``; the value is ``raw * num / den``. Length -1 means a
 #: length byte follows the id.
 OBJECTS = {
