@@ -391,3 +391,13 @@ def test_ble_source_writes_behind_only_when_a_counter_moved(tmp_path):
     source.adverts.readings(MAC, {0xFCD2: seal(4)}, {}, -60, 0.0)
     assert asyncio.run(source.flush_replay_state()) is False
     assert source.counters["state_write_failed"] == 1 and source.adverts.bthome.dirty
+
+
+def test_serial_frame_limits_are_bounded_in_the_config():
+    from drivers.serial.protocols import MAX_FRAME, make_protocol
+    assert make_protocol({"protocol": "nmea", "max_len": 400}).reader.framer.max_len == 400
+    for spec in ({"protocol": "nmea", "max_len": MAX_FRAME + 1}, {"protocol": "lines", "max_line": 10 ** 9},
+                 {"protocol": "lines", "max_line": "big"}):
+        with pytest.raises(ConfigError) as info:
+            make_protocol(spec)
+        assert "max_l" in str(info.value)
