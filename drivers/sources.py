@@ -4,7 +4,9 @@ gateway with no BLE sensors never loads bleak (and its D-Bus stack) into memory.
 from gateway.errors import ConfigError
 
 
-def build_source(spec, clock, file=None, index=0):
+def build_source(spec, clock, file=None, index=0, state_dir=None):
+    """One source from its ``[[sources]]`` table. ``state_dir``: where a source may keep state across restarts
+    (the BLE scanner's BTHome counters); None keeps it in memory only."""
     where = "sources[%d]" % index
     kind = spec.get("type")
     name = spec.get("name") or "%s%d" % (kind, index)
@@ -21,7 +23,7 @@ def build_source(spec, clock, file=None, index=0):
                                 stopbits=int(spec.get("stopbits", 1)))
         if kind in ("ble", "gatt"):
             from drivers.ble.adapter import build_ble_source
-            return build_ble_source(spec, clock, name)
+            return build_ble_source(spec, clock, name, state_dir)
     except ConfigError:
         raise
     except (ValueError, TypeError, KeyError) as exc:

@@ -152,6 +152,10 @@ def cmd_verify(args):
 
 
 def cmd_decode(args):
+    """``decode FORMAT DATA``: prints the measurements; every input error is one line on stderr, never a
+    traceback (exit 2 for a bad format or flag, 1 for data that does not decode). A frame that decoded in part
+    (an unknown object after good ones) prints what decoded, then the error, and exits 1."""
+    from drivers.bounds import PartialDecode
     from drivers.formats import cli_decoder
     from gateway.errors import DecodeError
     try:
@@ -166,17 +170,24 @@ def cmd_decode(args):
         except ValueError:
             print("edge-gateway: --key must be hex", file=sys.stderr)
             return 2
+    partial = None
     try:
         measurements = decode(args.data, mac=args.mac, key=key)
+    except PartialDecode as exc:
+        measurements, partial = exc.measurements, exc
     except DecodeError as exc:
         print("edge-gateway: cannot decode %s (%s): %s" % (args.format, exc.reason, exc), file=sys.stderr)
         return 1
-    rows = [{"name": m.name, "value": m.value, "unit": m.unit} for m in measurements]
+    rows = [{"name": m.name, "value": m.value.hex() if isinstance(m.value, bytes) else m.value, "unit": m.unit}
+            for m in measurements]
     if args.json:
         print(json.dumps(rows))
     else:
         for r in rows:
             print("%-16s %14s %s" % (r["name"], r["value"], r["unit"] or ""))
+    if partial is not None:
+        print("edge-gateway: %s decoded in part (%s): %s" % (args.format, partial.reason, partial), file=sys.stderr)
+        return 1
     return 0
 
 

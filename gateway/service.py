@@ -43,7 +43,7 @@ def build_agent(cfg, clock=None, **extra):
         uplink = make_uplink(cfg.uplink)
     except (ValueError, OSError) as exc:
         raise ConfigError(str(exc), cfg.file, "uplink") from exc
-    sources = [build_source(spec, clock, cfg.file, i) for i, spec in enumerate(cfg.sources)]
+    sources = [build_source(spec, clock, cfg.file, i, cfg.gateway.state_dir) for i, spec in enumerate(cfg.sources)]
     store = Store(cfg.state_path(cfg.store.path), max_bytes=cfg.store.max_bytes,
                   max_age=cfg.store.max_age_days * 86400.0, clock=clock)
     if store.recovered_from:

@@ -33,8 +33,8 @@ KEY = bytes.fromhex("231d39c1d7cc1ab1aee224cd096db932")
 MAC = "54:48:E6:8F:80:A5"
 MAC_BYTES = bytes.fromhex("5448e68f80a5")
 
-REASONS = {"too_short", "bad_length", "bad_version", "unknown_object", "bad_value", "bad_mic", "no_key", "no_mac",
-           "downgrade", "replay", "encrypted_unsupported", "unknown_characteristic", "bad_type"}
+REASONS = {"too_short", "too_long", "out_of_range", "bad_length", "bad_version", "unknown_object", "bad_value",
+           "bad_mic", "no_key", "no_mac", "downgrade", "replay", "encrypted_unsupported", "unknown_characteristic", "bad_type"}
 
 
 def _seeds(fmt):

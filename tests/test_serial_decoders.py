@@ -71,6 +71,9 @@ def test_nmea_vector(path):
         assert (s.talker, s.kind) == (exp["talker"], exp["kind"])
         assert (s.time.isoformat() if s.time else None) == exp["time"]
         assert (s.date.isoformat() if s.date else None) == exp["date"]
+        for field in ("status", "mode"):
+            if field in exp:
+                assert getattr(s, field) == exp[field], field
         _close(list(s.measurements), _meas(exp["measurements"]))
     else:
         assert out == [] and a.counters == case["counters"]

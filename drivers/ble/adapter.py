@@ -17,6 +17,11 @@ AdvertisementMonitor API, which bleak drives with or-patterns built from the ena
 there, the scanner falls back to active scanning and says once, at INFO, which mode it uses. The choice is
 remembered: once passive worked, a later passive failure is a failure, not a reason to switch.
 
+Replay state: with encrypted BTHome sensors and a state directory, the last accepted counter of each keyed device
+is loaded from ``bthome-counters-<name>.json`` at start, written behind at most every ``replay_flush_s`` when it
+moved, and written once more when the source stops (``drivers/ble/replay_state.py``). A write failure is counted
+(``state_write_failed``) and logged at ERROR; the source keeps running and tries again at the next interval.
+
 Watchdog: when no advertisement arrived for ``watchdog_s`` although some arrived before (so sensors are known to
 be around), or when bleak raises (adapter gone, D-Bus error), the scan is stopped and started again with capped
 exponential backoff; each restart is counted (``restarts``) and logged at WARNING. Every bleak call is bounded by
@@ -34,8 +39,9 @@ from bleak.backends.device import BLEDevice
 from bleak.exc import BleakDeviceNotFoundError, BleakError
 
 from drivers.base import Source
-from drivers.ble import ess
+from drivers.ble import ess, replay_state
 from drivers.ble.adverts import DEFAULT_SKIP, AdvertDecoder
+from drivers.ble.bthome import RESET_ADVERTS, RESET_GAP_S
 from drivers.ble.selection import FORMATS, Selection, SensorSpec, normalise_format, normalise_mac
 from drivers.ble.units import parse_key
 from gateway.errors import DecodeError
@@ -60,7 +66,8 @@ class BleScanSource(Source):
     """Advertisements -> readings. See the module docstring."""
 
     def __init__(self, name, clock, selection, adapter="hci0", passive=True, watchdog_s=120.0, rssi_interval_s=60.0,
-                 dedup_window_s=30.0, skip=DEFAULT_SKIP, backoff_min_s=1.0, backoff_max_s=60.0, timeout_s=10.0):
+                 dedup_window_s=30.0, skip=DEFAULT_SKIP, backoff_min_s=1.0, backoff_max_s=60.0, timeout_s=10.0,
+                 replay_state_file=None, replay_flush_s=60.0, reset_adverts=RESET_ADVERTS, reset_gap_s=RESET_GAP_S):
         super().__init__()
         self.name = name
         self.clock = clock
@@ -71,8 +78,11 @@ class BleScanSource(Source):
         self.backoff_min_s = backoff_min_s
         self.backoff_max_s = backoff_max_s
         self.timeout_s = timeout_s
-        self.adverts = AdvertDecoder(selection, rssi_interval_s, dedup_window_s, skip, self.counters, name)
+        self.adverts = AdvertDecoder(selection, rssi_interval_s, dedup_window_s, skip, self.counters, name,
+                                     reset_adverts, reset_gap_s)
         self.rssi = self.adverts.rssi
+        self.replay_state_file = replay_state_file if selection.keys() else None
+        self.replay_flush_s = replay_flush_s
         self.mode = None          # "passive" or "active" once a scan has started
         self.scanning = False
         self.last_advert = None   # clock.monotonic() of the last advertisement of any device
@@ -86,7 +96,79 @@ class BleScanSource(Source):
             self._emit(reading)
 
     # -- scan lifecycle ---------------------------------------------------------------------------------------
+    # -- replay state (encrypted BTHome counters) ----------------------------------------------------------------
+    def load_replay_state(self):
+        """Load the saved counters; a missing file is a first start, a bad one is logged and counted."""
+        if self.replay_state_file is None:
+            return 0
+        try:
+            counters = replay_state.load(self.replay_state_file)
+        except replay_state.StateFileError as exc:
+            self.count("state_" + exc.kind)
+            log.error("%s: %s; starting without saved BTHome counters (captured adverts from before this start "
+                      "may be accepted once)", self.name, exc)
+            return 0
+        loaded = self.adverts.bthome.restore(counters)
+        log.info("%s: loaded %d BTHome counters from %s", self.name, loaded, self.replay_state_file)
+        return loaded
+
+    def _snapshot(self, force):
+        bthome = self.adverts.bthome
+        if self.replay_state_file is None or not (bthome.dirty or force):
+            return None
+        return bthome.state()
+
+    def _saved(self, error):
+        if error is not None:
+            self.adverts.bthome.dirty = True  # try again at the next interval
+            self.count("state_write_failed")
+            log.error("%s: %s", self.name, error)
+            return False
+        self.count("state_writes")
+        return True
+
+    def save_replay_state(self, force=False):
+        """Write the counters now if they moved (or ``force``); True when written. Used at stop."""
+        snapshot = self._snapshot(force)
+        if snapshot is None:
+            return False
+        try:
+            replay_state.save(self.replay_state_file, snapshot)
+        except replay_state.StateFileError as exc:
+            return self._saved(exc)
+        return self._saved(None)
+
+    async def flush_replay_state(self):
+        """One write-behind step: write the counters if they moved, off the event loop (fsync on an SD card)."""
+        snapshot = self._snapshot(False)
+        if snapshot is None:
+            return False
+        try:
+            await asyncio.to_thread(replay_state.save, self.replay_state_file, snapshot)
+        except replay_state.StateFileError as exc:
+            return self._saved(exc)
+        return self._saved(None)
+
+    async def _flush_replay_state(self):
+        """Write-behind: at most one write per ``replay_flush_s``."""
+        while True:
+            await asyncio.sleep(self.replay_flush_s)
+            await self.flush_replay_state()
+
     async def run(self, emit):
+        self.load_replay_state()
+        flusher = None
+        if self.replay_state_file is not None:
+            flusher = asyncio.create_task(self._flush_replay_state(), name=self.name + ":replay-state")
+        try:
+            await self._scan_forever(emit)
+        finally:
+            if flusher is not None:
+                flusher.cancel()
+                await asyncio.gather(flusher, return_exceptions=True)
+            self.save_replay_state()
+
+    async def _scan_forever(self, emit):
         self._emit = emit
         delay = self.backoff_min_s
         while True:
@@ -311,7 +393,8 @@ class GattPollSource(Source):
 # -- config -----------------------------------------------------------------------------------------------------
 
 SCAN_KEYS = {"type", "name", "adapter", "sensors", "formats", "passive", "watchdog_s", "rssi_interval_s",
-             "dedup_window_s", "skip", "backoff_min_s", "backoff_max_s", "timeout_s"}
+             "dedup_window_s", "skip", "backoff_min_s", "backoff_max_s", "timeout_s", "replay_flush_s",
+             "reset_adverts", "reset_gap_s"}
 GATT_KEYS = {"type", "name", "adapter", "sensors", "poll_s", "notify", "connect_timeout_s", "timeout_s",
              "backoff_min_s", "backoff_max_s"}
 SCAN_SENSOR_KEYS = {"mac", "format", "key", "alias"}
@@ -369,7 +452,7 @@ def _sensor_tables(spec, required):
         yield where, mac, s
 
 
-def _scan_source(spec, clock, name):
+def _scan_source(spec, clock, name, state_dir=None):
     _check_keys(spec, SCAN_KEYS, "")
     formats = spec.get("formats", list(FORMATS))
     if not isinstance(formats, list) or not formats:
@@ -401,7 +484,18 @@ def _scan_source(spec, clock, name):
         rssi_interval_s=rssi, dedup_window_s=_number(spec, "dedup_window_s", 30.0, allow_zero=True),
         skip=skip, backoff_min_s=_number(spec, "backoff_min_s", 1.0),
         backoff_max_s=max(_number(spec, "backoff_max_s", 60.0), _number(spec, "backoff_min_s", 1.0)),
-        timeout_s=_number(spec, "timeout_s", 10.0))
+        timeout_s=_number(spec, "timeout_s", 10.0),
+        replay_state_file=None if state_dir is None else replay_state.state_path(state_dir, name),
+        replay_flush_s=_number(spec, "replay_flush_s", 60.0), reset_adverts=_count(spec, "reset_adverts",
+                                                                                    RESET_ADVERTS, 2),
+        reset_gap_s=_number(spec, "reset_gap_s", RESET_GAP_S, allow_zero=True))
+
+
+def _count(spec, key, default, minimum):
+    value = spec.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError("%s: must be an integer >= %d, got %r" % (key, minimum, value))
+    return value
 
 
 def _characteristic(value, where):
@@ -432,14 +526,15 @@ def _gatt_source(spec, clock, name):
         backoff_max_s=max(_number(spec, "backoff_max_s", 300.0), _number(spec, "backoff_min_s", 1.0)))
 
 
-def build_ble_source(spec, clock, name):
+def build_ble_source(spec, clock, name, state_dir=None):
     """``[[sources]]`` table of ``type = "ble"`` (scanner) or ``"gatt"`` (poller) -> source.
 
-    Raises ValueError naming the key; ``drivers.sources`` turns it into a ConfigError with the file.
+    ``state_dir`` is the agent's state directory: the scanner keeps its BTHome counters there (None: in memory
+    only). Raises ValueError naming the key; ``drivers.sources`` turns it into a ConfigError with the file.
     """
     kind = spec.get("type")
     if kind == "ble":
-        return _scan_source(spec, clock, name)
+        return _scan_source(spec, clock, name, state_dir)
     if kind == "gatt":
         return _gatt_source(spec, clock, name)
     raise ValueError("type: %r is not a BLE source type (ble or gatt)" % (kind,))

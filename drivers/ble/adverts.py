@@ -7,16 +7,21 @@ rate limit. The bleak scanner (``drivers/ble/adapter.py``) calls it from bleak's
 radio of the field scenarios (``firmware_sim/radio.py``) calls it with bytes built by ``firmware_sim/ble_nodes.py``.
 So everything after the radio is the same code in production and in simulation.
 
-Decode errors never escape: each is counted as ``error.<reason>`` in ``counters`` (shared with the source).
+Decode errors never escape: each is counted as ``error.<reason>`` in ``counters`` (shared with the source). A
+BTHome advert that decoded in part (``PartialDecode``: an unknown or truncated object after good ones) gives the
+readings decoded before the fault, and is counted both as ``error.<reason>`` and as ``partial``. An encrypted
+BTHome device whose counter restarted (``BTHomeDecoder``'s reset rule) is counted as ``counter_reset`` and reported
+upstream as an ``Event`` named ``counter_reset`` among the returned items.
 """
 
 import logging
 
 from drivers.ble import atc, ruuvi
-from drivers.ble.bthome import BTHomeDecoder
+from drivers.ble.bthome import RESET_ADVERTS, RESET_GAP_S, BTHomeDecoder
 from drivers.ble.selection import Deduper, RateLimit, records
+from drivers.bounds import PartialDecode
 from gateway.errors import DecodeError
-from gateway.model import Reading
+from gateway.model import Event, Reading
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +31,14 @@ DEFAULT_SKIP = ("packet_id", "counter", "seq", "flags")
 
 class AdvertDecoder:
     def __init__(self, selection, rssi_interval_s=60.0, dedup_window_s=30.0, skip=DEFAULT_SKIP, counters=None,
-                 name="ble"):
+                 name="ble", reset_adverts=RESET_ADVERTS, reset_gap_s=RESET_GAP_S):
         self.name = name
         self.selection = selection
         self.skip = frozenset(skip)
         self.dedup = Deduper(dedup_window_s)
         self.rssi = RateLimit(rssi_interval_s) if rssi_interval_s is not None else None
-        self.bthome = BTHomeDecoder(selection.keys())
-        self.decoders = {"bthome": self.bthome.decode, "ruuvi": ruuvi.decode, "atc": atc.decode}
+        self.bthome = BTHomeDecoder(selection.keys(), reset_adverts, reset_gap_s)
+        self.decoders = {"bthome": self.bthome.decode, "ruuvi": _stateless(ruuvi.decode), "atc": _stateless(atc.decode)}
         self.counters = counters if counters is not None else {}
 
     def count(self, key, n=1):
@@ -53,17 +58,40 @@ class AdvertDecoder:
             if not self.dedup.accept(mac, fmt, payload, now):
                 self.count("duplicates")
                 continue
+            resets = self.bthome.resets
             try:
-                measurements = self.decoders[fmt](payload, mac)
+                measurements = self.decoders[fmt](payload, mac, now)
+            except PartialDecode as exc:
+                self.count("error." + exc.reason)
+                self.count("partial")
+                log.debug("%s: %s advert from %s decoded in part: %s", self.name, fmt, mac, exc)
+                measurements = exc.measurements
             except DecodeError as exc:
                 self.count("error." + exc.reason)
                 log.debug("%s: %s advert from %s did not decode: %s", self.name, fmt, mac, exc)
                 continue
             sensor = spec.sensor
             self.count("records")
+            if self.bthome.resets != resets:
+                out.append(self._counter_reset(sensor, now))
             for m in measurements:
                 if m.name not in self.skip:
                     out.append(Reading(sensor, m.name, m.value, m.unit, now, m.resolution))
         if sensor is not None and rssi is not None and self.rssi is not None and self.rssi.due(mac, now):
             out.append(Reading(sensor, "rssi", rssi, "dBm", now, 1))
         return out
+
+    def _counter_reset(self, sensor, now):
+        mac, old, new = self.bthome.last_reset
+        self.count("counter_reset")
+        reason = ("encrypted BTHome counter of %s restarted (last accepted %d, now %d): accepted after %d adverts "
+                  "over at least %g s" % (mac, old, new, self.bthome.reset_adverts, self.bthome.reset_gap_s))
+        log.warning("%s: %s", self.name, reason)
+        return Event(sensor, "counter_reset", "info", reason, now)
+
+
+def _stateless(decode):
+    """A stateless decoder ``decode(payload)`` in the ``(payload, mac, now)`` shape of the decoder table."""
+    def call(payload, mac, now):
+        return decode(payload)
+    return call

@@ -16,6 +16,7 @@ unit None. The MAC is identity, not a measurement: ``mac_of`` returns it.
 import struct
 
 from drivers.ble.units import format_mac, parse_hex
+from drivers.bounds import checked
 from gateway.errors import DecodeError
 from gateway.model import Measurement
 
@@ -70,7 +71,7 @@ def decode(data, mac=None, key=None):
         if den != 1:
             value = value / den
         out.append(Measurement(name, value, unit, resolution))
-    return out
+    return checked(out)
 
 
 def mac_of(data):

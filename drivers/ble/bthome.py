@@ -12,9 +12,15 @@ Decisions (see also ``OBJECTS`` below):
   (RFC 8428 primary units and RFC 8798 units/secondary units); where the spec's unit has no SenML symbol the
   value is kept in the spec's unit and ``unit`` is None (commented per row). ``resolution`` is ``num / den``.
 * **Pressure** arrives in 0.01 hPa and is returned in Pa (``int``, resolution 1).
-* **Unknown object id**: raise ``DecodeError(reason="unknown_object")``. Objects have no length field, so nothing
-  after an unknown id can be framed, and returning a silent partial result would hide a firmware we do not
-  understand. The message names the id and its offset.
+* **Unknown object id, truncated object, bad value**: objects have no length field, so nothing after an unknown id
+  can be framed. The measurements decoded before it are kept (as bthome-ble does) and the rest is an error: the
+  decoder raises ``PartialDecode`` (a ``DecodeError`` whose ``measurements`` holds them, ``reason`` says what
+  stopped it: ``unknown_object``, ``too_short``, ``bad_value``). The advert path emits the kept measurements and
+  counts ``error.<reason>`` and ``partial``; a caller that ignores partial results just sees the ``DecodeError``.
+  With nothing decoded before the fault it is a plain ``DecodeError``.
+* **Size**: a BLE advertisement carries at most 255 bytes of AD data (extended advertising; legacy adverts 31), so
+  service data longer than ``MAX_PAYLOAD`` (255) is refused (``reason="too_long"``) before any object is read.
+  Decoding is linear in the payload: one table lookup per object and one dict update per name.
 * **Order**: the spec asks senders to put objects in ascending id order. We accept any order (real devices, e.g.
   the Shelly BLU family, are not always strict) and return measurements in wire order.
 * **Repeated quantities**: the first keeps its name, the next ones get ``_2``, ``_3`` ... (``temp``, ``temp_2``),
@@ -28,8 +34,16 @@ Decisions (see also ``OBJECTS`` below):
   4-byte MIC. Missing key -> ``no_key``; missing MAC -> ``no_mac``; failed MIC -> ``bad_mic``; a key configured
   but an unencrypted advert -> ``downgrade`` (an attacker could otherwise inject plaintext).
 * **Replay** is the caller's state: ``BTHomeDecoder`` keeps the last counter per MAC and rejects a counter that
-  is not strictly greater (``reason="replay"``); a counter is only remembered after its MIC verified. A device
-  whose counter wraps past 0xFFFFFFFF must be re-keyed, or its state reset with ``BTHomeDecoder.forget``.
+  is not strictly greater (``reason="replay"``); a counter is only remembered after its MIC verified. Its state
+  can be saved and restored (``state``/``restore``), so a restart does not reopen the door to captured adverts
+  (the BLE adapter persists it; see ``drivers/ble/README.md``).
+* **Counter reset** (a battery change restarts the sender's counter): adverts with a valid MIC and a counter
+  below the last accepted one are refused as ``replay``, but they are also tracked as a reset candidate (an equal
+  counter is only a replay). When
+  ``reset_adverts`` of them in a row have strictly increasing counters, span at least ``reset_gap_s`` seconds,
+  and no advert above the last accepted counter arrived meanwhile, the device is taken to have restarted: the last
+  of them is accepted and counted (``resets``, surfaced as ``counter_reset``). A single captured advert replayed,
+  or any replay while the real device is still heard, never completes a reset.
 """
 
 import struct
@@ -38,11 +52,17 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 from drivers.ble.units import parse_hex, parse_key, parse_mac
+from drivers.bounds import PartialDecode, checked
 from gateway.errors import DecodeError
 from gateway.model import Measurement
 
 SERVICE_UUID = 0xFCD2
 _UUID_LE = b"\xd2\xfc"
+#: the most service data one advertisement can carry (255 bytes of AD data in extended advertising)
+MAX_PAYLOAD = 255
+#: defaults of the counter-reset rule (see the module docstring)
+RESET_ADVERTS = 5
+RESET_GAP_S = 60.0
 
 # kinds of object
 _NUM = 0      # integer scaled by num/den
@@ -62,7 +82,9 @@ def _b(name):
     return (name, 1, False, 1, 1, None, _BOOL)
 
 
-#: Every object id of the BTHome v2 spec (bthome.io/format; cross-checked with bthome-ble ``const.py``).
+#: Every object id of the BTHome v2 spec (bthome.io/format; cross-checked with bthome-ble ``const.py``
+#: ``MEAS_TYPES`` at commit d55bd3a of 2026-02-27: the same ids 0x00-0x64, lengths and signedness; it defines no id
+#: above 0x64 either). An id we do not know ends the walk with the measurements before it kept (``PartialDecode``).
 #: ``(name, length, signed, num, den, SenML unit, kind)``; the value is ``raw * num / den``. Length -1 means a
 #: length byte follows the id.
 OBJECTS = {
@@ -228,49 +250,49 @@ _ROWS = tuple(None if o is None else (o.name, o.length, o.read, o.scale, o.num, 
 
 
 def _parse_objects(data, pos, end):
-    """Walk the objects in ``data[pos:end]`` with the one table; return a list of ``Measurement``."""
+    """Walk the objects in ``data[pos:end]`` with the one table; return ``(measurements, error or None)``.
+
+    ``error`` is the ``DecodeError`` that stopped the walk; ``measurements`` holds everything decoded before it.
+    Linear in the payload: one table lookup per object and one dict update per name (the suffix of a repeated
+    name comes from a count, not from searching the names already given).
+    """
     out = []
-    names = None
+    seen = {}  # name -> how many objects of that name so far
     table = _ROWS
     make = Measurement
-    while pos < end:
-        oid = data[pos]
-        row = table[oid]
-        if row is None:
-            raise DecodeError("unknown BTHome object id 0x%02X at offset %d; the rest cannot be framed"
-                              % (oid, pos), reason="unknown_object")
-        name, length, read, scale, num, den, unit, resolution, kind = row
-        pos += 1
-        if length < 0:
-            if pos >= end:
-                raise DecodeError("object 0x%02X has no length byte" % oid, reason="too_short")
-            length = data[pos]
+    try:
+        while pos < end:
+            oid = data[pos]
+            row = table[oid]
+            if row is None:
+                raise DecodeError("unknown BTHome object id 0x%02X at offset %d; the rest cannot be framed"
+                                  % (oid, pos), reason="unknown_object")
+            name, length, read, scale, num, den, unit, resolution, kind = row
             pos += 1
-        if pos + length > end:
-            raise DecodeError("object 0x%02X needs %d bytes at offset %d, %d left"
-                              % (oid, length, pos, end - pos), reason="too_short")
-        if kind == _NUM:
-            if scale == 0:
-                value = read(data, pos)[0]
-            elif scale == 1:
-                value = read(data, pos)[0] * num
+            if length < 0:
+                if pos >= end:
+                    raise DecodeError("object 0x%02X has no length byte" % oid, reason="too_short")
+                length = data[pos]
+                pos += 1
+            if pos + length > end:
+                raise DecodeError("object 0x%02X needs %d bytes at offset %d, %d left"
+                                  % (oid, length, pos, end - pos), reason="too_short")
+            if kind == _NUM:
+                if scale == 0:
+                    value = read(data, pos)[0]
+                elif scale == 1:
+                    value = read(data, pos)[0] * num
+                else:
+                    value = read(data, pos)[0] * num / den
             else:
-                value = read(data, pos)[0] * num / den
-        else:
-            value = _special(oid, kind, data, pos, length)
-        pos += length
-        if names is None:
-            names = [name]
-        elif name in names:
-            k = 2
-            while "%s_%d" % (name, k) in names:
-                k += 1
-            name = "%s_%d" % (name, k)
-            names.append(name)
-        else:
-            names.append(name)
-        out.append(make(name, value, unit, resolution))
-    return out
+                value = _special(oid, kind, data, pos, length)
+            pos += length
+            k = seen.get(name, 0) + 1
+            seen[name] = k
+            out.append(make(name if k == 1 else "%s_%d" % (name, k), value, unit, resolution))
+    except DecodeError as exc:
+        return out, exc
+    return out, None
 
 
 def _special(oid, kind, data, pos, length):
@@ -333,7 +355,14 @@ def _decrypt(data, info, pos, mac, aead):
 
 
 def _decode(data, mac, key, aead):
-    """Shared core. ``mac`` is bytes or None, ``key`` bytes or None; return (measurements, counter or None)."""
+    """Shared core. ``mac`` is bytes or None, ``key`` bytes or None.
+
+    Returns ``(measurements, counter or None, error or None)``: ``error`` is what stopped the object walk after
+    the MIC verified (see ``_parse_objects``); header, size and MIC faults raise.
+    """
+    if len(data) > MAX_PAYLOAD:
+        raise DecodeError("BTHome service data of %d bytes is longer than one advertisement can carry (%d)"
+                          % (len(data), MAX_PAYLOAD), reason="too_long")
     info, pos, payload_mac = _header(data)
     if info & 0x01:
         if key is None:
@@ -345,25 +374,39 @@ def _decode(data, mac, key, aead):
         if aead is None:
             aead = AESCCM(key, tag_length=4)
         plain, counter = _decrypt(data, info, pos, mac, aead)
-        return _parse_objects(plain, 0, len(plain)), counter
+        return _parse_objects(plain, 0, len(plain)) + (counter,)
     if key is not None:
         raise DecodeError("a bindkey is configured but the advert is not encrypted (downgrade refused)",
                           reason="downgrade")
-    return _parse_objects(data, pos, len(data)), None
+    return _parse_objects(data, pos, len(data)) + (None,)
+
+
+def _result(measurements, error):
+    """The measurements of a decode, bounded (``drivers.bounds``); a fault after some of them -> ``PartialDecode``."""
+    checked(measurements)
+    if error is None:
+        return measurements
+    if not measurements:
+        raise error
+    raise PartialDecode("%s (%d measurement%s decoded before it)" % (error, len(measurements),
+                                                                   "" if len(measurements) == 1 else "s"),
+                        error.reason, measurements)
 
 
 def decode(data, mac=None, key=None):
     """Decode one BTHome v2 service data value. Stateless: no replay check (see ``BTHomeDecoder``).
 
     ``mac`` is ``"AA:BB:CC:DD:EE:FF"`` (or 6 bytes), needed only for encrypted adverts; ``key`` the 16-byte
-    bindkey (bytes or hex). Returns a list of ``Measurement``; raises ``DecodeError`` for anything malformed.
+    bindkey (bytes or hex). Returns a list of ``Measurement``; raises ``DecodeError`` for anything malformed, and
+    ``PartialDecode`` (a ``DecodeError`` carrying ``measurements``) when objects before the fault decoded.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DecodeError("BTHome data must be bytes", reason="bad_type")
     if key is not None:
         key = parse_key(key)
         mac = parse_mac(mac)
-    return _decode(data, mac, key, None)[0]
+    measurements, error, _ = _decode(data, mac, key, None)
+    return _result(measurements, error)
 
 
 def encryption_counter(data):
@@ -377,18 +420,29 @@ def encryption_counter(data):
 
 
 class BTHomeDecoder:
-    """Stateful decoder: per-device bindkeys and STRICT replay protection.
+    """Stateful decoder: per-device bindkeys, STRICT replay protection and the counter-reset rule.
 
-    ``keys`` maps MAC (``"AA:BB:CC:DD:EE:FF"``, any case) to a 16-byte bindkey. ``decode(data, mac)`` rejects an
-    encrypted advert whose counter is not strictly greater than the last accepted one from that MAC
-    (``reason="replay"``). State is updated only after the MIC verified, so forged adverts cannot move it.
+    ``keys`` maps MAC (``"AA:BB:CC:DD:EE:FF"``, any case) to a 16-byte bindkey. ``decode(data, mac, now)``
+    rejects an encrypted advert whose counter is not strictly greater than the last accepted one from that MAC
+    (``reason="replay"``), unless it completes a counter reset (module docstring; ``now`` is the caller's
+    monotonic time, used only for ``reset_gap_s``). State is updated only after the MIC verified, so forged
+    adverts cannot move it. ``state()``/``restore()`` save and load the last counters; ``dirty`` says whether
+    they changed since the last ``state()``; ``resets`` counts accepted counter resets.
     """
 
-    def __init__(self, keys=None):
+    def __init__(self, keys=None, reset_adverts=RESET_ADVERTS, reset_gap_s=RESET_GAP_S):
+        if reset_adverts < 2:
+            raise ValueError("reset_adverts must be at least 2: one replayed advert must never reset a counter")
         self._keys = {}
         self._aead = {}
         self._last = {}
+        self._pending = {}  # MAC -> [first now, adverts so far, last counter of the candidate run]
         self._macs = {}  # MAC as given -> (normalised text, 6 bytes)
+        self.reset_adverts = reset_adverts
+        self.reset_gap_s = reset_gap_s
+        self.dirty = False
+        self.resets = 0
+        self.last_reset = None  # (MAC, old counter, new counter) of the latest accepted reset
         for mac, key in (keys or {}).items():
             self.set_key(mac, key)
 
@@ -407,12 +461,37 @@ class BTHomeDecoder:
 
     def forget(self, mac):
         """Drop the remembered counter of ``mac`` (after a re-key or a deliberate counter reset)."""
-        self._last.pop(self._norm(mac), None)
+        norm = self._norm(mac)
+        if self._last.pop(norm, None) is not None:
+            self.dirty = True
+        self._pending.pop(norm, None)
 
     def last_counter(self, mac):
         return self._last.get(self._norm(mac))
 
-    def decode(self, data, mac=None):
+    def state(self):
+        """``{MAC: last accepted counter}`` of the keyed devices, to persist; clears ``dirty``."""
+        self.dirty = False
+        return {mac: counter for mac, counter in self._last.items() if mac in self._keys}
+
+    def restore(self, state):
+        """Load counters saved by ``state()``. Entries for devices without a key, or malformed, are skipped;
+        returns how many were loaded. A loaded counter only ever raises the one in memory."""
+        loaded = 0
+        for mac, counter in state.items():
+            try:
+                norm = self._norm(mac)
+            except DecodeError:
+                continue
+            if norm not in self._keys or isinstance(counter, bool) or not isinstance(counter, int) \
+                    or not 0 <= counter <= 0xFFFFFFFF:
+                continue
+            if counter > self._last.get(norm, -1):
+                self._last[norm] = counter
+            loaded += 1
+        return loaded
+
+    def decode(self, data, mac=None, now=None):
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise DecodeError("BTHome data must be bytes", reason="bad_type")
         if mac is None and len(data) >= 7 and data[0] & 0x02:
@@ -426,14 +505,39 @@ class BTHomeDecoder:
             self._macs[mac] = ident
         norm, macb = ident
         key = self._keys.get(norm)
-        measurements, counter = _decode(data, macb, key, self._aead.get(norm))
+        measurements, error, counter = _decode(data, macb, key, self._aead.get(norm))
         if counter is not None:
-            last = self._last.get(norm)
-            if last is not None and counter <= last:
-                raise DecodeError("counter %d of %s is not greater than the last accepted %d (replay)"
-                                  % (counter, norm, last), reason="replay")
+            self._check_counter(norm, counter, now)
+        return _result(measurements, error)
+
+    def _check_counter(self, norm, counter, now):
+        """Accept ``counter`` (MIC already verified) or raise ``replay``; see the module docstring."""
+        last = self._last.get(norm)
+        if last is None or counter > last:
             self._last[norm] = counter
-        return measurements
+            self._pending.pop(norm, None)  # the device is heard above the last counter: no reset under way
+            self.dirty = True
+            return
+        run = self._pending.get(norm)
+        if counter == last:  # the last accepted advert again: a plain replay, never part of a reset
+            raise DecodeError("counter %d of %s equals the last accepted one (replay)" % (counter, norm),
+                              reason="replay")
+        if run is None or counter <= run[2]:
+            self._pending[norm] = run = [now, 1, counter]
+        else:
+            run[1] += 1
+            run[2] = counter
+        gap_ok = now is None or run[0] is None or now - run[0] >= self.reset_gap_s
+        if run[1] >= self.reset_adverts and gap_ok:
+            del self._pending[norm]
+            self._last[norm] = counter
+            self.dirty = True
+            self.resets += 1
+            self.last_reset = (norm, last, counter)
+            return
+        raise DecodeError("counter %d of %s is not greater than the last accepted %d (replay; %d of %d adverts "
+                          "towards a counter reset)" % (counter, norm, last, run[1], self.reset_adverts),
+                          reason="replay")
 
 
 def cli_decode(text, mac=None, key=None):

@@ -15,6 +15,7 @@ list, the same rule as the Ruuvi sentinels.
 import struct
 
 from drivers.ble.units import parse_hex
+from drivers.bounds import check
 from gateway.errors import DecodeError
 from gateway.model import Measurement
 
@@ -47,7 +48,7 @@ def decode_characteristic(uuid16, data):
     value = raw * num
     if den != 1:
         value = value / den
-    return Measurement(name, value, unit, resolution)
+    return Measurement(name, check(name, value), unit, resolution)
 
 
 def decode(uuid16, data):

@@ -17,6 +17,7 @@ Decisions:
 import struct
 
 from drivers.ble.units import format_mac, parse_hex
+from drivers.bounds import checked
 from gateway.errors import DecodeError
 from gateway.model import Measurement
 
@@ -67,7 +68,7 @@ def decode(data, mac=None, key=None):
         if den != 1:
             value = value / den
         out.append(Measurement(name, value, unit, resolution))
-    return out
+    return checked(out)
 
 
 def _power(power, out):

@@ -15,6 +15,7 @@ A line may end with ``*HH``: the XOR of every byte before the ``*`` in hex, as i
 does not match raises ``DecodeError(reason="bad_checksum")``.
 """
 
+from drivers.bounds import check
 from gateway.errors import DecodeError
 from gateway.model import Measurement
 
@@ -71,17 +72,21 @@ def _checksum_ok(line):
 
 
 def _number(text, key):
+    """The int or float written in ``text``; out of int64 / not finite -> ``out_of_range`` (``drivers.bounds``)."""
+    digits = text[1:] if text[:1] in b"+-" else text
+    if digits.isdigit():
+        if len(digits.lstrip(b"0")) > 19:  # 2**63 has 19 digits: longer is out of range (and slow for int())
+            raise DecodeError("value of %r has %d digits; a signed 64-bit integer has at most 19"
+                              % (key, len(digits.lstrip(b"0"))), reason="out_of_range")
+        return check(key, int(text))
+    # "1_0" (float() would read 10), "nan", "inf", "infinity": not numbers in this protocol
+    if b"_" in text or not (digits[:1].isdigit() or digits[:1] == b"."):
+        raise DecodeError("value of %r is not a number: %r" % (key, text[:16]), reason="bad_value")
     try:
-        if (text[1:] if text[:1] in b"+-" else text).isdigit():
-            return int(text)
-        if b"_" in text:  # float() would take "1_0" as 10
-            raise ValueError(text)
         value = float(text)
     except ValueError:
         raise DecodeError("value of %r is not a number: %r" % (key, text[:16]), reason="bad_value") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise DecodeError("value of %r is not finite" % (key,), reason="bad_value")
-    return value
+    return check(key, value)  # "1e999" overflows to inf
 
 
 def _resolution(text):
@@ -108,7 +113,7 @@ class LineDecoder:
 
     def decode(self, line):
         if isinstance(line, str):
-            line = line.encode()
+            line = line.encode("utf-8", "surrogateescape")
         line, ok = _checksum_ok(line.strip())
         if ok is False:
             raise DecodeError("line checksum mismatch", reason="bad_checksum")
@@ -156,4 +161,6 @@ class LineDecoder:
 
 def cli_decode(text, mac=None, key=None):
     """``edge-gateway decode lines 'id=a temp=4.2'``: decodes a ``kv`` line."""
-    return LineDecoder().decode(text.encode() if isinstance(text, str) else text)[1]
+    # surrogateescape: a shell argument that is not UTF-8 arrives with surrogates; it must become a DecodeError
+    # (not_ascii), not a UnicodeEncodeError
+    return LineDecoder().decode(text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text)[1]

@@ -21,6 +21,7 @@ import math
 import struct
 from dataclasses import dataclass
 
+from drivers.bounds import check
 from gateway.errors import ConfigError, DecodeError
 from gateway.model import Measurement
 
@@ -262,8 +263,9 @@ class RegisterEntry:
             raise ConfigError("table must be holding or input", file=file, key=where)
         if not 0 <= entry.address <= 0x10000 - entry.words:
             raise ConfigError("address out of range", file=file, key=where)
-        if not isinstance(entry.scale, (int, float)) or not entry.scale or entry.scale != entry.scale:
-            raise ConfigError("scale must be a non-zero number", file=file, key=where)
+        if (isinstance(entry.scale, bool) or not isinstance(entry.scale, (int, float)) or not entry.scale
+                or not math.isfinite(entry.scale)):
+            raise ConfigError("scale must be a finite non-zero number", file=file, key=where)
         return entry
 
 
@@ -293,6 +295,7 @@ def decode_registers(entries, start, registers):
         value = decode_value(entry, registers[offset:offset + entry.words])
         if value is None:
             continue
+        check(entry.name, value)  # a huge scale can push a register past int64 or a float32 to infinity
         resolution = None if entry.type == "float32" or entry.scale == 1 else abs(entry.scale)
         out.append(Measurement(entry.name, value, entry.unit, resolution))
     return out
@@ -396,7 +399,13 @@ def cli_decode(text, mac=None, key=None):
     """``edge-gateway decode modbus 'HEX'``: a response frame; the registers come out as ``reg<N>`` (uint16).
 
     The request is inferred from the frame itself (slave, function and byte count; address 0)."""
-    data = bytes.fromhex(text.replace(" ", "")) if isinstance(text, str) else bytes(text)
+    if isinstance(text, str):
+        try:
+            data = bytes.fromhex(text.replace(" ", "").replace(":", ""))
+        except ValueError:
+            raise DecodeError("not valid hex: %r" % (text[:80],), reason="bad_hex") from None
+    else:
+        data = bytes(text)
     if len(data) < 5:
         raise DecodeError("frame too short", reason="malformed")
     function = data[1] & 0x7F

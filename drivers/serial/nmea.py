@@ -1,4 +1,4 @@
-"""NMEA 0183 for GNSS receivers: an incremental sentence framer and decoders for GGA, RMC, VTG and GSA.
+"""NMEA 0183 for GNSS receivers: an incremental sentence framer and decoders for GGA, RMC, GLL, VTG and GSA.
 
 Pure (house style, habits 1 and 2): bytes go in, ``Sentence`` values come out, nothing here reads a port or a
 clock. Three layers, usable apart:
@@ -29,10 +29,15 @@ knots), ``course`` (true track) in ``rad``: RFC 8428 registers ``rad`` and no de
 ``fix`` (GGA quality 0..8), ``sats``, ``hdop``, ``pdop``, ``vdop`` and ``fix_type`` (GSA 1 none, 2 2-D, 3 3-D) are
 dimensionless (unit None).
 
-No fix means no position: empty fields are omitted, never turned into zeros, and a GGA with quality 0, an RMC with
-status ``V`` or mode ``N``, a VTG with mode ``N`` and a GSA with fix type 1 yield no position, speed, course or DOP
-readings. The UTC time (GGA, RMC) and date (RMC) are not measurements; they ride on the ``Sentence`` as ``time``,
-``date`` and ``datetime`` so a caller may use GPS time.
+No fix means no position: empty fields are omitted, never turned into zeros, and a GGA with quality 0, an RMC or GLL
+with status ``V`` or mode ``N``, a VTG with mode ``N`` and a GSA with fix type 1 yield no position, speed, course or
+DOP readings. The UTC time (GGA, RMC, GLL) and date (RMC) are not measurements; they ride on the ``Sentence`` as
+``time``, ``date`` and ``datetime`` so a caller may use GPS time, as do the ``status`` (``A`` valid, ``V`` void) and
+the NMEA 2.3+ ``mode`` indicator (``A`` autonomous, ``D`` differential, ``E`` estimated, ``M`` manual, ``S``
+simulator, ``N`` not valid) of RMC, GLL and VTG. A GLL of NMEA 1.5 without a status field gives its position.
+
+Bounds: every number returned passes ``drivers.bounds.check`` (int64, finite), so an absurd field is a counted
+``out_of_range``; the checksum works for any sentence length, whatever ``max_len`` is configured.
 """
 
 import datetime
@@ -40,6 +45,7 @@ import functools
 import math
 from dataclasses import dataclass
 
+from drivers.bounds import checked
 from gateway.errors import DecodeError
 from gateway.model import Measurement
 
@@ -55,7 +61,7 @@ for _i in range(256):
     _HEX[b"%02X" % _i] = _i
     _HEX[b"%02x" % _i] = _i
 del _i
-_MASKS = [(1 << (8 * _n)) - 1 for _n in range(129)]
+_MASKS = [(1 << (8 * _n)) - 1 for _n in range(129)]  # a cache for sentences up to 258 bytes; longer ones compute
 _DECIMALS = [10.0 ** -_n for _n in range(20)]
 _MIN_DECIMALS = [10.0 ** -_n / 60.0 for _n in range(20)]
 
@@ -63,13 +69,15 @@ _MIN_DECIMALS = [10.0 ** -_n / 60.0 for _n in range(20)]
 def checksum(body):
     """XOR of every byte of ``body`` (the bytes between ``$`` and ``*``) as an int 0..255.
 
-    Folds a big integer in halves instead of looping per byte: about ten big-int operations per sentence.
+    Folds a big integer in halves instead of looping per byte: about ten big-int operations per sentence. Any
+    length works (a receiver configured with a large ``max_len`` sends long bodies).
     """
     n = len(body)
     x = int.from_bytes(body, "big")
+    masks = _MASKS
     while n > 1:
         half = (n + 1) >> 1
-        x = (x >> (half << 3)) ^ (x & _MASKS[half])
+        x = (x >> (half << 3)) ^ (x & (masks[half] if half < 129 else (1 << (half << 3)) - 1))
         n = half
     return x
 
@@ -89,6 +97,8 @@ class Sentence:
     measurements: tuple
     time: datetime.time = None
     date: datetime.date = None
+    status: str = None
+    mode: str = None
 
     @property
     def datetime(self):
@@ -279,7 +289,20 @@ def _gga(f):
         out = []
     if f[7]:
         out.append(Measurement("sats", int(f[7])))
-    return out, _time(f[1]), None
+    return out, _time(f[1]), None, None, None
+
+
+def _indicator(f, i, allowed, what):
+    """The one-letter field ``f[i]`` as text, or None when absent or empty; ``bad_field`` if not in ``allowed``."""
+    if len(f) <= i or not f[i]:
+        return None
+    if len(f[i]) != 1 or f[i] not in allowed:
+        raise DecodeError("%s %r" % (what, f[i][:4]), reason="bad_field")
+    return f[i].decode("ascii")
+
+
+_STATUS = b"AV"
+_MODES = b"ADEFMNPRS"  # NMEA 0183 2.3+ mode indicator (F float RTK, P precise, R RTK of 4.x included)
 
 
 def _rmc(f):
@@ -295,7 +318,16 @@ def _rmc(f):
             _course(out, f[8])
     elif f[2] not in (b"A", b"V"):
         raise DecodeError("RMC status %r" % (f[2][:4],), reason="bad_field")
-    return out, _time(f[1]), _date(f[9])
+    return out, _time(f[1]), _date(f[9]), f[2].decode("ascii"), _indicator(f, 12, _MODES, "RMC mode")
+
+
+def _gll(f):
+    # lat, N/S, lon, E/W, [time], [status A/V], [mode]: time and status from NMEA 2.0, mode from 2.3
+    _need(f, 5, "GLL")
+    status = _indicator(f, 6, _STATUS, "GLL status")
+    mode = _indicator(f, 7, _MODES, "GLL mode")
+    out = _position(f, 1) if status != "V" and mode != "N" else []
+    return out, _time(f[5]) if len(f) > 5 else None, None, status, mode
 
 
 def _vtg(f):
@@ -309,7 +341,7 @@ def _vtg(f):
             _speed(out, f[5], KNOT)
         elif f[7]:
             _speed(out, f[7], KMH)
-    return out, None, None
+    return out, None, None, None, _indicator(f, 9, _MODES, "VTG mode")
 
 
 def _gsa(f):
@@ -324,10 +356,13 @@ def _gsa(f):
                 if text:
                     value, res = _decimal(text)
                     out.append(Measurement(name, value, None, res))
-    return out, None, None
+    return out, None, None, None, None
 
 
-DECODERS = {b"GGA": (_gga, "GGA"), b"RMC": (_rmc, "RMC"), b"VTG": (_vtg, "VTG"), b"GSA": (_gsa, "GSA")}
+DECODERS = {b"GGA": (_gga, "GGA"), b"RMC": (_rmc, "RMC"), b"GLL": (_gll, "GLL"), b"VTG": (_vtg, "VTG"),
+            b"GSA": (_gsa, "GSA")}
+#: what a serial NMEA source reads unless ``sentences`` says otherwise (GLL repeats the GGA position: opt in)
+DEFAULT_SENTENCES = ("GGA", "RMC", "VTG", "GSA")
 
 
 def decode_sentence(body):
@@ -339,13 +374,13 @@ def decode_sentence(body):
         raise DecodeError("sentence %r is not decoded" % (address[:8],), reason="unsupported")
     decoder, kind = entry
     try:
-        out, time, date = decoder(f)
+        out, time, date, status, mode = decoder(f)
         talker = address[:2].decode("ascii")
     except DecodeError:
         raise
     except (ValueError, IndexError) as exc:  # int()/float() on a bad field, a non-ASCII talker
-        raise DecodeError("%s: %s" % (address[:8], exc), reason="malformed") from exc
-    return Sentence(talker, kind, tuple(out), time, date)
+        raise DecodeError("%s: %s" % (address[:8], str(exc)[:80]), reason="malformed") from exc
+    return Sentence(talker, kind, tuple(checked(out)), time, date, status, mode)
 
 
 class NmeaReader:

@@ -20,10 +20,17 @@ def _count(errors, reason, n=1):
         errors[reason] = errors.get(reason, 0) + n
 
 
-def _number(spec, key, default, minimum=0.0):
+#: the largest frame a serial source will buffer: a framer fed one byte at a time copies its partial frame on each
+#: byte, so the limit also bounds the work per byte
+MAX_FRAME = 4096
+
+
+def _number(spec, key, default, minimum=0.0, maximum=None):
     value = spec.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > minimum:
         raise ConfigError("must be a number greater than %g, got %r" % (minimum, value), key=key)
+    if maximum is not None and value > maximum:
+        raise ConfigError("must be at most %g, got %r" % (maximum, value), key=key)
     return value
 
 
@@ -41,7 +48,7 @@ class LinesProtocol:
     @classmethod
     def from_spec(cls, spec):
         return cls(spec.get("mode", "kv"), spec.get("columns"), spec.get("units"),
-                   int(spec.get("max_line", 256)))
+                   int(_number(spec, "max_line", 256, 0, MAX_FRAME)))
 
     def feed(self, data, now=None):
         out = []
@@ -73,7 +80,7 @@ class NmeaProtocol:
     def __init__(self, sentences=None, max_len=nmea.MAX_SENTENCE):
         self.reader = nmea.NmeaReader(max_len)
         known = sorted(kind for _, kind in nmea.DECODERS.values())
-        wanted = [s.upper() for s in (sentences or known)]
+        wanted = [s.upper() for s in (sentences or nmea.DEFAULT_SENTENCES)]
         bad = [s for s in wanted if s not in known]
         if bad:
             raise ConfigError("unknown sentence type(s) %s (known: %s)" % (", ".join(bad), ", ".join(known)),
@@ -86,7 +93,7 @@ class NmeaProtocol:
         if sentences is not None and (not isinstance(sentences, list)
                                       or not all(isinstance(s, str) for s in sentences)):
             raise ConfigError("must be a list of sentence types such as [\"GGA\", \"RMC\"]", key="sentences")
-        return cls(sentences, int(_number(spec, "max_len", nmea.MAX_SENTENCE, 9)))
+        return cls(sentences, int(_number(spec, "max_len", nmea.MAX_SENTENCE, 9, MAX_FRAME)))
 
     @property
     def errors(self):

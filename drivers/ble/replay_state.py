@@ -1,0 +1,80 @@
+"""The BTHome replay state on disk: the last accepted encryption counter of each keyed device.
+
+A small JSON file in the agent's state directory (``bthome-counters-<source>.json``)::
+
+    {"version": 1, "counters": {"54:48:E6:8F:80:A5": 1122868}}
+
+Written atomically (a temporary file in the same directory, fsync, rename, fsync of the directory), so a power cut
+leaves either the old or the new file, never a torn one. The BLE source writes it behind, at most once per
+``replay_flush_s`` and only when a counter moved, and once more when it stops, so the SD card sees one small write
+per interval, not one per advert. The window this leaves: after a power cut (not a clean stop), counters accepted
+in the last interval are forgotten, so an advert captured in that interval could be accepted once after the
+restart; with a clean stop (SIGTERM) there is no window.
+
+Reading never raises for bad content: a missing file is an empty state, an unreadable or malformed one is reported
+(``StateFileError``, logged by the caller) and treated as empty, because refusing to start would take every
+sensor down for the sake of one.
+"""
+
+import json
+import os
+
+from gateway.errors import GatewayError
+
+VERSION = 1
+
+
+class StateFileError(GatewayError):
+    """The replay state file could not be read or written. ``kind`` is ``corrupt`` or ``io``."""
+
+    def __init__(self, message, kind="io"):
+        super().__init__(message)
+        self.kind = kind
+
+
+def state_path(state_dir, source_name):
+    """Where the source ``source_name`` keeps its counters inside ``state_dir``."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in source_name) or "ble"
+    return os.path.join(state_dir, "bthome-counters-%s.json" % safe)
+
+
+def load(path):
+    """``{MAC: counter}`` from ``path``; ``{}`` when it does not exist. Raises ``StateFileError``."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(1 << 20)
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise StateFileError("cannot read %s: %s" % (path, exc.strerror or exc), "io") from exc
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise StateFileError("%s is not valid JSON: %s" % (path, exc), "corrupt") from exc
+    if not isinstance(doc, dict) or doc.get("version") != VERSION or not isinstance(doc.get("counters"), dict):
+        raise StateFileError("%s is not a version %d counter file" % (path, VERSION), "corrupt")
+    return doc["counters"]
+
+
+def save(path, counters):
+    """Write ``{MAC: counter}`` to ``path`` atomically and durably. Raises ``StateFileError``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = "%s.tmp" % path
+    data = json.dumps({"version": VERSION, "counters": dict(sorted(counters.items()))}, indent=0).encode()
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        raise StateFileError("cannot write %s: %s" % (path, exc.strerror or exc), "io") from exc
