@@ -133,7 +133,7 @@ _SERIAL = {"type": None, "name": None, "port": None, "baud": (50, 4_000_000), "b
 _REGISTER = {"name": None, "address": (0, 65535), "type": None, "table": None, "word_order": None, "scale": None,
              "unit": None}
 PROTOCOL_KEYS = {
-    "lines": {"mode": None, "columns": None, "units": None, "max_line": (1, 65536)},
+    "lines": {"mode": None, "columns": None, "units": None, "max_line": (1, 4096)},
     "nmea": {"sentences": None, "max_len": (9, 4096)},
     "modbus": {"poll_s": (0.01, DAY), "timeout_s": (0.001, 3600.0), "backoff_s": (0.001, DAY),
                "backoff_max_s": (0.001, DAY), "max_gap": (0, 125),
@@ -144,8 +144,8 @@ _BLE_COMMON = {"type": None, "name": None, "adapter": None, "timeout_s": (0, 360
 SOURCE_KEYS = {
     "serial": _SERIAL,
     "ble": dict(_BLE_COMMON, formats=None, passive=None, watchdog_s=(0, 7 * DAY), rssi_interval_s=(0, DAY),
-                dedup_window_s=(0, DAY), skip=None, sensors={"mac": None, "format": None, "key": None,
-                                                             "alias": None}),
+                dedup_window_s=(0, DAY), replay_flush_s=(1, DAY), reset_adverts=(2, 1000), reset_gap_s=(0, DAY),
+                skip=None, sensors={"mac": None, "format": None, "key": None, "alias": None}),
     "gatt": dict(_BLE_COMMON, poll_s=(0, 7 * DAY), notify=None, connect_timeout_s=(0, 3600.0),
                  sensors={"mac": None, "alias": None, "characteristics": None}),
 }
