@@ -21,11 +21,15 @@ MAX_DEPTH = 16
 
 
 class CBORStrictError(ValueError):
-    """The bytes are not well-formed CBOR, or use CBOR the wire format does not allow. ``offset`` says where."""
+    """The bytes are not well-formed CBOR, or use CBOR the wire format does not allow.
 
-    def __init__(self, message, offset):
+    ``offset`` says where; ``index`` is the item's position when the bytes were a sequence (``split_sequence``).
+    """
+
+    def __init__(self, message, offset, index=None):
         super().__init__("%s at byte %d" % (message, offset))
         self.offset = offset
+        self.index = index
 
 
 def _leaf_sizes():
@@ -46,6 +50,8 @@ def _leaf_sizes():
 _LEAF = _leaf_sizes()
 # One-byte integer keys (the SenML and COSE labels) map to their value; None for every other initial byte.
 _SMALL_INT = tuple(b if b < 24 else -1 - (b - 0x20) if 0x20 <= b < 0x38 else None for b in range(256))
+# ... and to one bit each, for the duplicate check of the fast path (0 for every other initial byte).
+_KEY_BIT = tuple(0 if k is None else 1 << (k + 24) for k in _SMALL_INT)
 _ARG_BYTES = {24: 1, 25: 2, 26: 4, 27: 8}
 
 
@@ -74,6 +80,7 @@ def item_end(data, start=0, end=None, max_depth=MAX_DEPTH, top_tag=None):
             raise CBORStrictError("tag %d is not allowed (only %d)" % (tag, top_tag), start)
     leaf = _LEAF
     small_int = _SMALL_INT
+    key_bit = _KEY_BIT
     left = 1  # items still to read at the current level
     keys = None  # the keys seen so far when the current level is a map, else None
     stack = []
@@ -111,20 +118,18 @@ def item_end(data, start=0, end=None, max_depth=MAX_DEPTH, top_tag=None):
             continue
         if 0xa0 < b < 0xb8 and len(stack) < max_depth:
             # Fast path for the common SenML record: a small map of one-byte integer keys and whole-item values.
-            p, mask = pos + 1, 0
-            for _ in range(b - 0xa0):
-                if p + 1 >= end:
-                    break
-                key = small_int[data[p]]
+            p, mask, n = pos + 1, 0, b - 0xa0
+            while n and p + 1 < end:
+                bit = key_bit[data[p]]
                 size = leaf[data[p + 1]]
-                if key is None or not size:
+                if not bit or not size:
                     break
-                bit = 1 << (key + 24)  # keys -24..23
                 if mask & bit:
-                    raise CBORStrictError("duplicate map key %r" % (key,), p)
+                    raise CBORStrictError("duplicate map key %r" % (small_int[data[p]],), p)
                 mask |= bit
                 p += 1 + size
-            else:
+                n -= 1
+            if not n:
                 pos = p
                 continue
         major = b >> 5
@@ -190,8 +195,7 @@ def split_sequence(data, max_depth=MAX_DEPTH, top_tag=None):
         try:
             stop = item_end(data, pos, len(data), max_depth, top_tag)
         except CBORStrictError as exc:
-            exc.index = len(items)
-            raise
+            raise CBORStrictError(str(exc).rpartition(" at byte ")[0], exc.offset, len(items)) from None
         items.append(data[pos:stop])
         pos = stop
     return items
