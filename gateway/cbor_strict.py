@@ -28,6 +28,7 @@ class CBORStrictError(ValueError):
 
     def __init__(self, message, offset, index=None):
         super().__init__("%s at byte %d" % (message, offset))
+        self.detail = message
         self.offset = offset
         self.index = index
 
@@ -195,7 +196,7 @@ def split_sequence(data, max_depth=MAX_DEPTH, top_tag=None):
         try:
             stop = item_end(data, pos, len(data), max_depth, top_tag)
         except CBORStrictError as exc:
-            raise CBORStrictError(str(exc).rpartition(" at byte ")[0], exc.offset, len(items)) from None
+            raise CBORStrictError(exc.detail, exc.offset, len(items)) from None
         items.append(data[pos:stop])
         pos = stop
     return items
