@@ -10,8 +10,12 @@ This module is the verify library for backends: it needs no running agent, only 
 Layout (``docs/wire-format.md`` has the CDDL, examples and test vectors)::
 
     18([ << {1: -8, 3: 60, 4: kid} >>, {}, << payload >>, signature ])
-    payload = {"v": 1, "gw": tstr, "boot": uint, "seq": uint, "clock": bool, "senml": [* record],
+    payload = {"v": 1, "gw": tstr, "boot": uint63, "seq": uint63, "clock": bool, "senml": [* record],
                ? "anchor": [mono, wall]}
+
+Verifying trusts nothing before it is checked: ``gateway.cbor_strict`` passes the bytes (one item, the CBOR subset
+the CDDL uses) before ``cbor2`` decodes them, integers are bounded to int64 and floats must be finite, and a key
+speaks only for the gateway it is bound to. Every failure is a ``VerifyError`` with a stable ``reason``.
 
 Signing builds the CBOR by hand: the layout is fixed, and it saves two encoder passes per batch.
 """
