@@ -116,38 +116,51 @@ def cmd_receive(args):
 
 
 def cmd_verify(args):
+    """Each FILE is a CBOR sequence of batches (RFC 8742): one ``.cose`` batch, or many from ``store flush-to-file``."""
     from gateway.errors import KeyFileError, VerifyError
     from gateway.keys import TrustStore
-    from gateway.wire import verify
+    from gateway.wire import split_batches, verify
     try:
         trust = TrustStore.load(args.trust)
     except KeyFileError as exc:
         print("edge-gateway: %s" % exc, file=sys.stderr)
         return 2
-    lines, failed = [], 0
+    lines, failed, checked = [], 0, 0
     for path in args.files:
         try:
             with open(path, "rb") as f:
                 data = f.read()
-            batch = verify(data, trust)
         except OSError as exc:
             print("%s: cannot read: %s" % (path, exc.strerror), file=sys.stderr)
             failed += 1
             continue
+        try:
+            batches = split_batches(data)
         except VerifyError as exc:
             print("%s: rejected (%s): %s" % (path, exc.reason, exc), file=sys.stderr)
             failed += 1
             continue
-        for rec in batch.records:
-            out = {"gw": batch.gw, "boot": batch.boot, "seq": batch.seq, "clock": batch.clock}
-            out.update(rec)
-            if "vd" in out:
-                out["vd"] = out["vd"].hex()
-            lines.append(json.dumps(out, sort_keys=True))
+        for index, item in enumerate(batches):
+            checked += 1
+            try:
+                batch = verify(item, trust)
+            except VerifyError as exc:
+                print("%s: batch %d rejected (%s): %s" % (path, index, exc.reason, exc), file=sys.stderr)
+                failed += 1
+                continue
+            for rec in batch.records:
+                out = {"gw": batch.gw, "boot": batch.boot, "seq": batch.seq, "clock": batch.clock}
+                out.update(rec)
+                if "vd" in out:
+                    out["vd"] = out["vd"].hex()
+                lines.append(json.dumps(out, sort_keys=True))
+    files = "%d file%s" % (len(args.files), "" if len(args.files) == 1 else "s")
     if failed:
-        print("edge-gateway: %d of %d files failed verification" % (failed, len(args.files)), file=sys.stderr)
+        print("edge-gateway: %d failure%s in %s (%d batches checked)" % (failed, "" if failed == 1 else "s", files,
+                                                                        checked), file=sys.stderr)
         return 1
     sys.stdout.write("".join(line + "\n" for line in lines))
+    print("verified %d batch%s in %s" % (checked, "" if checked == 1 else "es", files), file=sys.stderr)
     return 0
 
 
@@ -232,7 +245,8 @@ def build_parser(command=None):
     rc.add_argument("--log-level", default="info")
     rc.set_defaults(func=cmd_receive)
 
-    v = sub.add_parser("verify", help="verify batch files and print their records as JSON lines")
+    v = sub.add_parser("verify", help="verify batch files (each one batch or a CBOR sequence of batches) and print "
+                       "their records as JSON lines")
     v.add_argument("--trust", required=True, metavar="JWKS")
     v.add_argument("files", nargs="+", metavar="FILE")
     v.set_defaults(func=cmd_verify)

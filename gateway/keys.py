@@ -4,14 +4,16 @@
   or write it. Its bytes are never logged, printed or put in an exception message.
 * The key id is the RFC 7638 JWK thumbprint (SHA-256, base64url) cut to its first 11 characters (66 bits). The JWK
   ``kid`` is that text and the COSE ``kid`` is its ASCII bytes, so a stock JOSE library and a COSE library agree.
-* A trust store is a JWK Set. Each key may carry a ``gw`` member naming the one gateway allowed to sign with it (an
-  extra member, which JOSE libraries ignore); a verifier then rejects a batch whose ``gw`` differs.
+* A trust store is a JWK Set. Each key must carry a ``gw`` member naming the one gateway allowed to sign with it (an
+  extra member, which JOSE libraries ignore); a verifier rejects a batch whose ``gw`` differs. ``TrustStore``
+  refuses a store with an unbound key, a kid that is not the key's own id, or a kid listed twice.
 """
 
 import base64
 import hashlib
 import json
 import os
+import re
 import stat
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -21,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from gateway.errors import KeyFileError
 
 KID_CHARS = 11
+#: The gateway id a trust-store key is bound to (the payload's "gw", docs/wire-format.md).
+GW_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,63}$")
 
 
 def b64url(data):
@@ -146,30 +150,37 @@ def load_or_create(path):
 
 
 class TrustStore:
-    """Public keys by kid, loaded from a JWK Set. Only OKP/Ed25519 keys are accepted."""
+    """Public keys by kid, loaded from a JWK Set, each bound to the one gateway allowed to sign with it.
 
-    def __init__(self, jwks=None):
+    Every key must be OKP/Ed25519, carry its own key id as ``kid`` (``key_id``: the thumbprint, so a kid cannot
+    be borrowed by another key), appear once, and name its gateway in ``gw``. Several keys may name one gateway
+    (rotation). Anything else raises ``KeyFileError`` naming the source, the key's index and the fix.
+    """
+
+    def __init__(self, jwks=None, source="trust store"):
         self.keys = {}
         self.gateways = {}
-        for jwk in (jwks or {}).get("keys", []):
-            self.add(jwk)
+        self._index = {}
+        if jwks is None:
+            return
+        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+            raise KeyFileError("%s is not a JWK Set (no \"keys\" array)" % source)
+        for index, jwk in enumerate(jwks["keys"]):
+            self.add(jwk, source, index)
 
-    def add(self, jwk):
-        if not isinstance(jwk, dict):
-            raise ValueError("JWK must be an object")
-        if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
-            raise ValueError("JWK %r is not an OKP Ed25519 key" % (jwk.get("kid"),))
-        try:
-            raw = b64url_decode(jwk["x"])
-            public = Ed25519PublicKey.from_public_bytes(raw)
-        except (KeyError, ValueError) as exc:
-            raise ValueError("JWK %r has an invalid x" % (jwk.get("kid"),)) from exc
-        kid = jwk.get("kid") or key_id(public)
-        if not isinstance(kid, str):
-            raise ValueError("JWK kid must be text")
-        self.keys[kid.encode("utf-8")] = public
-        if isinstance(jwk.get("gw"), str):
-            self.gateways[kid.encode("utf-8")] = jwk["gw"]
+    def add(self, jwk, source="trust store", index=None):
+        """Validate ``jwk`` and trust it for its gateway. Refuses a kid already present."""
+        if index is None:
+            index = len(self.keys)
+        where = "%s: key %d" % (source, index)
+        kid, public = _check_jwk(jwk, where)
+        kid_bytes = kid.encode("ascii")
+        if kid_bytes in self.keys:
+            raise KeyFileError("%s: kid %r is already key %d; list each key once (for rotation, add the new key "
+                               "with its own kid)" % (where, kid, self._index[kid_bytes]))
+        self.keys[kid_bytes] = public
+        self.gateways[kid_bytes] = jwk["gw"]
+        self._index[kid_bytes] = index
 
     @classmethod
     def load(cls, path):
@@ -180,12 +191,38 @@ class TrustStore:
             raise KeyFileError("cannot read trust store %s: %s" % (path, exc.strerror)) from exc
         except ValueError as exc:
             raise KeyFileError("trust store %s is not valid JSON: %s" % (path, exc)) from exc
-        if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
-            raise KeyFileError("trust store %s is not a JWK Set (no \"keys\" array)" % path)
-        try:
-            return cls(doc)
-        except ValueError as exc:
-            raise KeyFileError("trust store %s: %s" % (path, exc)) from exc
+        return cls(doc, source="trust store %s" % path)
+
+
+def _check_jwk(jwk, where):
+    """Return ``(kid, public key)`` of a trust-store JWK, or raise ``KeyFileError`` saying what to fix."""
+    if not isinstance(jwk, dict):
+        raise KeyFileError("%s is not a JSON object" % where)
+    if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+        raise KeyFileError("%s is not an OKP Ed25519 key (kty %r, crv %r): only Ed25519 keys are trusted"
+                           % (where, jwk.get("kty"), jwk.get("crv")))
+    if "d" in jwk:
+        raise KeyFileError("%s holds a private key (\"d\"): a trust store takes public keys only; remove \"d\" "
+                           "and treat that key as leaked" % where)
+    if jwk.get("alg", "EdDSA") != "EdDSA":
+        raise KeyFileError("%s has alg %r; Ed25519 keys sign with \"EdDSA\"" % (where, jwk.get("alg")))
+    try:
+        raw = b64url_decode(jwk.get("x"))
+        if len(raw) != 32:
+            raise ValueError("%d bytes" % len(raw))
+        public = Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise KeyFileError("%s has an invalid x: it must be the base64url of the 32-byte Ed25519 public key"
+                           % where) from None
+    kid = key_id(public)
+    if jwk.get("kid") != kid:
+        raise KeyFileError("%s has kid %r, but this key's id (RFC 7638 thumbprint, %d chars) is %r: set \"kid\": "
+                           "%r" % (where, jwk.get("kid"), KID_CHARS, kid, kid))
+    gw = jwk.get("gw")
+    if not isinstance(gw, str) or not GW_RE.match(gw):
+        raise KeyFileError("%s (kid %s) is not bound to a gateway: add \"gw\": \"<gateway id>\" naming the one "
+                           "gateway that signs with it (1-64 letters, digits, '-', '_', '.' or ':')" % (where, kid))
+    return kid, public
 
 
 def write_jwks(path, jwks):
@@ -201,14 +238,28 @@ def write_jwks(path, jwks):
 
 
 def merge_jwks(path, jwk):
-    """Add or replace ``jwk`` (by kid) in the JWK Set at ``path``, creating the file if needed."""
+    """Add or replace ``jwk`` (by kid) in the JWK Set at ``path``, creating the file if needed.
+
+    The result is validated as a ``TrustStore`` before it is written. A kid bound to another gateway is never
+    replaced: that would move a key, and with it the right to write as a gateway.
+    """
     doc = {"keys": []}
     if os.path.exists(path):
-        with open(path) as f:
-            doc = json.load(f)
-    keys = [k for k in doc.get("keys", []) if k.get("kid") != jwk["kid"]]
-    keys.append(jwk)
-    doc["keys"] = keys
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise KeyFileError("cannot read trust store %s: %s" % (path, exc)) from exc
+        if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+            raise KeyFileError("trust store %s is not a JWK Set (no \"keys\" array)" % path)
+    kid = jwk.get("kid") if isinstance(jwk, dict) else None
+    for old in doc["keys"]:
+        if isinstance(old, dict) and old.get("kid") == kid and old.get("gw") != jwk.get("gw"):
+            raise KeyFileError("trust store %s: kid %r is bound to gateway %r; refusing to rebind it to %r (a key "
+                               "serves one gateway: provision a new key instead)" % (path, kid, old.get("gw"),
+                                                                                    jwk.get("gw")))
+    doc["keys"] = [k for k in doc["keys"] if not (isinstance(k, dict) and k.get("kid") == kid)] + [jwk]
+    TrustStore(doc, source="trust store %s" % path)
     write_jwks(path, doc)
     return doc
 

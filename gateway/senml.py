@@ -21,7 +21,7 @@ import math
 import re
 import struct
 
-from gateway.errors import VerifyError
+from gateway.errors import GatewayError, VerifyError
 
 # RFC 8428 section 6, Table 4: CBOR labels.
 BVER, BN, BT, BU, BV, BS = -1, -2, -3, -4, -5, -6
@@ -29,26 +29,39 @@ N, U, V, VS, VB, S, T, UT, VD = 0, 1, 2, 3, 4, 5, 6, 7, 8
 
 LABELS = {BVER: "bver", BN: "bn", BT: "bt", BU: "bu", BV: "bv", BS: "bs", N: "n", U: "u", V: "v", VS: "vs",
           VB: "vb", S: "s", T: "t", UT: "ut", VD: "vd"}
-_VALUE_LABELS = (V, VS, VB, VD)
+_LABEL_SET = frozenset(LABELS)
 
 # RFC 8428 section 4.5.1: the resolved name.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:./_-]*$")
+
+# The wire's bounds (docs/wire-format.md): integers are int64, floats finite; times stay well inside them.
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+TIME_LIMIT = float(1 << 61)
+
+
+class EncodeError(GatewayError, ValueError):
+    """A value cannot be sealed into a batch: not finite, or beyond the wire's integer range. Never sent."""
 
 _F16 = struct.Struct("<e")
 _F32 = struct.Struct("<f")
 
 
 def compact_number(x, resolution=None):
-    """Return ``x`` as the value whose CBOR encoding is shortest without losing what the resolution keeps."""
+    """Return ``x`` as the value whose CBOR encoding is shortest without losing what the resolution keeps.
+
+    Raises ``EncodeError`` for NaN, an infinity or an integer beyond int64: the wire carries none of them.
+    """
     if x.__class__ is int:
-        return x
+        if INT64_MIN <= x <= INT64_MAX:
+            return x
+        raise EncodeError("integer %d is beyond the wire's 64-bit signed range" % x)
     if x.__class__ is not float:
         if isinstance(x, bool) or not isinstance(x, (int, float)):
             raise TypeError("not a number: %r" % (x,))
-        x = float(x)
+        return compact_number(int(x) if isinstance(x, int) else float(x), resolution)
     if x != x or x in (math.inf, -math.inf):
-        return x
-    if x.is_integer() and -(1 << 63) <= x < (1 << 64):
+        raise EncodeError("value %r is not finite" % (x,))
+    if x.is_integer() and INT64_MIN <= x <= INT64_MAX:
         return int(x)
     try:
         h = _F16.unpack(_F16.pack(x))[0]
@@ -94,7 +107,10 @@ def encode_records(readings, events=(), prefix="", base_time=None, time_quantum=
     # Group by (unit, sensor, quantity); dict order keeps arrival (time) order inside each group.
     groups = {}
     earliest = None
+    limit = TIME_LIMIT
     for r in readings:
+        if not -limit <= r.t <= limit:  # also false for NaN
+            raise EncodeError("reading %s/%s has time %r, not a finite time" % (r.sensor, r.name, r.t))
         key = (r.unit or "", r.sensor, r.name)
         group = groups.get(key)
         if group is None:
@@ -104,12 +120,16 @@ def encode_records(readings, events=(), prefix="", base_time=None, time_quantum=
         if earliest is None or r.t < earliest:
             earliest = r.t
     for e in events:
+        if not -limit <= e.t <= limit:
+            raise EncodeError("event %s/%s has time %r, not a finite time" % (e.sensor, e.name, e.t))
         if earliest is None or e.t < earliest:
             earliest = e.t
     if earliest is None:
         return []
     if base_time is None:
         base_time = earliest + offset
+    if not -limit <= base_time <= limit or not -limit <= offset <= limit:
+        raise EncodeError("base time %r or time offset %r is not a finite time" % (base_time, offset))
     base_time = _quantize_time(base_time, time_quantum)
     shift = offset - base_time  # wire time relative to bt = internal time + shift
     whole = time_quantum >= 1 and float(time_quantum).is_integer()
@@ -146,6 +166,9 @@ def encode_records(readings, events=(), prefix="", base_time=None, time_quantum=
                     compact = numbers[nkey] = compact_number(value, r.resolution)
                 rec[V] = compact
             elif cls is int:
+                if not INT64_MIN <= value <= INT64_MAX:
+                    raise EncodeError("reading %s/%s: integer %d is beyond the 64-bit signed range"
+                                      % (sensor, name, value))
                 rec[V] = value
             elif cls is bool:
                 rec[VB] = value
@@ -171,39 +194,44 @@ def resolve(records):
         raise VerifyError("SenML pack is not an array", reason="bad_senml")
     out = []
     bn, bt, bu, bv = "", 0, None, None
+    base_name = None  # bn once checked as a whole name, or None
+    known = _LABEL_SET
     for i, rec in enumerate(records):
-        if not isinstance(rec, dict):
+        if rec.__class__ is not dict:
             raise VerifyError("SenML record %d is not a map" % i, reason="bad_senml")
-        for label in rec:
-            if label not in LABELS:
-                if isinstance(label, str) and label.endswith("_"):
-                    raise VerifyError("record %d has must-understand label %r" % (i, label), reason="bad_senml")
-                if not isinstance(label, (int, str)):
-                    raise VerifyError("record %d has a label of type %s" % (i, type(label).__name__),
-                                      reason="bad_senml")
+        if not rec.keys() <= known:
+            _check_labels(rec, i)
         if BVER in rec and not (_number(rec[BVER], i, "bver").__class__ is int and rec[BVER] <= 10):
             raise VerifyError("record %d has unsupported SenML version %r" % (i, rec[BVER]), reason="bad_senml")
         if BN in rec:
-            bn = _typed(rec[BN], str, i, "bn")
+            bn, base_name = _typed(rec[BN], str, i, "bn"), None
         if BT in rec:
             bt = _number(rec[BT], i, "bt")
         if BU in rec:
             bu = _typed(rec[BU], str, i, "bu")
         if BV in rec:
             bv = _number(rec[BV], i, "bv")
-        name = bn + _typed(rec.get(N, ""), str, i, "n")
-        if not NAME_RE.match(name):
-            raise VerifyError("record %d has an invalid name %r" % (i, name[:64]), reason="bad_senml")
-        values = [label for label in _VALUE_LABELS if label in rec]
-        if len(values) != 1 and not (not values and S in rec):
+        if N in rec:
+            name = bn + _typed(rec[N], str, i, "n")
+            if not NAME_RE.match(name):
+                raise VerifyError("record %d has an invalid name %r" % (i, name[:64]), reason="bad_senml")
+        else:
+            if base_name is None:
+                if not NAME_RE.match(bn):
+                    raise VerifyError("record %d has an invalid name %r" % (i, bn[:64]), reason="bad_senml")
+                base_name = bn
+            name = base_name
+        nvalues = (V in rec) + (VS in rec) + (VB in rec) + (VD in rec)
+        if nvalues != 1 and not (not nvalues and S in rec):
             raise VerifyError("record %d must have exactly one value field" % i, reason="bad_senml")
-        res = {"n": name, "t": bt + _number(rec.get(T, 0), i, "t")}
-        unit = rec.get(U, bu)
-        if unit is not None:
-            res["u"] = _typed(unit, str, i, "u")
+        res = {"n": name, "t": _sum(bt, _number(rec[T], i, "t"), i, "t") if T in rec else bt}
+        if U in rec:
+            res["u"] = _typed(rec[U], str, i, "u")
+        elif bu is not None:
+            res["u"] = bu
         if V in rec:
             v = _number(rec[V], i, "v")
-            res["v"] = v + bv if bv is not None else v
+            res["v"] = _sum(v, bv, i, "v") if bv is not None else v
         elif VS in rec:
             res["vs"] = _typed(rec[VS], str, i, "vs")
         elif VB in rec:
@@ -216,6 +244,15 @@ def resolve(records):
     return out
 
 
+def _check_labels(rec, i):
+    for label in rec:
+        if label not in LABELS:
+            if isinstance(label, str) and label.endswith("_"):
+                raise VerifyError("record %d has must-understand label %r" % (i, label), reason="bad_senml")
+            if not isinstance(label, (int, str)):
+                raise VerifyError("record %d has a label of type %s" % (i, type(label).__name__), reason="bad_senml")
+
+
 def _typed(value, cls, i, label):
     if not isinstance(value, cls) or (cls is not bool and isinstance(value, bool)):
         raise VerifyError("record %d: %s must be %s" % (i, label, cls.__name__), reason="bad_senml")
@@ -223,6 +260,19 @@ def _typed(value, cls, i, label):
 
 
 def _number(value, i, label):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise VerifyError("record %d: %s must be a number" % (i, label), reason="bad_senml")
-    return value
+    """A finite number within the wire's bounds: an int64 integer or a finite float (never a bool)."""
+    cls = value.__class__
+    if cls is float:
+        if value - value == 0.0:  # false for NaN and both infinities
+            return value
+        raise VerifyError("record %d: %s must be finite, got %r" % (i, label, value), reason="bad_senml")
+    if cls is int:
+        if INT64_MIN <= value <= INT64_MAX:
+            return value
+        raise VerifyError("record %d: %s is beyond the 64-bit signed range" % (i, label), reason="bad_senml")
+    raise VerifyError("record %d: %s must be a number" % (i, label), reason="bad_senml")
+
+
+def _sum(a, b, i, label):
+    """``a + b`` of two checked numbers, refused when the sum leaves the bounds (a float overflow, an int64 carry)."""
+    return _number(a + b, i, "resolved " + label)

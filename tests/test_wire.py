@@ -8,7 +8,7 @@ from pycose.keys import OKPKey
 from pycose.messages import Sign1Message
 
 from gateway import senml, wire
-from gateway.errors import VerifyError
+from gateway.errors import KeyFileError, VerifyError
 from gateway.keys import SigningKey, TrustStore, b64url_decode
 from gateway.model import Event, Reading
 from tests.wire_vectors import build, load_all
@@ -141,7 +141,7 @@ def test_every_single_byte_flip_is_rejected(signing_key, trust):
 def test_unknown_kid_wrong_gateway_and_wrong_alg(signing_key):
     data = make_batch(signing_key, [Reading("s1", "t", 1, None, 1.0)])
     with pytest.raises(VerifyError) as err:
-        wire.verify(data, TrustStore({"keys": [SigningKey.generate().jwk()]}))
+        wire.verify(data, TrustStore({"keys": [SigningKey.generate().jwk("gw-test")]}))
     assert err.value.reason == "unknown_kid"
     with pytest.raises(VerifyError) as err:
         wire.verify(data, TrustStore({"keys": [signing_key.jwk("gw-other")]}))
@@ -150,14 +150,14 @@ def test_unknown_kid_wrong_gateway_and_wrong_alg(signing_key):
     protected = cbor2.dumps({1: -7, 4: signing_key.kid_bytes})
     forged = cbor2.dumps(cbor2.CBORTag(18, [protected, {}, msg.value[2], msg.value[3]]))
     with pytest.raises(VerifyError) as err:
-        wire.verify(forged, TrustStore({"keys": [signing_key.jwk()]}))
+        wire.verify(forged, TrustStore({"keys": [signing_key.jwk("gw-test")]}))
     assert err.value.reason == "bad_alg"
 
 
 def test_trust_store_refuses_non_ed25519_keys():
-    with pytest.raises(ValueError, match="not an OKP Ed25519"):
+    with pytest.raises(KeyFileError, match="not an OKP Ed25519"):
         TrustStore({"keys": [{"kty": "OKP", "crv": "Ed448", "x": "AA", "kid": "k"}]})
-    with pytest.raises(ValueError, match="not an OKP Ed25519"):
+    with pytest.raises(KeyFileError, match="not an OKP Ed25519"):
         TrustStore({"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "kid": "k"}]})
 
 
