@@ -148,6 +148,11 @@ def update_trust(path, add=(), retire=(), remove=(), today=None):
     doc = _read_jwks(path)
     today = today or datetime.date.today().isoformat()
     new_kids = {j["kid"] for j in add}
+    bound = {j.get("kid"): j.get("gw") for j in doc["keys"] if isinstance(j, dict)}
+    for jwk in add:  # a kid serves one gateway: replacing it under another gw would move the right to write as it
+        if jwk["kid"] in bound and bound[jwk["kid"]] != jwk.get("gw"):
+            raise ProvisionError("%s: kid %s is bound to gateway %r; refusing to rebind it to %r"
+                                 % (path, jwk["kid"], bound[jwk["kid"]], jwk.get("gw")))
     kept = []
     for jwk in doc["keys"]:
         kid = jwk.get("kid")
@@ -157,6 +162,10 @@ def update_trust(path, add=(), retire=(), remove=(), today=None):
             jwk = dict(jwk, status="retired-pending", retired_at=today)
         kept.append(jwk)
     doc["keys"] = kept + list(add)
+    try:
+        keys.TrustStore(doc, source="trust store %s" % path)  # what we write must load on every receiver
+    except KeyFileError as exc:
+        raise ProvisionError(str(exc)) from exc
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     keys.write_jwks(path, doc)
     return doc

@@ -159,3 +159,15 @@ def test_first_boot_bundle(tmp_path, tmp_path_factory):
     assert subprocess.run(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=str(bundle),
                           capture_output=True).returncode != 0
     assert "firstboot.sh" in (bundle / "user-data.example").read_text()
+
+
+def test_update_trust_never_rebinds_a_kid_to_another_gateway(tmp_path):
+    from gateway.keys import SigningKey
+    from gateway.provision import ProvisionError, update_trust
+    path = str(tmp_path / "jwks.json")
+    key = SigningKey.generate()
+    update_trust(path, add=[key.jwk("gw-a")])
+    with pytest.raises(ProvisionError, match="refusing to rebind"):
+        update_trust(path, add=[key.jwk("gw-b")])
+    import json
+    assert [k["gw"] for k in json.load(open(path))["keys"]] == ["gw-a"]
