@@ -160,8 +160,8 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s " + fmt, self.address_string(), *args)
 
     def _answer(self, status, body, headers=None):
-        self._answered = True
         data = (json.dumps(body, sort_keys=True) + "\n").encode()
+        self._answered = True  # from here on, bytes may be on the wire: no second answer
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
