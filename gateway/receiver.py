@@ -31,13 +31,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cbor2
 
 from gateway.errors import VerifyError
-from gateway.receiver_db import CONFLICT, DUPLICATE, ReceiverDB, UnstorableError
+from gateway.receiver_db import CONFLICT, DUPLICATE, STORED, ReceiverDB, UnstorableError
 from gateway.wire import MAX_BATCH_BYTES, verify
 
 log = logging.getLogger(__name__)
 
 _STATUS = {"oversize": 413, "unknown_kid": 403, "bad_signature": 403, "gw_mismatch": 403, "bad_alg": 403,
            "unstorable": 422}
+_OUTCOMES = {STORED: (201, "stored"), DUPLICATE: (200, "duplicates"), CONFLICT: (409, "conflicts")}
 _MAX_LENGTH_DIGITS = 10
 
 
@@ -102,32 +103,27 @@ class Receiver:
 
     def store(self, batch, digest, data):
         """Store a ``VerifiedBatch`` whose payload hashes to ``digest``; ``data`` is kept if it conflicts."""
-        ident = {"gw": batch.gw, "boot": batch.boot, "seq": batch.seq}
-        with self._lock:
-            try:
+        try:
+            with self._lock:
                 outcome, n = self._store.store(batch, digest, data, self.clock())
-            except UnstorableError as exc:
-                outcome, n, problem = None, 0, exc
-            except sqlite3.Error as exc:
-                self.counters["store_failures"] += 1
-                log.error("cannot store batch %s: %s", batch.key, exc)
-                return 503, {"error": "store_failed", "detail": str(exc)}
-            if outcome == DUPLICATE:
-                self.counters["duplicates"] += 1
-                return 200, dict(ident, status="duplicate")
-            if outcome == CONFLICT:
-                self.counters["conflicts"] += 1
-            elif outcome is not None:
-                self.counters["stored"] += 1
-                self.counters["records"] += n
-        if outcome is None:
-            return self.reject(problem.reason, "batch %s: %s" % (batch.key, problem))
-        if outcome == CONFLICT:
+                status, counter = _OUTCOMES[outcome]
+                self.counters[counter] += 1
+                if outcome == STORED:
+                    self.counters["records"] += n
+        except UnstorableError as exc:
+            return self.reject(exc.reason, "batch %s: %s" % (batch.key, exc))
+        except sqlite3.Error as exc:
+            self.count("store_failures")
+            log.error("cannot store batch %s: %s", batch.key, exc)
+            return 503, {"error": "store_failed", "detail": str(exc)}
+        body = {"gw": batch.gw, "boot": batch.boot, "seq": batch.seq, "status": outcome}
+        if outcome == STORED:
+            body["records"] = n
+        elif outcome == CONFLICT:
             log.warning("conflict: batch %s was stored before with different content; kept apart (kid %s)",
                         batch.key, batch.kid)
-            return 409, dict(ident, status="conflict", error="conflict",
-                             detail="(gw, boot, seq) already stored with different content; kept apart")
-        return 201, dict(ident, status="stored", records=n)
+            body.update(error="conflict", detail="(gw, boot, seq) already stored with different content; kept apart")
+        return status, body
 
     def reject(self, reason, detail):
         with self._lock:
