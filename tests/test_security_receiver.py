@@ -173,11 +173,11 @@ def test_an_exception_inside_the_transaction_rolls_back_and_the_connection_stays
                                                                                         other_key, monkeypatch):
     """Not only sqlite3.Error: any exception between BEGIN and COMMIT must end the transaction."""
     store = server.receiver._store
-    real_query = store.db
+    real_db = store.db
 
     class Exploding:
         def __getattr__(self, name):
-            return getattr(real_query, name)
+            return getattr(real_db, name)
 
         def executemany(self, *a):
             raise OverflowError("simulated: a value the driver cannot bind")
@@ -185,8 +185,8 @@ def test_an_exception_inside_the_transaction_rolls_back_and_the_connection_stays
     monkeypatch.setattr(store, "db", Exploding())
     status, body = post(server.url, batch(signing_key, 5))
     assert status == 500 and body == {"error": "internal"}  # our bug: counted, not a dead handler thread
-    assert not real_query.in_transaction
-    monkeypatch.setattr(store, "db", real_query)
+    assert not real_db.in_transaction
+    monkeypatch.setattr(store, "db", real_db)
     still_stores(server, other_key)
     assert post(server.url, batch(signing_key, 5))[0] == 201  # the failed attempt left nothing behind
     assert server.receiver.stats()["http_errors"] == 1
@@ -288,11 +288,10 @@ def test_a_bug_in_the_request_path_is_a_counted_500_and_the_server_goes_on(serve
     monkeypatch.setattr(server.receiver, "process", bug)
     assert post(server.url, batch(other_key, 1, gw="gw-other")) == (500, {"error": "internal"})
     monkeypatch.setattr(server.receiver, "stats", lambda: {"x": object()})  # not JSON: the GET path fails too
-    u = urllib.parse.urlsplit(server.url)
     assert raw_request(server.url, b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n") == 500
     monkeypatch.undo()
     still_stores(server, other_key, seq=2)
-    assert server.receiver.stats()["http_errors"] == 2 and u.port
+    assert server.receiver.stats()["http_errors"] == 2
     assert sum(r.levelname == "ERROR" for r in caplog.records) >= 2
 
 
