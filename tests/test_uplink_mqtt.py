@@ -129,3 +129,99 @@ def test_client_certificate_authentication(tmp_path, signing_key, trust):
             up.close()
             anonymous.close()
             consumer.stop()
+
+
+# -- the consumer under poison input and storage failures (issue 13, finding 3) ----------------------------------
+def counted(consumer, name, n=1):
+    return lambda: consumer.counters[name] >= n
+
+
+def test_poison_message_and_a_crashing_process_do_not_stop_the_consumer(tmp_path, signing_key, trust, monkeypatch,
+                                                                       caplog):
+    with Broker(tmp_path / "b") as broker:
+        r = Receiver(str(tmp_path / "r.sqlite"), trust)
+        real_process = r.process
+        crashes = []
+
+        def process_with_a_bug(data):
+            if data == signed(signing_key, 3).data and not crashes:
+                crashes.append(data)
+                raise RuntimeError("simulated consumer bug")
+            return real_process(data)
+
+        monkeypatch.setattr(r, "process", process_with_a_bug)
+        consumer = MqttConsumer.from_url(broker.url + "/edge", r, group="g", redeliver=(0.2, 1.0)).start()
+        up = MqttUplink.from_url(broker.url + "/edge", gw="gw-test", timeout=5)
+        try:
+            assert consumer.wait_subscribed(5)
+            up.send(bytes.fromhex("c482006161"))  # a CBOR decimal fraction: once killed paho's thread
+            up.send(b"\xff" * 7)
+            for seq in range(1, 9):
+                up.send(signed(signing_key, seq))
+            assert wait(lambda: r.stats()["stored"] == 8), (r.stats(), consumer.counters)
+            assert sorted(s for (s,) in r.query("SELECT seq FROM batches")) == list(range(1, 9))
+            assert consumer.counters["consumer_errors"] == 1 and crashes  # seq 3 crashed once, then came back
+            assert consumer.counters["redeliveries"] >= 1
+            assert r.stats()["rejected"] == 2  # the poison is rejected for good (acknowledged, counted)
+            assert any(rec.levelname == "ERROR" and "simulated consumer bug" in rec.getMessage()
+                       for rec in caplog.records)
+        finally:
+            up.close()
+            consumer.stop()
+            r.close()
+
+
+def test_a_batch_that_failed_to_store_is_redelivered_after_the_failure_clears(tmp_path, signing_key, trust):
+    import sqlite3
+    path = str(tmp_path / "r.sqlite")
+    with Broker(tmp_path / "b") as broker:
+        r = Receiver(path, trust, busy_timeout=0.05)
+        consumer = MqttConsumer.from_url(broker.url + "/edge", r, group="g", redeliver=(0.3, 0.6)).start()
+        up = MqttUplink.from_url(broker.url + "/edge", timeout=5)
+        blocker = sqlite3.connect(path, isolation_level=None)
+        try:
+            assert consumer.wait_subscribed(5)
+            blocker.execute("BEGIN EXCLUSIVE")  # the receiver's database is locked: every store fails
+            up.send(signed(signing_key, 1))  # the broker acknowledged it: it owns the batch now
+            assert wait(counted(consumer, "not_acked"))
+            assert r.stats()["store_failures"] >= 1 and r.stats()["stored"] == 0
+            blocker.execute("ROLLBACK")
+            assert wait(lambda: r.stats()["stored"] == 1), (r.stats(), consumer.counters)
+            assert r.query("SELECT seq FROM batches") == [(1,)]
+            assert consumer.counters["redeliveries"] >= 1 and consumer.counters["acked"] >= 1
+            up.send(signed(signing_key, 2))  # and the consumer goes on normally
+            assert wait(lambda: r.stats()["stored"] == 2)
+        finally:
+            blocker.close()
+            up.close()
+            consumer.stop()
+            r.close()
+
+
+def test_a_restarted_consumer_resumes_its_session_and_an_ended_one_leaves(tmp_path, signing_key, trust):
+    path = str(tmp_path / "r.sqlite")
+    with Broker(tmp_path / "b") as broker:
+        up = MqttUplink.from_url(broker.url + "/edge", timeout=5)
+        r = Receiver(path, trust)
+        first = MqttConsumer.from_url(broker.url + "/edge", r, group="g").start()
+        try:
+            assert first.wait_subscribed(5)
+            first.stop()  # a restart: the session (and the shared subscription) stays on the broker
+            up.send(signed(signing_key, 1))  # queued for the offline session
+            again = MqttConsumer.from_url(broker.url + "/edge", r, group="g").start()
+            assert again.client_id == first.client_id
+            assert wait(lambda: r.stats()["stored"] == 1)
+            again.stop(end_session=True)  # retired: the broker forgets the member
+            seqs = iter(range(2, 100))
+            assert wait(lambda: _no_subscriber(up, signed(signing_key, next(seqs))), 5)
+        finally:
+            up.close()
+            r.close()
+
+
+def _no_subscriber(up, batch):
+    try:
+        up.send(batch)
+    except UplinkError as exc:
+        return "no subscriber" in str(exc)
+    return False
