@@ -31,6 +31,19 @@ from gateway.model import EncodedBatch, Event, Reading
 log = logging.getLogger(__name__)
 
 HEALTH_SENSOR = "health"
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _bad_value(value, unit):
+    """True for a value no batch may carry: a non-finite float, an int outside int64, a non-number where a unit
+    says a number is expected, or a type SenML has no value field for. The slow path of ``Agent.emit``'s check."""
+    if isinstance(value, bool) or value.__class__ in (str, bytes):
+        return unit is not None  # vb / vs / vd: only for a dimensionless reading
+    if isinstance(value, float):
+        return value - value != 0.0  # inf - inf and nan - nan are nan
+    if isinstance(value, int):
+        return not INT64_MIN <= value <= INT64_MAX
+    return True
 
 
 class Backoff:
@@ -106,6 +119,21 @@ class Agent:
         cls = item.__class__
         if cls is Reading:
             self.counters["readings_in"] += 1
+            # Defence in depth: decoders should never produce these, but one bad number must not reach the
+            # batcher (CBOR would carry it, a backend's int64 column would not). Cheap on the common types.
+            value = item.value
+            vcls = value.__class__
+            if vcls is float:
+                if value - value:  # nan for inf and nan; 0.0 (false) otherwise
+                    self.counters["readings_bad_value"] += 1
+                    return
+            elif vcls is int:
+                if not INT64_MIN <= value <= INT64_MAX:
+                    self.counters["readings_bad_value"] += 1
+                    return
+            elif _bad_value(value, item.unit):
+                self.counters["readings_bad_value"] += 1
+                return
             if self.rules is None:
                 self._add(item)
                 return
@@ -180,7 +208,7 @@ class Agent:
             values.update(self.store.counters())
         except StoreError:
             values["store_errors"] = self.counters["store_errors"]
-        for key in ("memory_dropped_batches", "memory_dropped_readings", "store_errors"):
+        for key in ("memory_dropped_batches", "memory_dropped_readings", "store_errors", "readings_bad_value"):
             values[key] = self.counters[key]
         for src in self.sources:
             for key, n in src.counters.items():
@@ -190,7 +218,7 @@ class Agent:
         out = []
         for key, value in values.items():
             if key in keep or "error" in key or "dropped" in key or "reopen" in key or "restarts" in key \
-                    or "silent" in key or "open_failed" in key:
+                    or "silent" in key or "open_failed" in key or "bad_value" in key:
                 if self._health_sent.get(key) != value:
                     self._health_sent[key] = value
                     out.append(Reading(HEALTH_SENSOR, key, value, None, now))

@@ -475,16 +475,21 @@ class Store:
         return n, readings, self._bytes, alarms
 
     def dump(self, out):
-        """Write every queued batch to the file object ``out`` as a CBOR sequence (RFC 8742). Returns the count."""
-        n = 0
+        """Write every queued batch, then every quarantined one, to the file object ``out`` as a CBOR sequence
+        (RFC 8742): the exact signed bytes. Returns ``(queued, quarantined)``, the counts written. A blob damaged
+        on disk is skipped (``pending`` quarantines a queued one; a quarantined one stays for inspection)."""
+        counts = []
         with self._lock:
-            for (blob,) in self._db.execute("SELECT data FROM batches ORDER BY prio DESC, id").fetchall():
-                try:
-                    out.write(_inflate(blob))
-                except zlib.error:
-                    continue  # damaged on disk: pending() quarantines it
-                n += 1
-        return n
+            for query in ("SELECT data FROM batches ORDER BY prio DESC, id", "SELECT data FROM quarantine ORDER BY id"):
+                n = 0
+                for (blob,) in self._db.execute(query).fetchall():
+                    try:
+                        out.write(_inflate(blob))
+                    except zlib.error:
+                        continue
+                    n += 1
+                counts.append(n)
+        return tuple(counts)
 
     # -- durability --------------------------------------------------------------------------------------------
     def _commit(self):

@@ -413,7 +413,7 @@ def test_store_flush_to_file_writes_verifiable_batches(config_path, pty_pair, re
         term.cmd("unlock " + PIN)
         target = str(tmp_path / "queue.cbor")
         lines = term.cmd("store flush-to-file " + target)
-        assert fits(lines) and squash(lines).endswith(squash(["to %s; the queue is unchanged" % target]))
+        assert fits(lines) and squash(lines).endswith(squash(["quarantined; the queue is unchanged"]))
         n = int(re.match(r"wrote (\d+) batches \((\d+) bytes\) to", lines[0]).group(1))
         assert n >= 3
         with open(target, "rb") as f:

@@ -445,7 +445,7 @@ def test_batches_are_deflated_at_rest_and_come_back_bit_for_bit(tmp_path):
     assert stored < 0.5 * sum(len(b.data) for b in batches)  # deflate: much less to write to the SD card
     import io
     out = io.BytesIO()
-    assert store.dump(out) == 5 and out.getvalue() == b"".join(b.data for b in batches)
+    assert store.dump(out) == (5, 0) and out.getvalue() == b"".join(b.data for b in batches)
     store.close()
 
 
