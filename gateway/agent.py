@@ -214,7 +214,8 @@ class Agent:
             for key, n in src.counters.items():
                 if key.startswith("error.") or key in ("reopen", "restarts", "open_failed", "silent"):
                     values["%s.%s" % (src.name, key)] = n
-        keep = ("dropped_batches", "dropped_readings", "dropped_alarm_batches", "expired_batches", "quarantined")
+        keep = ("dropped_batches", "dropped_readings", "dropped_alarm_batches", "expired_batches", "quarantined",
+                "conflict_batches", "poison_batches", "salvaged_batches", "lost_batches")
         out = []
         for key, value in values.items():
             if key in keep or "error" in key or "dropped" in key or "reopen" in key or "restarts" in key \
@@ -293,7 +294,15 @@ class Agent:
                 except UplinkError as exc:
                     self.last_error = str(exc)
                     if not exc.retryable:
-                        await self._quarantine(batch, str(exc))
+                        if exc.status == 409:
+                            # The backend holds other bytes under this (gw, boot, seq): a reused identity or a
+                            # forgery. Keep ours (quarantined, counted), never drop them as "delivered".
+                            self.counters["conflict_batches"] += 1
+                            log.error("uplink: %s holds different content for batch %s; kept in quarantine",
+                                      self.uplink.describe(), batch.key)
+                            await self._quarantine(batch, str(exc), "conflict_batches")
+                        else:
+                            await self._quarantine(batch, str(exc))
                         continue
                     self.counters["uplink_failures"] += 1
                     delay = self.backoff.next(exc.retry_after)
@@ -355,7 +364,7 @@ class Agent:
             log.info("uplink: retrying %d batches the upstream rejected earlier", n)
             self._uplink_wake.set()
 
-    async def _quarantine(self, batch, reason):
+    async def _quarantine(self, batch, reason, counter=None):
         self.counters["quarantined"] += 1
         log.warning("uplink rejected batch %s (%s); quarantined", batch.key, reason)
         if batch.store_id is None:
@@ -363,7 +372,7 @@ class Agent:
             return
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._store_thread, self.store.quarantine, batch.store_id, reason)
+            await loop.run_in_executor(self._store_thread, self.store.quarantine, batch.store_id, reason, counter)
         except StoreError as exc:
             self.counters["store_errors"] += 1
             log.error("store: cannot quarantine batch %s: %s", batch.key, exc)

@@ -16,8 +16,9 @@ Semantics (``docs/wire-format.md`` and ``docs/operations.md`` say the same for u
 * ``pending`` yields alarms first, then the rest oldest first. ``ack`` deletes; ``quarantine`` moves a batch the
   upstream rejected (4xx) aside, where it neither blocks the queue nor is lost; ``requeue_due`` gives it a bounded
   number of automatic retries (``RETRY_DELAYS``), ``requeue_quarantined`` sends them all again by hand.
-* The boot epoch is a persisted counter, bumped once per start. ``seq`` restarts at 0 in every boot epoch, so the
-  hot path writes no metadata.
+* The boot epoch (``gateway.boot_epoch``) is a start counter with 32 random bits, persisted in ``meta`` and in
+  ``<name>.boot`` beside the queue, so it never repeats even when the queue is lost. ``seq`` restarts at 0 in every
+  boot epoch, so the hot path writes no metadata.
 * A database that does not open as SQLite, or fails ``PRAGMA quick_check``, is renamed to
   ``<name>.corrupt-<n>`` and a new one is created; ``recovered_from`` says so and the agent reports it.
 """
@@ -28,6 +29,7 @@ import sqlite3
 import threading
 import zlib
 
+from gateway import boot_epoch
 from gateway.clock import SystemClock
 from gateway.errors import StoreError
 from gateway.model import EncodedBatch
@@ -49,7 +51,8 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason TEXT NOT NULL, at REAL NOT NULL);
 """
 
-COUNTERS = ("dropped_batches", "dropped_readings", "dropped_alarm_batches", "expired_batches", "quarantined")
+COUNTERS = ("dropped_batches", "dropped_readings", "dropped_alarm_batches", "expired_batches", "quarantined",
+            "conflict_batches", "poison_batches", "salvaged_batches", "lost_batches")
 SESSION_COUNTERS = ("acked_batches", "acked_readings", "accepted_batches", "accepted_readings")
 _COLUMNS = "id, prio, boot, seq, created, readings, events, data"
 _ZLIB = b"\x78"  # a zlib stream's first byte; a stored COSE batch starts with 0xd2 (tag 18)
@@ -103,8 +106,10 @@ class Store:
     # small pages instead of two 4 KiB ones. Measured: disk bytes per accepted reading fall from ~6x the wire
     # bytes (4 KiB pages, counters written per commit) to ~1.5x (docs/performance.md). Applies to new stores.
     def __init__(self, path, max_bytes=64 << 20, max_age=30 * 86400.0, clock=None, page_size=1024,
-                 checkpoint_pages=1000, expire_every=60.0):
+                 checkpoint_pages=1000, expire_every=60.0, random_bytes=os.urandom):
         self.path = os.fspath(path)
+        self.boot_path = self.path + boot_epoch.SUFFIX
+        self._random_bytes = random_bytes
         self.max_bytes = max_bytes
         self.max_age = max_age
         self.clock = clock or SystemClock()
@@ -188,16 +193,22 @@ class Store:
                          (key, n, n))
 
     def next_boot(self):
-        """Increment and return the persisted boot epoch (one commit per agent start)."""
+        """Start a new boot epoch and return it (``gateway.boot_epoch``): written durably to ``<name>.boot`` and to
+        ``meta`` before it is returned, so no batch carries a boot that a later start could hand out again."""
         with self._lock:
+            last_file = boot_epoch.read(self.boot_path)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._bump("boot")
-                boot = self._meta("boot")
+                boot = boot_epoch.following(max(self._meta("boot"), last_file), self._random_bytes)
+                boot_epoch.write(self.boot_path, boot)
+                self._db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('boot', ?)", (boot,))
                 self._commit()
             except sqlite3.Error as exc:
                 self._rollback()
                 raise _store_error("write the boot epoch to", self.path, exc) from exc
+            except StoreError:
+                self._rollback()
+                raise
             return boot
 
     def counters(self):
@@ -390,8 +401,9 @@ class Store:
             self._bytes -= size
             self._maybe_checkpoint()
 
-    def quarantine(self, store_id, reason):
-        """Move a batch the upstream rejected out of the queue, keeping its bytes for inspection or requeue."""
+    def quarantine(self, store_id, reason, counter=None):
+        """Move a batch the upstream rejected out of the queue, keeping its bytes for inspection or requeue.
+        ``counter`` names a second persisted counter to bump (``conflict_batches``, ``poison_batches``)."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -402,6 +414,8 @@ class Store:
                                         (store_id,)).fetchone()[0]
                 self._db.execute("DELETE FROM batches WHERE id = ?", (store_id,))
                 self._bump("quarantined")
+                if counter:
+                    self._bump(counter)
                 self._commit()
             except sqlite3.Error as exc:
                 self._rollback()

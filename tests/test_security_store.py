@@ -2,21 +2,30 @@
 is salvaged, a poison batch cannot wedge delivery, bad numbers never reach the batcher, nothing is left out of a
 queue dump. Every test here failed on the code before the fix it names."""
 
+import asyncio
 import io
 import math
 import os
+import random
+import shutil
+import threading
+import time
 import types
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cbor2
-import pytest
 
+from drivers.base import Source
 from gateway import keys, senml, wire
 from gateway.agent import Agent
-from gateway.clock import FakeClock
+from gateway.clock import FakeClock, SystemClock
+from gateway.config import BatchSection
 from gateway.console.view import AgentView
 from gateway.model import EncodedBatch, Reading
+from gateway.receiver import Receiver, ReceiverServer
 from gateway.store import Store
 from gateway.uplink import Uplink
+from gateway.uplink.http import HttpUplink
 
 GW = "gw-sec"
 
@@ -91,3 +100,198 @@ def test_flush_to_file_writes_queued_and_quarantined_batches(tmp_path):
     assert sorted(wire.verify(item, trust).seq for item in items) == list(range(14))
     assert store.depth()[0] == 3 and len(store.quarantined()) == 11  # the queue is unchanged
     store.close()
+
+
+# -- finding 1: a batch identity never repeats, whatever happens to local state ------------------------------------
+def _start(state):
+    """One agent start on ``state``: the boot it takes."""
+    store = Store(state / "queue.sqlite")
+    try:
+        return store.next_boot()
+    finally:
+        store.close()
+
+
+def test_boot_never_repeats_after_wipe_move_aside_or_restore(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    boots = [_start(state), _start(state)]
+    assert boots[1] > boots[0]  # while state persists, boot increases (so (boot, seq) orders batches)
+    backup = tmp_path / "backup"
+    shutil.copytree(state, backup)  # an operator's backup of the SD card
+    for name in os.listdir(state):  # the queue is wiped (its file beside it survives)
+        if name.startswith("queue.sqlite") and not name.endswith(".boot"):
+            os.remove(state / name)
+    boots.append(_start(state))
+    assert boots[-1] > boots[-2]
+    with open(state / "queue.sqlite", "wb") as f:  # the queue is corrupt: moved aside at the next start
+        f.write(b"not a database\n" * 100)
+    boots.append(_start(state))
+    assert boots[-1] > boots[-2] and os.path.exists(state / "queue.sqlite.corrupt-0")
+    shutil.rmtree(state)  # the backup is restored: the counter goes back ...
+    shutil.copytree(backup, state)
+    boots.append(_start(state))
+    assert boots[-1] >> 32 == boots[2] >> 32  # ... and repeats, but the random half does not
+    shutil.rmtree(state)  # a new SD card: nothing is left at all
+    state.mkdir()
+    boots.append(_start(state))
+    assert boots[-1] >> 32 == boots[0] >> 32 == 1
+    assert len(set(boots)) == len(boots), boots
+    assert all(0 < b < 1 << 63 for b in boots)  # an int64 on every backend
+
+
+def test_boot_file_and_queue_meta_back_each_other_up(tmp_path):
+    store = Store(tmp_path / "queue.sqlite", random_bytes=lambda n: b"\x00" * n)
+    first = store.next_boot()
+    store.close()
+    assert first == 1 << 32 and open(tmp_path / "queue.sqlite.boot").read().strip() == str(first)
+    os.remove(tmp_path / "queue.sqlite.boot")  # the file is lost: the queue's copy carries the counter
+    store = Store(tmp_path / "queue.sqlite", random_bytes=lambda n: b"\x00" * n)
+    assert store.next_boot() == 2 << 32
+    store.close()
+    with open(tmp_path / "queue.sqlite.boot", "w") as f:  # a damaged file counts as nothing, the queue still holds
+        f.write("garbage")
+    store = Store(tmp_path / "queue.sqlite", random_bytes=lambda n: b"\x00" * n)
+    assert store.next_boot() == 3 << 32
+    store.close()
+    # The bound is the random half: with no randomness at all, a restored backup would repeat a boot.
+    shutil.copy(tmp_path / "queue.sqlite.boot", tmp_path / "old.boot")
+    for name in os.listdir(tmp_path):
+        if name.startswith("queue.sqlite") and not name.endswith(".boot"):
+            os.remove(tmp_path / name)
+    shutil.copy(tmp_path / "old.boot", tmp_path / "queue.sqlite.boot")
+    store = Store(tmp_path / "queue.sqlite", random_bytes=lambda n: b"\x00" * n)
+    assert store.next_boot() == 4 << 32  # the file alone carries the counter across a lost queue
+    store.close()
+
+
+class NumberedSource(Source):
+    """Emits readings ``x`` = first .. first + total - 1, ``per_tick`` every ``period`` seconds, then idles."""
+
+    name = "gen"
+
+    def __init__(self, first, total, per_tick=20, period=0.01, sensor="s1"):
+        super().__init__()
+        self.first, self.total, self.per_tick, self.period, self.sensor = first, total, per_tick, period, sensor
+        self.sent = 0
+
+    async def run(self, emit):
+        while self.sent < self.total:
+            for _ in range(min(self.per_tick, self.total - self.sent)):
+                emit(Reading(self.sensor, "x", self.first + self.sent, None, time.monotonic()))
+                self.sent += 1
+            await asyncio.sleep(self.period)
+        await asyncio.Event().wait()
+
+
+def run_agent(agent, done, timeout=30):
+    """Run ``agent`` until ``done(agent)`` holds (polled), then stop it and wait for it."""
+    async def main():
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop, drain_timeout=5.0))
+        try:
+            deadline = time.monotonic() + timeout
+            while not done(agent) and time.monotonic() < deadline and not task.done():
+                await asyncio.sleep(0.02)
+            assert done(agent), agent.status()
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+    asyncio.run(main())
+
+
+def http_agent(store, key, url, source=None, **extra):
+    options = dict(rng=random.Random(1), backoff=(0.05, 0.5), health_interval=3600.0)
+    options.update(extra)
+    return Agent(gw=GW, key=key, store=store, uplink=HttpUplink(url), sources=[source] if source else [],
+                 clock=SystemClock("synced"), batch=BatchSection(max_readings=20, max_age_s=0.1), **options)
+
+
+def received_x(receiver):
+    return sorted(int(v) for (v,) in receiver.query("SELECT v FROM records WHERE n LIKE '%/x'"))
+
+
+def test_restart_after_a_lost_queue_delivers_everything_no_false_duplicate(tmp_path):
+    """The receiver answers ``200 duplicate`` to a (gw, boot, seq) it has: before the fix a gateway whose queue was
+    lost started at boot 1 again, and every new batch was 'a duplicate', deleted unsent."""
+    key = keys.SigningKey.generate()
+    receiver = Receiver(str(tmp_path / "rx.sqlite"), keys.TrustStore({"keys": [key.jwk(GW)]}))
+    server = ReceiverServer(receiver).start()
+    state = tmp_path / "state"
+    try:
+        for run in range(3):
+            state.mkdir(exist_ok=True)
+            store = Store(state / "queue.sqlite")
+            source = NumberedSource(first=run * 1000, total=200)
+            agent = http_agent(store, key, server.url, source)
+            run_agent(agent, lambda a: source.sent == 200 and not a._pending and a.depth()[0] == 0)
+            store.close()
+            if run == 0:
+                for name in os.listdir(state):  # the queue is lost
+                    if not name.endswith(".boot"):
+                        os.remove(state / name)
+            else:
+                shutil.rmtree(state)  # everything is lost
+    finally:
+        server.stop()
+    assert receiver.stats()["duplicates"] == 0
+    assert received_x(receiver) == [run * 1000 + i for run in range(3) for i in range(200)]
+    assert len({b for (b,) in receiver.query("SELECT DISTINCT boot FROM batches")}) == 3
+    receiver.close()
+
+
+class FixedAnswer:
+    """A loopback HTTP server that answers every POST with ``status``; records what it was sent."""
+
+    def __init__(self, status, body=b'{"error": "conflict"}'):
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                self.server.posts.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.posts = []
+        self.url = "http://127.0.0.1:%d/v1/batches" % self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_409_conflict_keeps_the_batch_quarantined_counted_and_reported(tmp_path):
+    server = FixedAnswer(409)
+    store = Store(tmp_path / "queue.sqlite")
+    source = NumberedSource(first=0, total=30)
+    agent = http_agent(store, keys.SigningKey.generate(), server.url, source)
+    try:
+        run_agent(agent, lambda a: source.sent == 30 and not a._pending and a.depth()[0] == 0
+                  and len(store.quarantined()) >= 2)
+    finally:
+        server.stop()
+    rows = store.quarantined()
+    assert rows and all("409" in r[3] for r in rows)  # kept, never deleted
+    assert sorted(cbor_seq(store)) == sorted(set(server.httpd.posts))  # every batch sent is still held
+    counters = store.counters()
+    assert counters["conflict_batches"] == len(rows) == counters["quarantined"]
+    assert agent.counters["conflict_batches"] == len(rows)
+    health = {r.name: r.value for r in agent._health_readings(1e9)}
+    assert health["conflict_batches"] == len(rows)  # reported upstream
+    store.close()
+
+
+def cbor_seq(store):
+    out = io.BytesIO()
+    store.dump(out)
+    data, stream, items = out.getvalue(), io.BytesIO(out.getvalue()), []
+    while stream.tell() < len(data):
+        items.append(cbor2.dumps(cbor2.load(stream)))
+    return items
