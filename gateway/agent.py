@@ -18,6 +18,7 @@ non-alarm batch in memory is dropped and counted (``memory_dropped_*``): the age
 
 import asyncio
 import collections
+import functools
 import logging
 import random
 import threading
@@ -25,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from gateway import senml, wire
 from gateway.batcher import Batcher, TimeBase
+from gateway.poison import POISON, SKIP, PoisonPolicy
 from gateway.errors import StoreError, UplinkError
 from gateway.model import EncodedBatch, Event, Reading
 
@@ -69,7 +71,7 @@ class Backoff:
 class Agent:
     def __init__(self, *, gw, key, store, uplink, sources=(), clock, batch=None, rules=None, rng=None,
                  backoff=(0.5, 300.0), max_pending=256, health_interval=60.0, on_commit=None, on_sent=None,
-                 retry_every=60.0):
+                 retry_every=60.0, poison=(3, 5, 600.0)):
         self.gw = gw
         self.prefix = gw + "/"
         self.store = store
@@ -85,6 +87,8 @@ class Agent:
         self.timebase = TimeBase(clock)
         self.rng = rng or random.Random()
         self.backoff = Backoff(backoff[0], backoff[1], self.rng)
+        # (suspect after K failures in a row, poison after N failures with the link proven, over at least T s)
+        self.poison = PoisonPolicy(poison[0], poison[1], poison[2], delay=backoff)
         self.max_pending = max_pending
         self.health_interval = health_interval
         self.retry_every = retry_every  # how often to look for rejected batches whose retry is due
@@ -264,15 +268,20 @@ class Agent:
 
     # -- the uplink task --------------------------------------------------------------------------------------
     async def _next_batches(self, limit=8):
+        """The next round: alarms first, then oldest first; suspected poison after the rest, and not at all while
+        it waits out its own retry delay (``gateway.poison``)."""
+        held = self.poison.held(self.clock.monotonic())
         if self.store_ok:
             loop = asyncio.get_running_loop()
+            pending = functools.partial(self.store.pending, limit, exclude={sid for _, sid in held if sid})
             try:
-                return await loop.run_in_executor(self._store_thread, self.store.pending, limit)
+                return self.poison.order(await loop.run_in_executor(self._store_thread, pending))
             except StoreError as exc:
                 self.store_ok = False
                 self.last_error = str(exc)
-        batches = sorted(self._pending, key=lambda b: -b.priority)
-        return batches[:limit]
+        keys = {key for key, _ in held}
+        batches = sorted((b for b in self._pending if b.key not in keys), key=lambda b: -b.priority)
+        return self.poison.order(batches[:limit])
 
     async def _uplink_loop(self):
         loop = asyncio.get_running_loop()
@@ -288,6 +297,7 @@ class Agent:
                 self._uplink_wake.clear()
                 continue
             self._alarm_waiting = False
+            skipped = False  # a suspect was passed over in this round, with no delivery since
             for batch in batches:
                 try:
                     await loop.run_in_executor(self._uplink_thread, self.uplink.send, batch)
@@ -303,8 +313,22 @@ class Agent:
                             await self._quarantine(batch, str(exc), "conflict_batches")
                         else:
                             await self._quarantine(batch, str(exc))
+                        self.poison.forget(batch.key)
                         continue
                     self.counters["uplink_failures"] += 1
+                    verdict = self.poison.failed(batch.key, self.clock.monotonic(), batch.store_id)
+                    if verdict == POISON:
+                        self.counters["poison_batches"] += 1
+                        log.error("uplink: batch %s keeps failing while other batches are delivered (%s); "
+                                  "quarantined as poison", batch.key, exc)
+                        await self._quarantine(batch, "poison: %s" % exc, "poison_batches")
+                        continue
+                    if verdict == SKIP and not skipped:
+                        # Suspect: the batches behind it go first, and it waits out its own delay. A second failure
+                        # before anything is delivered looks like an outage: back off as usual.
+                        self.counters["poison_suspect_skips"] += 1
+                        skipped = True
+                        continue
                     delay = self.backoff.next(exc.retry_after)
                     if self.uplink_state != "down":
                         log.warning("uplink: %s; retrying in %.1f s", exc, delay)
@@ -312,6 +336,8 @@ class Agent:
                     await self._backoff_sleep(delay)
                     break
                 self.backoff.reset()
+                self.poison.acked(batch.key)
+                skipped = False
                 if self.uplink_state == "down":
                     log.info("uplink: delivering again")
                 self.uplink_state = "up"

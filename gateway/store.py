@@ -344,15 +344,18 @@ class Store:
             self._bump(extra_counter, len(rows))
         self._bytes -= sum(r[2] for r in rows)
 
-    def pending(self, limit=16, after_id=None):
-        """Up to ``limit`` batches to deliver: alarms first, then oldest first."""
+    def pending(self, limit=16, exclude=()):
+        """Up to ``limit`` batches to deliver: alarms first, then oldest first; none whose id is in ``exclude``
+        (the agent's suspected poison batches waiting out their own retry delay, at most a few hundred)."""
+        skip = " AND id NOT IN (%s)" % ",".join("%d" % int(i) for i in exclude) if exclude else ""
         with self._lock:
             try:
                 rows = self._db.execute(
-                    "SELECT %s FROM batches WHERE prio > 0 ORDER BY id LIMIT ?" % _COLUMNS, (limit,)).fetchall()
+                    "SELECT %s FROM batches WHERE prio > 0%s ORDER BY id LIMIT ?" % (_COLUMNS, skip),
+                    (limit,)).fetchall()
                 if len(rows) < limit:
                     rows += self._db.execute(
-                        "SELECT %s FROM batches WHERE prio = 0 ORDER BY id LIMIT ?" % _COLUMNS,
+                        "SELECT %s FROM batches WHERE prio = 0%s ORDER BY id LIMIT ?" % (_COLUMNS, skip),
                         (limit - len(rows),)).fetchall()
             except sqlite3.Error as exc:
                 raise _store_error("read the queue in", self.path, exc) from exc

@@ -4,6 +4,7 @@ queue dump. Every test here failed on the code before the fix it names."""
 
 import asyncio
 import io
+import json
 import math
 import os
 import random
@@ -295,3 +296,111 @@ def cbor_seq(store):
     while stream.tell() < len(data):
         items.append(cbor2.dumps(cbor2.load(stream)))
     return items
+
+
+# -- finding 3: one poison batch cannot wedge delivery, and an outage quarantines nothing ----------------------------
+POISON_X = 101
+
+
+class PickyReceiver:
+    """A real ``Receiver`` on loopback, except that the batch holding reading x == POISON_X makes it drop the
+    connection without an answer, every time (a backend bug that one payload triggers)."""
+
+    def __init__(self, receiver, trust, port=0):
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if any(r["n"].endswith("/x") and r.get("v") == POISON_X for r in wire.verify(data, trust).records):
+                    self.server.poison_hits += 1
+                    self.close_connection = True
+                    return  # no answer: the client sees the connection closed
+                status, body = receiver.process(data)
+                payload = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *a):
+                pass
+        ThreadingHTTPServer.allow_reuse_address = True
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.poison_hits = 0
+        self.port = self.httpd.server_address[1]
+        self.url = "http://127.0.0.1:%d/v1/batches" % self.port
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _rx(tmp_path, key):
+    trust = keys.TrustStore({"keys": [key.jwk(GW)]})
+    return Receiver(str(tmp_path / "rx.sqlite"), trust), trust
+
+
+def test_a_poison_batch_is_overtaken_then_quarantined_while_the_rest_is_delivered(tmp_path):
+    key = keys.SigningKey.generate()
+    receiver, trust = _rx(tmp_path, key)
+    server = PickyReceiver(receiver, trust)
+    store = Store(tmp_path / "queue.sqlite")
+    source = NumberedSource(first=0, total=1500, per_tick=10, period=0.02)
+    agent = http_agent(store, key, server.url, source, poison=(3, 5, 1.0))
+    try:
+        run_agent(agent, lambda a: source.sent == 1500 and not a._pending and a.depth()[0] == 0, timeout=60)
+    finally:
+        server.stop()
+    (row,) = store.quarantined()
+    assert row[3].startswith("poison: ") and "cannot reach" in row[3]
+    assert store.counters()["poison_batches"] == 1 == agent.counters["poison_batches"]
+    assert server.httpd.poison_hits >= 3 + 5  # K failures in a row, then N with other batches delivered between
+    (poisoned,) = [wire.verify(b, trust) for b in cbor_seq(store)]
+    held = sorted(int(r["v"]) for r in poisoned.records if r["n"].endswith("/x"))
+    assert POISON_X in held
+    got = received_x(receiver)
+    assert sorted(got + held) == list(range(1500))  # everything behind it was delivered, exactly once
+    assert max(got) == 1499
+    health = {r.name: r.value for r in agent._health_readings(1e9)}
+    assert health["poison_batches"] == 1  # reported upstream
+    receiver.close()
+    store.close()
+
+
+def test_a_full_outage_quarantines_nothing_and_everything_arrives_after(tmp_path):
+    key = keys.SigningKey.generate()
+    receiver, trust = _rx(tmp_path, key)
+    server = PickyReceiver(receiver, trust)  # bound once to learn a free port, then really down
+    port = server.port
+    server.stop()
+    store = Store(tmp_path / "queue.sqlite")
+    source = NumberedSource(first=1000, total=600, per_tick=10, period=0.02)  # no poison value in this run
+    agent = http_agent(store, key, server.url, source, poison=(1, 2, 0.2))  # the rule at its most eager
+    started = time.monotonic()
+    state = {}
+
+    def done(a):
+        if "server" not in state:
+            # Down long enough for many batches to fail many times, well past T.
+            if a.counters["uplink_failures"] >= 20 and time.monotonic() - started >= 2.0:
+                state["quarantined"] = list(store.quarantined())
+                state["failures"], state["down_s"] = a.counters["uplink_failures"], time.monotonic() - started
+                state["server"] = PickyReceiver(receiver, trust, port)
+            return False
+        return source.sent == 600 and not a._pending and a.depth()[0] == 0
+
+    try:
+        run_agent(agent, done, timeout=60)
+    finally:
+        if "server" in state:
+            state["server"].stop()
+    assert state["quarantined"] == [] and store.quarantined() == []
+    assert state["failures"] <= 2 * (state["down_s"] / 0.125 + 4)  # backed off: no hot loop over the queue
+    assert store.counters()["poison_batches"] == 0 and agent.counters["poison_suspect_skips"] > 0
+    assert received_x(receiver) == list(range(1000, 1600))
+    receiver.close()
+    store.close()
