@@ -20,7 +20,9 @@ Semantics (``docs/wire-format.md`` and ``docs/operations.md`` say the same for u
   ``<name>.boot`` beside the queue, so it never repeats even when the queue is lost. ``seq`` restarts at 0 in every
   boot epoch, so the hot path writes no metadata.
 * A database that does not open as SQLite, or fails ``PRAGMA quick_check``, is renamed to
-  ``<name>.corrupt-<n>`` and a new one is created; ``recovered_from`` says so and the agent reports it.
+  ``<name>.corrupt-<n>`` (kept for the operator) and a new one is created; every batch SQLite can still read is
+  salvaged into it (``gateway.store_salvage``, counted ``salvaged_batches``/``lost_batches``); ``recovered_from``
+  and ``salvage`` say so and the agent reports it.
 """
 
 import logging
@@ -29,7 +31,7 @@ import sqlite3
 import threading
 import zlib
 
-from gateway import boot_epoch
+from gateway import boot_epoch, store_salvage
 from gateway.clock import SystemClock
 from gateway.errors import StoreError
 from gateway.model import EncodedBatch
@@ -114,6 +116,7 @@ class Store:
         self.max_age = max_age
         self.clock = clock or SystemClock()
         self.recovered_from = None
+        self.salvage = None  # a store_salvage.Salvage report when a corrupt queue was salvaged at this start
         self.fsyncs = 0
         self.commits = 0
         self._lock = threading.RLock()
@@ -134,6 +137,7 @@ class Store:
                 self._db = self._open(page_size)
             except sqlite3.DatabaseError as exc2:
                 raise _store_error("recreate", self.path, exc2) from exc2
+            self._salvage()
         self._page_size = self._db.execute("PRAGMA page_size").fetchone()[0]  # an existing store keeps its own
         self._resync_bytes()
 
@@ -163,6 +167,21 @@ class Store:
             db.close()
             raise
         return db
+
+    def _salvage(self):
+        """Copy what can still be read from the moved-aside queue into the new one (``gateway.store_salvage``)."""
+        report, rows = store_salvage.read_corrupt(self.recovered_from)
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            store_salvage.copy_into(self._db, report, rows, COUNTERS)
+            self._commit()
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise _store_error("salvage a corrupt queue into", self.path, exc) from exc
+        self.salvage = report
+        level = logging.ERROR if report.lost or report.unknown else logging.WARNING
+        log.log(level, "store: %s was corrupt and moved aside to %s (kept until an operator deletes it); %s",
+                self.path, self.recovered_from, report.summary())
 
     def _move_aside(self):
         n = 0

@@ -9,6 +9,7 @@ import math
 import os
 import random
 import shutil
+import sqlite3
 import threading
 import time
 import types
@@ -21,6 +22,7 @@ from gateway import keys, senml, wire
 from gateway.agent import Agent
 from gateway.clock import FakeClock, SystemClock
 from gateway.config import BatchSection
+from gateway.console.commands import Console
 from gateway.console.view import AgentView
 from gateway.model import EncodedBatch, Reading
 from gateway.receiver import Receiver, ReceiverServer
@@ -402,5 +404,69 @@ def test_a_full_outage_quarantines_nothing_and_everything_arrives_after(tmp_path
     assert state["failures"] <= 2 * (state["down_s"] / 0.125 + 4)  # backed off: no hot loop over the queue
     assert store.counters()["poison_batches"] == 0 and agent.counters["poison_suspect_skips"] > 0
     assert received_x(receiver) == list(range(1000, 1600))
+    receiver.close()
+    store.close()
+
+
+# -- finding 2: a corrupt queue is salvaged, not thrown away ----------------------------------------------------------
+def _leaf_pages(path, table):
+    con = sqlite3.connect(path)
+    try:
+        return con.execute("SELECT pageno, ncell FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno",
+                           (table,)).fetchall()
+    finally:
+        con.close()
+
+
+def test_corrupt_queue_is_salvaged_counted_delivered_and_the_old_file_kept(tmp_path):
+    key = keys.SigningKey.from_seed(b"\x07" * 32)
+    path = str(tmp_path / "queue.sqlite")
+    store = Store(path, page_size=1024)
+    old_boot = store.next_boot()
+    batches = signed_batches(key, 300, boot=1, readings=40)
+    ids = store.put_many(batches)
+    for sid in ids[:5]:
+        store.quarantine(sid, "403 unknown_kid")  # quarantined batches are salvaged too
+    store.close()
+    leaves = _leaf_pages(path, "batches")
+    assert len(leaves) > 20
+    hit = [leaves[len(leaves) // 3], leaves[len(leaves) // 2], leaves[2 * len(leaves) // 3]]
+    with open(path, "r+b") as f:  # three pages in the middle of the queue: garbage over them
+        for pageno, _ in hit:
+            f.seek((pageno - 1) * 1024)
+            f.write(random.Random(pageno).randbytes(1024))
+    with open(path, "rb") as f:
+        damaged = f.read()
+    expected_lost = sum(n for _, n in hit)
+
+    store = Store(path)
+    assert store.recovered_from == path + ".corrupt-0"
+    with open(store.recovered_from, "rb") as f:
+        assert f.read() == damaged  # kept as it was, for the operator
+    report = store.salvage
+    assert report.lost == expected_lost and not report.unknown and len(report.damaged) == 3
+    assert (report.batches, report.quarantined) == (295 - expected_lost, 5)
+    counters = store.counters()
+    assert counters["salvaged_batches"] == 300 - expected_lost and counters["lost_batches"] == expected_lost
+    assert counters["quarantined"] == 5  # the old queue's counters came along
+    assert len(store.quarantined()) == 5
+    assert store.next_boot() >> 32 == (old_boot >> 32) + 1  # the boot counter came along too
+
+    # Delivered: every salvaged batch reaches a real receiver, bit for bit, and the loss is reported upstream.
+    receiver = Receiver(str(tmp_path / "rx.sqlite"), keys.TrustStore({"keys": [key.jwk(GW)]}))
+    server = ReceiverServer(receiver).start()
+    agent = http_agent(store, key, server.url, health_interval=0.0)
+    try:
+        run_agent(agent, lambda a: a.depth()[0] == 0 and not a._pending)
+    finally:
+        server.stop()
+    got = {s for (s,) in receiver.query("SELECT seq FROM batches WHERE boot = 1")}
+    assert len(got) == 295 - expected_lost and got <= set(range(5, 300))
+    health = dict(receiver.query("SELECT n, v FROM records WHERE n LIKE '%/health/%'"))
+    assert health[GW + "/health/lost_batches"] == expected_lost
+    assert health[GW + "/health/salvaged_batches"] == 300 - expected_lost
+    status = "\n".join(Console(AgentView(agent, board=None), None, None).do_status([], "status").lines)
+    assert "integrity salvaged %d, lost %d (corrupt queue)" % (300 - expected_lost, expected_lost) in status
+    assert os.path.exists(path + ".corrupt-0")
     receiver.close()
     store.close()
