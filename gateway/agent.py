@@ -7,6 +7,8 @@ The agent is the small daemon shell around pure stages. It runs on one asyncio l
   batches share one fsync), on a dedicated store thread;
 * an uplink task sends what the store holds, alarms first, acknowledging (deleting) only after the upstream said
   so, with capped exponential backoff and jitter, honouring ``Retry-After``;
+* a batch that keeps failing while others are delivered stops blocking the queue and ends quarantined as poison
+  (``gateway.poison``); an outage never does that;
 * an alarm event is cut into a batch of its own at once and wakes the uplink (even out of a backoff or a
   Retry-After wait: one immediate attempt per new alarm), which re-reads the queue after
   every send, so an alarm overtakes a backlog after at most one batch in flight.
@@ -26,9 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from gateway import senml, wire
 from gateway.batcher import Batcher, TimeBase
-from gateway.poison import POISON, SKIP, PoisonPolicy
 from gateway.errors import StoreError, UplinkError
 from gateway.model import EncodedBatch, Event, Reading
+from gateway.poison import POISON, SKIP, PoisonPolicy
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +319,8 @@ class Agent:
                         continue
                     self.counters["uplink_failures"] += 1
                     verdict = self.poison.failed(batch.key, self.clock.monotonic(), batch.store_id)
+                    if verdict == POISON and batch.store_id is None:
+                        verdict = SKIP  # only in memory (the store is failing): keep it, quarantine needs the disk
                     if verdict == POISON:
                         self.counters["poison_batches"] += 1
                         log.error("uplink: batch %s keeps failing while other batches are delivered (%s); "

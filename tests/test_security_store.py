@@ -470,3 +470,30 @@ def test_corrupt_queue_is_salvaged_counted_delivered_and_the_old_file_kept(tmp_p
     assert os.path.exists(path + ".corrupt-0")
     receiver.close()
     store.close()
+
+
+def test_poison_rule_needs_the_link_proven_and_time_pure():
+    from gateway.poison import POISON, RETRY, SKIP, PoisonPolicy
+    clock = FakeClock()
+    policy = PoisonPolicy(suspect_after=3, poison_after=5, poison_min_s=600.0, delay=(1.0, 60.0))
+    p = (1, 7)
+    verdicts = []
+    for _ in range(50):  # an outage: it fails and fails, nothing else is acknowledged
+        verdicts.append(policy.failed(p, clock.monotonic(), 7))
+        clock.advance(60)
+    assert verdicts[:3] == [RETRY, RETRY, SKIP] and set(verdicts[2:]) == {SKIP} and POISON not in verdicts
+    assert policy.held(clock.monotonic() - 1) == [(p, 7)]  # waiting out its own delay: left out of a round
+    policy.acked(p)  # it got through after all: forgotten
+    first = clock.monotonic()
+    verdicts = []
+    for i in range(12):  # the link works: another batch is acknowledged between each of its failures
+        verdicts.append(policy.failed(p, clock.monotonic(), 7))
+        policy.acked((2, i))
+        clock.advance(20)
+    assert POISON not in verdicts  # 12 proven failures, but within 240 s: T = 600 s is not reached
+    while POISON not in verdicts and len(verdicts) < 100:
+        verdicts.append(policy.failed(p, clock.monotonic(), 7))
+        policy.acked((3, len(verdicts)))
+        clock.advance(20)
+    assert verdicts.count(POISON) == 1 and 600 <= clock.monotonic() - 20 - first < 620
+    assert policy.order([EncodedBatch(1, 7, b""), EncodedBatch(1, 8, b"")])[0].seq == 7  # forgotten once poison
