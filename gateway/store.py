@@ -169,15 +169,19 @@ class Store:
         return db
 
     def _salvage(self):
-        """Copy what can still be read from the moved-aside queue into the new one (``gateway.store_salvage``)."""
-        report, rows = store_salvage.read_corrupt(self.recovered_from)
+        """Copy what can still be read from the moved-aside queue into the new one (``gateway.store_salvage``).
+
+        A failure here (the disk filled up meanwhile) is logged, not raised: the new queue stays usable and the
+        moved-aside file still holds every batch, for an operator.
+        """
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            store_salvage.copy_into(self._db, report, rows, COUNTERS)
+            report = store_salvage.salvage_into(self.recovered_from, self._db, COUNTERS)
             self._commit()
         except sqlite3.Error as exc:
             self._rollback()
-            raise _store_error("salvage a corrupt queue into", self.path, exc) from exc
+            log.error("store: %s", _store_error("salvage %s into" % self.recovered_from, self.path, exc))
+            return
         self.salvage = report
         level = logging.ERROR if report.lost or report.unknown else logging.WARNING
         log.log(level, "store: %s was corrupt and moved aside to %s (kept until an operator deletes it); %s",

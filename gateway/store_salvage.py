@@ -70,12 +70,12 @@ def _valid(blob):
 
 
 class _Reader:
-    def __init__(self, db, table, hi):
-        self.db, self.table, self.hi = db, table, hi
+    def __init__(self, db, table, hi, sink):
+        self.db, self.table, self.hi, self.sink = db, table, hi, sink
         cols = _COLUMNS + _EXTRA[table]
         self.sql_row = "SELECT %s FROM %s WHERE id = ?" % (", ".join(cols), table)
         self.sql_ids = "SELECT id FROM %s WHERE id > ? ORDER BY id LIMIT ?" % table
-        self.rows, self.lost, self.unknown, self.damaged = [], 0, False, []
+        self.copied, self.top, self.lost, self.unknown, self.damaged = 0, 0, 0, False, []
 
     def _ids_after(self, cursor, limit):
         got = []
@@ -102,7 +102,9 @@ class _Reader:
         if len(row) > 7:  # a quarantined batch: its reason and time are bookkeeping, never a reason to lose it
             row[7] = row[7] if isinstance(row[7], str) else "salvaged"
             row[8] = row[8] if isinstance(row[8], (int, float)) else 0.0
-        self.rows.append(tuple([i] + row))
+        self.sink(self.table, [i] + row)
+        self.copied += 1
+        self.top = max(self.top, i)
         return True
 
     def walk(self):
@@ -174,61 +176,53 @@ def _one(db, sql):
     return row[0] if row else None
 
 
-def read_corrupt(path):
-    """Everything readable in the corrupt queue at ``path`` (opened read-only): a ``Salvage`` and its rows."""
+def salvage_into(path, db, counters):
+    """Copy everything readable in the corrupt queue at ``path`` (opened read-only) into the new queue ``db``, row by
+    row (memory stays bounded), inside the caller's transaction. ``counters`` are the ``meta`` keys to carry over;
+    the boot epoch is carried too. Returns a ``Salvage`` report."""
     report = Salvage(path)
-    tables = {}
+    inserts = {table: "INSERT INTO %s (id, %s%s) VALUES (%s)" % (
+        table, ", ".join(_COLUMNS), "".join(", " + c for c in extra), ", ".join("?" * (1 + len(_COLUMNS) + len(extra))))
+        for table, extra in _EXTRA.items()}
+
+    def sink(table, row):
+        db.execute(inserts[table], row)
+
+    readers, hi = [], None
     for immutable in (False, True):  # with its WAL if that can be read, else the main file as it is
         try:
-            db = _connect(path, immutable)
+            src = _connect(path, immutable)
         except sqlite3.Error:
             continue
         try:
-            hi = _one(db, "SELECT seq FROM sqlite_sequence WHERE name = 'batches'")
-            names = _one(db, "SELECT group_concat(name) FROM sqlite_master WHERE type = 'table'")
+            names = _one(src, "SELECT group_concat(name) FROM sqlite_master WHERE type = 'table'")
             if names is None:
                 continue  # the schema is unreadable this way
             names = names.split(",")
-            report.meta = _read_meta(db)
-            for table in ("batches", "quarantine"):
-                if table in names:
-                    tables[table] = _Reader(db, table, hi).walk()
-            tables["retries"] = []
+            hi = _one(src, "SELECT seq FROM sqlite_sequence WHERE name = 'batches'")
+            report.meta = _read_meta(src)
+            readers = [_Reader(src, table, hi, sink).walk() for table in ("batches", "quarantine") if table in names]
             if "retries" in names:
                 try:
-                    tables["retries"] = db.execute("SELECT boot, seq, attempts FROM retries").fetchall()
+                    db.executemany("INSERT OR REPLACE INTO retries VALUES (?, ?, ?)",
+                                   src.execute("SELECT boot, seq, attempts FROM retries").fetchall())
                 except sqlite3.DatabaseError:
-                    pass
+                    pass  # bookkeeping only: a batch may get its automatic retries again
             break
         finally:
-            db.close()
-    if "batches" not in tables:
+            src.close()
+    if not readers:
         report.unknown = True  # not even the schema could be read
-        return report, {}
-    for name in ("batches", "quarantine"):
-        reader = tables.get(name)
-        if reader is not None:
-            report.lost += reader.lost
-            report.unknown = report.unknown or reader.unknown
-            report.damaged += reader.damaged
-    report.batches = len(tables["batches"].rows)
-    report.quarantined = len(tables["quarantine"].rows) if "quarantine" in tables else 0
-    return report, {"batches": tables["batches"].rows,
-                    "quarantine": tables["quarantine"].rows if "quarantine" in tables else [],
-                    "retries": tables["retries"], "hi": hi}
-
-
-def copy_into(db, report, rows, counters):
-    """Write what ``read_corrupt`` found into the new queue ``db`` (one transaction; the caller commits).
-    ``counters`` are the meta keys to carry over; the boot epoch is carried too."""
-    if rows:
-        db.executemany("INSERT INTO batches (id, %s) VALUES (?, ?, ?, ?, ?, ?, ?, ?)" % ", ".join(_COLUMNS),
-                       rows["batches"])
-        db.executemany("INSERT INTO quarantine (id, %s, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                       % ", ".join(_COLUMNS), rows["quarantine"])
-        db.executemany("INSERT OR REPLACE INTO retries VALUES (?, ?, ?)", rows["retries"])
-        top = max([rows["hi"] or 0] + [r[0] for r in rows["batches"]] + [r[0] for r in rows["quarantine"]])
-        # New ids must stay above every salvaged one (a quarantined batch keeps its id).
+    for reader in readers:
+        report.lost += reader.lost
+        report.unknown = report.unknown or reader.unknown
+        report.damaged += reader.damaged
+        if reader.table == "batches":
+            report.batches = reader.copied
+        else:
+            report.quarantined = reader.copied
+    top = max([hi or 0] + [reader.top for reader in readers])
+    if top:  # new ids stay above every salvaged one (a quarantined batch keeps its id)
         db.execute("DELETE FROM sqlite_sequence WHERE name = 'batches'")
         db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('batches', ?)", (top,))
     for key in counters + ("boot",):
@@ -236,7 +230,7 @@ def copy_into(db, report, rows, counters):
         if isinstance(value, int) and value > 0:
             db.execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = MAX(v, ?)",
                        (key, value, value))
-    salvaged = report.batches + report.quarantined
-    for key, n in (("salvaged_batches", salvaged), ("lost_batches", report.lost)):
+    for key, n in (("salvaged_batches", report.batches + report.quarantined), ("lost_batches", report.lost)):
         if n:
             db.execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = v + ?", (key, n, n))
+    return report
