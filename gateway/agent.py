@@ -106,6 +106,7 @@ class Agent:
         self.store_ok = True
         self._pending = collections.deque()
         self._committing = set()  # ids of the batches the commit task is writing right now
+        self._rejected_in_memory = set()  # keys of batches in memory the upstream rejected: not sent from memory
         self._last_health = None
         self._health_sent = {}
         self._store_thread = ThreadPoolExecutor(1, "store")
@@ -261,6 +262,7 @@ class Agent:
                 delay = 0.5
                 committed = set(map(id, batches))
                 self._pending = collections.deque(b for b in self._pending if id(b) not in committed)
+                self._rejected_in_memory.difference_update(b.key for b in batches)
                 self.counters["batches_committed"] += len(batches)
                 self.counters["readings_committed"] += sum(b.readings for b in batches)
                 if self.on_commit:
@@ -281,7 +283,7 @@ class Agent:
             except StoreError as exc:
                 self.store_ok = False
                 self.last_error = str(exc)
-        keys = {key for key, _ in held}
+        keys = {key for key, _ in held} | self._rejected_in_memory
         batches = sorted((b for b in self._pending if b.key not in keys), key=lambda b: -b.priority)
         return self.poison.order(batches[:limit])
 
@@ -398,7 +400,9 @@ class Agent:
         self.counters["quarantined"] += 1
         log.warning("uplink rejected batch %s (%s); quarantined", batch.key, reason)
         if batch.store_id is None:
-            self._pending.remove(batch)
+            # Sent from memory while the store fails: keep it (not sent from memory again); once committed it is
+            # sent from the store, and a second rejection quarantines it on disk. Never dropped.
+            self._rejected_in_memory.add(batch.key)
             return
         loop = asyncio.get_running_loop()
         try:

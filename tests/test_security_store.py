@@ -24,6 +24,7 @@ from gateway.clock import FakeClock, SystemClock
 from gateway.config import BatchSection
 from gateway.console.commands import Console
 from gateway.console.view import AgentView
+from gateway.errors import StoreError
 from gateway.model import EncodedBatch, Reading
 from gateway.receiver import Receiver, ReceiverServer
 from gateway.store import Store
@@ -519,4 +520,41 @@ def test_salvage_drops_a_batch_whose_overflow_page_is_damaged_never_sends_it(tmp
     got = store.pending(limit=100)
     assert len(got) == 57 and {b.data for b in got} <= {b.data for b in batches}  # intact, bit for bit
     assert store.quarantined() == []  # the damaged ones were not carried over to be sent or requeued
+    store.close()
+
+
+class FlakyStore(Store):
+    """A real store whose commits fail (a full disk) until ``broken`` is cleared."""
+
+    broken = True
+
+    def put_many(self, batches):
+        if self.broken:
+            raise StoreError("cannot commit a batch to %s: the disk is full" % self.path, kind="full")
+        return super().put_many(batches)
+
+
+def test_a_batch_rejected_while_only_in_memory_is_kept_then_quarantined_on_disk(tmp_path):
+    server = FixedAnswer(409)
+    store = FlakyStore(tmp_path / "queue.sqlite")
+    source = NumberedSource(first=0, total=10, per_tick=10)
+    agent = http_agent(store, keys.SigningKey.generate(), server.url, source)
+    seen = {}
+
+    def done(a):
+        if "memory" not in seen:
+            if a.counters["quarantined"] >= 1 and not a.store_ok:
+                seen["memory"] = [b.data for b in a._pending]
+                seen["posts"] = list(server.httpd.posts)
+                store.broken = False  # the disk has room again
+            return False
+        return not a._pending and len(store.quarantined()) >= len(set(seen["posts"]))
+
+    try:
+        run_agent(agent, done)
+    finally:
+        server.stop()
+    assert set(seen["posts"]) <= set(seen["memory"])  # rejected from memory, and still held there
+    assert set(seen["posts"]) <= set(cbor_seq(store))  # then committed and quarantined on disk: never lost
+    assert store.counters()["conflict_batches"] >= 1
     store.close()
