@@ -408,7 +408,11 @@ class Agent:
         try:
             await loop.run_in_executor(self._store_thread, self.store.quarantine, batch.store_id, reason, counter)
         except StoreError as exc:
+            # It stays queued. Read the queue again only once a commit succeeds (as after a failed read), so a
+            # rejected batch is not re-sent in a tight loop while the disk refuses the move.
             self.counters["store_errors"] += 1
+            self.store_ok = False
+            self.last_error = str(exc)
             log.error("store: cannot quarantine batch %s: %s", batch.key, exc)
 
     # -- the ticker ------------------------------------------------------------------------------------------
