@@ -35,6 +35,7 @@ from gateway import boot_epoch, store_salvage
 from gateway.clock import SystemClock
 from gateway.errors import StoreError
 from gateway.model import EncodedBatch
+from gateway.store_errors import classify as _classify, store_error as _store_error
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
@@ -71,33 +72,6 @@ def _inflate(blob):
     """The exact signed bytes back; raises ``zlib.error`` if a deflated blob was damaged on disk."""
     return zlib.decompress(blob) if blob[:1] == _ZLIB else blob
 log = logging.getLogger(__name__)
-
-
-def _classify(exc):
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    if name.startswith("SQLITE_FULL"):
-        return "full"
-    if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM")):
-        return "readonly"
-    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
-        return "corrupt"
-    text = str(exc).lower()
-    if "full" in text:
-        return "full"
-    if "readonly" in text or "read-only" in text:
-        return "readonly"
-    if "malformed" in text or "not a database" in text or "corrupt" in text:
-        return "corrupt"
-    return "io"
-
-
-def _store_error(action, path, exc):
-    kind = _classify(exc)
-    hint = {"full": "the disk is full; free space or lower store.max_bytes",
-            "readonly": "the store directory or file is read-only; check its owner and mode",
-            "corrupt": "the database is damaged; it will be moved aside at the next start"}.get(kind, str(exc))
-    name = getattr(exc, "sqlite_errorname", None)
-    return StoreError("cannot %s %s: %s (%s%s)" % (action, path, hint, exc, ", " + name if name else ""), kind=kind)
 
 
 SANE_WALL = 1_600_000_000.0  # 2020-09-13: a wall time before this is a Pi that has not synchronised its clock yet
