@@ -7,6 +7,8 @@ The agent is the small daemon shell around pure stages. It runs on one asyncio l
   batches share one fsync), on a dedicated store thread;
 * an uplink task sends what the store holds, alarms first, acknowledging (deleting) only after the upstream said
   so, with capped exponential backoff and jitter, honouring ``Retry-After``;
+* a batch that keeps failing while others are delivered stops blocking the queue and ends quarantined as poison
+  (``gateway.poison``); an outage never does that;
 * an alarm event is cut into a batch of its own at once and wakes the uplink (even out of a backoff or a
   Retry-After wait: one immediate attempt per new alarm), which re-reads the queue after
   every send, so an alarm overtakes a backlog after at most one batch in flight.
@@ -18,6 +20,7 @@ non-alarm batch in memory is dropped and counted (``memory_dropped_*``): the age
 
 import asyncio
 import collections
+import functools
 import logging
 import random
 import threading
@@ -27,10 +30,24 @@ from gateway import senml, wire
 from gateway.batcher import Batcher, TimeBase
 from gateway.errors import StoreError, UplinkError
 from gateway.model import EncodedBatch, Event, Reading
+from gateway.poison import POISON, SKIP, PoisonPolicy
 
 log = logging.getLogger(__name__)
 
 HEALTH_SENSOR = "health"
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _bad_value(value, unit):
+    """True for a value no batch may carry: a non-finite float, an int outside int64, a non-number where a unit
+    says a number is expected, or a type SenML has no value field for. The slow path of ``Agent.emit``'s check."""
+    if isinstance(value, bool) or value.__class__ in (str, bytes):
+        return unit is not None  # vb / vs / vd: only for a dimensionless reading
+    if isinstance(value, float):
+        return value - value != 0.0  # inf - inf and nan - nan are nan
+    if isinstance(value, int):
+        return not INT64_MIN <= value <= INT64_MAX
+    return True
 
 
 class Backoff:
@@ -56,7 +73,7 @@ class Backoff:
 class Agent:
     def __init__(self, *, gw, key, store, uplink, sources=(), clock, batch=None, rules=None, rng=None,
                  backoff=(0.5, 300.0), max_pending=256, health_interval=60.0, on_commit=None, on_sent=None,
-                 retry_every=60.0):
+                 retry_every=60.0, poison=(3, 5, 600.0)):
         self.gw = gw
         self.prefix = gw + "/"
         self.store = store
@@ -72,6 +89,8 @@ class Agent:
         self.timebase = TimeBase(clock)
         self.rng = rng or random.Random()
         self.backoff = Backoff(backoff[0], backoff[1], self.rng)
+        # (suspect after K failures in a row, poison after N failures with the link proven, over at least T s)
+        self.poison = PoisonPolicy(poison[0], poison[1], poison[2], delay=backoff)
         self.max_pending = max_pending
         self.health_interval = health_interval
         self.retry_every = retry_every  # how often to look for rejected batches whose retry is due
@@ -87,6 +106,7 @@ class Agent:
         self.store_ok = True
         self._pending = collections.deque()
         self._committing = set()  # ids of the batches the commit task is writing right now
+        self._rejected_in_memory = set()  # keys of batches in memory the upstream rejected: not sent from memory
         self._last_health = None
         self._health_sent = {}
         self._store_thread = ThreadPoolExecutor(1, "store")
@@ -106,6 +126,21 @@ class Agent:
         cls = item.__class__
         if cls is Reading:
             self.counters["readings_in"] += 1
+            # Defence in depth: decoders should never produce these, but one bad number must not reach the
+            # batcher (CBOR would carry it, a backend's int64 column would not). Cheap on the common types.
+            value = item.value
+            vcls = value.__class__
+            if vcls is float:
+                if value - value:  # nan for inf and nan; 0.0 (false) otherwise
+                    self.counters["readings_bad_value"] += 1
+                    return
+            elif vcls is int:
+                if not INT64_MIN <= value <= INT64_MAX:
+                    self.counters["readings_bad_value"] += 1
+                    return
+            elif _bad_value(value, item.unit):
+                self.counters["readings_bad_value"] += 1
+                return
             if self.rules is None:
                 self._add(item)
                 return
@@ -180,17 +215,18 @@ class Agent:
             values.update(self.store.counters())
         except StoreError:
             values["store_errors"] = self.counters["store_errors"]
-        for key in ("memory_dropped_batches", "memory_dropped_readings", "store_errors"):
+        for key in ("memory_dropped_batches", "memory_dropped_readings", "store_errors", "readings_bad_value"):
             values[key] = self.counters[key]
         for src in self.sources:
             for key, n in src.counters.items():
                 if key.startswith("error.") or key in ("reopen", "restarts", "open_failed", "silent"):
                     values["%s.%s" % (src.name, key)] = n
-        keep = ("dropped_batches", "dropped_readings", "dropped_alarm_batches", "expired_batches", "quarantined")
+        keep = ("dropped_batches", "dropped_readings", "dropped_alarm_batches", "expired_batches", "quarantined",
+                "conflict_batches", "poison_batches", "salvaged_batches", "lost_batches")
         out = []
         for key, value in values.items():
             if key in keep or "error" in key or "dropped" in key or "reopen" in key or "restarts" in key \
-                    or "silent" in key or "open_failed" in key:
+                    or "silent" in key or "open_failed" in key or "bad_value" in key:
                 if self._health_sent.get(key) != value:
                     self._health_sent[key] = value
                     out.append(Reading(HEALTH_SENSOR, key, value, None, now))
@@ -226,6 +262,7 @@ class Agent:
                 delay = 0.5
                 committed = set(map(id, batches))
                 self._pending = collections.deque(b for b in self._pending if id(b) not in committed)
+                self._rejected_in_memory.difference_update(b.key for b in batches)
                 self.counters["batches_committed"] += len(batches)
                 self.counters["readings_committed"] += sum(b.readings for b in batches)
                 if self.on_commit:
@@ -235,15 +272,20 @@ class Agent:
 
     # -- the uplink task --------------------------------------------------------------------------------------
     async def _next_batches(self, limit=8):
+        """The next round: alarms first, then oldest first; suspected poison after the rest, and not at all while
+        it waits out its own retry delay (``gateway.poison``)."""
+        held = self.poison.held(self.clock.monotonic())
         if self.store_ok:
             loop = asyncio.get_running_loop()
+            pending = functools.partial(self.store.pending, limit, exclude={sid for _, sid in held if sid})
             try:
-                return await loop.run_in_executor(self._store_thread, self.store.pending, limit)
+                return self.poison.order(await loop.run_in_executor(self._store_thread, pending))
             except StoreError as exc:
                 self.store_ok = False
                 self.last_error = str(exc)
-        batches = sorted(self._pending, key=lambda b: -b.priority)
-        return batches[:limit]
+        keys = {key for key, _ in held} | self._rejected_in_memory
+        batches = sorted((b for b in self._pending if b.key not in keys), key=lambda b: -b.priority)
+        return self.poison.order(batches[:limit])
 
     async def _uplink_loop(self):
         loop = asyncio.get_running_loop()
@@ -259,15 +301,40 @@ class Agent:
                 self._uplink_wake.clear()
                 continue
             self._alarm_waiting = False
+            skipped = False  # a suspect was passed over in this round, with no delivery since
             for batch in batches:
                 try:
                     await loop.run_in_executor(self._uplink_thread, self.uplink.send, batch)
                 except UplinkError as exc:
                     self.last_error = str(exc)
                     if not exc.retryable:
-                        await self._quarantine(batch, str(exc))
+                        if exc.status == 409:
+                            # The backend holds other bytes under this (gw, boot, seq): a reused identity or a
+                            # forgery. Keep ours (quarantined, counted), never drop them as "delivered".
+                            self.counters["conflict_batches"] += 1
+                            log.error("uplink: %s holds different content for batch %s; kept in quarantine",
+                                      self.uplink.describe(), batch.key)
+                            await self._quarantine(batch, str(exc), "conflict_batches")
+                        else:
+                            await self._quarantine(batch, str(exc))
+                        self.poison.forget(batch.key)
                         continue
                     self.counters["uplink_failures"] += 1
+                    verdict = self.poison.failed(batch.key, self.clock.monotonic(), batch.store_id)
+                    if verdict == POISON and batch.store_id is None:
+                        verdict = SKIP  # only in memory (the store is failing): keep it, quarantine needs the disk
+                    if verdict == POISON:
+                        self.counters["poison_batches"] += 1
+                        log.error("uplink: batch %s keeps failing while other batches are delivered (%s); "
+                                  "quarantined as poison", batch.key, exc)
+                        await self._quarantine(batch, "poison: %s" % exc, "poison_batches")
+                        continue
+                    if verdict == SKIP and not skipped:
+                        # Suspect: the batches behind it go first, and it waits out its own delay. A second failure
+                        # before anything is delivered looks like an outage: back off as usual.
+                        self.counters["poison_suspect_skips"] += 1
+                        skipped = True
+                        continue
                     delay = self.backoff.next(exc.retry_after)
                     if self.uplink_state != "down":
                         log.warning("uplink: %s; retrying in %.1f s", exc, delay)
@@ -275,6 +342,8 @@ class Agent:
                     await self._backoff_sleep(delay)
                     break
                 self.backoff.reset()
+                self.poison.acked(batch.key)
+                skipped = False
                 if self.uplink_state == "down":
                     log.info("uplink: delivering again")
                 self.uplink_state = "up"
@@ -327,17 +396,23 @@ class Agent:
             log.info("uplink: retrying %d batches the upstream rejected earlier", n)
             self._uplink_wake.set()
 
-    async def _quarantine(self, batch, reason):
+    async def _quarantine(self, batch, reason, counter=None):
         self.counters["quarantined"] += 1
         log.warning("uplink rejected batch %s (%s); quarantined", batch.key, reason)
         if batch.store_id is None:
-            self._pending.remove(batch)
+            # Sent from memory while the store fails: keep it (not sent from memory again); once committed it is
+            # sent from the store, and a second rejection quarantines it on disk. Never dropped.
+            self._rejected_in_memory.add(batch.key)
             return
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._store_thread, self.store.quarantine, batch.store_id, reason)
+            await loop.run_in_executor(self._store_thread, self.store.quarantine, batch.store_id, reason, counter)
         except StoreError as exc:
+            # It stays queued. Read the queue again only once a commit succeeds (as after a failed read), so a
+            # rejected batch is not re-sent in a tight loop while the disk refuses the move.
             self.counters["store_errors"] += 1
+            self.store_ok = False
+            self.last_error = str(exc)
             log.error("store: cannot quarantine batch %s: %s", batch.key, exc)
 
     # -- the ticker ------------------------------------------------------------------------------------------

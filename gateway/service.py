@@ -46,8 +46,9 @@ def build_agent(cfg, clock=None, **extra):
     sources = [build_source(spec, clock, cfg.file, i, cfg.gateway.state_dir) for i, spec in enumerate(cfg.sources)]
     store = Store(cfg.state_path(cfg.store.path), max_bytes=cfg.store.max_bytes,
                   max_age=cfg.store.max_age_days * 86400.0, clock=clock)
-    if store.recovered_from:
-        log.error("store %s was corrupt; moved aside to %s and started a new one", store.path, store.recovered_from)
+    if store.recovered_from:  # the store logged what it salvaged and lost; this line is for the start-up summary
+        log.error("store %s was corrupt; moved aside to %s (delete it once inspected) and started a new one: %s",
+                  store.path, store.recovered_from, store.salvage.summary() if store.salvage else "nothing salvaged")
     return Agent(gw=cfg.gateway.id, key=key, store=store, uplink=uplink, sources=sources, clock=clock,
                  batch=cfg.batch, rules=build_rules(cfg), backoff=(cfg.uplink.backoff_min_s, cfg.uplink.backoff_max_s),
                  max_pending=cfg.store.memory_batches, **extra)

@@ -16,10 +16,13 @@ Semantics (``docs/wire-format.md`` and ``docs/operations.md`` say the same for u
 * ``pending`` yields alarms first, then the rest oldest first. ``ack`` deletes; ``quarantine`` moves a batch the
   upstream rejected (4xx) aside, where it neither blocks the queue nor is lost; ``requeue_due`` gives it a bounded
   number of automatic retries (``RETRY_DELAYS``), ``requeue_quarantined`` sends them all again by hand.
-* The boot epoch is a persisted counter, bumped once per start. ``seq`` restarts at 0 in every boot epoch, so the
-  hot path writes no metadata.
+* The boot epoch (``gateway.boot_epoch``) is a start counter with 32 random bits, persisted in ``meta`` and in
+  ``<name>.boot`` beside the queue, so it never repeats even when the queue is lost. ``seq`` restarts at 0 in every
+  boot epoch, so the hot path writes no metadata.
 * A database that does not open as SQLite, or fails ``PRAGMA quick_check``, is renamed to
-  ``<name>.corrupt-<n>`` and a new one is created; ``recovered_from`` says so and the agent reports it.
+  ``<name>.corrupt-<n>`` (kept for the operator) and a new one is created; every batch SQLite can still read is
+  salvaged into it (``gateway.store_salvage``, counted ``salvaged_batches``/``lost_batches``); ``recovered_from``
+  and ``salvage`` say so and the agent reports it.
 """
 
 import logging
@@ -28,9 +31,11 @@ import sqlite3
 import threading
 import zlib
 
+from gateway import boot_epoch, store_salvage
 from gateway.clock import SystemClock
 from gateway.errors import StoreError
 from gateway.model import EncodedBatch
+from gateway.store_errors import classify as _classify, store_error as _store_error
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
@@ -49,7 +54,8 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason TEXT NOT NULL, at REAL NOT NULL);
 """
 
-COUNTERS = ("dropped_batches", "dropped_readings", "dropped_alarm_batches", "expired_batches", "quarantined")
+COUNTERS = ("dropped_batches", "dropped_readings", "dropped_alarm_batches", "expired_batches", "quarantined",
+            "conflict_batches", "poison_batches", "salvaged_batches", "lost_batches")
 SESSION_COUNTERS = ("acked_batches", "acked_readings", "accepted_batches", "accepted_readings")
 _COLUMNS = "id, prio, boot, seq, created, readings, events, data"
 _ZLIB = b"\x78"  # a zlib stream's first byte; a stored COSE batch starts with 0xd2 (tag 18)
@@ -68,33 +74,6 @@ def _inflate(blob):
 log = logging.getLogger(__name__)
 
 
-def _classify(exc):
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    if name.startswith("SQLITE_FULL"):
-        return "full"
-    if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM")):
-        return "readonly"
-    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
-        return "corrupt"
-    text = str(exc).lower()
-    if "full" in text:
-        return "full"
-    if "readonly" in text or "read-only" in text:
-        return "readonly"
-    if "malformed" in text or "not a database" in text or "corrupt" in text:
-        return "corrupt"
-    return "io"
-
-
-def _store_error(action, path, exc):
-    kind = _classify(exc)
-    hint = {"full": "the disk is full; free space or lower store.max_bytes",
-            "readonly": "the store directory or file is read-only; check its owner and mode",
-            "corrupt": "the database is damaged; it will be moved aside at the next start"}.get(kind, str(exc))
-    name = getattr(exc, "sqlite_errorname", None)
-    return StoreError("cannot %s %s: %s (%s%s)" % (action, path, hint, exc, ", " + name if name else ""), kind=kind)
-
-
 SANE_WALL = 1_600_000_000.0  # 2020-09-13: a wall time before this is a Pi that has not synchronised its clock yet
 
 
@@ -103,12 +82,15 @@ class Store:
     # small pages instead of two 4 KiB ones. Measured: disk bytes per accepted reading fall from ~6x the wire
     # bytes (4 KiB pages, counters written per commit) to ~1.5x (docs/performance.md). Applies to new stores.
     def __init__(self, path, max_bytes=64 << 20, max_age=30 * 86400.0, clock=None, page_size=1024,
-                 checkpoint_pages=1000, expire_every=60.0):
+                 checkpoint_pages=1000, expire_every=60.0, random_bytes=os.urandom):
         self.path = os.fspath(path)
+        self.boot_path = self.path + boot_epoch.SUFFIX
+        self._random_bytes = random_bytes
         self.max_bytes = max_bytes
         self.max_age = max_age
         self.clock = clock or SystemClock()
         self.recovered_from = None
+        self.salvage = None  # a store_salvage.Salvage report when a corrupt queue was salvaged at this start
         self.fsyncs = 0
         self.commits = 0
         self._lock = threading.RLock()
@@ -129,6 +111,7 @@ class Store:
                 self._db = self._open(page_size)
             except sqlite3.DatabaseError as exc2:
                 raise _store_error("recreate", self.path, exc2) from exc2
+            self._salvage()
         self._page_size = self._db.execute("PRAGMA page_size").fetchone()[0]  # an existing store keeps its own
         self._resync_bytes()
 
@@ -159,6 +142,25 @@ class Store:
             raise
         return db
 
+    def _salvage(self):
+        """Copy what can still be read from the moved-aside queue into the new one (``gateway.store_salvage``).
+
+        A failure here (the disk filled up meanwhile) is logged, not raised: the new queue stays usable and the
+        moved-aside file still holds every batch, for an operator.
+        """
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            report = store_salvage.salvage_into(self.recovered_from, self._db, COUNTERS)
+            self._commit()
+        except sqlite3.Error as exc:
+            self._rollback()
+            log.error("store: %s", _store_error("salvage %s into" % self.recovered_from, self.path, exc))
+            return
+        self.salvage = report
+        level = logging.ERROR if report.lost or report.unknown else logging.WARNING
+        log.log(level, "store: %s was corrupt and moved aside to %s (kept until an operator deletes it); %s",
+                self.path, self.recovered_from, report.summary())
+
     def _move_aside(self):
         n = 0
         while os.path.exists("%s.corrupt-%d" % (self.path, n)):
@@ -188,16 +190,22 @@ class Store:
                          (key, n, n))
 
     def next_boot(self):
-        """Increment and return the persisted boot epoch (one commit per agent start)."""
+        """Start a new boot epoch and return it (``gateway.boot_epoch``): written durably to ``<name>.boot`` and to
+        ``meta`` before it is returned, so no batch carries a boot that a later start could hand out again."""
         with self._lock:
+            last_file = boot_epoch.read(self.boot_path)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._bump("boot")
-                boot = self._meta("boot")
+                boot = boot_epoch.following(max(self._meta("boot"), last_file), self._random_bytes)
+                boot_epoch.write(self.boot_path, boot)
+                self._db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('boot', ?)", (boot,))
                 self._commit()
             except sqlite3.Error as exc:
                 self._rollback()
                 raise _store_error("write the boot epoch to", self.path, exc) from exc
+            except StoreError:
+                self._rollback()
+                raise
             return boot
 
     def counters(self):
@@ -333,15 +341,18 @@ class Store:
             self._bump(extra_counter, len(rows))
         self._bytes -= sum(r[2] for r in rows)
 
-    def pending(self, limit=16, after_id=None):
-        """Up to ``limit`` batches to deliver: alarms first, then oldest first."""
+    def pending(self, limit=16, exclude=()):
+        """Up to ``limit`` batches to deliver: alarms first, then oldest first; none whose id is in ``exclude``
+        (the agent's suspected poison batches waiting out their own retry delay, at most a few hundred)."""
+        skip = " AND id NOT IN (%s)" % ",".join("%d" % int(i) for i in exclude) if exclude else ""
         with self._lock:
             try:
                 rows = self._db.execute(
-                    "SELECT %s FROM batches WHERE prio > 0 ORDER BY id LIMIT ?" % _COLUMNS, (limit,)).fetchall()
+                    "SELECT %s FROM batches WHERE prio > 0%s ORDER BY id LIMIT ?" % (_COLUMNS, skip),
+                    (limit,)).fetchall()
                 if len(rows) < limit:
                     rows += self._db.execute(
-                        "SELECT %s FROM batches WHERE prio = 0 ORDER BY id LIMIT ?" % _COLUMNS,
+                        "SELECT %s FROM batches WHERE prio = 0%s ORDER BY id LIMIT ?" % (_COLUMNS, skip),
                         (limit - len(rows),)).fetchall()
             except sqlite3.Error as exc:
                 raise _store_error("read the queue in", self.path, exc) from exc
@@ -390,8 +401,9 @@ class Store:
             self._bytes -= size
             self._maybe_checkpoint()
 
-    def quarantine(self, store_id, reason):
-        """Move a batch the upstream rejected out of the queue, keeping its bytes for inspection or requeue."""
+    def quarantine(self, store_id, reason, counter=None):
+        """Move a batch the upstream rejected out of the queue, keeping its bytes for inspection or requeue.
+        ``counter`` names a second persisted counter to bump (``conflict_batches``, ``poison_batches``)."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -402,6 +414,8 @@ class Store:
                                         (store_id,)).fetchone()[0]
                 self._db.execute("DELETE FROM batches WHERE id = ?", (store_id,))
                 self._bump("quarantined")
+                if counter:
+                    self._bump(counter)
                 self._commit()
             except sqlite3.Error as exc:
                 self._rollback()
@@ -475,16 +489,21 @@ class Store:
         return n, readings, self._bytes, alarms
 
     def dump(self, out):
-        """Write every queued batch to the file object ``out`` as a CBOR sequence (RFC 8742). Returns the count."""
-        n = 0
+        """Write every queued batch, then every quarantined one, to the file object ``out`` as a CBOR sequence
+        (RFC 8742): the exact signed bytes. Returns ``(queued, quarantined)``, the counts written. A blob damaged
+        on disk is skipped (``pending`` quarantines a queued one; a quarantined one stays for inspection)."""
+        counts = []
         with self._lock:
-            for (blob,) in self._db.execute("SELECT data FROM batches ORDER BY prio DESC, id").fetchall():
-                try:
-                    out.write(_inflate(blob))
-                except zlib.error:
-                    continue  # damaged on disk: pending() quarantines it
-                n += 1
-        return n
+            for query in ("SELECT data FROM batches ORDER BY prio DESC, id", "SELECT data FROM quarantine ORDER BY id"):
+                n = 0
+                for (blob,) in self._db.execute(query).fetchall():
+                    try:
+                        out.write(_inflate(blob))
+                    except zlib.error:
+                        continue
+                    n += 1
+                counts.append(n)
+        return tuple(counts)
 
     # -- durability --------------------------------------------------------------------------------------------
     def _commit(self):

@@ -361,6 +361,12 @@ class Console:
                 sc.get("dropped_batches", 0), sc.get("dropped_readings", 0), sc.get("dropped_alarm_batches", 0),
                 sc.get("expired_batches", 0), c.get("memory_dropped_batches", 0),
                 c.get("memory_dropped_readings", 0), sc.get("quarantined", c.get("quarantined", 0))),
+        ]
+        integrity = [sc.get(k, 0) for k in ("salvaged_batches", "lost_batches", "poison_batches", "conflict_batches")]
+        if any(integrity):
+            lines.append("integrity salvaged %d, lost %d (corrupt queue); poison %d, conflict %d batches" % tuple(
+                integrity))
+        lines += [
             "readings  %d in, %d sent in %d batches; %d uplink failures" % (
                 c.get("readings_in", 0), c.get("readings_sent", 0), c.get("batches_sent", 0),
                 c.get("uplink_failures", 0)),

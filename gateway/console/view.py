@@ -167,11 +167,12 @@ class AgentView(GatewayView):
             raise ValueError("give an absolute path, e.g. /media/usb/queue.cbor")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
-            n = self.agent.store.dump(f)
+            queued, quarantined = self.agent.store.dump(f)
             f.flush()
             os.fsync(f.fileno())
             size = f.tell()
-        return "wrote %d batches (%d bytes) to %s; the queue is unchanged" % (n, size, path)
+        return "wrote %d batches (%d bytes) to %s: %d queued, %d quarantined; the queue is unchanged" % (
+            queued + quarantined, size, path, queued, quarantined)
 
     def store_requeue(self):
         n = self.agent.store.requeue_quarantined()

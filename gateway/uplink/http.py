@@ -4,7 +4,9 @@
   it off.
 * One keep-alive connection, reopened after any error.
 * 408, 425, 429 and 5xx are retryable and ``Retry-After`` (seconds or an HTTP date) is passed on to the backoff.
-  Any other 4xx is a rejection of these bytes: not retryable, so the agent quarantines the batch.
+  Any other 4xx is a rejection of these bytes: not retryable, so the agent quarantines the batch. That includes
+  ``409`` (conflict: the backend holds different content under this batch's ``(gw, boot, seq)``), which the agent
+  also counts as ``conflict_batches``: such a batch is kept, never taken as delivered.
 """
 
 import email.utils
