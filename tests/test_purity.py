@@ -6,7 +6,7 @@ import sys
 import pytest
 
 PURE = ["gateway.senml", "gateway.wire", "gateway.batcher", "gateway.model", "gateway.rules", "gateway.presence",
-        "drivers.ble.adverts", "drivers.ble.selection", "drivers.bounds", "gateway.redact", "gateway.cbor_strict",
+        "drivers.ble.adverts", "drivers.ble.selection", "drivers.bounds", "gateway.redact", "gateway.cbor_strict", "gateway.poison",
         "drivers.ble.bthome", "drivers.ble.ruuvi", "drivers.ble.atc", "drivers.ble.ess",
         "drivers.serial.nmea", "drivers.serial.modbus", "drivers.serial.lines", "drivers.serial.protocols"]
 IO = ["asyncio", "serial", "bleak", "socket", "sqlite3", "http", "paho", "dbus_fast"]
