@@ -239,7 +239,7 @@ def _check_table(table, schema, file, where, what):
 def _check_source(src, i, file):
     where = "sources[%d]" % i
     kind = src.get("type")
-    if kind not in SOURCE_TYPES:
+    if not isinstance(kind, str) or kind not in SOURCE_TYPES:
         raise ConfigError("must be one of %s, got %r%s" % (", ".join(SOURCE_TYPES), kind, _did_you_mean(
             kind, SOURCE_TYPES) if isinstance(kind, str) else ""), file, where + ".type")
     name = src.get("name")
@@ -248,7 +248,7 @@ def _check_source(src, i, file):
     schema, what = SOURCE_KEYS[kind], "%s source %r" % (kind, name or "%s%d" % (kind, i))
     if kind == "serial":
         protocol = src.get("protocol", "lines")
-        if protocol not in PROTOCOL_KEYS:
+        if not isinstance(protocol, str) or protocol not in PROTOCOL_KEYS:
             raise ConfigError("must be one of %s, got %r" % (", ".join(PROTOCOL_KEYS), protocol), file,
                               where + ".protocol")
         schema, what = dict(schema, **PROTOCOL_KEYS[protocol]), "%s (protocol %s)" % (what, protocol)

@@ -166,3 +166,14 @@ def test_documented_source_examples_load(tmp_path):
     for block in blocks:
         config.loads(block, "example")
     config.load(os.path.join(root, "deploy", "config.example.toml"))
+
+
+@pytest.mark.parametrize("line, key", [('protocol = {sensor = "*"}', "sources[0].protocol"),
+                                       ('protocol = ["nmea"]', "sources[0].protocol")])
+def test_a_table_where_a_name_is_expected_is_a_config_error(line, key):
+    # Found by 'edge-gateway fuzz' (config.loads): a table as the protocol raised TypeError (unhashable dict).
+    text = '[gateway]\nid = "gw-f"\n[uplink]\nurl = "https://h.example/v1"\n[[sources]]\ntype = "serial"\n' \
+           'port = "/dev/x"\n%s\n' % line
+    with pytest.raises(config.ConfigError) as exc:
+        config.loads(text, "fuzz.toml")
+    assert exc.value.key == key
