@@ -84,7 +84,7 @@ def test_help_and_status_through_picocom(config_path, tmp_path):  # noqa: F811
         assert "uplink test" in shown and "After 'unlock' (technician PIN):" in shown
         tmux(sock, "send-keys", "status", "Enter")
         shown = screen_until(sock, "readings  ")
-        assert "gateway   gw-console  (edge-gateway 0.1.0, boot 1, kid %s)" % rig.agent.kid in shown
+        assert "gateway   gw-console  (edge-gateway 0.1.0, boot %d, kid %s)" % (rig.agent.boot, rig.agent.kid) in shown
         assert "uplink    " in shown and "queue     " in shown
         for line in shown.splitlines():
             assert len(line.rstrip()) <= 80

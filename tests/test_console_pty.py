@@ -212,7 +212,7 @@ def test_byte_at_a_time_backspace_and_real_status(config_path, pty_pair, receive
         lines = term.cmd("status", byte_at_a_time=True)
         text = "\n".join(lines)
         assert fits(lines)
-        assert "gateway   gw-console  (edge-gateway 0.1.0, boot 1, kid %s)" % rig.agent.kid in text
+        assert "gateway   gw-console  (edge-gateway 0.1.0, boot %d, kid %s)" % (rig.agent.boot, rig.agent.kid) in text
         assert ("clock     synced" in text) == bool(kernel_clock_synced())
         assert re.search(r"uplink    (up|idle)  %s" % re.escape(receiver[0].url), text)  # idle: queue empty
         assert "last ack  never" not in text
