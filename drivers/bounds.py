@@ -16,7 +16,7 @@ lines, NMEA, Modbus, BTHome, Ruuvi, pvvx/ATC and ESS alike.
 
 import math
 
-from gateway.errors import DecodeError
+from gateway.core.errors import DecodeError
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1

@@ -1,7 +1,7 @@
 """Build sources from the ``[[sources]]`` tables of the config. Adapters are imported only when used, so a
 gateway with no BLE sensors never loads bleak (and its D-Bus stack) into memory."""
 
-from gateway.errors import ConfigError
+from gateway.core.errors import ConfigError
 
 
 def build_source(spec, clock, file=None, index=0, state_dir=None):

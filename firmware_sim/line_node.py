@@ -55,7 +55,7 @@ class Sample:
 
 def rules_engine(deadband, heartbeat):
     try:
-        from gateway.rules import RuleEngine
+        from gateway.core.rules import RuleEngine
     except ImportError:  # on a node flashed with only the rules package
         from rules import RuleEngine
     rule = {"match": {"name": "temp"}, "deadband": deadband}

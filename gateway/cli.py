@@ -1,6 +1,6 @@
 """``edge-gateway``: the one entry point. It only parses arguments and wires things together (habit 10).
 
-Subcommands and flags are a contract with scripts outside the project (``../shared/DESIGN.md``, CLI contract):
+Subcommands and flags are a contract with scripts outside the project (``docs/architecture.md``, CLI contract):
 change them only in backward-compatible ways.
 """
 
@@ -26,14 +26,14 @@ def _setup_logging(level):
 def cmd_demo(args):
     _setup_logging("warning" if not args.verbose else "info")
     if args.scenario:
-        from gateway.scenarios import UnknownScenario, run_scenario
+        from tools.scenarios import UnknownScenario, run_scenario
         try:
             summary = run_scenario(args, out=sys.stdout)
         except UnknownScenario as exc:
             print("edge-gateway: %s" % exc, file=sys.stderr)
             return 2
         return 0 if summary["ok"] else 1
-    from gateway.demo import run_demo
+    from tools.demo import run_demo
     if args.store:
         try:
             os.makedirs(args.store, mode=0o700, exist_ok=True)
@@ -48,10 +48,10 @@ def cmd_demo(args):
 def cmd_run(args):
     """Exit status: 0 after SIGTERM; 78 (EX_CONFIG) for a config error, which systemd does not restart
     (``RestartPreventExitStatus=``); 2 for a key or store that cannot be used; 75 for the console's ``restart``."""
-    from gateway.config import EX_CONFIG, load
-    from gateway.errors import ConfigError, KeyFileError, StoreError
-    from gateway.redact import install_log_redaction, redact_text
-    from gateway.service import run_service
+    from gateway.app.config import EX_CONFIG, load
+    from gateway.core.errors import ConfigError, KeyFileError, StoreError
+    from gateway.core.redact import install_log_redaction, redact_text
+    from gateway.app.service import run_service
     try:
         cfg = load(args.config)
     except ConfigError as exc:
@@ -70,9 +70,9 @@ def cmd_run(args):
 
 
 def cmd_receive(args):
-    from gateway.errors import KeyFileError
-    from gateway.keys import TrustStore
-    from gateway.receiver import Receiver, ReceiverServer
+    from gateway.core.errors import KeyFileError
+    from gateway.adapters.keys import TrustStore
+    from backend.receiver import Receiver, ReceiverServer
     _setup_logging(args.log_level)
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
@@ -97,7 +97,7 @@ def cmd_receive(args):
                                                                      args.db), flush=True)
     consumer = None
     if args.mqtt:
-        from gateway.uplink.mqtt import MqttConsumer
+        from gateway.adapters.uplink.mqtt import MqttConsumer
         consumer = MqttConsumer.from_url(args.mqtt, receiver, group=args.mqtt_group).start()
     stopped = []
     signal.signal(signal.SIGTERM, lambda *a: stopped.append(1))
@@ -117,9 +117,9 @@ def cmd_receive(args):
 
 def cmd_verify(args):
     """Each FILE is a CBOR sequence of batches (RFC 8742): one ``.cose`` batch, or many from ``store flush-to-file``."""
-    from gateway.errors import KeyFileError, VerifyError
-    from gateway.keys import TrustStore
-    from gateway.wire import split_batches, verify
+    from gateway.core.errors import KeyFileError, VerifyError
+    from gateway.adapters.keys import TrustStore
+    from gateway.core.wire import split_batches, verify
     try:
         trust = TrustStore.load(args.trust)
     except KeyFileError as exc:
@@ -170,7 +170,7 @@ def cmd_decode(args):
     (an unknown object after good ones) prints what decoded, then the error, and exits 1."""
     from drivers.bounds import PartialDecode
     from drivers.formats import cli_decoder
-    from gateway.errors import DecodeError
+    from gateway.core.errors import DecodeError
     try:
         decode = cli_decoder(args.format)
     except KeyError as exc:
@@ -206,8 +206,8 @@ def cmd_decode(args):
 
 #: Subcommands implemented in their own modules. They are imported only when needed, so the long-running agent
 #: (``run``) does not carry the installer's, the bench's or the console's code in its memory.
-EXTRA_COMMANDS = {"provision": "gateway.provision", "doctor": "gateway.doctor", "console": "gateway.console.cli",
-                  "bench": "gateway.bench", "fuzz": "gateway.fuzz"}
+EXTRA_COMMANDS = {"provision": "tools.provision", "doctor": "gateway.app.doctor", "console": "gateway.app.console.command",
+                  "bench": "tools.bench", "fuzz": "tools.fuzz_cmd"}
 
 
 def build_parser(command=None):
@@ -262,8 +262,27 @@ def build_parser(command=None):
     import importlib
     for name, module in EXTRA_COMMANDS.items():
         if command is None or command == name:
-            importlib.import_module(module).register(sub)
+            try:
+                importlib.import_module(module).register(sub)
+            except ModuleNotFoundError as exc:
+                if not _not_shipped(exc):
+                    raise
+                sub.add_parser(name, help="(not installed here: %s)" % NOT_SHIPPED).set_defaults(func=_missing)
     return p
+
+
+#: ``backend/`` and ``tools/`` do not ship in the gateway's wheel (docs/architecture.md): on a gateway, their
+#: commands say so instead of failing with a traceback.
+NOT_SHIPPED = "a command of the backend or the tools, which run from a checkout of the project, not on a gateway"
+
+
+def _not_shipped(exc):
+    return (exc.name or "").split(".")[0] in ("backend", "tools", "firmware_sim")
+
+
+def _missing(args):
+    print("edge-gateway: '%s' is %s" % (args.command, NOT_SHIPPED), file=sys.stderr)
+    return 2
 
 
 def main(argv=None):
@@ -273,6 +292,10 @@ def main(argv=None):
     args = build_parser(command if core else None).parse_args(argv)
     try:
         return args.func(args)
+    except ModuleNotFoundError as exc:
+        if not _not_shipped(exc):
+            raise
+        return _missing(args)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -15,13 +15,13 @@ if VENV_BIN not in os.environ.get("PATH", "").split(os.pathsep):
 
 @pytest.fixture
 def signing_key():
-    from gateway.keys import SigningKey
+    from gateway.adapters.keys import SigningKey
     return SigningKey.generate()
 
 
 @pytest.fixture
 def trust(signing_key):
-    from gateway.keys import TrustStore
+    from gateway.adapters.keys import TrustStore
     return TrustStore({"keys": [signing_key.jwk("gw-test")]})
 
 

@@ -1,6 +1,6 @@
 """Rules-engine cases that run unchanged on CPython (via pytest) and on the real MicroPython unix port.
 
-Under MicroPython run it as a script with ``MICROPYPATH=<repo>/gateway:<repo>/firmware_sim``: it imports the
+Under MicroPython run it as a script with ``MICROPYPATH=<repo>/gateway/core:<repo>/firmware_sim``: it imports the
 engine as the top-level package ``rules`` (as a sensor node would) and prints ``OK <n>`` when every case passes,
 or one ``FAIL <case>: <error>`` line per failure followed by ``FAILED <k>/<n>``.
 """
@@ -11,7 +11,7 @@ if sys.implementation.name == "micropython":
     import rules
     import fridge
 else:
-    from gateway import rules
+    from gateway.core import rules
     from firmware_sim import fridge
 
 

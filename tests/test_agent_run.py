@@ -6,10 +6,10 @@ import sys
 import time
 
 
-from firmware_sim.harness import PtyNode
-from gateway import keys
-from gateway.keys import TrustStore
-from gateway.receiver import Receiver, ReceiverServer
+from tools.sim.harness import PtyNode
+from gateway.adapters import keys
+from gateway.adapters.keys import TrustStore
+from backend.receiver import Receiver, ReceiverServer
 
 EG = [sys.executable, "-m", "gateway.cli"]
 

@@ -4,14 +4,14 @@ against a real HTTP receiver on loopback."""
 import asyncio
 import time
 
-from gateway import keys
-from gateway.agent import Agent
-from gateway.bench import _backlog
-from gateway.clock import SystemClock
-from gateway.model import Event
-from gateway.receiver import Receiver, ReceiverServer
-from gateway.store import Store
-from gateway.uplink.http import HttpUplink
+from gateway.adapters import keys
+from gateway.app.agent import Agent
+from tools.bench import _backlog
+from gateway.core.clock import SystemClock
+from gateway.core.model import Event
+from backend.receiver import Receiver, ReceiverServer
+from gateway.adapters.store import Store
+from gateway.adapters.uplink.http import HttpUplink
 
 GW = "gw-bench"
 

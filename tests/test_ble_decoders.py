@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 from drivers.ble import atc, bthome, ess, ruuvi
 from drivers.formats import cli_decoder
-from gateway.errors import DecodeError
-from gateway.model import Measurement
+from gateway.core.errors import DecodeError
+from gateway.core.model import Measurement
 
 VECTORS = ROOT / "tests" / "vectors"
 FORMATS = ("bthome", "ruuvi", "atc", "ess")

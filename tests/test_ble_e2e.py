@@ -1,7 +1,7 @@
 """BLE end to end: sensor adverts -> mocked BlueZ on a private D-Bus -> bleak's real BlueZ backend -> BleScanSource /
 GattPollSource -> a real Agent (Store, HttpUplink) -> ReceiverServer on 127.0.0.1 -> values in its SQLite.
 
-Nothing in bleak is patched: the harness (firmware_sim/bluez_mock.py) speaks D-Bus like bluetoothd does.
+Nothing in bleak is patched: the harness (tools/sim/bluez_mock.py) speaks D-Bus like bluetoothd does.
 """
 
 import asyncio
@@ -20,13 +20,13 @@ if shutil.which("dbus-daemon") is None:
 
 from drivers.ble.adapter import build_ble_source  # noqa: E402
 from firmware_sim import ble_nodes  # noqa: E402
-from firmware_sim.bluez_mock import BluezMock  # noqa: E402
-from gateway.agent import Agent  # noqa: E402
-from gateway.clock import SystemClock  # noqa: E402
-from gateway.config import BatchSection  # noqa: E402
-from gateway.receiver import Receiver, ReceiverServer  # noqa: E402
-from gateway.store import Store  # noqa: E402
-from gateway.uplink.http import HttpUplink  # noqa: E402
+from tools.sim.bluez_mock import BluezMock  # noqa: E402
+from gateway.app.agent import Agent  # noqa: E402
+from gateway.core.clock import SystemClock  # noqa: E402
+from gateway.app.config import BatchSection  # noqa: E402
+from backend.receiver import Receiver, ReceiverServer  # noqa: E402
+from gateway.adapters.store import Store  # noqa: E402
+from gateway.adapters.uplink.http import HttpUplink  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 

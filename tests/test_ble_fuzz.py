@@ -23,8 +23,8 @@ if str(ROOT) not in sys.path:  # no packaging config yet: make the repository im
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM  # noqa: E402
 
 from drivers.ble import atc, bthome, ess, ruuvi  # noqa: E402
-from gateway.errors import DecodeError  # noqa: E402
-from gateway.model import Measurement  # noqa: E402
+from gateway.core.errors import DecodeError  # noqa: E402
+from gateway.core.model import Measurement  # noqa: E402
 
 EXAMPLES = 1000
 CHUNK = 110  # > 100 so that the 100,000 floor holds even if hypothesis skips a few duplicate examples

@@ -186,7 +186,7 @@ def test_config_errors_name_the_key(spec, key):
 
 def test_config_errors_become_config_errors_naming_file_and_source():
     from drivers.sources import build_source
-    from gateway.errors import ConfigError
+    from gateway.core.errors import ConfigError
     with pytest.raises(ConfigError) as err:
         build_source({"type": "ble", "watchdog_s": -3}, _Clock(), file="gw.toml", index=2)
     assert str(err.value).startswith("gw.toml: sources[2]: watchdog_s:")

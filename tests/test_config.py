@@ -2,8 +2,8 @@
 
 import pytest
 
-from gateway import config
-from gateway.errors import ConfigError
+from gateway.app import config
+from gateway.core.errors import ConfigError
 
 
 def write(tmp_path, text):

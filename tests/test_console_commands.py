@@ -5,14 +5,14 @@ import datetime
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from gateway.clock import FakeClock
-from gateway.console import settings
-from gateway.console.auth import AuditLog, PinLock, hash_pin, parse_pin_hash, verify_pin
-from gateway.console.board import SensorBoard
-from gateway.console.commands import COMMANDS, Console, GatewayView, Probe, Reply, Work, fit, run_sync
-from gateway.console.protocol import Line
-from gateway.errors import ConfigError
-from gateway.model import Event, Reading
+from gateway.core.clock import FakeClock
+from gateway.app.console import settings
+from gateway.app.console.auth import AuditLog, PinLock, hash_pin, parse_pin_hash, verify_pin
+from gateway.app.console.board import SensorBoard
+from gateway.app.console.commands import COMMANDS, Console, GatewayView, Probe, Reply, Work, fit, run_sync
+from gateway.app.console.protocol import Line
+from gateway.core.errors import ConfigError
+from gateway.core.model import Event, Reading
 
 PIN = "471100"
 # Cheap scrypt parameters keep the pure tests fast; the real default is checked in test_hash_pin_default.
@@ -51,7 +51,7 @@ class FakeView(GatewayView):
     def sensor_latest(self, sensor): return self.board.latest(sensor)
     def sensor_recent(self, sensor, n): return self.board.recent(sensor, n)
     def alarms(self): return self.alarm_list
-    def log_lines(self, n): return ["12:00:00 WARN gateway.agent: " + LONG][:n]
+    def log_lines(self, n): return ["12:00:00 WARN gateway.app.agent: " + LONG][:n]
     def config_data(self): return self.config
     def keys(self): return {"kid": "AbCdEfGhIjK", "alg": "EdDSA (Ed25519)", "fingerprint": "SHA256:" + "f" * 43,
                             "x": "x" * 43}

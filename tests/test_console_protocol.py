@@ -7,7 +7,7 @@ import sys
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from gateway.console.protocol import ERASE, Line, LineDiscipline
+from gateway.app.console.protocol import ERASE, Line, LineDiscipline
 
 
 def feed_all(data, max_line=160, chunks=None):
@@ -113,8 +113,8 @@ def test_random_bytes_whole_equals_chunked(data, chunk):
 def test_pure_modules_do_no_io():
     """House style habit 1: the console's core imports no IO library (checked in a fresh interpreter)."""
     code = ("import sys\n"
-            "import gateway.console.protocol, gateway.console.commands, gateway.console.auth, "
-            "gateway.console.board, gateway.console.settings\n"
+            "import gateway.app.console.protocol, gateway.app.console.commands, gateway.app.console.auth, "
+            "gateway.app.console.board, gateway.app.console.settings\n"
             "bad = [m for m in ('asyncio', 'serial', 'socket', 'termios', 'select', 'http.client', 'bleak') "
             "if m in sys.modules]\n"
             "print(','.join(bad))\n")

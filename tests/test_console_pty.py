@@ -16,15 +16,16 @@ import cbor2
 import pytest
 
 from drivers.base import Source
-from gateway import keys, wire
-from gateway.clock import kernel_clock_synced
-from gateway.config import load, to_toml
-from gateway.console.auth import hash_pin
-from gateway.console.cli import serve_console
-from gateway.console.commands import COMMANDS
-from gateway.model import Reading
-from gateway.receiver import Receiver, ReceiverServer
-from gateway.service import build_agent
+from gateway.adapters import keys
+from gateway.core import wire
+from gateway.core.clock import kernel_clock_synced
+from gateway.app.config import load, to_toml
+from gateway.app.console.auth import hash_pin
+from gateway.app.console.serve import serve_console
+from gateway.app.console.commands import COMMANDS
+from gateway.core.model import Reading
+from backend.receiver import Receiver, ReceiverServer
+from gateway.app.service import build_agent
 
 pytestmark = pytest.mark.timeout(60)
 PIN = "246800"

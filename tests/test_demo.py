@@ -9,9 +9,9 @@ import sys
 import cbor2
 import pytest
 
-from gateway import senml, wire
-from gateway.keys import TrustStore
-from gateway.receiver import Receiver
+from gateway.core import senml, wire
+from gateway.adapters.keys import TrustStore
+from backend.receiver import Receiver
 from tests.test_wire import pycose_verify
 
 EG = [sys.executable, "-m", "gateway.cli"]

@@ -12,8 +12,10 @@ import threading
 
 import pytest
 
-from gateway import doctor, keys, provision
-from gateway.config import load
+from gateway.app import doctor
+from gateway.adapters import keys
+from tools import provision
+from gateway.app.config import load
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -172,7 +174,7 @@ def test_ble_without_bluez_warns_or_fails_by_config(tmp_path, monkeypatch):
 def test_ble_adapter_powered_over_dbus(tmp_path):
     pytest.importorskip("dbusmock")
     dbus = pytest.importorskip("dbus")
-    from firmware_sim.bluez_mock import BluezMock
+    from tools.sim.bluez_mock import BluezMock
     cfg, _ = make_gateway(tmp_path)
     cfg2 = tmp_path / "ble.toml"
     cfg2.write_text(open(cfg).read() + BLE_SOURCE)

@@ -30,7 +30,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from gateway import keys, wire
+from gateway.adapters import keys
+from gateway.core import wire
 
 GW = "gw-demo"
 BIN = os.path.join(os.path.dirname(sys.executable), "edge-gateway")

@@ -12,7 +12,7 @@ if str(ROOT) not in sys.path:  # no packaging config yet: make the repository im
     sys.path.insert(0, str(ROOT))
 
 from drivers.ble import atc, bthome, ruuvi  # noqa: E402
-from gateway.errors import DecodeError  # noqa: E402
+from gateway.core.errors import DecodeError  # noqa: E402
 
 MICROPYTHON = shutil.which("micropython") or next(
     (str(p) for p in (pathlib.Path(sys.executable).parent / "micropython", ROOT / ".venv" / "bin" / "micropython")

@@ -3,8 +3,8 @@ total). Only the project's typed errors may come out; ``edge-gateway fuzz`` is t
 
 import pytest
 
-from gateway import fuzz
-from gateway.fuzz_targets import targets
+from tools import fuzz
+from tools.fuzz_targets import targets
 
 INPUTS = 3000
 TARGETS = targets()

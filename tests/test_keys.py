@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from gateway import keys
-from gateway.errors import KeyFileError
+from gateway.adapters import keys
+from gateway.core.errors import KeyFileError
 
 
 def test_created_key_is_0600_and_loads_back(tmp_path):
@@ -128,8 +128,8 @@ def test_trust_store_refuses_a_repeated_kid(tmp_path):
 
 def test_an_unbound_key_cannot_write_as_another_gateway():
     """The attack: a key with no gw signed batches for gw-a and took over its (boot, seq) space."""
-    from gateway import wire
-    from gateway.errors import VerifyError
+    from gateway.core import wire
+    from gateway.core.errors import VerifyError
     victim, rogue = keys.SigningKey.generate(), keys.SigningKey.generate()
     with pytest.raises(KeyFileError, match="not bound"):
         keys.TrustStore({"keys": [victim.jwk("gw-a"), rogue.jwk()]})
@@ -141,7 +141,7 @@ def test_an_unbound_key_cannot_write_as_another_gateway():
 
 
 def test_several_keys_may_serve_one_gateway_for_rotation():
-    from gateway import wire
+    from gateway.core import wire
     old, new = keys.SigningKey.generate(), keys.SigningKey.generate()
     trust = keys.TrustStore({"keys": [old.jwk("gw-a"), dict(new.jwk("gw-a"), status="retired-pending")]})
     for key in (old, new):

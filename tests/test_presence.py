@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from gateway.model import Reading
-from gateway.presence import PresenceTracker
+from gateway.core.model import Reading
+from gateway.core.presence import PresenceTracker
 
 ZONES = [{"name": "lab-1", "beacons": ["tag-a", "tag-b"], "sensors": ["pir-1"], "enter_dbm": -65, "leave_dbm": -75}]
 

@@ -9,8 +9,11 @@ import subprocess
 
 import pytest
 
-from gateway import config, keys, provision, wheelhouse, wire
-from gateway.errors import VerifyError
+from gateway.app import config
+from gateway.adapters import keys
+from tools import provision, wheelhouse
+from gateway.core import wire
+from gateway.core.errors import VerifyError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,7 +78,7 @@ def test_mqtt_sensors_and_bad_input(tmp_path):
 
 def test_pin_uses_console_hash_when_available(tmp_path):
     try:
-        from gateway.console.auth import hash_pin  # noqa: F401 (written in parallel by the console helper)
+        from gateway.app.console.auth import hash_pin  # noqa: F401 (written in parallel by the console helper)
     except ImportError:
         rc, _ = run("--gateway-id", "gw-p", "--uplink", "http://x/", "--pin", "123456", "--out", str(tmp_path))
         assert rc == 2  # never silently leaves the console without its PIN
@@ -162,8 +165,8 @@ def test_first_boot_bundle(tmp_path, tmp_path_factory):
 
 
 def test_update_trust_never_rebinds_a_kid_to_another_gateway(tmp_path):
-    from gateway.keys import SigningKey
-    from gateway.provision import ProvisionError, update_trust
+    from gateway.adapters.keys import SigningKey
+    from tools.provision import ProvisionError, update_trust
     path = str(tmp_path / "jwks.json")
     key = SigningKey.generate()
     update_trust(path, add=[key.jwk("gw-a")])

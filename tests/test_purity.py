@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-PURE = ["gateway.senml", "gateway.wire", "gateway.batcher", "gateway.model", "gateway.rules", "gateway.presence",
-        "drivers.ble.adverts", "drivers.ble.selection", "drivers.bounds", "gateway.redact", "gateway.cbor_strict", "gateway.poison",
+PURE = ["gateway.core.senml", "gateway.core.wire", "gateway.core.batcher", "gateway.core.model", "gateway.core.rules", "gateway.core.presence",
+        "drivers.ble.adverts", "drivers.ble.selection", "drivers.bounds", "gateway.core.redact", "gateway.core.cbor_strict", "gateway.core.poison",
         "drivers.ble.bthome", "drivers.ble.ruuvi", "drivers.ble.atc", "drivers.ble.ess",
         "drivers.serial.nmea", "drivers.serial.modbus", "drivers.serial.lines", "drivers.serial.protocols"]
 IO = ["asyncio", "serial", "bleak", "socket", "sqlite3", "http", "paho", "dbus_fast"]

@@ -6,10 +6,10 @@ import urllib.parse
 
 import pytest
 
-from gateway import senml, wire
-from gateway.keys import SigningKey
-from gateway.model import Reading
-from gateway.receiver import Receiver, ReceiverServer
+from gateway.core import senml, wire
+from gateway.adapters.keys import SigningKey
+from gateway.core.model import Reading
+from backend.receiver import Receiver, ReceiverServer
 
 
 @pytest.fixture

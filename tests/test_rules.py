@@ -14,8 +14,8 @@ for _p in (str(ROOT), str(ROOT / "tests")):
 
 import rules_mpy_cases as cases  # noqa: E402
 from firmware_sim import fridge  # noqa: E402
-from gateway import rules  # noqa: E402
-from gateway.model import Event, Reading  # noqa: E402
+from gateway.core import rules  # noqa: E402
+from gateway.core.model import Event, Reading  # noqa: E402
 
 RULES_DIR = pathlib.Path(rules.__file__).parent
 

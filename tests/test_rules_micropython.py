@@ -28,7 +28,7 @@ MICROPYTHON = _micropython()
 def test_rules_cases_pass_under_micropython():
     env = dict(os.environ)
     # The engine is imported as the top-level package ``rules``, as on a sensor node (no ``gateway`` package).
-    env["MICROPYPATH"] = os.pathsep.join([str(ROOT / "gateway"), str(ROOT / "firmware_sim"), ".frozen"])
+    env["MICROPYPATH"] = os.pathsep.join([str(ROOT / "gateway" / "core"), str(ROOT / "firmware_sim"), ".frozen"])
     proc = subprocess.run([MICROPYTHON, str(ROOT / "tests" / "rules_mpy_cases.py")], env=env, cwd=str(ROOT),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -48,7 +48,7 @@ def test_micropython_reports_failures():
         "c.main()\n"
     )
     env = dict(os.environ)
-    env["MICROPYPATH"] = os.pathsep.join([str(ROOT / "gateway"), str(ROOT / "firmware_sim"), str(ROOT / "tests")])
+    env["MICROPYPATH"] = os.pathsep.join([str(ROOT / "gateway" / "core"), str(ROOT / "firmware_sim"), str(ROOT / "tests")])
     proc = subprocess.run([MICROPYTHON, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "FAIL case_broken: AssertionError: got 1, want 2" in proc.stdout

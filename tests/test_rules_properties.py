@@ -12,7 +12,7 @@ for _p in (str(ROOT), str(ROOT / "tests")):
         sys.path.insert(0, _p)
 
 from rules_mpy_cases import R, RebuildCheck  # noqa: E402
-from gateway import rules  # noqa: E402
+from gateway.core import rules  # noqa: E402
 
 ALL = {"sensor": "*", "name": "*"}
 values = st.floats(min_value=-1000, max_value=1000, allow_nan=False, allow_infinity=False)

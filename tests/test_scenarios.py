@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from gateway.scenarios import SCENARIOS, UnknownScenario, run_scenario
+from tools.scenarios import SCENARIOS, UnknownScenario, run_scenario
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -69,7 +69,7 @@ def test_home_support():
     assert all(v > 0 for v in s["battery_warning_lead_min"].values())
     assert all(600 <= v <= 720 for v in s["silent_after_last_reading_s"].values())
     assert s["meter_readings"] > 20
-    from firmware_sim.radio import BluezRadio
+    from tools.sim.radio import BluezRadio
     if BluezRadio.available():  # the test extras are installed: the adverts went through bleak and BlueZ
         assert s["ble_path"] == "bluez-mock"
 

@@ -17,15 +17,18 @@ import types
 
 import pytest
 
-from gateway import doctor, keys, provision
-from gateway.clock import FakeClock
-from gateway.config import load, to_toml
-from gateway.console import cli as console_cli
-from gateway.console.auth import AuditLog, LockState, PinLock, hash_pin
-from gateway.console.commands import Console, run_sync
-from gateway.console.protocol import Line
-from gateway.console.view import RingLogHandler
-from gateway.redact import is_loopback, plaintext_uplink, redact_text, redact_url
+from gateway.app import doctor
+from gateway.adapters import keys
+from tools import provision
+from gateway.core.clock import FakeClock
+from gateway.app.config import load, to_toml
+from gateway.app.console import command as console_command
+from gateway.app.console import serve as console_serve
+from gateway.app.console.auth import AuditLog, LockState, PinLock, hash_pin
+from gateway.app.console.commands import Console, run_sync
+from gateway.app.console.protocol import Line
+from gateway.app.console.view import RingLogHandler
+from gateway.core.redact import is_loopback, plaintext_uplink, redact_text, redact_url
 
 from test_console_commands import FakeView
 
@@ -96,7 +99,7 @@ def test_console_keeps_lock_state_and_audit_beside_the_agent_state(tmp_path):
     cfg.write_text(to_toml({"gateway": {"state_dir": str(tmp_path / "state")},
                             "console": {"pin_hash": PIN_HASH}}))
     agent = types.SimpleNamespace(clock=FakeClock(), observers=[])
-    server = console_cli.build_console(agent, "/dev/null", str(cfg))
+    server = console_serve.build_console(agent, "/dev/null", str(cfg))
     console = server.console
     assert console.lock.state.path == str(tmp_path / "state" / "console-lock.json")
     assert console.audit.path == str(tmp_path / "state" / "console-audit.log")
@@ -142,7 +145,7 @@ def test_short_pins_are_refused_where_a_pin_is_set(tmp_path, pin):
     args = argparse.Namespace(set_pin=True, config=str(cfg), port=None)
     old, sys.stderr = sys.stderr, err
     try:
-        rc = console_cli.cmd_console(args, stdin=io.StringIO("%s\n%s\n" % (pin, pin)), out=io.StringIO())
+        rc = console_command.cmd_console(args, stdin=io.StringIO("%s\n%s\n" % (pin, pin)), out=io.StringIO())
     finally:
         sys.stderr = old
     assert rc == 2 and "at least 6" in err.getvalue() and "pin_hash" not in cfg.read_text()
@@ -183,7 +186,7 @@ def test_console_status_config_show_log_and_audit_redact_urls():
     console = Console(view, PinLock(PIN_HASH, clock), AuditLog(clock))
     ring = RingLogHandler()
     import logging
-    ring.handle(logging.LogRecord("gateway.agent", logging.INFO, __file__, 1, "agent starting, uplink %s",
+    ring.handle(logging.LogRecord("gateway.app.agent", logging.INFO, __file__, 1, "agent starting, uplink %s",
                                   (SECRET_URL,), None))
     view.log_lines = ring.tail
     shown = {}

@@ -28,8 +28,8 @@ from drivers.formats import FORMATS, cli_decoder  # noqa: E402
 from drivers.serial import lines, modbus, nmea  # noqa: E402
 from drivers.serial.protocols import LinesProtocol, NmeaProtocol  # noqa: E402
 from gateway import cli  # noqa: E402
-from gateway.errors import ConfigError, DecodeError  # noqa: E402
-from gateway.model import Event, Reading  # noqa: E402
+from gateway.core.errors import ConfigError, DecodeError  # noqa: E402
+from gateway.core.model import Event, Reading  # noqa: E402
 
 VECTORS = ROOT / "tests" / "vectors"
 KEY = bytes.fromhex("231d39c1d7cc1ab1aee224cd096db932")  # bthome.io/encryption example bindkey

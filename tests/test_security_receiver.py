@@ -15,11 +15,11 @@ import urllib.parse
 import cbor2
 import pytest
 
-from gateway import receiver as receiver_mod
-from gateway import senml, wire
-from gateway.keys import SigningKey, TrustStore
-from gateway.model import Reading
-from gateway.receiver import Receiver, ReceiverServer
+from backend import receiver as receiver_mod
+from gateway.core import senml, wire
+from gateway.adapters.keys import SigningKey, TrustStore
+from gateway.core.model import Reading
+from backend.receiver import Receiver, ReceiverServer
 
 
 @pytest.fixture

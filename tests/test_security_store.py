@@ -18,18 +18,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cbor2
 
 from drivers.base import Source
-from gateway import keys, senml, wire
-from gateway.agent import Agent
-from gateway.clock import FakeClock, SystemClock
-from gateway.config import BatchSection
-from gateway.console.commands import Console
-from gateway.console.view import AgentView
-from gateway.errors import StoreError
-from gateway.model import EncodedBatch, Reading
-from gateway.receiver import Receiver, ReceiverServer
-from gateway.store import Store
-from gateway.uplink import Uplink
-from gateway.uplink.http import HttpUplink
+from gateway.adapters import keys
+from gateway.core import senml, wire
+from gateway.app.agent import Agent
+from gateway.core.clock import FakeClock, SystemClock
+from gateway.app.config import BatchSection
+from gateway.app.console.commands import Console
+from gateway.app.console.view import AgentView
+from gateway.core.errors import StoreError
+from gateway.core.model import EncodedBatch, Reading
+from backend.receiver import Receiver, ReceiverServer
+from gateway.adapters.store import Store
+from gateway.adapters.uplink import Uplink
+from gateway.adapters.uplink.http import HttpUplink
 
 GW = "gw-sec"
 
@@ -474,7 +475,7 @@ def test_corrupt_queue_is_salvaged_counted_delivered_and_the_old_file_kept(tmp_p
 
 
 def test_poison_rule_needs_the_link_proven_and_time_pure():
-    from gateway.poison import POISON, RETRY, SKIP, PoisonPolicy
+    from gateway.core.poison import POISON, RETRY, SKIP, PoisonPolicy
     clock = FakeClock()
     policy = PoisonPolicy(suspect_after=3, poison_after=5, poison_min_s=600.0, delay=(1.0, 60.0))
     p = (1, 7)

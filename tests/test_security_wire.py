@@ -14,10 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import cbor_strict, cli, senml, wire
-from gateway.errors import VerifyError
-from gateway.model import Reading
-from gateway.receiver import Receiver
+from gateway.core import cbor_strict, senml, wire
+from gateway import cli
+from gateway.core.errors import VerifyError
+from gateway.core.model import Reading
+from backend.receiver import Receiver
 
 GOOD = {"v": 1, "gw": "gw-test", "boot": 1, "seq": 1, "clock": True, "senml": [{-2: "gw-test/s/x", 2: 1}]}
 INT64_MAX = (1 << 63) - 1
@@ -130,7 +131,7 @@ def test_checker_bounds_nesting():
 
 
 def test_checker_module_is_pure():
-    code = ("import sys, gateway.cbor_strict; "
+    code = ("import sys, gateway.core.cbor_strict; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'asyncio', 'socket', 'sqlite3', 'cbor2'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "[]", out.stderr

@@ -15,8 +15,8 @@ if str(ROOT) not in sys.path:
 
 from drivers.formats import cli_decoder
 from drivers.serial import lines, modbus, nmea
-from gateway.errors import ConfigError, DecodeError
-from gateway.model import Measurement
+from gateway.core.errors import ConfigError, DecodeError
+from gateway.core.model import Measurement
 
 VECTORS = ROOT / "tests" / "vectors"
 

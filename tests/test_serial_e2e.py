@@ -23,13 +23,13 @@ if str(ROOT) not in sys.path:
 from drivers.serial.lines import LineDecoder, LineFramer
 from drivers.sources import build_source
 from firmware_sim import gps_node, modbus_node
-from firmware_sim.harness import PtyNode, interpreter
-from gateway.agent import Agent
-from gateway.clock import SystemClock
-from gateway.config import BatchSection
-from gateway.receiver import Receiver, ReceiverServer
-from gateway.store import Store
-from gateway.uplink.http import HttpUplink
+from tools.sim.harness import PtyNode, interpreter
+from gateway.app.agent import Agent
+from gateway.core.clock import SystemClock
+from gateway.app.config import BatchSection
+from backend.receiver import Receiver, ReceiverServer
+from gateway.adapters.store import Store
+from gateway.adapters.uplink.http import HttpUplink
 from tests.test_serial_protocols import METER_MAP as PROTOCOL_METER_MAP
 
 GW = "gw-test"  # the conftest trust store holds the key under this id

@@ -16,7 +16,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from drivers.serial import lines, modbus, nmea
-from gateway.errors import DecodeError
+from gateway.core.errors import DecodeError
 
 PER_EXAMPLE = 100
 EXAMPLES = 1000

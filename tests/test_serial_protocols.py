@@ -17,7 +17,7 @@ from drivers.serial import modbus
 from drivers.serial.protocols import (PROTOCOLS, LinesProtocol, ModbusProtocol, NmeaProtocol, char_time,
                                       make_protocol)
 from firmware_sim import modbus_node
-from gateway.errors import ConfigError
+from gateway.core.errors import ConfigError
 
 VECTORS = ROOT / "tests" / "vectors"
 GGA = b"$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47\r\n"  # gpsd "NMEA Revealed"
@@ -284,7 +284,7 @@ def test_unknown_protocol_and_table():
 
 def test_build_source_makes_a_serial_source_per_protocol():
     from drivers.sources import build_source
-    from gateway.clock import FakeClock
+    from gateway.core.clock import FakeClock
     src = build_source({"type": "serial", "name": "meters", "port": "/dev/null", "baud": 19200, "parity": "E",
                         "protocol": "modbus", "slaves": [{"id": 3, "registers": METER_MAP}]}, FakeClock())
     assert isinstance(src.protocol, ModbusProtocol) and src.settings["baudrate"] == 19200

@@ -1,4 +1,4 @@
-"""The durable queue (gateway/store.py) and the agent's behaviour when the disk misbehaves.
+"""The durable queue (gateway/adapters/store.py) and the agent's behaviour when the disk misbehaves.
 
 Faults are real SQLite/kernel errors: SQLITE_FULL from ``PRAGMA max_page_count`` (a full disk without a tiny
 filesystem), EPERM on write from ``chattr +i`` (a read-only store that even root cannot write; mode bits do not stop
@@ -16,14 +16,14 @@ import time
 import pytest
 
 from drivers.base import Source
-from gateway.agent import Agent
-from gateway.clock import FakeClock, SystemClock
-from gateway.config import BatchSection
-from gateway.errors import StoreError
-from gateway.model import EncodedBatch, Reading
-from gateway.receiver import Receiver, ReceiverServer
-from gateway.store import Store
-from gateway.uplink.http import HttpUplink
+from gateway.app.agent import Agent
+from gateway.core.clock import FakeClock, SystemClock
+from gateway.app.config import BatchSection
+from gateway.core.errors import StoreError
+from gateway.core.model import EncodedBatch, Reading
+from backend.receiver import Receiver, ReceiverServer
+from gateway.adapters.store import Store
+from gateway.adapters.uplink.http import HttpUplink
 
 PAGE = 4096
 # Documented in docs/store-and-forward.md: max_bytes bounds the database file (pages in use); the WAL adds at most
@@ -66,7 +66,7 @@ def test_boot_epoch_persists_and_counters_survive_reopen(tmp_path):
     path = tmp_path / "q.sqlite"
     store = Store(path)
     first = store.next_boot()
-    assert first >> 32 == 1  # the start counter; the low 32 bits are random (gateway/boot_epoch.py)
+    assert first >> 32 == 1  # the start counter; the low 32 bits are random (gateway/adapters/boot_epoch.py)
     store.put(make_batch(0))
     store.quarantine(store.put(make_batch(1)), "403 rejected")
     assert store.counters()["accepted_batches"] == 2
@@ -401,7 +401,7 @@ def test_backpressure_memory_bounded_and_drops_counted(tmp_path, signing_key, tr
 
 
 def test_rejected_batches_are_retried_a_bounded_number_of_times(tmp_path):
-    from gateway.clock import FakeClock
+    from gateway.core.clock import FakeClock
     clock = FakeClock(wall=1_767_225_600.0)
     store = Store(tmp_path / "q.sqlite", clock=clock)
     store.next_boot()
@@ -428,8 +428,9 @@ def test_rejected_batches_are_retried_a_bounded_number_of_times(tmp_path):
 
 
 def _signed_batches(n, readings=500):
-    from gateway import keys, senml, wire
-    from gateway.model import Reading
+    from gateway.adapters import keys
+    from gateway.core import senml, wire
+    from gateway.core.model import Reading
     key = keys.SigningKey.generate()
     out = []
     for b in range(n):

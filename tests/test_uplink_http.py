@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.errors import UplinkError
-from gateway.model import EncodedBatch
-from gateway.uplink.http import HttpUplink, parse_retry_after
+from gateway.core.errors import UplinkError
+from gateway.core.model import EncodedBatch
+from gateway.adapters.uplink.http import HttpUplink, parse_retry_after
 
 
 def _name(cn):
@@ -173,10 +173,10 @@ def test_rejected_batch_is_quarantined_and_never_blocks_the_queue(tmp_path, sign
     import asyncio
     import random
 
-    from gateway.agent import Agent
-    from gateway.clock import SystemClock
-    from gateway.model import Reading
-    from gateway.store import Store
+    from gateway.app.agent import Agent
+    from gateway.core.clock import SystemClock
+    from gateway.core.model import Reading
+    from gateway.adapters.store import Store
     server = Backend([(201, {}), (422, {})])
     store = Store(str(tmp_path / "q.sqlite"))
     agent = Agent(gw="gw-test", key=signing_key, store=store, uplink=HttpUplink(server.url),
@@ -208,13 +208,13 @@ def test_batches_rejected_before_enrolment_arrive_after_their_retry(tmp_path):
     import asyncio
     import time
 
-    from gateway import keys
-    from gateway.agent import Agent
-    from gateway.clock import SystemClock
-    from gateway.model import Reading
-    from gateway.receiver import Receiver, ReceiverServer
-    from gateway.store import Store
-    from gateway.uplink.http import HttpUplink
+    from gateway.adapters import keys
+    from gateway.app.agent import Agent
+    from gateway.core.clock import SystemClock
+    from gateway.core.model import Reading
+    from backend.receiver import Receiver, ReceiverServer
+    from gateway.adapters.store import Store
+    from gateway.adapters.uplink.http import HttpUplink
 
     key = keys.SigningKey.generate()
     receiver = Receiver(str(tmp_path / "rx.sqlite"), keys.TrustStore({"keys": []}))

@@ -4,11 +4,11 @@ import time
 
 import pytest
 
-from gateway import senml, wire
-from gateway.errors import UplinkError
-from gateway.model import EncodedBatch, Reading
-from gateway.receiver import Receiver
-from gateway.uplink.mqtt import MqttConsumer, MqttUplink, gateway_of
+from gateway.core import senml, wire
+from gateway.core.errors import UplinkError
+from gateway.core.model import EncodedBatch, Reading
+from backend.receiver import Receiver
+from gateway.adapters.uplink.mqtt import MqttConsumer, MqttUplink, gateway_of
 from mosquitto import Broker, free_port, have_mosquitto
 from test_uplink_http import make_pki
 

@@ -7,10 +7,10 @@ import pytest
 from pycose.keys import OKPKey
 from pycose.messages import Sign1Message
 
-from gateway import senml, wire
-from gateway.errors import KeyFileError, VerifyError
-from gateway.keys import SigningKey, TrustStore, b64url_decode
-from gateway.model import Event, Reading
+from gateway.core import senml, wire
+from gateway.core.errors import KeyFileError, VerifyError
+from gateway.adapters.keys import SigningKey, TrustStore, b64url_decode
+from gateway.core.model import Event, Reading
 from tests.wire_vectors import build, load_all
 
 VECTORS = load_all()

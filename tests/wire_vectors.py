@@ -12,9 +12,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from gateway import senml, wire  # noqa: E402
-from gateway.keys import SigningKey  # noqa: E402
-from gateway.model import Event, Reading  # noqa: E402
+from gateway.core import senml, wire  # noqa: E402
+from gateway.adapters.keys import SigningKey  # noqa: E402
+from gateway.core.model import Event, Reading  # noqa: E402
 
 VECTOR_DIR = os.path.join(HERE, "vectors", "wire")
 

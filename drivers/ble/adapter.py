@@ -44,8 +44,8 @@ from drivers.ble.adverts import DEFAULT_SKIP, AdvertDecoder
 from drivers.ble.bthome import RESET_ADVERTS, RESET_GAP_S
 from drivers.ble.selection import FORMATS, Selection, SensorSpec, normalise_format, normalise_mac
 from drivers.ble.units import parse_key
-from gateway.errors import DecodeError
-from gateway.model import Reading
+from gateway.core.errors import DecodeError
+from gateway.core.model import Reading
 
 log = logging.getLogger(__name__)
 

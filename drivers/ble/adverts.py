@@ -4,7 +4,7 @@
 whole receive path: the record table (``selection.records``), the sensor selection (``Selection``), the repeat
 filter (``Deduper``), the pure decoders (BTHome with strict replay protection, Ruuvi, pvvx/ATC1441) and the RSSI
 rate limit. The bleak scanner (``drivers/ble/adapter.py``) calls it from bleak's detection callback; the simulated
-radio of the field scenarios (``firmware_sim/radio.py``) calls it with bytes built by ``firmware_sim/ble_nodes.py``.
+radio of the field scenarios (``tools/sim/radio.py``) calls it with bytes built by ``firmware_sim/ble_nodes.py``.
 So everything after the radio is the same code in production and in simulation.
 
 Decode errors never escape: each is counted as ``error.<reason>`` in ``counters`` (shared with the source). A
@@ -20,8 +20,8 @@ from drivers.ble import atc, ruuvi
 from drivers.ble.bthome import RESET_ADVERTS, RESET_GAP_S, BTHomeDecoder
 from drivers.ble.selection import Deduper, RateLimit, records
 from drivers.bounds import PartialDecode
-from gateway.errors import DecodeError
-from gateway.model import Event, Reading
+from gateway.core.errors import DecodeError
+from gateway.core.model import Event, Reading
 
 log = logging.getLogger(__name__)
 

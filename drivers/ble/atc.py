@@ -17,8 +17,8 @@ import struct
 
 from drivers.ble.units import format_mac, parse_hex
 from drivers.bounds import checked
-from gateway.errors import DecodeError
-from gateway.model import Measurement
+from gateway.core.errors import DecodeError
+from gateway.core.model import Measurement
 
 SERVICE_UUID = 0x181A
 ENCRYPTED_LENGTHS = (8, 10, 11)

@@ -53,8 +53,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 from drivers.ble.units import parse_hex, parse_key, parse_mac
 from drivers.bounds import PartialDecode, checked
-from gateway.errors import DecodeError
-from gateway.model import Measurement
+from gateway.core.errors import DecodeError
+from gateway.core.model import Measurement
 
 SERVICE_UUID = 0xFCD2
 _UUID_LE = b"\xd2\xfc"

@@ -16,8 +16,8 @@ import struct
 
 from drivers.ble.units import parse_hex
 from drivers.bounds import check
-from gateway.errors import DecodeError
-from gateway.model import Measurement
+from gateway.core.errors import DecodeError
+from gateway.core.model import Measurement
 
 CHARACTERISTICS = {
     0x2A6E: ("temp", struct.Struct("<h"), 1, 100, "Cel", 0.01, -0x8000),

@@ -19,7 +19,7 @@ sensor down for the sake of one.
 import json
 import os
 
-from gateway.errors import GatewayError
+from gateway.core.errors import GatewayError
 
 VERSION = 1
 

@@ -18,8 +18,8 @@ import struct
 
 from drivers.ble.units import format_mac, parse_hex
 from drivers.bounds import checked
-from gateway.errors import DecodeError
-from gateway.model import Measurement
+from gateway.core.errors import DecodeError
+from gateway.core.model import Measurement
 
 COMPANY_ID = 0x0499
 FORMAT = 5

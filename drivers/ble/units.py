@@ -3,7 +3,7 @@
 Nothing here does IO. Every malformed input becomes a ``DecodeError`` with a stable ``reason``.
 """
 
-from gateway.errors import DecodeError
+from gateway.core.errors import DecodeError
 
 #: standard gravity (CGPM 1901), used to turn milli-g into the SenML unit m/s2
 STANDARD_GRAVITY = 9.80665

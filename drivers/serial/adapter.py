@@ -15,7 +15,7 @@ import select
 import serial
 
 from drivers.base import Source
-from gateway.model import Reading
+from gateway.core.model import Reading
 
 log = logging.getLogger(__name__)
 

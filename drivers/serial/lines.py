@@ -16,8 +16,8 @@ does not match raises ``DecodeError(reason="bad_checksum")``.
 """
 
 from drivers.bounds import check
-from gateway.errors import DecodeError
-from gateway.model import Measurement
+from gateway.core.errors import DecodeError
+from gateway.core.model import Measurement
 
 MAX_LINE = 256
 _SEPARATORS = bytes.maketrans(b",;\t", b"   ")

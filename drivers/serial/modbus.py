@@ -22,8 +22,8 @@ import struct
 from dataclasses import dataclass
 
 from drivers.bounds import check
-from gateway.errors import ConfigError, DecodeError
-from gateway.model import Measurement
+from gateway.core.errors import ConfigError, DecodeError
+from gateway.core.model import Measurement
 
 READ_HOLDING = 3
 READ_INPUT = 4

@@ -46,8 +46,8 @@ import math
 from dataclasses import dataclass
 
 from drivers.bounds import checked
-from gateway.errors import DecodeError
-from gateway.model import Measurement
+from gateway.core.errors import DecodeError
+from gateway.core.model import Measurement
 
 MAX_SENTENCE = 82  # NMEA 0183: at most 82 characters from "$" to LF inclusive
 

@@ -10,7 +10,7 @@ Every protocol is built from its ``[[sources]]`` table by ``from_spec(spec)``; `
 ``make_protocol`` walks. See ``drivers/serial/README.md`` for the config keys and the counters.
 """
 
-from gateway.errors import ConfigError, DecodeError
+from gateway.core.errors import ConfigError, DecodeError
 from drivers.serial import modbus, nmea
 from drivers.serial.lines import LineDecoder, LineFramer
 

@@ -1,0 +1,364 @@
+"""Typed configuration loaded from TOML and validated once at start-up (house style, habit 10).
+
+Every error names the file and the key (``ConfigError``), e.g.
+``/etc/edge-gateway/config.toml: store.max_bytes: must be a positive integer, got "lots"``.
+``docs/configuration.md`` documents every key; ``deploy/config.example.toml`` is a complete example.
+"""
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+
+from gateway.core.errors import ConfigError
+from gateway.core.redact import redact_url
+
+#: ``edge-gateway run`` exits with this (sysexits.h EX_CONFIG) when the config is wrong; the systemd unit's
+#: ``RestartPreventExitStatus=`` names it, so a bad config is not restarted in a loop.
+EX_CONFIG = 78
+
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,63}$")
+
+
+@dataclass
+class GatewaySection:
+    id: str = "gw-demo"
+    state_dir: str = "/var/lib/edge-gateway"
+    key: str = "key.pem"  # relative to state_dir unless absolute
+    log_level: str = "info"
+
+
+@dataclass
+class StoreSection:
+    path: str = "queue.sqlite"
+    max_bytes: int = 256 << 20
+    max_age_days: float = 30.0
+    memory_batches: int = 256  # bounded RAM buffer used while the disk refuses writes
+
+
+@dataclass
+class BatchSection:
+    max_readings: int = 1000
+    max_age_s: float = 10.0
+    time_quantum_s: float = 1.0
+
+
+@dataclass
+class MqttSection:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    topic_prefix: str = "edge"
+    client_id: str = ""
+    username: str = ""
+    password: str = ""
+    tls: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    keepalive_s: int = 30
+
+
+@dataclass
+class UplinkSection:
+    kind: str = "http"
+    url: str = ""
+    ca_file: str = ""
+    timeout_s: float = 10.0
+    backoff_min_s: float = 0.5
+    backoff_max_s: float = 300.0
+    mqtt: MqttSection = field(default_factory=MqttSection)
+
+
+@dataclass
+class ClockSection:
+    mode: str = "auto"
+
+
+@dataclass
+class ConsoleSection:
+    port: str = ""
+    baud: int = 115200
+    pin_hash: str = ""
+    idle_lock_s: float = 300.0
+
+
+@dataclass
+class Config:
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    store: StoreSection = field(default_factory=StoreSection)
+    batch: BatchSection = field(default_factory=BatchSection)
+    uplink: UplinkSection = field(default_factory=UplinkSection)
+    clock: ClockSection = field(default_factory=ClockSection)
+    console: ConsoleSection = field(default_factory=ConsoleSection)
+    sources: list = field(default_factory=list)
+    rules: list = field(default_factory=list)
+    file: str = None
+
+    def state_path(self, value):
+        return value if os.path.isabs(value) else os.path.join(self.gateway.state_dir, value)
+
+
+_CHOICES = {
+    "gateway.log_level": ("debug", "info", "warning", "error"),
+    "uplink.kind": ("http", "mqtt"),
+    "clock.mode": ("auto", "synced", "unsynced"),
+}
+DAY = 86400.0
+#: every numeric key of the typed sections: (min, max), both inclusive. ``check_number`` enforces them.
+RANGES = {
+    "store.max_bytes": (1 << 16, 1 << 40),
+    "store.max_age_days": (0.001, 3650.0),
+    "store.memory_batches": (1, 1_000_000),
+    "batch.max_readings": (1, 1_000_000),
+    "batch.max_age_s": (0.01, DAY),
+    "batch.time_quantum_s": (0.001, 3600.0),
+    "uplink.timeout_s": (0.1, 3600.0),
+    "uplink.backoff_min_s": (0.01, 3600.0),
+    "uplink.backoff_max_s": (0.1, DAY),
+    "uplink.mqtt.port": (1, 65535),
+    "uplink.mqtt.keepalive_s": (1, 65535),
+    "console.baud": (50, 4_000_000),
+    "console.idle_lock_s": (1.0, DAY),
+}
+SOURCE_TYPES = ("serial", "ble", "gatt")
+
+# The keys each [[sources]] table may hold, as data: key -> None (any value; the driver checks it), a (min, max)
+# range for a number, or a nested schema for an array of tables. The drivers check types and meaning when the
+# source is built; this table makes a misspelt key an error at load time, whatever the source type.
+_SERIAL = {"type": None, "name": None, "port": None, "baud": (50, 4_000_000), "bytesize": (5, 8), "parity": None,
+           "stopbits": (1, 2), "protocol": None}
+_REGISTER = {"name": None, "address": (0, 65535), "type": None, "table": None, "word_order": None, "scale": None,
+             "unit": None}
+PROTOCOL_KEYS = {
+    "lines": {"mode": None, "columns": None, "units": None, "max_line": (1, 4096)},
+    "nmea": {"sentences": None, "max_len": (9, 4096)},
+    "modbus": {"poll_s": (0.01, DAY), "timeout_s": (0.001, 3600.0), "backoff_s": (0.001, DAY),
+               "backoff_max_s": (0.001, DAY), "max_gap": (0, 125),
+               "slaves": {"id": (1, 247), "name": None, "registers": _REGISTER}},
+}
+_BLE_COMMON = {"type": None, "name": None, "adapter": None, "timeout_s": (0, 3600.0), "backoff_min_s": (0, DAY),
+               "backoff_max_s": (0, 7 * DAY)}
+SOURCE_KEYS = {
+    "serial": _SERIAL,
+    "ble": dict(_BLE_COMMON, formats=None, passive=None, watchdog_s=(0, 7 * DAY), rssi_interval_s=(0, DAY),
+                dedup_window_s=(0, DAY), replay_flush_s=(1, DAY), reset_adverts=(2, 1000), reset_gap_s=(0, DAY),
+                skip=None, sensors={"mac": None, "format": None, "key": None, "alias": None}),
+    "gatt": dict(_BLE_COMMON, poll_s=(0, 7 * DAY), notify=None, connect_timeout_s=(0, 3600.0),
+                 sensors={"mac": None, "alias": None, "characteristics": None}),
+}
+_RULE_MATCH = ("sensor", "name")
+
+
+def _did_you_mean(key, known):
+    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1, cutoff=0.6)
+    return "; did you mean '%s'?" % close[0] if close else ""
+
+
+def unknown_key(key, known, file, dotted, where=""):
+    """The ConfigError for a key that is not in ``known``: names it, suggests the closest, lists the rest."""
+    return ConfigError("unknown key%s%s (known: %s)" % (where, _did_you_mean(key, known), ", ".join(known)),
+                       file, dotted)
+
+
+def check_number(value, file, key, lo=None, hi=None, integer=False):
+    """The one numeric check: a number (not a boolean), finite, and within ``[lo, hi]`` when given."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ConfigError("must be %s, got %r" % ("an integer" if integer else "a number", value), file, key)
+    if not math.isfinite(value):
+        raise ConfigError("must be a finite number, got %r" % (value,), file, key)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError("must be between %s and %s, got %r" % (_num(lo), _num(hi), value), file, key)
+    return value
+
+
+def _num(x):
+    return "any" if x is None else ("%d" % x if float(x).is_integer() and abs(x) < 1e15 else "%g" % x)
+
+
+def _check_finite(data, file, key=""):
+    """No NaN or infinity anywhere in the file, whatever table holds it (TOML allows ``nan`` and ``inf``)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        raise ConfigError("must be a finite number, got %r" % (data,), file, key or None)
+    if isinstance(data, dict):
+        for k, v in data.items():
+            _check_finite(v, file, "%s.%s" % (key, k) if key else str(k))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            _check_finite(v, file, "%s[%d]" % (key, i))
+
+
+def _fill(obj, data, file, prefix):
+    if not isinstance(data, dict):
+        raise ConfigError("must be a table", file, prefix.rstrip("."))
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    known = [n for n in names if n != "file"]
+    for key, value in data.items():
+        dotted = prefix + key
+        f = names.get(key)
+        if f is None or key == "file":
+            raise unknown_key(key, known, file, dotted)
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _fill(current, value, file, dotted + ".")
+            continue
+        kind = type(current)
+        if kind in (int, float):
+            lo, hi = RANGES.get(dotted, (None, None))
+            value = check_number(value, file, dotted, lo, hi, integer=kind is int)
+            value = float(value) if kind is float else value
+        elif kind is list:
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError("must be an array of tables ([[%s]])" % key, file, dotted)
+        elif not isinstance(value, kind):
+            raise ConfigError("must be %s, got %r" % ({str: "a string", bool: "true or false"}.get(
+                kind, kind.__name__), value), file, dotted)
+        if dotted in _CHOICES and value not in _CHOICES[dotted]:
+            raise ConfigError("must be one of %s, got %r" % (", ".join(_CHOICES[dotted]), value), file, dotted)
+        setattr(obj, key, value)
+
+
+def _check_table(table, schema, file, where, what):
+    """Every key of ``table`` is in ``schema``; numbers within their range; nested arrays of tables likewise."""
+    for key, value in table.items():
+        dotted = "%s.%s" % (where, key)
+        if key not in schema:
+            raise unknown_key(key, list(schema), file, dotted, " in %s" % what)
+        rule = schema[key]
+        if isinstance(rule, tuple) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            check_number(value, file, dotted, *rule)
+        elif isinstance(rule, dict) and isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    _check_table(item, rule, file, "%s[%d]" % (dotted, i), "%s %s" % (what, key))
+
+
+def _check_source(src, i, file):
+    where = "sources[%d]" % i
+    kind = src.get("type")
+    if not isinstance(kind, str) or kind not in SOURCE_TYPES:
+        raise ConfigError("must be one of %s, got %r%s" % (", ".join(SOURCE_TYPES), kind, _did_you_mean(
+            kind, SOURCE_TYPES) if isinstance(kind, str) else ""), file, where + ".type")
+    name = src.get("name")
+    if name is not None and not (isinstance(name, str) and ID_RE.match(name)):
+        raise ConfigError("must be a short identifier", file, where + ".name")
+    schema, what = SOURCE_KEYS[kind], "%s source %r" % (kind, name or "%s%d" % (kind, i))
+    if kind == "serial":
+        protocol = src.get("protocol", "lines")
+        if not isinstance(protocol, str) or protocol not in PROTOCOL_KEYS:
+            raise ConfigError("must be one of %s, got %r" % (", ".join(PROTOCOL_KEYS), protocol), file,
+                              where + ".protocol")
+        schema, what = dict(schema, **PROTOCOL_KEYS[protocol]), "%s (protocol %s)" % (what, protocol)
+    _check_table(src, schema, file, where, what)
+
+
+def _check_rules(rules, file):
+    from gateway.core.rules import GROUPS, RuleConfigError, validate_rules
+    known = ["match"] + [k for _, keys in GROUPS for k in keys]
+    for i, rule in enumerate(rules):
+        for key in rule:
+            if key not in known:
+                raise unknown_key(key, known, file, "rules[%d].%s" % (i, key))
+        match = rule.get("match")
+        if isinstance(match, dict):
+            for key in match:
+                if key not in _RULE_MATCH:
+                    raise unknown_key(key, _RULE_MATCH, file, "rules[%d].match.%s" % (i, key))
+    try:
+        validate_rules(rules)
+    except RuleConfigError as exc:
+        detail = str(exc)
+        prefix = "%s: " % exc.key
+        raise ConfigError(detail[len(prefix):] if detail.startswith(prefix) else detail, file, exc.key) from None
+
+
+def from_dict(data, file=None):
+    _check_finite(data, file)
+    cfg = Config(file=file)
+    _fill(cfg, data, file, "")
+    if not ID_RE.match(cfg.gateway.id):
+        raise ConfigError("must be 1-64 letters, digits, '-', '_', '.' or ':', starting with a letter or digit",
+                          file, "gateway.id")
+    if cfg.uplink.kind == "http" and cfg.uplink.url and not re.match(r"^https?://[^/\s]+", cfg.uplink.url):
+        raise ConfigError("must be an http:// or https:// URL, got %r" % redact_url(cfg.uplink.url), file,
+                          "uplink.url")
+    if cfg.uplink.backoff_min_s > cfg.uplink.backoff_max_s:
+        raise ConfigError("must not exceed uplink.backoff_max_s", file, "uplink.backoff_min_s")
+    for i, src in enumerate(cfg.sources):
+        _check_source(src, i, file)
+    _check_rules(cfg.rules, file)
+    return cfg
+
+
+def loads(text, file="<text>"):
+    """Parse and validate config TOML from ``text``; ``file`` is the name errors carry."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("not valid TOML: %s" % exc, file) from exc
+    return from_dict(data, file)
+
+
+def load(path):
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ConfigError("file not found", path) from None
+    except OSError as exc:
+        raise ConfigError("cannot read: %s" % exc.strerror, path) from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("not valid TOML: not UTF-8 (byte %d)" % exc.start, path) from None
+    return loads(text, path)
+
+
+def to_toml(data, _prefix=""):
+    """Serialise a plain dict (as read from TOML) back to TOML text. Used by ``provision`` and the console."""
+    lines = []
+    tables = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            tables.append((key, value))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            tables.append((key, value))
+        else:
+            lines.append("%s = %s" % (key, _toml_value(value)))
+    out = "\n".join(lines) + ("\n" if lines else "")
+    for key, value in tables:
+        name = _prefix + key
+        if isinstance(value, list):
+            for item in value:
+                out += "\n[[%s]]\n" % name + to_toml(item, name + ".")
+        else:
+            sub = to_toml(value, name + ".")
+            out += "\n[%s]\n" % name + sub
+    return out
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"%s"' % value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    if isinstance(value, list):
+        return "[%s]" % ", ".join(_toml_value(v) for v in value)
+    if isinstance(value, dict):
+        return "{%s}" % ", ".join("%s = %s" % (k, _toml_value(v)) for k, v in value.items())
+    raise TypeError("cannot write %r to TOML" % (value,))
+
+
+def write_atomic(path, text, mode=0o640):
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

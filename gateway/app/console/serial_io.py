@@ -1,0 +1,222 @@
+"""The console's serial adapter: open the tty, pump bytes through the line discipline and the commands.
+
+It uses ``os`` and ``termios`` directly, not pyserial: pyserial stays confined to ``drivers/serial/adapter.py``
+(house style, habit 3), and the console needs exactly the few things termios gives plainly: raw 8N1 at a fixed
+speed, ``TIOCEXCL`` (so a getty or a second console cannot open the same port), ``HUPCL``, and a file descriptor
+the event loop watches with ``add_reader`` (no thread per port).
+
+Disconnect: a read error (``EIO``, as when a USB-serial adapter or a pty master goes away) or an end-of-file
+(hangup, with ``modem_control`` and a DCD line) ends the session. The console locks at once and the adapter
+reopens the port with backoff (0.2 s up to 5 s), forever, until cancelled. A plain 3-wire cable gives no sign when
+the laptop walks away, which is why the console also locks when idle.
+
+Commands run one at a time, in order; a command's blocking part (``Work``) runs in a worker thread so the agent's
+loop never waits for a PIN check, a file write or an uplink round trip. Output is bounded (``max_output``); input
+lines arriving while a command runs are queued (``max_queued``) and counted when dropped.
+"""
+
+import asyncio
+import collections
+import errno
+import fcntl
+import logging
+import os
+import termios
+from concurrent.futures import ThreadPoolExecutor
+
+from gateway.app.console.commands import Reply, Work
+from gateway.app.console.protocol import LineDiscipline
+
+log = logging.getLogger(__name__)
+
+
+def open_tty(path, baud=115200, modem_control=False):
+    """Open ``path`` raw 8N1 at ``baud``, non-blocking, exclusive. Raises ``OSError`` (with the path)."""
+    speed = getattr(termios, "B%d" % baud, None)
+    if speed is None:
+        raise OSError(errno.EINVAL, "unsupported baud rate %d" % baud, path)
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        fcntl.ioctl(fd, termios.TIOCEXCL)
+        iflag, oflag, cflag, lflag, _, _, cc = termios.tcgetattr(fd)
+        iflag &= ~(termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP | termios.INLCR |
+                   termios.IGNCR | termios.ICRNL | termios.IXON | termios.IXOFF | termios.INPCK)
+        oflag &= ~termios.OPOST
+        lflag &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
+        cflag &= ~(termios.CSIZE | termios.PARENB | termios.CSTOPB | getattr(termios, "CRTSCTS", 0))
+        cflag |= termios.CS8 | termios.CREAD | termios.HUPCL
+        cflag = cflag & ~termios.CLOCAL if modem_control else cflag | termios.CLOCAL
+        cc[termios.VMIN], cc[termios.VTIME] = 1, 0
+        termios.tcsetattr(fd, termios.TCSANOW, [iflag, oflag, cflag, lflag, speed, speed, cc])
+        termios.tcflush(fd, termios.TCIFLUSH)  # whatever noise arrived while nobody listened
+    except termios.error as exc:
+        os.close(fd)
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else errno.ENOTTY
+        raise OSError(code, "not a usable terminal: %s" % (exc.args[-1],), path) from exc
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+class ConsoleServer:
+    def __init__(self, port, console, *, baud=115200, max_line=160, modem_control=False, reopen_min=0.2,
+                 reopen_max=5.0, idle_poll_s=1.0, max_output=64 << 10, max_queued=32, executor=None):
+        self.port = port
+        self.console = console
+        self.baud = baud
+        self.max_line = max_line
+        self.modem_control = modem_control
+        self.reopen_min, self.reopen_max = reopen_min, reopen_max
+        self.idle_poll_s = idle_poll_s
+        self.max_output = max_output
+        self.max_queued = max_queued
+        self.executor = executor or ThreadPoolExecutor(1, "console")
+        self.counters = collections.Counter()
+        self.connected = asyncio.Event()
+        self.discipline = None
+
+    async def run(self):
+        """Serve the port until cancelled, reopening it after every disconnect."""
+        delay = self.reopen_min
+        try:
+            while True:
+                try:
+                    fd = open_tty(self.port, self.baud, self.modem_control)
+                except OSError as exc:
+                    self.counters["open_failed"] += 1
+                    if self.counters["open_failed"] == 1 or delay >= self.reopen_max:
+                        log.warning("console: cannot open %s: %s; retrying", self.port, exc.strerror or exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.reopen_max)
+                    continue
+                delay = self.reopen_min
+                self.counters["sessions"] += 1
+                try:
+                    reason = await self._session(fd)
+                finally:
+                    os.close(fd)
+                    self.connected.clear()
+                self.counters["disconnects"] += 1
+                self.console.disconnected()
+                log.info("console: %s disconnected (%s); locked", self.port, reason)
+                await asyncio.sleep(self.reopen_min)
+        finally:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _session(self, fd):
+        loop = asyncio.get_running_loop()
+        disc = self.discipline = LineDiscipline(self.max_line)
+        gone = loop.create_future()
+        queue = collections.deque()
+        wake = asyncio.Event()
+        out = bytearray()
+        writing = [False]
+
+        def hangup(reason):
+            if not gone.done():
+                gone.set_result(reason)
+
+        def flush():
+            while out:
+                try:
+                    n = os.write(fd, out)
+                except BlockingIOError:
+                    if not writing[0]:
+                        loop.add_writer(fd, flush)
+                        writing[0] = True
+                    return
+                except OSError as exc:
+                    out.clear()
+                    hangup(exc.strerror or str(exc))
+                    return
+                del out[:n]
+            if writing[0]:
+                loop.remove_writer(fd)
+                writing[0] = False
+
+        def write(data):
+            if len(out) + len(data) > self.max_output:
+                self.counters["output_dropped"] += len(data)
+                return
+            out.extend(data)
+            flush()
+
+        def readable():
+            try:
+                data = os.read(fd, 4096)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                hangup(exc.strerror or str(exc))
+                return
+            if not data:
+                hangup("hangup")
+                return
+            self.counters["bytes_in"] += len(data)
+            echo, lines = disc.feed(data)
+            write(echo)
+            for line in lines:
+                if len(queue) >= self.max_queued:
+                    self.counters["lines_dropped"] += 1
+                else:
+                    queue.append(line)
+            if lines:
+                wake.set()
+
+        async def worker():
+            dropped = 0
+            while True:
+                await wake.wait()
+                wake.clear()
+                while queue:
+                    reply = await self._execute(queue.popleft())
+                    write(reply.render())
+                    if self.counters["lines_dropped"] > dropped:
+                        write(b"(input overrun: %d lines dropped)\r\n" % (self.counters["lines_dropped"] - dropped))
+                        dropped = self.counters["lines_dropped"]
+                    disc.mask = self.console.masked
+                    write(self.console.prompt().encode("ascii", "replace") + disc.redraw())
+
+        async def idle():
+            while True:
+                await asyncio.sleep(self.idle_poll_s)
+                note = self.console.idle_check()
+                if note is not None:
+                    disc.mask = self.console.masked
+                    write(b"\r\n" + note.render() + self.console.prompt().encode("ascii", "replace") +
+                          disc.redraw())
+
+        loop.add_reader(fd, readable)
+        write(self.console.banner().render() + self.console.prompt().encode("ascii", "replace"))
+        self.connected.set()
+        tasks = [asyncio.create_task(worker(), name="console-worker"),
+                 asyncio.create_task(idle(), name="console-idle")]
+        try:
+            done, _ = await asyncio.wait([gone] + tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                if task in done and task.exception() is not None:
+                    raise task.exception()
+            return gone.result() if gone.done() else "stopped"
+        finally:
+            loop.remove_reader(fd)
+            if writing[0]:
+                loop.remove_writer(fd)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _execute(self, line):
+        """Run one line through the commands, resolving blocking steps in the worker thread."""
+        loop = asyncio.get_running_loop()
+        self.counters["commands"] += 1
+        try:
+            result = self.console.handle(line)
+            while isinstance(result, Work):
+                value = await loop.run_in_executor(self.executor, result.call)
+                result = result.finish(value)
+        except Exception as exc:  # the console must survive any bug behind a command; it is logged as ERROR
+            self.counters["internal_errors"] += 1
+            log.exception("console: command %r failed", getattr(line, "text", line)[:40])
+            return Reply(("internal error (%s); details are in the log" % type(exc).__name__,))
+        return result

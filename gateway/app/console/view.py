@@ -1,0 +1,230 @@
+"""The real ``GatewayView``: a running ``Agent``, its config file, the sensor board and the log ring.
+
+This is an adapter (it does IO: the config file, the store, a network probe), kept apart from the pure command
+layer. Blocking methods (``uplink_test``, ``config_set``, ``sensor_add``/``remove``, ``store_dump``) run in a
+worker thread, never on the agent's event loop.
+"""
+
+import collections
+import http.client
+import logging
+import os
+import socket
+import ssl
+import time
+import tomllib
+
+from gateway import __version__
+from gateway.adapters import keys
+from gateway.app.config import to_toml, write_atomic
+from gateway.app.console import settings
+from gateway.app.console.commands import GatewayView, Probe
+from gateway.core.errors import ConfigError, StoreError
+from gateway.core.redact import redact_text
+
+log = logging.getLogger(__name__)
+
+
+class RingLogHandler(logging.Handler):
+    """Keeps the last ``capacity`` log lines (one line each, no tracebacks) for the console's ``log``."""
+
+    def __init__(self, capacity=500, level=logging.INFO):
+        super().__init__(level)
+        self.lines = collections.deque(maxlen=capacity)
+
+    def emit(self, record):
+        try:
+            message = record.getMessage().splitlines()[0] if record.msg else ""
+        except (TypeError, ValueError, IndexError):
+            message = str(record.msg)
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        self.lines.append("%s %s %s: %s" % (stamp, record.levelname[:4], record.name, redact_text(message)))
+
+    def tail(self, n):
+        return list(self.lines)[-n:]
+
+
+class AgentView(GatewayView):
+    def __init__(self, agent, board, config_path=None, ring=None, request_restart=None, probe_timeout=5.0):
+        self.agent = agent
+        self.board = board
+        self.config_path = config_path
+        self.ring = ring
+        self.request_restart = request_restart
+        self.probe_timeout = probe_timeout
+        self.lock = None  # set by the server, so console.idle_lock_s applies live
+
+    # -- read-only -------------------------------------------------------------------------------------------
+    def version(self):
+        return __version__
+
+    def gateway_id(self):
+        return self.agent.gw
+
+    def now(self):
+        return self.agent.clock.monotonic()
+
+    def status(self):
+        st = self.agent.status()
+        for key in ("uplink", "last_error"):
+            if isinstance(st.get(key), str):
+                st[key] = redact_text(st[key])
+        st["version"] = __version__
+        st["wall"] = self.agent.clock.wall()
+        try:
+            st["store_counters"] = self.agent.store.counters()
+        except StoreError as exc:
+            st["store_counters"] = {}
+            st["last_error"] = st.get("last_error") or str(exc)
+        return st
+
+    def sensor_rows(self):
+        return self.board.rows()
+
+    def sensor_latest(self, sensor):
+        return self.board.latest(sensor)
+
+    def sensor_recent(self, sensor, n):
+        return self.board.recent(sensor, n)
+
+    def alarms(self):
+        rules = self.agent.rules
+        if rules is None or not hasattr(rules, "active_alarms"):
+            return None
+        return rules.active_alarms()
+
+    def log_lines(self, n):
+        return self.ring.tail(n) if self.ring is not None else []
+
+    def keys(self):
+        public = self.agent.signer.key.public
+        return {"kid": self.agent.kid, "alg": "EdDSA (Ed25519)", "fingerprint": keys.fingerprint(public),
+                "x": keys.public_jwk(public)["x"]}
+
+    def config_data(self):
+        if not self.config_path:
+            raise ConfigError("this agent runs without a config file (demo): nothing to show or change")
+        try:
+            with open(self.config_path, "rb") as f:
+                return tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError("cannot read: %s" % exc.strerror, self.config_path) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("not valid TOML: %s" % exc, self.config_path) from exc
+
+    # -- blocking ------------------------------------------------------------------------------------------
+    def uplink_test(self):
+        return probe_uplink(self.agent.uplink, min(self.probe_timeout, getattr(self.agent.uplink, "timeout", 5.0)),
+                            self.agent.clock.monotonic)
+
+    def _persist(self, raw):
+        path = self.config_path
+        mode = os.stat(path).st_mode & 0o777
+        with open(path, "rb") as f:
+            old = f.read()
+        write_atomic(path + ".bak", old.decode("utf-8", "replace"), mode)
+        write_atomic(path, to_toml(raw), mode)
+
+    def config_set(self, key, text):
+        raw = self.config_data()
+        new, value = settings.set_key(raw, key, text, self.config_path)
+        self._persist(new)
+        shown = settings.REDACTED if settings.is_secret(key) else value
+        if key in settings.LIVE_KEYS:
+            self._apply_live(key, value)
+            return "saved %s = %s; applied now" % (key, shown)
+        return "saved %s = %s; takes effect after 'restart'" % (key, shown)
+
+    def _apply_live(self, key, value):
+        agent = self.agent
+        if key == "batch.max_age_s":
+            agent.batcher.max_age = value
+        elif key == "batch.max_readings":
+            agent.batcher.max_readings = value
+        elif key == "uplink.backoff_min_s":
+            agent.backoff.low = value
+        elif key == "uplink.backoff_max_s":
+            agent.backoff.high = value
+        elif key == "gateway.log_level":
+            logging.getLogger().setLevel(value.upper())
+        elif key == "console.idle_lock_s" and self.lock is not None:
+            self.lock.idle_lock_s = value
+        log.info("console: %s applied live", key)
+
+    def sensor_add(self, name, kind, params):
+        raw = self.config_data()
+        new, spec = settings.add_source(raw, name, kind, params, self.config_path)
+        _check_source(spec, self.agent.clock, self.config_path, len(new["sources"]) - 1)
+        self._persist(new)
+        return "added source %s (%s); takes effect after 'restart'" % (name, kind)
+
+    def sensor_remove(self, name):
+        new = settings.remove_source(self.config_data(), name, self.config_path)
+        self._persist(new)
+        return "removed source %s; takes effect after 'restart'" % name
+
+    def store_dump(self, path):
+        if not os.path.isabs(path):
+            raise ValueError("give an absolute path, e.g. /media/usb/queue.cbor")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            queued, quarantined = self.agent.store.dump(f)
+            f.flush()
+            os.fsync(f.fileno())
+            size = f.tell()
+        return "wrote %d batches (%d bytes) to %s: %d queued, %d quarantined; the queue is unchanged" % (
+            queued + quarantined, size, path, queued, quarantined)
+
+    def store_requeue(self):
+        n = self.agent.store.requeue_quarantined()
+        return "put %d quarantined batches back in the queue" % n if n else "nothing is quarantined"
+
+    def restart(self):
+        if self.request_restart is None:
+            raise ValueError("restart is not available here")
+        self.request_restart()
+        return "restarting: the agent stops now and systemd starts it again"
+
+
+def _check_source(spec, clock, file, index):
+    """Build (not start) the source, so a spec that would stop the agent at the next start is refused now."""
+    from drivers.sources import build_source
+    try:
+        build_source(spec, clock, file, index)
+    except ImportError as exc:
+        raise ConfigError("source type %r is not available on this gateway (%s)" % (spec.get("type"), exc.name),
+                          file, "sources[%d].type" % index) from exc
+
+
+def probe_uplink(uplink, timeout, monotonic):
+    """One real round trip to the uplink host. HTTP: ``GET`` the uplink path (any answer below 500 proves it);
+    otherwise (MQTT) a TCP connect to the broker. Returns a ``Probe``; never raises for network trouble."""
+    host, port = getattr(uplink, "host", None), getattr(uplink, "port", None)
+    if not host or not port:
+        return Probe(False, 0.0, "no round trip is defined for uplink %s" % uplink.describe())
+    start = monotonic()
+    scheme = getattr(uplink, "scheme", None)
+    try:
+        if scheme in ("http", "https"):
+            if scheme == "https":
+                conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=uplink.context)
+            else:
+                conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            try:
+                conn.request("GET", uplink.path, headers={"User-Agent": "edge-gateway-console"})
+                resp = conn.getresponse()
+                resp.read(1024)
+            finally:
+                conn.close()
+            took = monotonic() - start
+            text = "%s:%d answered HTTP %d %s" % (host, port, resp.status, resp.reason)
+            return Probe(resp.status < 500, took, text)
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+        return Probe(True, monotonic() - start, "TCP connect to %s:%d" % (host, port))
+    except ssl.SSLCertVerificationError as exc:
+        return Probe(False, monotonic() - start, "TLS certificate of %s did not verify: %s" % (
+            host, exc.verify_message))
+    except (OSError, http.client.HTTPException) as exc:
+        return Probe(False, monotonic() - start, "cannot reach %s:%d: %s" % (host, port,
+                                                                           exc or type(exc).__name__))

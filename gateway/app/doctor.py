@@ -1,0 +1,275 @@
+"""``edge-gateway doctor [--config FILE] [--quick]``: the on-site self-check.
+
+One line per check, ``PASS``/``WARN``/``FAIL``, each WARN and FAIL with a fix hint; the exit code is 1 if any
+check FAILs (WARN alone exits 0). ``--quick`` runs only the checks that need no network and no hardware (config,
+key, transport); ``upgrade.sh`` gates a new virtualenv on it. URLs are shown with their credentials redacted
+(``gateway.core.redact``), in every line.
+
+Checks: config valid (any config error is a FAIL: the agent would exit 78 and systemd would not restart it); key
+present, 0600 and owned by the running user; a config holding the PIN hash or a broker password readable by
+others (WARN); transport (a WARN when the uplink is plain text (``http://`` or MQTT
+without TLS) to a host other than this machine); clock synchronised (kernel adjtimex);
+free disk for the store bound; serial ports present and read/write; BLE adapter present and powered (BlueZ over
+D-Bus, ``org.bluez.Adapter1.Powered``; only a WARN when no BLE source is configured); uplink reachable with a
+valid TLS certificate (HTTP: a real GET of the URL, where any 2xx-4xx answer proves reachability; MQTT: TCP and,
+with ``tls``, a verified TLS handshake).
+"""
+
+import asyncio
+import os
+import shutil
+import socket
+import ssl
+import stat
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+from gateway.adapters import keys
+from gateway.core.clock import kernel_clock_synced
+from gateway.app.config import load
+from gateway.core.errors import ConfigError, KeyFileError
+from gateway.core.redact import plaintext_uplink, redact_text, redact_url
+
+DEFAULT_CONFIG = "/etc/edge-gateway/config.toml"
+PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    status: str
+    name: str
+    detail: str
+    fix: str = ""
+
+    def line(self):
+        text = "%s %-8s %s" % (self.status, self.name, self.detail)
+        return redact_text(text + ("  -> fix: " + self.fix if self.fix and self.status != PASS else ""))
+
+
+def check_key(cfg):
+    path = cfg.state_path(cfg.gateway.key)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return Check(FAIL, "key", "%s does not exist" % path,
+                     "copy the provisioned key.pem there (mode 0600), or run 'edge-gateway provision'")
+    except OSError as exc:
+        return Check(FAIL, "key", "cannot stat %s: %s" % (path, exc.strerror),
+                     "run doctor as the service user: sudo -u edge-gateway edge-gateway doctor")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode != 0o600:
+        return Check(FAIL, "key", "%s has mode %04o, must be 0600" % (path, mode), "chmod 600 %s" % path)
+    if st.st_uid != os.geteuid():
+        return Check(FAIL, "key", "%s is owned by uid %d, not by this user (uid %d)" % (path, st.st_uid,
+                                                                                       os.geteuid()),
+                     "chown edge-gateway: %s (and run doctor as the service user)" % path)
+    try:
+        key = keys.load_private(path)
+    except KeyFileError as exc:
+        return Check(FAIL, "key", str(exc), "re-copy the key from the provisioning bundle")
+    return Check(PASS, "key", "%s (kid %s, %s)" % (path, key.kid, keys.fingerprint(key.public)))
+
+
+def check_config_mode(cfg):
+    """The config holds the PIN hash and broker passwords: nobody but its owner should read it."""
+    secrets = [k for k, v in (("console.pin_hash", cfg.console.pin_hash), ("uplink.mqtt.password",
+                                                                          cfg.uplink.mqtt.password)) if v]
+    try:
+        mode = stat.S_IMODE(os.stat(cfg.file).st_mode)
+    except (OSError, TypeError):
+        return None
+    if secrets and mode & 0o077:
+        return Check(WARN, "secrets", "%s has mode %04o and holds %s" % (cfg.file, mode, " and ".join(secrets)),
+                     "chmod 600 %s (owned by the service user)" % cfg.file)
+    return None
+
+
+def check_transport(cfg):
+    up = cfg.uplink
+    clear = plaintext_uplink(up.kind, up.url, up.mqtt.host, up.mqtt.tls)
+    if clear:
+        fix = ("use an https:// uplink.url (the receiver behind TLS)" if up.kind == "http" else
+               "set uplink.mqtt.tls = true and the broker's TLS port (usually 8883), or provision with mqtts://")
+        return Check(WARN, "tls", clear, fix)
+    if up.kind == "http" and not up.url:
+        return Check(FAIL, "tls", "uplink.url is empty", "set uplink.url in the config")
+    where = redact_url(up.url) if up.kind == "http" else "mqtt %s:%d" % (up.mqtt.host, up.mqtt.port)
+    plain = up.url.startswith("http:") if up.kind == "http" else not up.mqtt.tls
+    return Check(PASS, "tls", "%s: %s" % (where, "plain text to this machine (loopback)" if plain else "TLS"))
+
+
+def check_clock(synced=None):
+    synced = kernel_clock_synced() if synced is None else synced
+    if synced:
+        return Check(PASS, "clock", "kernel reports the clock synchronised")
+    detail = "kernel cannot tell" if synced is None else "not synchronised (batches are flagged clock=false)"
+    return Check(WARN, "clock", detail, "check NTP: timedatectl timesync-status; allow UDP 123 out")
+
+
+def check_disk(cfg):
+    state = cfg.gateway.state_dir
+    probe = state
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    store = cfg.state_path(cfg.store.path)
+    used = sum(os.path.getsize(store + s) for s in ("", "-wal", "-shm") if os.path.exists(store + s))
+    free = shutil.disk_usage(probe).free
+    need = max(cfg.store.max_bytes - used, 0)
+    detail = "%d MiB free on %s, store bound %d MiB (%d MiB used)" % (free >> 20, probe, cfg.store.max_bytes >> 20,
+                                                                      used >> 20)
+    if free < need:
+        return Check(FAIL, "disk", detail, "free space or lower store.max_bytes below %d" % (free + used))
+    if free < need * 2:
+        return Check(WARN, "disk", detail, "less than twice the bound free; logs and upgrades need room too")
+    return Check(PASS, "disk", detail)
+
+
+def check_serial(cfg):
+    out = []
+    for i, src in enumerate(cfg.sources):
+        if src.get("type") != "serial":
+            continue
+        name, port = src.get("name") or "serial%d" % i, src.get("port", "")
+        if not port or not os.path.exists(port):
+            out.append(Check(FAIL, "serial", "%s: %s does not exist" % (name, port or "(no port)"),
+                             "plug the adapter in; list names with: ls -l /dev/edge-gateway/ /dev/serial/by-id/"))
+        elif not os.access(port, os.R_OK | os.W_OK):
+            out.append(Check(FAIL, "serial", "%s: %s is not readable and writable" % (name, port),
+                             "add the service user to the dialout group, or check the udev rule's GROUP/MODE"))
+        else:
+            out.append(Check(PASS, "serial", "%s: %s" % (name, os.path.realpath(port))))
+    return out
+
+
+async def _bluez_adapters(timeout):
+    from dbus_fast import BusType, Message
+    from dbus_fast.aio import MessageBus
+    bus = await asyncio.wait_for(MessageBus(bus_type=BusType.SYSTEM).connect(), timeout)
+    try:
+        reply = await asyncio.wait_for(bus.call(Message(
+            destination="org.bluez", path="/", interface="org.freedesktop.DBus.ObjectManager",
+            member="GetManagedObjects")), timeout)
+    finally:
+        bus.disconnect()
+    if reply.message_type.name == "ERROR":
+        raise OSError(reply.error_name or "D-Bus error")
+    adapters = {}
+    for path, ifaces in reply.body[0].items():
+        if "org.bluez.Adapter1" in ifaces:
+            adapters[path] = bool(ifaces["org.bluez.Adapter1"].get("Powered").value)
+    return adapters
+
+
+def check_ble(cfg, timeout=3.0):
+    wanted = [s for s in cfg.sources if s.get("type") in ("ble", "gatt")]
+    bad = FAIL if wanted else WARN
+    try:
+        adapters = asyncio.run(_bluez_adapters(timeout))
+    except ImportError:
+        return Check(bad, "ble", "dbus-fast is not installed", "reinstall: it comes with bleak")
+    except (OSError, asyncio.TimeoutError, ValueError, EOFError) as exc:
+        return Check(bad, "ble", "BlueZ not reachable on the system D-Bus (%s)" % (exc or type(exc).__name__),
+                     "systemctl start bluetooth; check the adapter: bluetoothctl list"
+                     + ("" if wanted else " (no BLE sources configured, so this is only a warning)"))
+    if not adapters:
+        return Check(bad, "ble", "BlueZ runs but has no adapter", "check rfkill list; dmesg | grep -i blue")
+    powered = [p.rsplit("/", 1)[-1] for p, on in sorted(adapters.items()) if on]
+    if not powered:
+        return Check(bad, "ble", "adapter %s present but powered off" % ", ".join(a.rsplit("/", 1)[-1]
+                                                                                  for a in adapters),
+                     "rfkill unblock bluetooth; bluetoothctl power on")
+    return Check(PASS, "ble", "adapter %s powered" % ", ".join(powered)
+                 + ("" if wanted else " (no BLE sources configured)"))
+
+
+def _ssl_context(ca_file):
+    ctx = ssl.create_default_context(cafile=ca_file or None)
+    return ctx
+
+
+def check_uplink(cfg):
+    up = cfg.uplink
+    if up.kind == "mqtt":
+        return _check_mqtt(up.mqtt, up.timeout_s)
+    if not up.url:
+        return Check(FAIL, "uplink", "uplink.url is empty", "set uplink.url in the config")
+    shown = redact_url(up.url)
+    req = urllib.request.Request(up.url, method="GET", headers={"User-Agent": "edge-gateway-doctor"})
+    ctx = _ssl_context(up.ca_file) if up.url.startswith("https:") else None
+    try:
+        with urllib.request.urlopen(req, timeout=up.timeout_s, context=ctx) as resp:
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            return Check(FAIL, "uplink", "%s: TLS certificate not valid: %s" % (shown, reason.verify_message),
+                         "check the clock, and uplink.ca_file (the CA that signed the receiver's certificate)")
+        if isinstance(reason, ssl.SSLError):
+            return Check(FAIL, "uplink", "%s: TLS failed: %s" % (shown, reason), "check uplink.url and ca_file")
+        return Check(FAIL, "uplink", "%s unreachable: %s" % (shown, reason),
+                     "check the network, DNS and firewall from this gateway: curl -v %s" % shown)
+    except (OSError, ValueError) as exc:
+        return Check(FAIL, "uplink", "%s unreachable: %s" % (shown, exc), "check the network and uplink.url")
+    if status >= 500:
+        return Check(WARN, "uplink", "%s answered HTTP %d" % (shown, status),
+                     "the receiver is up but failing; batches stay queued until it recovers")
+    return Check(PASS, "uplink", "%s answered HTTP %d%s" % (shown, status,
+                                                           ", TLS verified" if ctx else ""))
+
+
+def _check_mqtt(m, timeout):
+    where = "mqtt %s:%d" % (m.host, m.port)
+    try:
+        sock = socket.create_connection((m.host, m.port), timeout=timeout)
+    except OSError as exc:
+        return Check(FAIL, "uplink", "%s unreachable: %s" % (where, exc.strerror or exc),
+                     "check the broker address and firewall")
+    try:
+        if m.tls:
+            try:
+                sock = _ssl_context(m.ca_file).wrap_socket(sock, server_hostname=m.host)
+            except ssl.SSLCertVerificationError as exc:
+                return Check(FAIL, "uplink", "%s: TLS certificate not valid: %s" % (where, exc.verify_message),
+                             "check the clock and uplink.mqtt.ca_file")
+            except (ssl.SSLError, OSError) as exc:
+                return Check(FAIL, "uplink", "%s: TLS failed: %s" % (where, exc), "check port and tls setting")
+    finally:
+        sock.close()
+    return Check(PASS, "uplink", "%s reachable%s" % (where, ", TLS verified" if m.tls else ""))
+
+
+def run_checks(config_path, quick=False):
+    try:
+        cfg = load(config_path)
+    except ConfigError as exc:
+        return [Check(FAIL, "config", str(exc), "fix the named key (docs/configuration.md)")]
+    checks = [Check(PASS, "config", "%s valid (gateway %s)" % (config_path, cfg.gateway.id))]
+    checks += [c for c in (check_config_mode(cfg),) if c] + [check_key(cfg), check_transport(cfg)]
+    if quick:
+        return checks
+    checks += [check_clock(), check_disk(cfg)] + check_serial(cfg) + [check_ble(cfg), check_uplink(cfg)]
+    return checks
+
+
+def register(subparsers):
+    p = subparsers.add_parser("doctor", help="check this gateway: config, key, clock, disk, serial, BLE, uplink")
+    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE", help="default " + DEFAULT_CONFIG)
+    p.add_argument("--quick", action="store_true", help="config, key and transport only (no network, no hardware)")
+    p.set_defaults(func=cmd_doctor)
+    return p
+
+
+def cmd_doctor(args, out=None):
+    out = out or sys.stdout
+    checks = run_checks(args.config, args.quick)
+    for c in checks:
+        out.write(c.line() + "\n")
+    failed = sum(c.status == FAIL for c in checks)
+    warned = sum(c.status == WARN for c in checks)
+    out.write("%s: %d checks, %d failed, %d warnings\n" % ("FAIL" if failed else "OK", len(checks), failed, warned))
+    out.flush()
+    return 1 if failed else 0

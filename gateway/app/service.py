@@ -1,0 +1,89 @@
+"""``edge-gateway run --config FILE``: the production daemon shell.
+
+It builds the stages from a validated config, runs the agent, and exits cleanly on SIGTERM (flushing what the
+batcher holds into the store first). Everything that can be wrong with the config or the key is reported before
+any sensor is opened.
+"""
+
+import asyncio
+import logging
+import os
+import signal
+
+from drivers.sources import build_source
+from gateway.adapters import keys
+from gateway.app.agent import Agent
+from gateway.core.clock import SystemClock
+from gateway.core.errors import ConfigError
+from gateway.adapters.store import Store
+from gateway.adapters.uplink import make_uplink
+
+log = logging.getLogger(__name__)
+
+
+def build_rules(cfg):
+    if not cfg.rules:
+        return None
+    from gateway.core.model import Event
+    from gateway.core.rules import RuleEngine
+    try:
+        return RuleEngine(cfg.rules, event_factory=Event)
+    except ValueError as exc:
+        raise ConfigError(str(exc), cfg.file, "rules") from exc
+
+
+def build_agent(cfg, clock=None, **extra):
+    """Build an ``Agent`` (not started) from a validated ``Config``."""
+    clock = clock or SystemClock(cfg.clock.mode)
+    os.makedirs(cfg.gateway.state_dir, mode=0o700, exist_ok=True)
+    key = keys.load_private(cfg.state_path(cfg.gateway.key))
+    if not cfg.uplink.url and cfg.uplink.kind == "http":
+        raise ConfigError("is required for the http uplink", cfg.file, "uplink.url")
+    try:
+        uplink = make_uplink(cfg.uplink)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(str(exc), cfg.file, "uplink") from exc
+    sources = [build_source(spec, clock, cfg.file, i, cfg.gateway.state_dir) for i, spec in enumerate(cfg.sources)]
+    store = Store(cfg.state_path(cfg.store.path), max_bytes=cfg.store.max_bytes,
+                  max_age=cfg.store.max_age_days * 86400.0, clock=clock)
+    if store.recovered_from:  # the store logged what it salvaged and lost; this line is for the start-up summary
+        log.error("store %s was corrupt; moved aside to %s (delete it once inspected) and started a new one: %s",
+                  store.path, store.recovered_from, store.salvage.summary() if store.salvage else "nothing salvaged")
+    return Agent(gw=cfg.gateway.id, key=key, store=store, uplink=uplink, sources=sources, clock=clock,
+                 batch=cfg.batch, rules=build_rules(cfg), backoff=(cfg.uplink.backoff_min_s, cfg.uplink.backoff_max_s),
+                 max_pending=cfg.store.memory_batches, **extra)
+
+
+EXIT_RESTART = 75  # the console's `restart`: exit non-zero so systemd's Restart=on-failure starts us again
+
+
+async def run_service(cfg, console_port=None):
+    """Run the agent until SIGTERM/SIGINT, serving the technician console when a port is configured."""
+    agent = build_agent(cfg)
+    from gateway.core.redact import plaintext_uplink
+    clear = plaintext_uplink(cfg.uplink.kind, cfg.uplink.url, cfg.uplink.mqtt.host, cfg.uplink.mqtt.tls)
+    if clear:
+        log.warning("%s", clear)  # the URL in it is redacted (gateway.core.redact)
+    stop = asyncio.Event()
+    restart = []
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    console = None
+    port = console_port or cfg.console.port
+    if port:
+        from gateway.app.console.serve import serve_console
+
+        def request_restart():
+            restart.append(1)
+            loop.call_soon_threadsafe(stop.set)
+        console = serve_console(agent, port, cfg.file, request_restart=request_restart)
+    try:
+        await agent.run(stop)
+    finally:
+        if console is not None:
+            console.cancel()
+            await asyncio.gather(console, return_exceptions=True)
+        agent.store.close()
+    log.info("agent stopped: %s", dict(agent.counters))
+    return EXIT_RESTART if restart else 0

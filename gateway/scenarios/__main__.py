@@ -1,5 +1,0 @@
-import sys
-
-from gateway.scenarios import main
-
-sys.exit(main())

@@ -1,0 +1,502 @@
+"""``edge-gateway bench [--json] [--quick]``: the fixed, seeded benchmark suite (``docs/performance.md``).
+
+Each figure is measured several times and reported as the median, with the individual runs beside it. Hot-path
+figures run in this process on one core; footprint figures (RSS, idle CPU, start-up) are measured on the real agent
+process from outside, through ``/proc``. The physical ceilings of the machine are measured in the same run, so the
+pipeline can be read as a fraction of them. Targets are in ``TARGETS`` and in the document, never asserted here.
+"""
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+
+import cbor2
+
+from gateway.adapters import keys
+from gateway.core import senml, wire
+from gateway.core.batcher import Batcher
+from gateway.core.model import EncodedBatch, Event, Reading
+from gateway.adapters.store import Store
+
+TARGETS = {
+    "pipeline_readings_per_s": (">=", 100_000), "wire_bytes_per_reading": ("<=", 10),
+    "rss_mb_200_sensors": ("<=", 40), "idle_cpu_percent": ("<=", 0.5), "startup_s": ("<=", 1.0),
+    "drain_readings_per_s": (">=", 20_000), "disk_to_wire_ratio": ("<=", 2.0),
+    "alarm_latency_ms_p99": ("<=", 1000), "swinging_door_ratio": (">=", 20),
+    "bthome_adverts_per_s": (">=", 200_000), "nmea_sentences_per_s": (">=", 100_000),
+    "rule_evals_per_s": (">=", 500_000),
+}
+GW = "gw-bench"
+BTHOME_ADVERT = bytes.fromhex("400009015d025d0903b718")  # packet id, battery, temperature, humidity (bthome-ble test)
+
+
+def _median(samples):
+    return statistics.median(samples)
+
+
+def _repeat(fn, n):
+    return [fn() for _ in range(n)]
+
+
+def _write_bytes():
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("write_bytes:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+# -- hot path, in process ---------------------------------------------------------------------------------------
+def bench_wire_bytes():
+    key = keys.SigningKey.from_seed(bytes(range(32)))
+    out = {}
+    for label, base, res in (("fridge_0.01C", 4.0, 0.01), ("room_0.01C", 21.0, 0.01), ("room_0.1C", 21.0, 0.1)):
+        rng = random.Random(1)
+        value, readings = base, []
+        for i in range(100):
+            value = round(value + rng.choice((-1, 0, 1)) * res, 2)
+            readings.append(Reading("a4:c1:38:00:00:01", "temp", value, "Cel", 1_767_225_600 + i, res))
+        records = senml.encode_records(readings, (), GW + "/", time_quantum=1.0)
+        data = wire.sign(wire.encode_payload(GW, 12, 3456, True, records), key)
+        out[label] = round(len(data) / 100, 2)
+    return out
+
+
+def bench_bthome(n):
+    from drivers.ble import bthome
+    decode = bthome.decode
+    data = BTHOME_ADVERT
+
+    def run():
+        t = timeit.timeit(lambda: decode(data), number=n)
+        return n / t
+    return run
+
+
+def bench_nmea(n):
+    from drivers.serial.nmea import NmeaReader, with_checksum
+    gga = with_checksum(b"GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,")
+    rmc = with_checksum(b"GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W")
+    stream = (gga + rmc) * (n // 2)
+    chunks = [stream[i:i + 512] for i in range(0, len(stream), 512)]
+
+    def run():
+        reader = NmeaReader()
+        start = time.perf_counter()
+        count = 0
+        for chunk in chunks:
+            count += len(reader.feed(chunk))
+        return count / (time.perf_counter() - start)
+    return run
+
+
+def _rules():
+    from gateway.core.rules import RuleEngine
+    return RuleEngine([{"match": {"name": "temp"}, "low": 2.0, "high": 8.0, "hysteresis": 0.3, "deadband": 0.05}],
+                      event_factory=Event)
+
+
+def bench_rules(n):
+    rng = random.Random(2)
+    readings = [Reading("s%d" % (i % 50), "temp", round(5.0 + rng.uniform(-4, 4), 2), "Cel", float(i))
+                for i in range(n)]
+
+    def run():
+        engine = _rules()
+        process = engine.process
+        start = time.perf_counter()
+        for r in readings:
+            process(r)
+        return n / (time.perf_counter() - start)
+    return run
+
+
+def bench_swinging_door():
+    from firmware_sim.fridge import samples
+    from gateway.core.rules import RuleEngine
+    engine = RuleEngine([{"match": {"name": "temp"}, "swinging_door": 0.1}], event_factory=Event)
+    n = kept = 0
+    for t, v in samples(seed=1, seconds=86400):
+        n += 1
+        kept += len(engine.process(Reading("fridge", "temp", v, "Cel", t, 0.01)).send)
+    kept += len(engine.flush().send)
+    return n / kept
+
+
+def bench_pipeline(n_adverts, workdir):
+    """decode -> rules -> SenML -> sign -> commit, batches of 1000 readings as the agent cuts them, one core."""
+    from drivers.ble import bthome
+    key = keys.SigningKey.from_seed(bytes(range(32)))
+    signer = wire.Signer(key)
+    rng = random.Random(3)
+    adverts = []
+    for i in range(n_adverts):
+        temp = int((4.0 + rng.uniform(-1, 1)) * 100)
+        adverts.append(bytes([0x40, 0x00, i & 0xFF, 0x01, 80, 0x02]) + temp.to_bytes(2, "little", signed=True)
+                       + bytes([0x03]) + (5500 + i % 300).to_bytes(2, "little"))
+
+    def run():
+        path = os.path.join(workdir, "pipe-%d.sqlite" % random.random().__hash__())
+        store = Store(path, max_bytes=1 << 30)
+        engine = _rules()
+        batcher = Batcher(1000, 1e9)
+        seq = 0
+        accepted = 0
+        wb0 = _write_bytes()
+        wire_bytes = 0
+        start = time.perf_counter()
+        for i, adv in enumerate(adverts):
+            sensor = "a4:c1:38:00:%02x:%02x" % (i % 200 // 256, i % 200)
+            t = 1_767_225_600 + i / 200
+            for m in bthome.decode(adv):
+                if m.name == "packet_id":
+                    continue
+                res = engine.process(Reading(sensor, m.name, m.value, m.unit, t, m.resolution))
+                for r in res.send:
+                    if batcher.add(r, 0.0):
+                        readings, events = batcher.cut()
+                        records = senml.encode_records(readings, events, GW + "/", time_quantum=1.0)
+                        data = signer(wire.encode_payload(GW, 1, seq, True, records))
+                        seq += 1
+                        store.put(EncodedBatch(1, seq, data, 0, len(readings), 0, 0.0))
+                        accepted += len(readings)
+                        wire_bytes += len(data)
+        elapsed = time.perf_counter() - start
+        fsyncs = store.fsyncs
+        store.close()
+        wb1 = _write_bytes()
+        os.unlink(path)
+        return {"readings_per_s": accepted / elapsed, "accepted": accepted, "fsyncs": fsyncs,
+                "disk_bytes": (wb1 - wb0) if wb0 is not None and wb1 is not None else None, "wire_bytes": wire_bytes}
+    return run
+
+
+def bench_store_cycle(workdir, batches=200, readings=1000):
+    """Bytes written and fsyncs per accepted reading for the full life of a batch: commit, ack, checkpoint."""
+    key = keys.SigningKey.from_seed(bytes(range(32)))
+    signer = wire.Signer(key)
+    datas = []
+    for b in range(batches):
+        rs = [Reading("s%d" % (i % 20), "temp", round(4 + (i % 37) / 100, 2), "Cel", 1.7e9 + b * 10 + i / 100, 0.01)
+              for i in range(readings)]
+        datas.append(signer(wire.encode_payload(GW, 1, b, True, senml.encode_records(rs, (), GW + "/"))))
+    path = os.path.join(workdir, "cycle-%d.sqlite" % readings)
+    store = Store(path, max_bytes=1 << 30)
+    wb0 = _write_bytes()
+    for b, data in enumerate(datas):
+        sid = store.put(EncodedBatch(1, b, data, 0, readings, 0, 0.0))
+        store.ack([sid])
+    store.close()
+    wb1 = _write_bytes()
+    wire_bytes = sum(map(len, datas))
+    # No bytes written at all means the directory is not on a block device (tmpfs): say so instead of 0.
+    written = (wb1 - wb0) if wb0 is not None and wb1 is not None and wb1 > wb0 else None
+    return {"fsyncs_per_1k_readings": store.fsyncs / (batches * readings / 1000),
+            "disk_bytes_per_reading": written / (batches * readings) if written else None,
+            "wire_bytes_per_reading": wire_bytes / (batches * readings),
+            "disk_to_wire_ratio": written / wire_bytes if written else None}
+
+
+def bench_ceilings(workdir):
+    key = keys.SigningKey.from_seed(bytes(range(32)))
+    payload = os.urandom(1024)
+    n = 3000
+    signs = n / timeit.timeit(lambda: key.sign(payload), number=n)
+    records = [{6: i, 2: 4.25} for i in range(1000)]
+    t = timeit.timeit(lambda: cbor2.dumps(records, canonical=True), number=50)
+    cbor_rate = 50 * 1000 / t
+    db = sqlite3.connect(os.path.join(workdir, "ceiling.sqlite"), isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE t (x BLOB)")
+    blob = os.urandom(10_000)
+    commits = 200
+    start = time.perf_counter()
+    for _ in range(commits):
+        db.execute("INSERT INTO t VALUES (?)", (blob,))
+    commit_rate = commits / (time.perf_counter() - start)
+    db.close()
+    return {"ed25519_signs_per_s": round(signs), "cbor2_records_per_s": round(cbor_rate),
+            "sqlite_full_commits_per_s": round(commit_rate)}
+
+
+# -- the real agent process, measured from outside -----------------------------------------------------------
+class AgentProcess:
+    """``edge-gateway run`` on a line-protocol board over a pty, with its own state dir and config."""
+
+    def __init__(self, workdir, sensors, rate, uplink, name):
+        from tools.sim.harness import PtyNode
+        self.dir = os.path.join(workdir, name)
+        os.makedirs(self.dir)
+        key = keys.SigningKey.generate()
+        keys.write_private(os.path.join(self.dir, "key.pem"), key)
+        self.jwks = {"keys": [key.jwk(GW)]}
+        self.node = PtyNode("line_node", ["--sensors", sensors, "--rate", rate], link=os.path.join(self.dir, "tty"))
+        self.config = os.path.join(self.dir, "config.toml")
+        with open(self.config, "w") as f:
+            f.write('[gateway]\nid = "%s"\nstate_dir = "%s"\nlog_level = "warning"\n[batch]\nmax_age_s = 10\n'
+                    '[uplink]\nurl = "%s"\nbackoff_max_s = 5\n[clock]\nmode = "synced"\n'
+                    '[[sources]]\ntype = "serial"\nname = "board"\nport = "%s"\nbaud = 115200\n'
+                    'units = {temp = "Cel", hum = "%%RH"}\n' % (GW, self.dir, uplink, self.node.path))
+        self.proc = None
+        self.started = None
+
+    def start(self):
+        self.node.start()
+        time.sleep(0.3)
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", self.config],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self
+
+    def rss_mb(self):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+        return None
+
+    def cpu_s(self):
+        with open("/proc/%d/stat" % self.proc.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def accepted(self):
+        path = os.path.join(self.dir, "queue.sqlite")
+        if not os.path.exists(path):
+            return 0
+        try:
+            db = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=0.05)
+            try:
+                return db.execute("SELECT COALESCE(SUM(readings), 0) FROM batches").fetchone()[0]
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return 0
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.node.stop()
+
+
+DEAD_UPLINK = "http://127.0.0.1:9/v1/batches"  # discard port: refused at once, so the queue keeps everything
+
+
+def bench_startup(workdir, i):
+    agent = AgentProcess(workdir, 3, 5, DEAD_UPLINK, "startup%d" % i).start()
+    try:
+        deadline = time.perf_counter() + 15
+        while time.perf_counter() < deadline:
+            if agent.accepted() > 0:
+                return time.perf_counter() - agent.started
+            time.sleep(0.01)
+        return None
+    finally:
+        agent.stop()
+
+
+def bench_rss(workdir, settle):
+    agent = AgentProcess(workdir, 200, 1, DEAD_UPLINK, "rss").start()
+    try:
+        time.sleep(settle)
+        samples = []
+        for _ in range(5):
+            samples.append(agent.rss_mb())
+            time.sleep(0.5)
+        return max(samples), agent.accepted()
+    finally:
+        agent.stop()
+
+
+def bench_idle_cpu(workdir, window):
+    agent = AgentProcess(workdir, 50, 1 / 60.0, DEAD_UPLINK, "idle").start()
+    try:
+        time.sleep(3.0)
+        c0, t0 = agent.cpu_s(), time.perf_counter()
+        time.sleep(window)
+        c1, t1 = agent.cpu_s(), time.perf_counter()
+        return 100.0 * (c1 - c0) / (t1 - t0)
+    finally:
+        agent.stop()
+
+
+def _receiver_process(workdir, jwks, name):
+    path = os.path.join(workdir, name)
+    os.makedirs(path)
+    keys.write_jwks(os.path.join(path, "jwks.json"), jwks)
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "receive", "--listen", "127.0.0.1:%d" % port,
+                             "--trust", os.path.join(path, "jwks.json"), "--db", os.path.join(path, "rx.sqlite"),
+                             "--log-level", "error"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc.stdout.readline()  # "receiving on ..." once it listens
+    return proc, "http://127.0.0.1:%d/v1/batches" % port, os.path.join(path, "rx.sqlite")
+
+
+def _backlog(store, key, boot, batches, per_batch):
+    signer = wire.Signer(key)
+    out = []
+    for b in range(batches):
+        rs = [Reading("s%d" % (i % 50), "temp", round(4 + (i % 37) / 100, 2), "Cel", 1.7e9 + b * 20 + i / 50, 0.01)
+              for i in range(per_batch)]
+        out.append(EncodedBatch(boot, b, signer(wire.encode_payload(GW, boot, b, True, senml.encode_records(
+            rs, (), GW + "/"))), 0, per_batch, 0, 0.0))
+    store.put_many(out)
+
+
+def bench_drain(workdir, readings, i, alarms=0):
+    """Drain a backlog to a real receiver process; optionally raise alarms meanwhile and time them."""
+    from gateway.app.agent import Agent
+    from gateway.core.clock import SystemClock
+    from gateway.adapters.uplink.http import HttpUplink
+    key = keys.SigningKey.generate()
+    rx, url, rx_db = _receiver_process(workdir, {"keys": [key.jwk(GW)]}, "rx%d-%d" % (alarms, i))
+    try:
+        store = Store(os.path.join(workdir, "drain%d-%d.sqlite" % (alarms, i)), max_bytes=1 << 30)
+        _backlog(store, key, store.next_boot(), readings // 1000, 1000)  # an earlier boot's backlog
+        clock = SystemClock("synced")
+        agent = Agent(gw=GW, key=key, store=store, uplink=HttpUplink(url), clock=clock, backoff=(0.05, 1.0))
+        emitted = {}
+
+        async def main():
+            stop = asyncio.Event()
+            task = asyncio.create_task(agent.run(stop))
+            start = time.perf_counter()
+            for k in range(alarms):
+                await asyncio.sleep(0.15)
+                emitted[k] = time.time()
+                agent.emit(Event("fridge-%d" % k, "alarm.high", "raised", "bench alarm %d" % k, clock.monotonic(),
+                                 alarm=True))
+            while agent.depth()[0] and time.perf_counter() - start < 120:
+                await asyncio.sleep(0.02)
+            elapsed = time.perf_counter() - start
+            stop.set()
+            await task
+            return elapsed
+        elapsed = asyncio.run(main())
+        store.close()
+    finally:
+        rx.send_signal(signal.SIGTERM)
+        rx.wait(10)
+    if not alarms:
+        return readings / elapsed
+    db = sqlite3.connect(rx_db)
+    got = db.execute("SELECT r.vs, b.received FROM records r JOIN batches b USING (gw, boot, seq) "
+                     "WHERE r.vs LIKE 'raised: bench alarm %'").fetchall()
+    db.close()
+    return sorted(1000 * (received - emitted[int(vs.rsplit(" ", 1)[1])]) for vs, received in got)
+
+
+def _p99(samples):
+    if not samples:
+        return None
+    return samples[min(len(samples) - 1, int(round(0.99 * (len(samples) - 1))))]
+
+
+def run_bench(quick=False, progress=None):
+    say = progress or (lambda msg: None)
+    reps = 3 if quick else 5
+    workdir = tempfile.mkdtemp(prefix="edge-gateway-bench-", dir=os.environ.get("BENCH_DIR"))
+    results = {"quick": quick, "python": sys.version.split()[0], "cores": os.cpu_count(), "repeats": reps}
+    runs = {}
+    try:
+        say("wire bytes")
+        wb = bench_wire_bytes()
+        results["wire_bytes_per_reading"] = wb["fridge_0.01C"]
+        runs["wire_bytes_per_reading"] = wb
+        say("decoders and rules")
+        for name, fn in (("bthome_adverts_per_s", bench_bthome(20_000 if quick else 100_000)),
+                         ("nmea_sentences_per_s", bench_nmea(20_000 if quick else 100_000)),
+                         ("rule_evals_per_s", bench_rules(50_000 if quick else 200_000))):
+            samples = _repeat(fn, reps)
+            results[name] = round(_median(samples))
+            runs[name] = [round(s) for s in samples]
+        say("swinging door")
+        results["swinging_door_ratio"] = round(bench_swinging_door(), 1)
+        say("pipeline")
+        pipe = _repeat(bench_pipeline(20_000 if quick else 60_000, workdir), reps)
+        results["pipeline_readings_per_s"] = round(_median([p["readings_per_s"] for p in pipe]))
+        runs["pipeline_readings_per_s"] = [round(p["readings_per_s"]) for p in pipe]
+        say("store cycle")
+        cycle = bench_store_cycle(workdir, 50 if quick else 200)
+        big = bench_store_cycle(workdir, 15 if quick else 50, readings=4000)
+        runs["disk_to_wire_ratio_4000_reading_batches"] = round(big["disk_to_wire_ratio"], 2) \
+            if big["disk_to_wire_ratio"] is not None else None
+        results["fsyncs_per_1k_readings"] = round(cycle["fsyncs_per_1k_readings"], 2)
+        if cycle["disk_bytes_per_reading"] is not None:
+            results["disk_bytes_per_reading"] = round(cycle["disk_bytes_per_reading"], 2)
+            results["disk_to_wire_ratio"] = round(cycle["disk_to_wire_ratio"], 2)
+        runs["store_cycle"] = {k: round(v, 3) for k, v in cycle.items() if v is not None}
+        say("ceilings")
+        results["ceilings"] = bench_ceilings(workdir)
+        say("start-up")
+        startups = [s for s in (bench_startup(workdir, i) for i in range(reps)) if s is not None]
+        results["startup_s"] = round(_median(startups), 3) if startups else None
+        runs["startup_s"] = [round(s, 3) for s in startups]
+        say("drain")
+        drains = [bench_drain(workdir, 20_000 if quick else 100_000, i) for i in range(2 if quick else 3)]
+        results["drain_readings_per_s"] = round(_median(drains))
+        runs["drain_readings_per_s"] = [round(d) for d in drains]
+        say("alarm latency")
+        lat = bench_drain(workdir, 50_000 if quick else 100_000, 0, alarms=10 if quick else 20)
+        results["alarm_latency_ms_p99"] = round(_p99(lat), 1) if lat else None
+        runs["alarm_latency_ms"] = [round(x, 1) for x in lat]
+        say("RSS with 200 sensors")
+        rss, accepted = bench_rss(workdir, 8 if quick else 30)
+        results["rss_mb_200_sensors"] = round(rss, 1)
+        runs["rss_accepted_readings"] = accepted
+        say("idle CPU")
+        results["idle_cpu_percent"] = round(bench_idle_cpu(workdir, 8 if quick else 60), 3)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    results["runs"] = runs
+    results["targets"] = {k: "%s %s" % v for k, v in TARGETS.items()}
+    results["met"] = {k: _met(results.get(k), *TARGETS[k]) for k in TARGETS}
+    return results
+
+
+def _met(value, op, target):
+    if value is None:
+        return None
+    return value >= target if op == ">=" else value <= target
+
+
+def register(sub):
+    p = sub.add_parser("bench", help="run the benchmark suite (docs/performance.md)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quick", action="store_true", help="a shorter run (under 60 s)")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args):
+    progress = None if args.json else (lambda msg: print("... " + msg, file=sys.stderr, flush=True))
+    results = run_bench(args.quick, progress)
+    if args.json:
+        print(json.dumps(results, sort_keys=True))
+    else:
+        for key in sorted(k for k in results if k not in ("runs", "targets", "met")):
+            flag = results["met"].get(key)
+            mark = "" if flag is None else ("  ok" if flag else "  MISSED (target %s)" % results["targets"][key])
+            print("%-26s %s%s" % (key, results[key], mark))
+    return 0

@@ -1,0 +1,381 @@
+"""``edge-gateway provision``: identity, key, config and trust store for one gateway or a fleet.
+
+For each gateway ID it writes ``OUT/<ID>/key.pem`` (Ed25519, mode 0600), ``OUT/<ID>/config.toml`` (validated by
+loading it back) and ``OUT/<ID>/enrollment.json``, prints the enrollment record (gateway id, kid, fingerprint,
+public JWK) as one JSON line, and adds the public key, tagged ``"gw": ID``, to the backend's trust store (a JWK
+Set, ``OUT/jwks.json`` unless ``--trust`` says otherwise).
+
+* Idempotent: re-running never replaces an existing key; it reuses it, rewrites the config and re-merges the JWK.
+* ``--rotate`` makes a new key. The old JWK stays in the trust store with ``"status": "retired-pending"`` and a
+  ``"retired_at"`` date, so batches signed before the rotation (still queued on the gateway) keep verifying.
+  ``provision --retire KID`` removes it once the backlog has drained. Stock JOSE libraries ignore both members.
+* ``--csv FILE`` provisions many: columns ``gateway_id``, ``uplink`` and optional ``mqtt``, ``ca_file``,
+  ``sensors``, ``pin``, ``state_dir``; one bundle directory per gateway, one trust store for the backend.
+* An ``http://`` uplink, or MQTT without TLS, to a host that is not this machine is provisioned with a WARNING
+  on stderr (and in the record's ``warnings``): the batches are signed, but readable on the way.
+* Nothing printed carries a URL's credentials (``gateway.core.redact``); ``--pin`` is refused below 6 characters.
+* ``--bundle DIR`` (one gateway) builds the first-boot bundle for a Raspberry Pi OS SD card: wheelhouse, config,
+  key, ``deploy/`` and the first-boot script (``docs/operations.md``, "Installer's guide").
+"""
+
+import csv
+import datetime
+import json
+import os
+import shutil
+import stat
+import sys
+import tomllib
+from urllib.parse import unquote, urlsplit
+
+from gateway.app import config as gconfig
+from gateway.adapters import keys
+from tools import wheelhouse as wheelhouse_mod
+from gateway.core.errors import ConfigError, KeyFileError
+from gateway.core.redact import plaintext_uplink, redact_text, redact_url
+from tools.wheelhouse import WheelhouseError
+
+DEFAULT_STATE_DIR = "/var/lib/edge-gateway"
+KEY_NAME = "key.pem"
+CSV_COLUMNS = ("gateway_id", "uplink", "mqtt", "ca_file", "sensors", "pin", "state_dir")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ProvisionError(Exception):
+    """Bad provisioning input (a CSV row, an option). The message says which and how to fix it."""
+
+
+# -- config ------------------------------------------------------------------------------------------------------
+def mqtt_section(url):
+    """``mqtt://host:port/prefix`` or ``mqtts://...`` -> the ``[uplink.mqtt]`` table."""
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:
+        parts = hostname = None
+    if parts is None or parts.scheme not in ("mqtt", "mqtts") or not hostname:
+        raise ProvisionError("--mqtt must look like mqtt://HOST:PORT/PREFIX or mqtts://..., got %r"
+                             % redact_url(url))
+    try:
+        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    except ValueError:
+        raise ProvisionError("--mqtt has a bad port: %r" % redact_url(url)) from None
+    section = {"host": parts.hostname, "port": port, "topic_prefix": parts.path.strip("/") or "edge"}
+    if parts.scheme == "mqtts":
+        section["tls"] = True
+    if parts.username:
+        section["username"] = unquote(parts.username)
+    if parts.password:
+        section["password"] = unquote(parts.password)
+    return section
+
+
+def load_sensors(path):
+    """A TOML file with ``[[sources]]`` (and optionally ``[[rules]]``) tables, merged into the config."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError("cannot read: %s" % exc.strerror, path) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("not valid TOML: %s" % exc, path) from exc
+    unknown = set(data) - {"sources", "rules"}
+    if unknown:
+        raise ConfigError("only [[sources]] and [[rules]] belong in a sensors file", path, sorted(unknown)[0])
+    return data
+
+
+def hash_console_pin(pin):
+    """The console helper's ``hash_pin``, imported lazily (the console may not be part of this build)."""
+    try:
+        from gateway.app.console.auth import hash_pin
+    except ImportError as exc:
+        raise ProvisionError("--pin needs gateway.app.console.auth.hash_pin, which this build lacks (%s)" % exc) \
+            from None
+    try:
+        return hash_pin(pin)
+    except ValueError as exc:
+        raise ProvisionError("--pin refused: %s" % exc) from None
+
+
+def build_config(gateway_id, uplink=None, mqtt=None, ca_file=None, sensors=None, pin=None, state_dir=None):
+    """The config as a plain dict (what ``to_toml`` writes). Validated by ``config.from_dict``."""
+    if not uplink and not mqtt:
+        raise ProvisionError("gateway %s: give --uplink URL or --mqtt URL" % gateway_id)
+    data = {"gateway": {"id": gateway_id, "state_dir": state_dir or DEFAULT_STATE_DIR, "key": KEY_NAME}}
+    up = {"kind": "mqtt" if mqtt else "http"}
+    if uplink:
+        up["url"] = uplink
+    if ca_file:
+        up["ca_file"] = os.path.abspath(ca_file) if os.path.exists(ca_file) else ca_file
+    if mqtt:
+        up["mqtt"] = mqtt_section(mqtt)
+        if ca_file:
+            up["mqtt"]["ca_file"] = up["ca_file"]
+    data["uplink"] = up
+    if pin:
+        data["console"] = {"pin_hash": hash_console_pin(pin)}
+    if sensors:
+        extra = load_sensors(sensors)
+        data.update({k: v for k, v in extra.items() if v})
+    gconfig.from_dict(data, "<provision %s>" % gateway_id)
+    return data
+
+
+def transport_warning(data):
+    """The plain-text warning for a built config (``gateway.core.redact.plaintext_uplink``), or None."""
+    up = data.get("uplink", {})
+    mqtt = up.get("mqtt", {})
+    return plaintext_uplink(up.get("kind", "http"), up.get("url", ""), mqtt.get("host", ""), mqtt.get("tls", False))
+
+
+# -- trust store -------------------------------------------------------------------------------------------------
+def _read_jwks(path):
+    if not os.path.exists(path):
+        return {"keys": []}
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise KeyFileError("trust store %s cannot be read as JSON: %s" % (path, exc)) from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+        raise KeyFileError("trust store %s is not a JWK Set (no \"keys\" array)" % path)
+    return doc
+
+
+def update_trust(path, add=(), retire=(), remove=(), today=None):
+    """One atomic rewrite of the JWK Set: add/replace JWKs, mark kids retired-pending, remove kids."""
+    doc = _read_jwks(path)
+    today = today or datetime.date.today().isoformat()
+    new_kids = {j["kid"] for j in add}
+    bound = {j.get("kid"): j.get("gw") for j in doc["keys"] if isinstance(j, dict)}
+    for jwk in add:  # a kid serves one gateway: replacing it under another gw would move the right to write as it
+        if jwk["kid"] in bound and bound[jwk["kid"]] != jwk.get("gw"):
+            raise ProvisionError("%s: kid %s is bound to gateway %r; refusing to rebind it to %r"
+                                 % (path, jwk["kid"], bound[jwk["kid"]], jwk.get("gw")))
+    kept = []
+    for jwk in doc["keys"]:
+        kid = jwk.get("kid")
+        if kid in new_kids or kid in remove:
+            continue
+        if kid in retire and jwk.get("status") != "retired-pending":
+            jwk = dict(jwk, status="retired-pending", retired_at=today)
+        kept.append(jwk)
+    doc["keys"] = kept + list(add)
+    try:
+        keys.TrustStore(doc, source="trust store %s" % path)  # what we write must load on every receiver
+    except KeyFileError as exc:
+        raise ProvisionError(str(exc)) from exc
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    keys.write_jwks(path, doc)
+    return doc
+
+
+def retire(trust_path, kid):
+    doc = _read_jwks(trust_path)
+    match = [j for j in doc["keys"] if j.get("kid") == kid]
+    if not match:
+        raise ProvisionError("kid %s is not in %s" % (kid, trust_path))
+    if match[0].get("status") != "retired-pending":
+        raise ProvisionError("kid %s is a current key (gateway %s), not a rotated one; refusing to remove it"
+                             % (kid, match[0].get("gw")))
+    update_trust(trust_path, remove={kid})
+    return match[0]
+
+
+# -- one gateway -------------------------------------------------------------------------------------------------
+def provision_one(out_dir, gateway_id, rotate=False, **config_args):
+    """Key + config + enrollment for one gateway in ``out_dir/<id>``. Returns ``(record, new_jwk, old_kid)``."""
+    if not gconfig.ID_RE.match(gateway_id or ""):
+        raise ProvisionError("gateway id %r: use 1-64 letters, digits, '-', '_', '.' or ':'" % (gateway_id,))
+    data = build_config(gateway_id, **config_args)
+    gw_dir = os.path.join(out_dir, gateway_id)
+    os.makedirs(gw_dir, mode=0o700, exist_ok=True)
+    key_path = os.path.join(gw_dir, KEY_NAME)
+    old_kid = None
+    if os.path.exists(key_path):
+        key = keys.load_private(key_path)
+        if rotate:
+            old_kid = key.kid
+            key = keys.SigningKey.generate()
+            keys.write_private(key_path, key, overwrite=True)
+    else:
+        key = keys.SigningKey.generate()
+        keys.write_private(key_path, key)
+    cfg_path = os.path.join(gw_dir, "config.toml")
+    gconfig.write_atomic(cfg_path, "# written by edge-gateway provision\n" + gconfig.to_toml(data), 0o640)
+    gconfig.load(cfg_path)  # validate what is on disk, not what we meant to write
+    jwk = key.jwk(gateway_id)
+    record = {"gateway_id": gateway_id, "kid": key.kid, "fingerprint": keys.fingerprint(key.public), "jwk": jwk,
+              "config": os.path.abspath(cfg_path), "key": os.path.abspath(key_path)}
+    if old_kid:
+        record["rotated_from"] = old_kid
+    warning = transport_warning(data)
+    if warning:
+        record["warnings"] = [warning]
+    gconfig.write_atomic(os.path.join(gw_dir, "enrollment.json"), json.dumps(record, indent=2) + "\n", 0o644)
+    return record, jwk, old_kid
+
+
+def read_csv(path):
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+            fields = rows and list(rows[0].keys())
+    except OSError as exc:
+        raise ProvisionError("cannot read %s: %s" % (path, exc.strerror)) from exc
+    if not rows:
+        raise ProvisionError("%s has no gateways (need a header row: gateway_id,uplink,...)" % path)
+    unknown = [c for c in fields if c not in CSV_COLUMNS]
+    if unknown or "gateway_id" not in fields:
+        raise ProvisionError("%s: columns must be among %s (gateway_id required), got %s"
+                             % (path, ", ".join(CSV_COLUMNS), ", ".join(fields)))
+    base = os.path.dirname(os.path.abspath(path))
+    out, seen = [], set()
+    for line, row in enumerate(rows, start=2):
+        row = {k: (v or "").strip() for k, v in row.items() if k}
+        gid = row["gateway_id"]
+        if gid in seen:
+            raise ProvisionError("%s:%d: gateway %s appears twice" % (path, line, gid))
+        seen.add(gid)
+        if row.get("sensors") and not os.path.isabs(row["sensors"]):
+            row["sensors"] = os.path.join(base, row["sensors"])
+        out.append((line, row))
+    return out
+
+
+def provision_many(out_dir, rows, trust_path, rotate=False, emit=None):
+    """Provision every CSV row, then write the trust store once. Returns the enrollment records."""
+    records, add, retired = [], [], set()
+    for line, row in rows:
+        try:
+            record, jwk, old = provision_one(
+                out_dir, row["gateway_id"], rotate=rotate, uplink=row.get("uplink") or None,
+                mqtt=row.get("mqtt") or None, ca_file=row.get("ca_file") or None, sensors=row.get("sensors") or None,
+                pin=row.get("pin") or None, state_dir=row.get("state_dir") or None)
+        except (ConfigError, ProvisionError) as exc:
+            raise ProvisionError("line %d (%s): %s" % (line, row.get("gateway_id"), exc)) from exc
+        records.append(record)
+        add.append(jwk)
+        if old:
+            retired.add(old)
+        if emit:
+            emit(record)
+    update_trust(trust_path, add=add, retire=retired)
+    return records
+
+
+# -- first-boot bundle -------------------------------------------------------------------------------------------
+def build_bundle(bundle_dir, record, wheelhouse=None, target="rpi-arm64", deploy_dir=None, trust_path=None):
+    """Lay out what the installer copies onto the SD card's boot partition (see deploy/firstboot/README)."""
+    deploy_dir = deploy_dir or os.path.join(REPO_ROOT, "deploy")
+    if not os.path.isfile(os.path.join(deploy_dir, "install.sh")):
+        raise ProvisionError("deploy scripts not found in %s (pass --deploy-dir)" % deploy_dir)
+    os.makedirs(bundle_dir, exist_ok=True)
+    wh_dest = os.path.join(bundle_dir, "wheelhouse")
+    if wheelhouse:
+        if os.path.abspath(wheelhouse) != os.path.abspath(wh_dest):
+            shutil.rmtree(wh_dest, ignore_errors=True)
+            shutil.copytree(wheelhouse, wh_dest)
+    else:
+        wheelhouse_mod.build_for_target(wh_dest, REPO_ROOT, target)
+    wheels = [n for n in os.listdir(wh_dest) if n.endswith(".whl")]
+    for needed in ("edge_gateway-", "pip-"):
+        if not any(n.startswith(needed) for n in wheels):
+            raise ProvisionError("wheelhouse %s has no %s*.whl" % (wh_dest, needed))
+    dst_deploy = os.path.join(bundle_dir, "deploy")
+    shutil.rmtree(dst_deploy, ignore_errors=True)
+    shutil.copytree(deploy_dir, dst_deploy, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(os.path.join(deploy_dir, "firstboot", "firstboot.sh"), os.path.join(bundle_dir, "firstboot.sh"))
+    shutil.copy2(os.path.join(deploy_dir, "firstboot", "user-data.example"),
+                 os.path.join(bundle_dir, "user-data.example"))
+    shutil.copy2(record["config"], os.path.join(bundle_dir, "config.toml"))
+    key_dst = os.path.join(bundle_dir, KEY_NAME)
+    if os.path.exists(key_dst):
+        os.unlink(key_dst)
+    fd = os.open(key_dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(record["key"], "rb") as src, os.fdopen(fd, "wb") as dst:
+        dst.write(src.read())
+    with open(os.path.join(bundle_dir, "enrollment.json"), "w") as f:
+        json.dump(record, f, indent=2)
+    if trust_path and os.path.exists(trust_path):
+        shutil.copy2(trust_path, os.path.join(bundle_dir, "jwks.json"))
+    _write_sums(bundle_dir)
+    return bundle_dir
+
+
+def _write_sums(bundle_dir):
+    import hashlib
+    lines = []
+    for folder, dirs, names in os.walk(bundle_dir):
+        dirs.sort()
+        for n in sorted(names):
+            full = os.path.join(folder, n)
+            rel = os.path.relpath(full, bundle_dir)
+            if rel == "SHA256SUMS" or not stat.S_ISREG(os.lstat(full).st_mode):
+                continue
+            with open(full, "rb") as f:
+                lines.append("%s  %s\n" % (hashlib.sha256(f.read()).hexdigest(), rel))
+    with open(os.path.join(bundle_dir, "SHA256SUMS"), "w") as f:
+        f.writelines(lines)
+
+
+# -- CLI ---------------------------------------------------------------------------------------------------------
+def register(subparsers):
+    p = subparsers.add_parser("provision", help="create a gateway's key, config and trust-store entry",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--gateway-id", metavar="ID")
+    p.add_argument("--uplink", metavar="URL", help="HTTP(S) receiver URL, e.g. https://ingest.example/v1/batches")
+    p.add_argument("--mqtt", metavar="URL", help="mqtt://HOST:PORT/PREFIX (or mqtts://): use the MQTT uplink")
+    p.add_argument("--ca-file", metavar="FILE", help="CA bundle the gateway trusts for the uplink's TLS")
+    p.add_argument("--sensors", metavar="FILE.toml", help="[[sources]]/[[rules]] tables to put in the config")
+    p.add_argument("--state-dir", metavar="DIR", help="gateway.state_dir (default %s)" % DEFAULT_STATE_DIR)
+    p.add_argument("--pin", metavar="PIN", help="technician console PIN (stored hashed)")
+    p.add_argument("--csv", metavar="FILE", help="bulk: one gateway per row (gateway_id,uplink,mqtt,...)")
+    p.add_argument("--out", metavar="DIR", default="provisioned", help="output directory (default ./provisioned)")
+    p.add_argument("--trust", metavar="JWKS", help="backend trust store to update (default OUT/jwks.json)")
+    p.add_argument("--rotate", action="store_true", help="replace an existing key (old kid kept, retired-pending)")
+    p.add_argument("--retire", metavar="KID", help="remove a rotated (retired-pending) kid from the trust store")
+    p.add_argument("--bundle", metavar="DIR", help="also build the Raspberry Pi first-boot bundle in DIR")
+    p.add_argument("--wheelhouse", metavar="DIR", help="reuse these wheels instead of building the wheelhouse")
+    p.add_argument("--target", default="rpi-arm64", help="wheelhouse platform when building (default rpi-arm64)")
+    p.add_argument("--deploy-dir", metavar="DIR", help="deploy/ scripts to bundle (default: this checkout's)")
+    p.set_defaults(func=cmd_provision)
+    return p
+
+
+def cmd_provision(args, out=None):
+    out = out or sys.stdout
+    trust = args.trust or os.path.join(args.out, "jwks.json")
+
+    def emit(record):
+        for warning in record.get("warnings", ()):
+            print("edge-gateway provision: WARNING: %s: %s" % (record.get("gateway_id"), warning), file=sys.stderr)
+        out.write(redact_text(json.dumps(record, sort_keys=True)) + "\n")
+        out.flush()
+
+    try:
+        if args.retire:
+            jwk = retire(trust, args.retire)
+            emit({"retired": args.retire, "gateway_id": jwk.get("gw"), "trust": os.path.abspath(trust)})
+            return 0
+        if args.csv:
+            if args.gateway_id or args.bundle:
+                raise ProvisionError("--csv cannot be combined with --gateway-id or --bundle")
+            provision_many(args.out, read_csv(args.csv), trust, rotate=args.rotate, emit=emit)
+            return 0
+        if not args.gateway_id:
+            raise ProvisionError("give --gateway-id ID (or --csv FILE, or --retire KID)")
+        record, jwk, old = provision_one(args.out, args.gateway_id, rotate=args.rotate, uplink=args.uplink,
+                                         mqtt=args.mqtt, ca_file=args.ca_file, sensors=args.sensors, pin=args.pin,
+                                         state_dir=args.state_dir)
+        update_trust(trust, add=[jwk], retire={old} if old else ())
+        if args.bundle:
+            build_bundle(args.bundle, record, wheelhouse=args.wheelhouse, target=args.target,
+                         deploy_dir=args.deploy_dir, trust_path=trust)
+            record["bundle"] = os.path.abspath(args.bundle)
+        emit(record)
+        return 0
+    except (ProvisionError, ConfigError, KeyFileError, WheelhouseError) as exc:
+        print("edge-gateway provision: %s" % redact_text(str(exc)), file=sys.stderr)
+        return 2

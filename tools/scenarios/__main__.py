@@ -1,0 +1,5 @@
+import sys
+
+from tools.scenarios import main
+
+sys.exit(main())
