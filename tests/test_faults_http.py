@@ -235,8 +235,13 @@ def run_kill_cycles(store, saved_dir, uplink, rng, kills, on_cycle, log, sensors
     try:
         proc.wait(90)
     except subprocess.TimeoutExpired:
-        killpg(proc, signal.SIGTERM)
-        raise AssertionError("the final demo run did not finish")
+        os.kill(proc.pid, signal.SIGUSR1)  # the CLI dumps every thread's stack into the log
+        time.sleep(1)  # the dump is written by the process itself; nothing to wait on but the time it takes
+        log.flush()
+        with open(log.name, "rb") as f:
+            tail = f.read()[-6000:].decode("utf-8", "replace")
+        killpg(proc, signal.SIGKILL)
+        raise AssertionError("the final demo run did not finish; its log ends with:\n" + tail)
     finally:
         killpg(proc)
     return killed
