@@ -104,44 +104,20 @@ def encode_records(readings, events=(), prefix="", base_time=None, time_quantum=
     earliest wire time in the pack.
     """
     offset = time_offset
-    # Group by (unit, sensor, quantity); dict order keeps arrival (time) order inside each group.
-    groups = {}
-    earliest = None
-    limit = TIME_LIMIT
-    for r in readings:
-        if not -limit <= r.t <= limit:  # also false for NaN
-            raise EncodeError("reading %s/%s has time %r, not a finite time" % (r.sensor, r.name, r.t))
-        key = (r.unit or "", r.sensor, r.name)
-        group = groups.get(key)
-        if group is None:
-            groups[key] = [r]
-        else:
-            group.append(r)
-        if earliest is None or r.t < earliest:
-            earliest = r.t
-    for e in events:
-        if not -limit <= e.t <= limit:
-            raise EncodeError("event %s/%s has time %r, not a finite time" % (e.sensor, e.name, e.t))
-        if earliest is None or e.t < earliest:
-            earliest = e.t
+    groups, earliest = _group(readings, events)
     if earliest is None:
         return []
     if base_time is None:
         base_time = earliest + offset
+    limit = TIME_LIMIT
     if not -limit <= base_time <= limit or not -limit <= offset <= limit:
         raise EncodeError("base time %r or time offset %r is not a finite time" % (base_time, offset))
     base_time = _quantize_time(base_time, time_quantum)
     shift = offset - base_time  # wire time relative to bt = internal time + shift
     whole = time_quantum >= 1 and float(time_quantum).is_integer()
     iq = int(time_quantum)
-    records = []
     # Events first: they have no unit, and alarms should be the first thing a reader sees.
-    for e in events:
-        rec = {BN: "%s%s/%s" % (prefix, e.sensor, e.name), VS: event_value(e)}
-        dt = _quantize_time(e.t + shift, time_quantum)
-        if dt:
-            rec[T] = dt
-        records.append(rec)
+    records = _event_records(events, prefix, shift, time_quantum)
     numbers = {}  # (value, resolution) -> compact value: readings repeat their values a lot within a batch
     current_bu = ""
     # Groups with no unit first, because bu cannot be unset once given.
@@ -180,6 +156,42 @@ def encode_records(readings, events=(), prefix="", base_time=None, time_quantum=
                 rec[V] = compact_number(value, r.resolution)
             records.append(rec)
     records[0][BT] = base_time
+    return records
+
+
+def _group(readings, events):
+    """Check every time is finite; group readings by (unit, sensor, quantity) in arrival order; the earliest time
+    of readings and events (None when there are none)."""
+    groups = {}
+    earliest = None
+    limit = TIME_LIMIT
+    for r in readings:
+        if not -limit <= r.t <= limit:  # also false for NaN
+            raise EncodeError("reading %s/%s has time %r, not a finite time" % (r.sensor, r.name, r.t))
+        key = (r.unit or "", r.sensor, r.name)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [r]
+        else:
+            group.append(r)
+        if earliest is None or r.t < earliest:
+            earliest = r.t
+    for e in events:
+        if not -limit <= e.t <= limit:
+            raise EncodeError("event %s/%s has time %r, not a finite time" % (e.sensor, e.name, e.t))
+        if earliest is None or e.t < earliest:
+            earliest = e.t
+    return groups, earliest
+
+
+def _event_records(events, prefix, shift, time_quantum):
+    records = []
+    for e in events:
+        rec = {BN: "%s%s/%s" % (prefix, e.sensor, e.name), VS: event_value(e)}
+        dt = _quantize_time(e.t + shift, time_quantum)
+        if dt:
+            rec[T] = dt
+        records.append(rec)
     return records
 
 

@@ -140,6 +140,26 @@ def verify(data, trust, max_bytes=MAX_BATCH_BYTES):
     protected header are checked by ``cbor_strict`` before the signature, the payload after it; the decoder only
     sees what the checker passed. Checks the signature before it looks at the payload.
     """
+    protected, unprotected, payload, signature = _envelope(data, max_bytes)
+    kid = _header_kid(protected, unprotected)
+    public = trust.keys.get(kid)
+    if public is None:
+        raise VerifyError("unknown kid %r" % (kid[:32].decode("ascii", "replace"),), reason="unknown_kid")
+    if not isinstance(public, Ed25519PublicKey):
+        # pycose accepts Ed448 under alg -8; we only ever trust Ed25519 (crv 6).
+        raise VerifyError("key %r is not Ed25519" % (kid,), reason="bad_alg")
+    if len(signature) != 64:
+        raise VerifyError("Ed25519 signature must be 64 bytes", reason="bad_signature")
+    try:
+        public.verify(signature, sig_structure(protected, payload))
+    except InvalidSignature:
+        raise VerifyError("signature does not verify for kid %r" % (kid.decode("ascii", "replace"),),
+                          reason="bad_signature") from None
+    return _payload(_strict_loads(payload, "payload"), kid, trust)
+
+
+def _envelope(data, max_bytes):
+    """The four members of the one tagged COSE_Sign1 in ``data``, checked by ``cbor_strict`` before decoding."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise VerifyError("batch must be bytes", reason="malformed")
     data = bytes(data)
@@ -162,6 +182,11 @@ def verify(data, trust, max_bytes=MAX_BATCH_BYTES):
     if not isinstance(protected, bytes) or not isinstance(unprotected, dict) or not isinstance(payload, bytes) \
             or not isinstance(signature, bytes):
         raise VerifyError("COSE_Sign1 members have the wrong types", reason="not_cose")
+    return protected, unprotected, payload, signature
+
+
+def _header_kid(protected, unprotected):
+    """Check the headers (EdDSA, CBOR content, nothing unprotected, no other labels); return the kid."""
     header = _strict_loads(protected, "protected header") if protected else {}
     if not isinstance(header, dict):
         raise VerifyError("protected header is not a map", reason="bad_header")
@@ -178,20 +203,7 @@ def verify(data, trust, max_bytes=MAX_BATCH_BYTES):
     kid = header.get(HDR_KID)
     if not isinstance(kid, bytes):
         raise VerifyError("protected header has no kid", reason="bad_header")
-    public = trust.keys.get(kid)
-    if public is None:
-        raise VerifyError("unknown kid %r" % (kid[:32].decode("ascii", "replace"),), reason="unknown_kid")
-    if not isinstance(public, Ed25519PublicKey):
-        # pycose accepts Ed448 under alg -8; we only ever trust Ed25519 (crv 6).
-        raise VerifyError("key %r is not Ed25519" % (kid,), reason="bad_alg")
-    if len(signature) != 64:
-        raise VerifyError("Ed25519 signature must be 64 bytes", reason="bad_signature")
-    try:
-        public.verify(signature, sig_structure(protected, payload))
-    except InvalidSignature:
-        raise VerifyError("signature does not verify for kid %r" % (kid.decode("ascii", "replace"),),
-                          reason="bad_signature") from None
-    return _payload(_strict_loads(payload, "payload"), kid, trust)
+    return kid
 
 
 def _payload(body, kid, trust):

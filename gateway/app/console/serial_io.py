@@ -105,106 +105,9 @@ class ConsoleServer:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def _session(self, fd):
-        loop = asyncio.get_running_loop()
-        disc = self.discipline = LineDiscipline(self.max_line)
-        gone = loop.create_future()
-        queue = collections.deque()
-        wake = asyncio.Event()
-        out = bytearray()
-        writing = [False]
-
-        def hangup(reason):
-            if not gone.done():
-                gone.set_result(reason)
-
-        def flush():
-            while out:
-                try:
-                    n = os.write(fd, out)
-                except BlockingIOError:
-                    if not writing[0]:
-                        loop.add_writer(fd, flush)
-                        writing[0] = True
-                    return
-                except OSError as exc:
-                    out.clear()
-                    hangup(exc.strerror or str(exc))
-                    return
-                del out[:n]
-            if writing[0]:
-                loop.remove_writer(fd)
-                writing[0] = False
-
-        def write(data):
-            if len(out) + len(data) > self.max_output:
-                self.counters["output_dropped"] += len(data)
-                return
-            out.extend(data)
-            flush()
-
-        def readable():
-            try:
-                data = os.read(fd, 4096)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                hangup(exc.strerror or str(exc))
-                return
-            if not data:
-                hangup("hangup")
-                return
-            self.counters["bytes_in"] += len(data)
-            echo, lines = disc.feed(data)
-            write(echo)
-            for line in lines:
-                if len(queue) >= self.max_queued:
-                    self.counters["lines_dropped"] += 1
-                else:
-                    queue.append(line)
-            if lines:
-                wake.set()
-
-        async def worker():
-            dropped = 0
-            while True:
-                await wake.wait()
-                wake.clear()
-                while queue:
-                    reply = await self._execute(queue.popleft())
-                    write(reply.render())
-                    if self.counters["lines_dropped"] > dropped:
-                        write(b"(input overrun: %d lines dropped)\r\n" % (self.counters["lines_dropped"] - dropped))
-                        dropped = self.counters["lines_dropped"]
-                    disc.mask = self.console.masked
-                    write(self.console.prompt().encode("ascii", "replace") + disc.redraw())
-
-        async def idle():
-            while True:
-                await asyncio.sleep(self.idle_poll_s)
-                note = self.console.idle_check()
-                if note is not None:
-                    disc.mask = self.console.masked
-                    write(b"\r\n" + note.render() + self.console.prompt().encode("ascii", "replace") +
-                          disc.redraw())
-
-        loop.add_reader(fd, readable)
-        write(self.console.banner().render() + self.console.prompt().encode("ascii", "replace"))
-        self.connected.set()
-        tasks = [asyncio.create_task(worker(), name="console-worker"),
-                 asyncio.create_task(idle(), name="console-idle")]
-        try:
-            done, _ = await asyncio.wait([gone] + tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in tasks:
-                if task in done and task.exception() is not None:
-                    raise task.exception()
-            return gone.result() if gone.done() else "stopped"
-        finally:
-            loop.remove_reader(fd)
-            if writing[0]:
-                loop.remove_writer(fd)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        """Serve one connection on ``fd`` until it hangs up; returns the reason."""
+        self.discipline = LineDiscipline(self.max_line)
+        return await _Session(self, fd, self.discipline).run()
 
     async def _execute(self, line):
         """Run one line through the commands, resolving blocking steps in the worker thread."""
@@ -220,3 +123,125 @@ class ConsoleServer:
             log.exception("console: command %r failed", getattr(line, "text", line)[:40])
             return Reply(("internal error (%s); details are in the log" % type(exc).__name__,))
         return result
+
+
+class _Session:
+    """One connection: the read loop (``readable``) feeds the line discipline (``step``), whose complete lines a
+    worker task runs in order; everything shown goes through the write path (``write``/``flush``), bounded and
+    non-blocking. ``gone`` resolves with the reason the connection ended."""
+
+    def __init__(self, server, fd, disc):
+        self.server = server
+        self.console = server.console
+        self.counters = server.counters
+        self.fd = fd
+        self.disc = disc
+        self.loop = asyncio.get_running_loop()
+        self.gone = self.loop.create_future()
+        self.queue = collections.deque()
+        self.wake = asyncio.Event()
+        self.out = bytearray()
+        self.writing = False
+
+    async def run(self):
+        self.loop.add_reader(self.fd, self.readable)
+        self.write(self.console.banner().render() + self.prompt())
+        self.server.connected.set()
+        tasks = [asyncio.create_task(self.worker(), name="console-worker"),
+                 asyncio.create_task(self.idle(), name="console-idle")]
+        try:
+            done, _ = await asyncio.wait([self.gone] + tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                if task in done and task.exception() is not None:
+                    raise task.exception()
+            return self.gone.result() if self.gone.done() else "stopped"
+        finally:
+            self.loop.remove_reader(self.fd)
+            if self.writing:
+                self.loop.remove_writer(self.fd)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def hangup(self, reason):
+        if not self.gone.done():
+            self.gone.set_result(reason)
+
+    # -- the read loop and the line discipline step -------------------------------------------------------------
+    def readable(self):
+        try:
+            data = os.read(self.fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.hangup(exc.strerror or str(exc))
+            return
+        if not data:
+            self.hangup("hangup")
+            return
+        self.counters["bytes_in"] += len(data)
+        self.step(data)
+
+    def step(self, data):
+        """Echo what the discipline says and queue the complete lines (bounded; overflow is counted)."""
+        echo, lines = self.disc.feed(data)
+        self.write(echo)
+        for line in lines:
+            if len(self.queue) >= self.server.max_queued:
+                self.counters["lines_dropped"] += 1
+            else:
+                self.queue.append(line)
+        if lines:
+            self.wake.set()
+
+    async def worker(self):
+        dropped = 0
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.queue:
+                reply = await self.server._execute(self.queue.popleft())
+                self.write(reply.render())
+                if self.counters["lines_dropped"] > dropped:
+                    self.write(b"(input overrun: %d lines dropped)\r\n" % (self.counters["lines_dropped"] - dropped))
+                    dropped = self.counters["lines_dropped"]
+                self.write(self.prompt())
+
+    async def idle(self):
+        while True:
+            await asyncio.sleep(self.server.idle_poll_s)
+            note = self.console.idle_check()
+            if note is not None:
+                self.write(b"\r\n" + note.render() + self.prompt())
+
+    def prompt(self):
+        """The prompt and the partial line typed so far (masked while a PIN is being entered)."""
+        self.disc.mask = self.console.masked
+        return self.console.prompt().encode("ascii", "replace") + self.disc.redraw()
+
+    # -- the write path ---------------------------------------------------------------------------------------
+    def write(self, data):
+        if len(self.out) + len(data) > self.server.max_output:
+            self.counters["output_dropped"] += len(data)
+            return
+        self.out.extend(data)
+        self.flush()
+
+    def flush(self):
+        out = self.out
+        while out:
+            try:
+                n = os.write(self.fd, out)
+            except BlockingIOError:
+                if not self.writing:
+                    self.loop.add_writer(self.fd, self.flush)
+                    self.writing = True
+                return
+            except OSError as exc:
+                out.clear()
+                self.hangup(exc.strerror or str(exc))
+                return
+            del out[:n]
+        if self.writing:
+            self.loop.remove_writer(self.fd)
+            self.writing = False

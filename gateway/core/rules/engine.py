@@ -110,15 +110,8 @@ class RuleEngine:
                     return Result(send, events)
             st.ref = v
         if st.sd is not None:
-            hb = st.hb
-            if hb is not None and st.last_emit is not None and t - st.last_emit >= hb:
-                send = self._force(st, r, v, t)
-                self._n_hb += len(send)
-                return Result(send, events)
             send = self._door(st, r, v, t)
-            if send:
-                return Result(send, events)
-            return Result((), events) if events else EMPTY
+            return Result(send, events) if send or events else EMPTY
         st.last_sent = r
         st.last_emit = t
         return Result((r,), events)
@@ -210,7 +203,12 @@ class RuleEngine:
     # -- swinging door --
 
     def _door(self, st, r, v, t):
-        """Feed one point; return the tuple of points to keep now."""
+        """Feed one point; return the tuple of points to keep now (all of them when the heartbeat is due)."""
+        hb = st.hb
+        if hb is not None and st.last_emit is not None and t - st.last_emit >= hb:
+            send = self._force(st, r, v, t)
+            self._n_hb += len(send)
+            return send
         dev = st.sd
         snap = st.snap
         a_t = st.a_t

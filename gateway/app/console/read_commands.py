@@ -1,0 +1,157 @@
+"""The read-only console commands: anyone at the cable may use them. Pure: they return a ``Reply`` (or, for
+``uplink test``, a ``Work``) and do no IO themselves; what they show comes from the ``GatewayView``.
+"""
+
+from gateway.app.console.table import BY_WORDS, COMMANDS, GROUPS
+from gateway.app.console.text import age, sanitize, size, uptime, value_text
+from gateway.app.console.values import Work
+
+
+class ReadCommands:
+    """Mixed into ``Console`` (which provides ``view``, ``_reply``, ``_unknown`` and ``_usage``)."""
+
+    def do_help(self, args, text):
+        if args:
+            key = tuple(a.lower() for a in args[:2])
+            cmd = BY_WORDS.get(key) or BY_WORDS.get(key[:1])
+            if cmd is None and key[0] in GROUPS:
+                return self._reply([c.usage + "  -  " + c.summary for c in COMMANDS if c.words[0] == key[0]])
+            if cmd is None:
+                return self._unknown(args)
+            lines = ["usage: " + cmd.usage, "  " + cmd.summary + (" (after unlock)" if cmd.write else "")]
+            if cmd.detail:
+                lines.append("  " + cmd.detail)
+            return self._reply(lines)
+        def row(c):
+            if len(c.usage) > 26:
+                return ["  " + c.usage, "  %-26s %s" % ("", c.summary)]
+            return ["  %-26s %s" % (c.usage, c.summary)]
+        lines = ["Commands anyone at the cable may use:"]
+        lines += [text for c in COMMANDS if not c.write for text in row(c)]
+        lines.append("After 'unlock' (technician PIN):")
+        lines += [text for c in COMMANDS if c.write for text in row(c)]
+        lines.append("Enter runs a line; Backspace edits; Ctrl-C abandons; Ctrl-U clears.")
+        return self._reply(lines)
+
+    def do_version(self, args, text):
+        return self._reply(["edge-gateway " + self.view.version()])
+
+    def do_status(self, args, text):
+        s = self.view.status()
+        wall = s.get("wall")
+        last_ack = s.get("last_ack")
+        ack = "never" if last_ack is None else "%s ago" % age(wall - last_ack if wall else 0)
+        c = s.get("counters", {})
+        sc = s.get("store_counters", {})
+        lines = [
+            "gateway   %s  (edge-gateway %s, boot %s, kid %s)" % (s.get("gateway"), s.get("version"),
+                                                                 s.get("boot"), s.get("kid")),
+            "uptime    %s" % uptime(s.get("uptime_s")),
+            "clock     %s" % ("synced" if s.get("clock_synced") else "NOT synced (times are provisional)"),
+            "uplink    %s  %s" % (s.get("uplink_state"), s.get("uplink")),
+            "last ack  %s" % ack,
+        ]
+        if s.get("last_error"):
+            lines.append("error     %s" % s["last_error"])
+        lines += [
+            "queue     %d batches, %d readings, %s, %d alarms; %d in memory" % (
+                s.get("queue_batches", 0), s.get("queue_readings", 0), size(s.get("queue_bytes")),
+                s.get("queue_alarms", 0), s.get("memory_batches", 0)),
+            "store     %s" % ("ok" if s.get("store_ok", True) else "FAILING (batches kept in memory)"),
+            "drops     store %d batches/%d readings (%d alarm, %d expired), memory %d/%d, quarantined %d" % (
+                sc.get("dropped_batches", 0), sc.get("dropped_readings", 0), sc.get("dropped_alarm_batches", 0),
+                sc.get("expired_batches", 0), c.get("memory_dropped_batches", 0),
+                c.get("memory_dropped_readings", 0), sc.get("quarantined", c.get("quarantined", 0))),
+        ]
+        integrity = [sc.get(k, 0) for k in ("salvaged_batches", "lost_batches", "poison_batches", "conflict_batches")]
+        if any(integrity):
+            lines.append("integrity salvaged %d, lost %d (corrupt queue); poison %d, conflict %d batches" % tuple(
+                integrity))
+        lines += [
+            "readings  %d in, %d sent in %d batches; %d uplink failures" % (
+                c.get("readings_in", 0), c.get("readings_sent", 0), c.get("batches_sent", 0),
+                c.get("uplink_failures", 0)),
+        ]
+        for src in s.get("sources", []):
+            errs = sum(v for k, v in src.get("counters", {}).items() if k.startswith("error."))
+            lines.append("source    %s: %s" % (src.get("name"), ", ".join(
+                "%s %s" % (k, v) for k, v in sorted(src.get("counters", {}).items())
+                if not k.startswith("error.")) + (", errors %d" % errs if errs else "") or "no counters yet"))
+        return self._reply(lines)
+
+    def do_sensors(self, args, text):
+        rows = self.view.sensor_rows()
+        if not rows:
+            return self._reply(["no readings yet"])
+        now = self.view.now()
+        lines = ["%-18s %-24s %6s %6s %-12s" % ("SENSOR", "LAST VALUE", "AGE", "RSSI", "BATTERY")]
+        for r in rows:
+            val = "-" if r.primary is None else "%s %s" % (r.primary.name, value_text(r.primary))
+            rssi = "-" if r.rssi is None else value_text(r.rssi).replace(" dBm", "")
+            lines.append("%-18s %-24s %6s %6s %-12s" % (sanitize(r.sensor)[:18], sanitize(val)[:24],
+                                                       age(now - r.last_t if r.last_t is not None else None),
+                                                       rssi[:6], value_text(r.battery)[:12]))
+        return self._reply(lines)
+
+    def do_read(self, args, text):
+        if not args or len(args) > 2 or (len(args) == 2 and not args[1].isdigit()):
+            return self._usage(("read",))
+        sensor = args[0]
+        n = min(int(args[1]), 50) if len(args) == 2 else 10
+        latest = self.view.sensor_latest(sensor)
+        if latest is None:
+            known = [r.sensor for r in self.view.sensor_rows()]
+            return self._reply(["no readings from '%s'; sensors: %s" % (sensor[:30], ", ".join(known) or "none")])
+        now = self.view.now()
+        lines = ["%s now:" % sensor]
+        lines += ["  %-16s %-22s %s ago" % (name[:16], value_text(r)[:22], age(now - r.t))
+                  for name, r in sorted(latest.items())]
+        recent = self.view.sensor_recent(sensor, n) or []
+        lines.append("last %d readings (newest last):" % len(recent))
+        lines += ["  %8s ago  %-16s %s" % (age(now - r.t), r.name[:16], value_text(r)[:40]) for r in recent]
+        return self._reply(lines)
+
+    def do_alarms(self, args, text):
+        alarms = self.view.alarms()
+        if alarms is None:
+            return self._reply(["no rules configured ([[rules]] in the config): no alarms are evaluated"])
+        if not alarms:
+            return self._reply(["no active alarms"])
+        now = self.view.now()
+        lines = ["%d active:" % len(alarms)]
+        for e in alarms:
+            lines.append("  %-16s %-16s %-8s %s ago: %s" % (
+                str(e.sensor)[:16], str(e.name)[:16], str(e.level or "")[:8], age(now - e.t), e.reason))
+        return self._reply(lines)
+
+    def do_uplink_test(self, args, text):
+        def finish(probe):
+            if probe.ok:
+                return self._reply(["uplink ok in %.1f ms: %s" % (probe.latency_s * 1000.0, probe.detail)])
+            return self._reply(["uplink FAILED after %.1f ms: %s" % (probe.latency_s * 1000.0, probe.detail)])
+        return Work(self.view.uplink_test, finish, "uplink test")
+
+    def do_log(self, args, text):
+        if len(args) > 1 or (args and not args[0].isdigit()):
+            return self._usage(("log",))
+        n = max(1, min(int(args[0]) if args else 20, 200))
+        lines = self.view.log_lines(n)
+        return self._reply(lines or ["(no log lines yet)"])
+
+    def do_config_show(self, args, text):
+        from gateway.app.config import to_toml
+        from gateway.app.console.settings import redact
+        data = redact(self.view.config_data())
+        if args:
+            section = args[0]
+            if section not in data:
+                return self._reply(["no section '%s'; sections: %s" % (section[:20], ", ".join(data) or "none")])
+            data = {section: data[section]}
+        lines = to_toml(data).strip("\n").split("\n")
+        return self._reply(lines)
+
+    def do_keys(self, args, text):
+        k = self.view.keys()
+        return self._reply(["kid          %s" % k.get("kid"), "algorithm    %s" % k.get("alg"),
+                            "fingerprint  %s" % k.get("fingerprint"), "public x     %s" % k.get("x"),
+                            "(the private key never leaves the gateway and is never shown)"])
