@@ -44,6 +44,7 @@ from drivers.ble.adverts import DEFAULT_SKIP, AdvertDecoder
 from drivers.ble.bthome import RESET_ADVERTS, RESET_GAP_S
 from drivers.ble.selection import FORMATS, Selection, SensorSpec, normalise_format, normalise_mac
 from drivers.ble.units import parse_key
+from gateway.core.backoff import Backoff
 from gateway.core.errors import DecodeError
 from gateway.core.model import Reading
 
@@ -67,7 +68,8 @@ class BleScanSource(Source):
 
     def __init__(self, name, clock, selection, adapter="hci0", passive=True, watchdog_s=120.0, rssi_interval_s=60.0,
                  dedup_window_s=30.0, skip=DEFAULT_SKIP, backoff_min_s=1.0, backoff_max_s=60.0, timeout_s=10.0,
-                 replay_state_file=None, replay_flush_s=60.0, reset_adverts=RESET_ADVERTS, reset_gap_s=RESET_GAP_S):
+                 replay_state_file=None, replay_flush_s=60.0, reset_adverts=RESET_ADVERTS, reset_gap_s=RESET_GAP_S,
+                 rng=None):
         super().__init__()
         self.name = name
         self.clock = clock
@@ -77,6 +79,7 @@ class BleScanSource(Source):
         self.watchdog_s = watchdog_s
         self.backoff_min_s = backoff_min_s
         self.backoff_max_s = backoff_max_s
+        self.backoff = Backoff(backoff_min_s, backoff_max_s, rng)
         self.timeout_s = timeout_s
         self.adverts = AdvertDecoder(selection, rssi_interval_s, dedup_window_s, skip, self.counters, name,
                                      reset_adverts, reset_gap_s)
@@ -170,7 +173,6 @@ class BleScanSource(Source):
 
     async def _scan_forever(self, emit):
         self._emit = emit
-        delay = self.backoff_min_s
         while True:
             healthy = False
             try:
@@ -185,11 +187,11 @@ class BleScanSource(Source):
                 finally:
                     await self._stop(scanner)
             if healthy:
-                delay = self.backoff_min_s
+                self.backoff.reset()
+            delay = self.backoff.next()
             self.count("restarts")
             log.warning("%s: %s on %s; restarting the scan in %.1f s", self.name, reason, self.adapter, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, self.backoff_max_s)
 
     def _patterns(self):
         return [OrPattern(0, *PATTERNS[f]) for f in sorted(self.selection.formats)]
@@ -268,7 +270,7 @@ class GattPollSource(Source):
     """Connect, read (or subscribe to) ESS characteristics, disconnect; one task and one backoff per device."""
 
     def __init__(self, name, clock, devices, adapter="hci0", poll_s=60.0, notify=False, connect_timeout_s=20.0,
-                 timeout_s=10.0, backoff_min_s=1.0, backoff_max_s=300.0):
+                 timeout_s=10.0, backoff_min_s=1.0, backoff_max_s=300.0, rng=None):
         super().__init__()
         self.name = name
         self.clock = clock
@@ -280,6 +282,7 @@ class GattPollSource(Source):
         self.timeout_s = timeout_s
         self.backoff_min_s = backoff_min_s
         self.backoff_max_s = backoff_max_s
+        self.rng = rng
         self.connected = set()
 
     async def run(self, emit):
@@ -293,19 +296,19 @@ class GattPollSource(Source):
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _device_loop(self, dev, emit):
-        delay = self.backoff_min_s
+        backoff = Backoff(self.backoff_min_s, self.backoff_max_s, self.rng)  # one per device
         while True:
             try:
                 client, gone = await self._connect(dev)
             except BLE_ERRORS as exc:
                 self.count("connect_failed")
                 self.count("connect_failed." + dev.sensor)
+                delay = backoff.next()
                 log.warning("%s: cannot connect to %s (%s): %s; retrying in %.1f s", self.name, dev.sensor, dev.mac,
                             exc or type(exc).__name__, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.backoff_max_s)
                 continue
-            delay = self.backoff_min_s
+            backoff.reset()
             try:
                 await self._session(dev, client, gone, emit)
             except BLE_ERRORS as exc:

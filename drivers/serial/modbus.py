@@ -22,6 +22,7 @@ import struct
 from dataclasses import dataclass
 
 from drivers.bounds import check
+from gateway.core import backoff
 from gateway.core.errors import ConfigError, DecodeError
 from gateway.core.model import Measurement
 
@@ -387,7 +388,7 @@ class PollScheduler:
     def failure(self, slave, now, reason):
         """Record a failure; returns the time the slave is next due."""
         failures = self.states[slave].failures + 1
-        delay = max(self.interval, min(self.cap, self.base * 2 ** min(failures - 1, 30)))
+        delay = max(self.interval, backoff.delay(failures - 1, self.base, self.cap))
         self.states[slave] = SlaveState(failures, now + delay, reason)
         return now + delay
 
