@@ -19,6 +19,7 @@ sensor down for the sake of one.
 import json
 import os
 
+from gateway.adapters.files import write_atomic
 from gateway.core.errors import GatewayError
 
 VERSION = 1
@@ -58,23 +59,8 @@ def load(path):
 
 def save(path, counters):
     """Write ``{MAC: counter}`` to ``path`` atomically and durably. Raises ``StateFileError``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = "%s.tmp" % path
     data = json.dumps({"version": VERSION, "counters": dict(sorted(counters.items()))}, indent=0).encode()
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_atomic(path, data, 0o600)
     except OSError as exc:
         raise StateFileError("cannot write %s: %s" % (path, exc.strerror or exc), "io") from exc

@@ -20,6 +20,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from gateway.adapters.files import write_atomic
 from gateway.core.errors import KeyFileError
 
 KID_CHARS = 11
@@ -102,16 +103,7 @@ def write_private(path, key, overwrite=False):
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
         raise KeyFileError("refusing to overwrite existing key %s" % path)
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, key.private_pem())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path) or ".")
+    write_atomic(path, key.private_pem(), 0o600, secret=True)
 
 
 def load_private(path):
@@ -227,14 +219,7 @@ def _check_jwk(jwk, where):
 
 def write_jwks(path, jwks):
     """Write a JWK Set atomically (public material: mode 0644)."""
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        json.dump(jwks, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(jwks, indent=2, sort_keys=True) + "\n", 0o644)
 
 
 def merge_jwks(path, jwk):
@@ -262,16 +247,3 @@ def merge_jwks(path, jwk):
     TrustStore(doc, source="trust store %s" % path)
     write_jwks(path, doc)
     return doc
-
-
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -13,6 +13,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 
+from gateway.adapters import files
 from gateway.core.errors import ConfigError
 from gateway.core.redact import redact_url
 
@@ -355,10 +356,5 @@ def _toml_value(value):
 
 
 def write_atomic(path, text, mode=0o640):
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """The config file (or another small file of the installer's) replaced atomically: ``gateway.adapters.files``."""
+    files.write_atomic(path, text, mode)
