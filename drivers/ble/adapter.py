@@ -42,7 +42,8 @@ from drivers.base import Source
 from drivers.ble import ess, replay_state
 from drivers.ble.adverts import DEFAULT_SKIP, AdvertDecoder
 from drivers.ble.bthome import RESET_ADVERTS, RESET_GAP_S
-from drivers.ble.selection import FORMATS, Selection, SensorSpec, normalise_format, normalise_mac
+from drivers.ble.formats import ADVERTISED, FORMATS
+from drivers.ble.selection import Selection, SensorSpec, normalise_format, normalise_mac
 from drivers.ble.units import parse_key
 from gateway.core.backoff import Backoff
 from gateway.core.errors import DecodeError
@@ -53,12 +54,9 @@ log = logging.getLogger(__name__)
 #: what bleak and its D-Bus stack raise when the adapter, bluetoothd or the bus misbehave
 BLE_ERRORS = (BleakError, TimeoutError, OSError, EOFError)
 
-#: or-patterns for passive scanning: (AD type, content at position 0)
-PATTERNS = {
-    "bthome": (AdvertisementDataType.SERVICE_DATA_UUID16, b"\xd2\xfc"),
-    "atc": (AdvertisementDataType.SERVICE_DATA_UUID16, b"\x1a\x18"),
-    "ruuvi": (AdvertisementDataType.MANUFACTURER_SPECIFIC_DATA, b"\x99\x04"),
-}
+#: or-patterns for passive scanning, (AD type, content at position 0), from the table of formats
+PATTERNS = {name: (AdvertisementDataType(FORMATS[name].pattern()[0]), FORMATS[name].pattern()[1])
+            for name in ADVERTISED}
 
 BASE_UUID = "0000%04x-0000-1000-8000-00805f9b34fb"
 
@@ -457,7 +455,7 @@ def _sensor_tables(spec, required):
 
 def _scan_source(spec, clock, name, state_dir=None):
     _check_keys(spec, SCAN_KEYS, "")
-    formats = spec.get("formats", list(FORMATS))
+    formats = spec.get("formats", list(ADVERTISED))
     if not isinstance(formats, list) or not formats:
         raise ValueError("formats: must be a non-empty list such as [\"bthome\", \"ruuvi\", \"atc\"]")
     formats = {normalise_format(f, "formats") for f in formats}
@@ -469,8 +467,9 @@ def _scan_source(spec, clock, name, state_dir=None):
             raise ValueError("%sformat: %s is not in formats" % (where, fmt))
         key = _text(s, "key", where)
         if key is not None:
-            if fmt not in (None, "bthome"):
-                raise ValueError(where + "key: only BTHome adverts are decrypted with a bindkey")
+            if fmt is not None and not FORMATS[fmt].keyed:
+                raise ValueError(where + "key: only %s adverts are decrypted with a bindkey"
+                                 % ", ".join(n for n in ADVERTISED if FORMATS[n].keyed))
             try:
                 parse_key(key)
             except DecodeError:
