@@ -15,6 +15,7 @@ import select
 import serial
 
 from drivers.base import Source
+from drivers.serial.protocols import make_protocol
 from gateway.core.backoff import Backoff
 from gateway.core.model import Reading
 
@@ -145,3 +146,9 @@ class SerialSource(Source):
         s = super().status()
         s.update(port=self.port, connected=self.connected)
         return s
+
+
+def build_serial_source(config, clock, name, state_dir=None):
+    """A ``SerialSource`` from its typed config (``drivers/serial/config.py``)."""
+    return SerialSource(name, config.port, make_protocol(config.protocol_spec()), clock, baud=config.baud,
+                        bytesize=config.bytesize, parity=config.parity, stopbits=config.stopbits)
