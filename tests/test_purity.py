@@ -9,7 +9,9 @@ PURE = ["gateway.core.senml", "gateway.core.wire", "gateway.core.batcher", "gate
         "drivers.ble.adverts", "drivers.ble.selection", "drivers.bounds", "gateway.core.redact", "gateway.core.cbor_strict", "gateway.core.poison",
         "drivers.ble.bthome", "drivers.ble.ruuvi", "drivers.ble.atc", "drivers.ble.ess",
         "drivers.serial.nmea", "drivers.serial.modbus", "drivers.serial.lines", "drivers.serial.protocols",
-        "gateway.core.backoff", "gateway.core.algorithms"]
+        "gateway.core.backoff", "gateway.core.algorithms", "gateway.core.fields", "drivers.ble.formats",
+        "drivers.ble.config", "drivers.serial.config", "drivers.sources", "drivers.serial.nmea_framer",
+        "drivers.serial.modbus_schedule"]
 IO = ["asyncio", "serial", "bleak", "socket", "sqlite3", "http", "paho", "dbus_fast"]
 
 

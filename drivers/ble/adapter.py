@@ -84,6 +84,8 @@ class BleScanSource(Source):
         self.rssi = self.adverts.rssi
         self.replay_state_file = replay_state_file if selection.keys() else None
         self.replay_flush_s = replay_flush_s
+        self.replay = replay_state.Keeper(self.replay_state_file, self.adverts.bthome, replay_flush_s, self.count,
+                                          name)
         self.mode = None          # "passive" or "active" once a scan has started
         self.scanning = False
         self.last_advert = None   # clock.monotonic() of the last advertisement of any device
@@ -96,71 +98,24 @@ class BleScanSource(Source):
         for reading in self.adverts.readings(device.address, adv.service_data, adv.manufacturer_data, adv.rssi, now):
             self._emit(reading)
 
-    # -- scan lifecycle ---------------------------------------------------------------------------------------
-    # -- replay state (encrypted BTHome counters) ----------------------------------------------------------------
+    # -- replay state (encrypted BTHome counters; the keeper is in drivers/ble/replay_state.py) -------------------
     def load_replay_state(self):
         """Load the saved counters; a missing file is a first start, a bad one is logged and counted."""
-        if self.replay_state_file is None:
-            return 0
-        try:
-            counters = replay_state.load(self.replay_state_file)
-        except replay_state.StateFileError as exc:
-            self.count("state_" + exc.kind)
-            log.error("%s: %s; starting without saved BTHome counters (captured adverts from before this start "
-                      "may be accepted once)", self.name, exc)
-            return 0
-        loaded = self.adverts.bthome.restore(counters)
-        log.info("%s: loaded %d BTHome counters from %s", self.name, loaded, self.replay_state_file)
-        return loaded
-
-    def _snapshot(self, force):
-        bthome = self.adverts.bthome
-        if self.replay_state_file is None or not (bthome.dirty or force):
-            return None
-        return bthome.state()
-
-    def _saved(self, error):
-        if error is not None:
-            self.adverts.bthome.dirty = True  # try again at the next interval
-            self.count("state_write_failed")
-            log.error("%s: %s", self.name, error)
-            return False
-        self.count("state_writes")
-        return True
+        return self.replay.load()
 
     def save_replay_state(self, force=False):
         """Write the counters now if they moved (or ``force``); True when written. Used at stop."""
-        snapshot = self._snapshot(force)
-        if snapshot is None:
-            return False
-        try:
-            replay_state.save(self.replay_state_file, snapshot)
-        except replay_state.StateFileError as exc:
-            return self._saved(exc)
-        return self._saved(None)
+        return self.replay.save(force)
 
     async def flush_replay_state(self):
         """One write-behind step: write the counters if they moved, off the event loop (fsync on an SD card)."""
-        snapshot = self._snapshot(False)
-        if snapshot is None:
-            return False
-        try:
-            await asyncio.to_thread(replay_state.save, self.replay_state_file, snapshot)
-        except replay_state.StateFileError as exc:
-            return self._saved(exc)
-        return self._saved(None)
-
-    async def _flush_replay_state(self):
-        """Write-behind: at most one write per ``replay_flush_s``."""
-        while True:
-            await asyncio.sleep(self.replay_flush_s)
-            await self.flush_replay_state()
+        return await self.replay.flush()
 
     async def run(self, emit):
         self.load_replay_state()
         flusher = None
         if self.replay_state_file is not None:
-            flusher = asyncio.create_task(self._flush_replay_state(), name=self.name + ":replay-state")
+            flusher = asyncio.create_task(self.replay.write_behind(), name=self.name + ":replay-state")
         try:
             await self._scan_forever(emit)
         finally:
