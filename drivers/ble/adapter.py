@@ -1,6 +1,7 @@
 """The BLE adapter: the only module that imports bleak (house style, habit 3).
 
-Two sources, built from ``[[sources]]`` tables by ``build_ble_source`` (keys in ``drivers/ble/README.md``):
+Two sources, built by ``build_ble_source`` from their typed config (``drivers/ble/config.py``, parsed once when the
+config is loaded; keys in ``drivers/ble/README.md``):
 
 * ``BleScanSource`` (``type = "ble"``) listens to advertisements with ``bleak.BleakScanner`` and feeds the raw
   records to the pure decoders (``selection.records``: service data 0xFCD2 -> BTHome, 0x181A -> pvvx/ATC1441,

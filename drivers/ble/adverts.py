@@ -3,8 +3,9 @@
 ``AdvertDecoder.readings(mac, service_data, manufacturer_data, rssi, now)`` runs one advertisement through the
 whole receive path: the record table (``selection.records``), the sensor selection (``Selection``), the repeat
 filter (``Deduper``), the pure decoders of the enabled formats (the rows of ``drivers/ble/formats.py``: BTHome
-with strict replay protection, Ruuvi, pvvx/ATC1441) and the RSSI rate limit. The bleak scanner (``drivers/ble/adapter.py``) calls it from bleak's detection callback; the simulated
-radio of the field scenarios (``tools/sim/radio.py``) calls it with bytes built by ``firmware_sim/ble_nodes.py``.
+with strict replay protection, Ruuvi, pvvx/ATC1441) and the RSSI rate limit. The bleak scanner
+(``drivers/ble/adapter.py``) calls it from bleak's detection callback; the simulated radio of the field scenarios
+(``tools/sim/radio.py``) calls it with bytes built by ``firmware_sim/ble_nodes.py``.
 So everything after the radio is the same code in production and in simulation.
 
 Decode errors never escape: each is counted as ``error.<reason>`` in ``counters`` (shared with the source). A

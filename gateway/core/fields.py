@@ -117,8 +117,8 @@ def _value(f, value, file, key):
 
 
 def parse(cls, table, file=None, where="", what=None, extra=()):
-    """``table`` (a dict from TOML) -> a ``cls`` instance (a ``Table`` dataclass), or ``ConfigError`` naming ``file`` and the key under
-    ``where``. Keys in ``extra`` are allowed and left to the caller."""
+    """``table`` (a dict from TOML) -> a ``cls`` instance (a ``Table`` dataclass), or ``ConfigError`` naming
+    ``file`` and the key under ``where``. Keys in ``extra`` are allowed and left to the caller."""
     if not isinstance(table, dict):
         raise ConfigError("must be a table", file, where or None)
     fields = [f for f in dataclasses.fields(cls) if f.init and not f.metadata.get("internal")]
