@@ -1,21 +1,24 @@
-"""The table of decodable formats, for ``edge-gateway decode`` and for config validation.
+"""The table of decodable formats, for ``edge-gateway decode`` and for the fuzzer.
 
-Each entry names a module that exposes ``cli_decode(text, mac=None, key=None) -> list[Measurement]``. ``text`` is
-what the technician typed: hex for radio formats, the sentence itself for text formats. Modules are imported only
-when used, so the agent does not pay for formats it does not read.
+Each entry is a function ``cli_decode(text, mac=None, key=None) -> list[Measurement]``, looked up when used.
+``text`` is what the technician typed: hex for radio formats, the sentence itself for text formats. The BLE formats
+are the rows of ``drivers/ble/formats.py`` (nothing to add here for a new one); the serial ones are listed below.
+Modules are imported only when used, so the agent does not pay for formats it does not read.
 """
 
 import importlib
 
-FORMATS = {
-    "bthome": "drivers.ble.bthome",
-    "ruuvi": "drivers.ble.ruuvi",
-    "atc": "drivers.ble.atc",
-    "ess": "drivers.ble.ess",
+from drivers.ble import formats as ble_formats
+
+#: serial formats: name -> module with ``cli_decode``
+SERIAL = {
     "nmea": "drivers.serial.nmea",
     "modbus": "drivers.serial.modbus",
     "lines": "drivers.serial.lines",
 }
+
+#: every format ``edge-gateway decode`` knows: name -> module with ``cli_decode``
+FORMATS = dict({name: row.module for name, row in ble_formats.FORMATS.items()}, **SERIAL)
 
 
 def cli_decoder(fmt):

@@ -253,7 +253,8 @@ def build_parser(command=None):
     v.set_defaults(func=cmd_verify)
 
     dc = sub.add_parser("decode", help="decode one advertisement or frame")
-    dc.add_argument("format", help="bthome, ruuvi, atc, ess, nmea, modbus, lines")
+    from drivers.formats import FORMATS as DECODABLE
+    dc.add_argument("format", help=", ".join(DECODABLE))
     dc.add_argument("data", help="hex for radio formats, the sentence for text formats")
     dc.add_argument("--mac")
     dc.add_argument("--key", help="hex bindkey for encrypted BTHome")

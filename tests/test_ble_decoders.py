@@ -17,12 +17,13 @@ if str(ROOT) not in sys.path:  # no packaging config yet: make the repository im
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 from drivers.ble import atc, bthome, ess, ruuvi
+from drivers.ble import formats as ble_formats
 from drivers.formats import cli_decoder
 from gateway.core.errors import DecodeError
 from gateway.core.model import Measurement
 
 VECTORS = ROOT / "tests" / "vectors"
-FORMATS = ("bthome", "ruuvi", "atc", "ess")
+FORMATS = tuple(ble_formats.FORMATS)  # every row of the registry has vectors
 CASES = sorted((fmt, p) for fmt in FORMATS for p in (VECTORS / fmt).glob("*.json"))
 MAC_OF = {"ruuvi": ruuvi.mac_of, "atc": atc.mac_of}
 

@@ -178,10 +178,17 @@ def test_gatt_config():
     ({"type": "gatt", "sensors": [{"mac": MAC}], "formats": ["bthome"]}, "formats:"),
 ])
 def test_config_errors_name_the_key(spec, key):
-    with pytest.raises(ValueError) as err:
-        build(spec)
-    assert str(err.value).startswith(key)
+    """One syntax for every config error: ``file: sources[N].key: ...``, whether loaded or built."""
+    from drivers.sources import parse_source
+    from gateway.core.errors import ConfigError
+    with pytest.raises(ConfigError) as err:
+        parse_source(spec, 2, "gw.toml")
+    assert err.value.file == "gw.toml" and err.value.key == "sources[2]." + key.rstrip(":")
+    assert str(err.value).startswith("gw.toml: sources[2].%s " % key)
     assert KEY.hex() not in str(err.value) and "abcd" not in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        build(spec)  # a bare table (tests, tools): the key without a file
+    assert err.value.key == key.rstrip(":")
 
 
 def test_config_errors_become_config_errors_naming_file_and_source():
@@ -189,7 +196,7 @@ def test_config_errors_become_config_errors_naming_file_and_source():
     from gateway.core.errors import ConfigError
     with pytest.raises(ConfigError) as err:
         build_source({"type": "ble", "watchdog_s": -3}, _Clock(), file="gw.toml", index=2)
-    assert str(err.value).startswith("gw.toml: sources[2]: watchdog_s:")
+    assert str(err.value).startswith("gw.toml: sources[2].watchdog_s: must be greater than 0")
 
 
 def test_readme_sample_config_builds():

@@ -177,3 +177,51 @@ def test_a_table_where_a_name_is_expected_is_a_config_error(line, key):
     with pytest.raises(config.ConfigError) as exc:
         config.loads(text, "fuzz.toml")
     assert exc.value.key == key
+
+
+# -- typed source configs (drivers/sources.py): parsed once, one error syntax, no radio stack at load -----------------
+def test_sources_are_parsed_once_into_typed_frozen_configs():
+    import dataclasses
+    from drivers.ble.config import BleScanConfig, GattConfig
+    from drivers.serial.config import SerialConfig
+    cfg = config.loads('[[sources]]\ntype = "serial"\nport = "/dev/x"\nprotocol = "nmea"\nmax_len = 90\n'
+                       '[[sources]]\ntype = "ble"\nwatchdog_s = 30\n'
+                       '[[sources]]\ntype = "gatt"\nsensors = [{mac = "a4-c1-38-00-00-10"}]\n', "mem.toml")
+    serial, ble, gatt = cfg.source_configs
+    assert isinstance(serial, SerialConfig) and serial.options["max_len"] == 90 and serial.baud == 9600
+    assert isinstance(ble, BleScanConfig) and ble.watchdog_s == 30.0 and isinstance(ble.watchdog_s, float)
+    assert isinstance(gatt, GattConfig) and gatt.sensors[0].mac == "A4:C1:38:00:00:10"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ble.watchdog_s = 1.0
+
+
+@pytest.mark.parametrize("text, key", [
+    ('[[sources]]\ntype = "ble"\n[[sources]]\ntype = "ble"\n[[sources]]\ntype = "gatt"\nsensors = []\ntimeout_s = 0',
+     "sources[2].sensors"),
+    ('[[sources]]\ntype = "ble"\ntimeout_s = 0', "sources[0].timeout_s"),
+    ('[[sources]]\ntype = "ble"\nsensors = [{mac = "A4:C1:38:00:00:01", format = "ruuvi"}]\nformats = ["bthome"]',
+     "sources[0].sensors[0].format"),
+    ('[[sources]]\ntype = "serial"', "sources[0].port"),
+    ('[[sources]]\ntype = "serial"\nport = "/dev/x"\nparity = "X"', "sources[0].parity"),
+    ('[[sources]]\ntype = "serial"\nport = "/dev/x"\nprotocol = "modbus"\nslaves = [{id = 300, registers = []}]',
+     "sources[0].slaves[0].id"),
+])
+def test_source_errors_name_file_index_and_key_in_one_syntax(text, key):
+    with pytest.raises(ConfigError) as err:
+        config.loads(text, "gw.toml")
+    assert (err.value.file, err.value.key) == ("gw.toml", key)
+    assert str(err.value).startswith("gw.toml: %s: " % key)
+
+
+def test_loading_a_config_with_ble_sources_imports_no_radio_stack():
+    import os
+    import subprocess
+    import sys
+    code = ("import sys; from gateway.app import config; "
+            "config.loads('[[sources]]\\ntype = \"ble\"\\n[[sources]]\\ntype = \"gatt\"\\n"
+            "sensors = [{mac = \"A4:C1:38:00:00:10\"}]\\n[[sources]]\\ntype = \"serial\"\\nport = \"/dev/x\"\\n'); "
+            "print([m for m in ('bleak', 'serial', 'dbus_fast') if m in sys.modules])")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

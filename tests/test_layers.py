@@ -12,7 +12,7 @@ PACKAGES = ("gateway", "drivers", "backend", "tools", "firmware_sim")
 #: layer -> the layers it may import (itself included). Third-party and standard-library imports are not listed.
 ALLOWED = {
     "gateway.core": {"gateway.core"},
-    "drivers": {"drivers", "gateway.core"},
+    "drivers": {"drivers", "gateway.adapters", "gateway.core"},  # drivers are IO adapters too (atomic files)
     "gateway.adapters": {"gateway.adapters", "gateway.core"},
     "gateway.app": {"gateway.app", "gateway.adapters", "gateway.core", "drivers"},
     "gateway.cli": {"gateway.app", "gateway.adapters", "gateway.core", "drivers", "backend", "tools"},

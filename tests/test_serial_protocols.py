@@ -273,7 +273,11 @@ def test_modbus_late_answer_is_unexpected_not_data():
 def test_modbus_config_errors_name_the_key(spec, key):
     with pytest.raises(ConfigError) as info:
         make_protocol(dict(spec, protocol="modbus", name="meters"))
-    assert info.value.key == "sources(meters)." + key
+    assert info.value.key == key
+    from drivers.sources import parse_source
+    with pytest.raises(ConfigError) as info:
+        parse_source(dict(spec, type="serial", port="/dev/null", protocol="modbus", name="meters"), 3, "gw.toml")
+    assert info.value.key == "sources[3]." + key and info.value.file == "gw.toml"
 
 
 def test_unknown_protocol_and_table():
@@ -290,7 +294,7 @@ def test_build_source_makes_a_serial_source_per_protocol():
     assert isinstance(src.protocol, ModbusProtocol) and src.settings["baudrate"] == 19200
     assert src.protocol.slaves[3].name == "meters-slave3"
     assert src.protocol.char_time == pytest.approx(11 / 19200)  # start, 8 data, even parity, stop
-    with pytest.raises(ConfigError, match=r"sources\(meters\)\.slaves"):
+    with pytest.raises(ConfigError, match=r"^sources\[0\]\.slaves: "):
         build_source({"type": "serial", "name": "meters", "port": "/dev/null", "protocol": "modbus"}, FakeClock())
 
 

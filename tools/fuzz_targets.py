@@ -153,35 +153,30 @@ def _hex_inputs(fmt, seeds=()):
     return tuple(out)
 
 
-def _driver_targets():
-    """Every decoder and framer that meets bytes from a radio or a serial line, plus the ``decode`` CLI dispatch.
+#: the bthome.io encryption example: bindkey and MAC
+BTHOME_KEY = bytes.fromhex("231d39c1d7cc1ab1aee224cd096db932")
+BTHOME_MAC = "54:48:E6:8F:80:A5"
 
-    Corpus: the published vectors of ``tests/vectors`` (and, so the command works without the tests, the
-    bthome.io, Ruuvi, pvvx, NMEA and Simply Modbus examples they start with). Only ``DecodeError`` may escape.
-    """
+
+def _bthome_plain():
+    plain = _hex_inputs("bthome", ("4002ca0903bf13", "40000901 5d025d0903b71804138a01".replace(" ", "")))
+    return tuple(d for d in plain if not d[0] & 0x01)
+
+
+def _ruuvi_inputs():
+    return _hex_inputs("ruuvi", ("0512FC5394C37C0004FFFC040CAC364200CDCBB8334C884F",))  # Ruuvi docs, valid
+
+
+def _bthome_targets(allowed):
+    """BTHome: plain, encrypted (mutated ciphertext, stateful replay check) and sealed (mutated plaintext)."""
     from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
-    from drivers.ble import atc, bthome, ess, ruuvi
-    from drivers.ble.adverts import AdvertDecoder
-    from drivers.ble.selection import Selection, SensorSpec
-    from drivers.formats import FORMATS, cli_decoder
-    from drivers.serial import lines, modbus, nmea
-    from gateway.core.errors import DecodeError
-
-    allowed = (DecodeError,)
-    key = bytes.fromhex("231d39c1d7cc1ab1aee224cd096db932")  # bthome.io/encryption example
-    mac = "54:48:E6:8F:80:A5"
-    mac_bytes = bytes.fromhex("5448e68f80a5")
+    from drivers.ble import bthome
+    key, mac = BTHOME_KEY, BTHOME_MAC
+    mac_bytes = bytes.fromhex(mac.replace(":", ""))
     aead = AESCCM(key, tag_length=4)
-
-    bthome_plain = _hex_inputs("bthome", ("4002ca0903bf13", "40000901 5d025d0903b71804138a01".replace(" ", "")))
-    bthome_plain = tuple(d for d in bthome_plain if not d[0] & 0x01)
+    bthome_plain = _bthome_plain()
     bthome_sealed = ("41e445f3c9962b332211006c7c4519", "413e932cc7175f34221100553876af")  # bthome-ble tests
-    ruuvi_in = _hex_inputs("ruuvi", ("0512FC5394C37C0004FFFC040CAC364200CDCBB8334C884F",))  # Ruuvi docs, valid
-    atc_in = _hex_inputs("atc")
-    ess_uuids = sorted(ess.CHARACTERISTICS)
-
-    # -- BTHome: plain, encrypted (mutated ciphertext, stateful replay check) and sealed (mutated plaintext) --
     crypto = bthome.BTHomeDecoder({mac: key}, reset_adverts=2, reset_gap_s=0.0)
     clock = [0.0]
 
@@ -199,15 +194,18 @@ def _driver_targets():
         sealed = aead.encrypt(mac_bytes + b"\xd2\xfc\x41" + ctr, data, None)
         return crypto.decode(b"\x41" + sealed[:-4] + ctr + sealed[-4:], mac, clock[0])
 
-    # -- the whole advert path: record table, selection, dedup, decoders, counters --------------------------
-    adverts = AdvertDecoder(Selection([SensorSpec(mac, None, key.hex(), "fuzz")]), rssi_interval_s=0,
-                            dedup_window_s=0)
-    open_adverts = AdvertDecoder(Selection(), rssi_interval_s=0, dedup_window_s=0)
+    return [
+        Target("ble.bthome", bthome.decode, bthome_plain, allowed, 300),
+        Target("ble.bthome.encrypted", bthome_encrypted, tuple(bytes.fromhex(s) for s in bthome_sealed), allowed,
+               300),
+        Target("ble.bthome.sealed", bthome_sealed_plain, tuple(d[1:] for d in bthome_plain), allowed, 260),
+    ]
 
-    def advert_path(data):
-        records = {0xFCD2: data, 0x181A: data}
-        adverts.readings(mac, records, {0x0499: data}, -60, 0.0)
-        open_adverts.readings("A4:C1:38:00:00:01", records, {0x0499: data}, -60, 0.0)
+
+def _ess_targets(allowed):
+    from drivers.ble import ess
+    from gateway.core.errors import DecodeError
+    ess_uuids = sorted(ess.CHARACTERISTICS)
 
     def ess_decode(data):
         if not data:
@@ -224,8 +222,34 @@ def _driver_targets():
         if "expected" in case and uuid16 in ess_uuids:
             ess_corpus.append(bytes((ess_uuids.index(uuid16),)) + data)
     ess_corpus = tuple(ess_corpus) or (bytes((ess_uuids.index(0x2A6E),)) + b"\xca\x09",)
+    return [Target("ble.ess", ess_decode, ess_corpus, allowed, 16)]
 
-    # -- NMEA -----------------------------------------------------------------------------------------------
+
+def _ruuvi_atc_targets(allowed):
+    from drivers.ble import atc, ruuvi
+    return [Target("ble.ruuvi", ruuvi.decode, _ruuvi_inputs(), allowed, 64),
+            Target("ble.atc", atc.decode, _hex_inputs("atc"), allowed, 64)]
+
+
+def _advert_targets(allowed):
+    """The whole advert path: record table, selection, dedup, decoders, counters."""
+    from drivers.ble.adverts import AdvertDecoder
+    from drivers.ble.selection import Selection, SensorSpec
+    adverts = AdvertDecoder(Selection([SensorSpec(BTHOME_MAC, None, BTHOME_KEY.hex(), "fuzz")]), rssi_interval_s=0,
+                            dedup_window_s=0)
+    open_adverts = AdvertDecoder(Selection(), rssi_interval_s=0, dedup_window_s=0)
+
+    def advert_path(data):
+        records = {0xFCD2: data, 0x181A: data}
+        adverts.readings(BTHOME_MAC, records, {0x0499: data}, -60, 0.0)
+        open_adverts.readings("A4:C1:38:00:00:01", records, {0x0499: data}, -60, 0.0)
+
+    corpus = _bthome_plain() + _ruuvi_inputs() + _hex_inputs("atc")
+    return [Target("ble.adverts", advert_path, corpus, allowed, 300)]
+
+
+def _nmea_targets(allowed):
+    from drivers.serial import nmea
     nmea_inputs = [c["input"].encode() + b"\r\n" for c in _vectors("nmea")] or [
         b"$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47\r\n"]
     nmea_bodies = tuple(b[1:b.rindex(b"*")] for b in nmea_inputs if b"*" in b)
@@ -235,7 +259,15 @@ def _driver_targets():
         reader.feed(data)
         return reader.counters
 
-    # -- Modbus ---------------------------------------------------------------------------------------------
+    return [
+        Target("serial.nmea.sentence", nmea.decode_sentence, nmea_bodies, allowed, 400),
+        Target("serial.nmea.stream", nmea_stream, (b"".join(nmea_inputs),) + tuple(nmea_inputs), allowed, 2048),
+    ]
+
+
+def _modbus_targets(allowed):
+    from drivers.serial import modbus
+    from gateway.core.errors import DecodeError
     mb_cases = [c for c in _vectors("modbus") if "response" in c] or [
         {"slave": 17, "function": 3, "address": 107, "count": 3, "request": "1103006B00037687",
          "response": "110306AE415652434049AD"}]
@@ -261,9 +293,17 @@ def _driver_targets():
             pass
         return modbus.cli_decode(data)
 
-    # -- line protocol --------------------------------------------------------------------------------------
-    line_cases = _vectors("lines")
-    line_streams = tuple(c["stream"].encode("latin-1") for c in line_cases) or (b"id=fridge-3 temp[Cel]=4.21\r\n",)
+    return [
+        Target("serial.modbus.framer", modbus_framer, mb_frames, allowed, 300),
+        Target("serial.modbus.frames", modbus_frames, mb_frames + mb_requests, allowed, 300),
+    ]
+
+
+def _lines_targets(allowed):
+    from drivers.serial import lines
+    from gateway.core.errors import DecodeError
+    line_streams = tuple(c["stream"].encode("latin-1") for c in _vectors("lines")) or (
+        b"id=fridge-3 temp[Cel]=4.21\r\n",)
     kv = lines.LineDecoder()
     csv = lines.LineDecoder("csv", ["id", "temp", "hum"])
 
@@ -278,7 +318,17 @@ def _driver_targets():
                     pass
         return out
 
-    # -- the decode CLI's dispatch: first byte picks the format, the rest is what the technician typed ------
+    return [
+        Target("serial.lines.stream", line_stream, line_streams, allowed, 1024),
+        Target("serial.lines.parser", kv.decode, tuple(s.strip() for s in line_streams if b"=" in s), allowed,
+               300),
+    ]
+
+
+def _cli_targets(allowed):
+    """The decode CLI's dispatch: the first byte picks the format, the rest is what the technician typed."""
+    from drivers.formats import FORMATS, cli_decoder
+    from gateway.core.errors import DecodeError
     formats = sorted(FORMATS)
     cli_corpus = []
     for fmt in formats:
@@ -292,27 +342,23 @@ def _driver_targets():
         if not data:
             raise DecodeError("empty", reason="empty")
         text = data[1:].decode("utf-8", "surrogateescape")
-        return cli_decoder(formats[data[0] % len(formats)])(text, mac=mac if data[0] & 0x80 else None,
-                                                             key=key if data[0] & 0x40 else None)
+        return cli_decoder(formats[data[0] % len(formats)])(text, mac=BTHOME_MAC if data[0] & 0x80 else None,
+                                                             key=BTHOME_KEY if data[0] & 0x40 else None)
 
-    return [
-        Target("ble.bthome", bthome.decode, bthome_plain, allowed, 300),
-        Target("ble.bthome.encrypted", bthome_encrypted, tuple(bytes.fromhex(s) for s in bthome_sealed), allowed,
-               300),
-        Target("ble.bthome.sealed", bthome_sealed_plain, tuple(d[1:] for d in bthome_plain), allowed, 260),
-        Target("ble.ruuvi", ruuvi.decode, ruuvi_in, allowed, 64),
-        Target("ble.atc", atc.decode, atc_in, allowed, 64),
-        Target("ble.ess", ess_decode, ess_corpus, allowed, 16),
-        Target("ble.adverts", advert_path, bthome_plain + ruuvi_in + atc_in, allowed, 300),
-        Target("serial.nmea.sentence", nmea.decode_sentence, nmea_bodies, allowed, 400),
-        Target("serial.nmea.stream", nmea_stream, (b"".join(nmea_inputs),) + tuple(nmea_inputs), allowed, 2048),
-        Target("serial.modbus.framer", modbus_framer, mb_frames, allowed, 300),
-        Target("serial.modbus.frames", modbus_frames, mb_frames + mb_requests, allowed, 300),
-        Target("serial.lines.stream", line_stream, line_streams, allowed, 1024),
-        Target("serial.lines.parser", kv.decode, tuple(s.strip() for s in line_streams if b"=" in s), allowed,
-               300),
-        Target("cli.decode", cli_dispatch, tuple(cli_corpus), allowed, 600),
-    ]
+    return [Target("cli.decode", cli_dispatch, tuple(cli_corpus), allowed, 600)]
+
+
+def _driver_targets():
+    """Every decoder and framer that meets bytes from a radio or a serial line, plus the ``decode`` CLI dispatch;
+    one function per format.
+
+    Corpus: the published vectors of ``tests/vectors`` (and, so the command works without the tests, the
+    bthome.io, Ruuvi, pvvx, NMEA and Simply Modbus examples they start with). Only ``DecodeError`` may escape.
+    """
+    from gateway.core.errors import DecodeError
+    allowed = (DecodeError,)
+    return [t for build in (_bthome_targets, _ruuvi_atc_targets, _ess_targets, _advert_targets, _nmea_targets,
+                            _modbus_targets, _lines_targets, _cli_targets) for t in build(allowed)]
 
 
 def _config_targets():

@@ -1,6 +1,7 @@
 """The BLE adapter: the only module that imports bleak (house style, habit 3).
 
-Two sources, built from ``[[sources]]`` tables by ``build_ble_source`` (keys in ``drivers/ble/README.md``):
+Two sources, built by ``build_ble_source`` from their typed config (``drivers/ble/config.py``, parsed once when the
+config is loaded; keys in ``drivers/ble/README.md``):
 
 * ``BleScanSource`` (``type = "ble"``) listens to advertisements with ``bleak.BleakScanner`` and feeds the raw
   records to the pure decoders (``selection.records``: service data 0xFCD2 -> BTHome, 0x181A -> pvvx/ATC1441,
@@ -42,8 +43,10 @@ from drivers.base import Source
 from drivers.ble import ess, replay_state
 from drivers.ble.adverts import DEFAULT_SKIP, AdvertDecoder
 from drivers.ble.bthome import RESET_ADVERTS, RESET_GAP_S
-from drivers.ble.selection import FORMATS, Selection, SensorSpec, normalise_format, normalise_mac
-from drivers.ble.units import parse_key
+from drivers.ble.config import BleScanConfig, GattConfig
+from drivers.ble.formats import ADVERTISED, FORMATS
+from drivers.ble.selection import Selection, SensorSpec
+from gateway.core.backoff import Backoff
 from gateway.core.errors import DecodeError
 from gateway.core.model import Reading
 
@@ -52,12 +55,9 @@ log = logging.getLogger(__name__)
 #: what bleak and its D-Bus stack raise when the adapter, bluetoothd or the bus misbehave
 BLE_ERRORS = (BleakError, TimeoutError, OSError, EOFError)
 
-#: or-patterns for passive scanning: (AD type, content at position 0)
-PATTERNS = {
-    "bthome": (AdvertisementDataType.SERVICE_DATA_UUID16, b"\xd2\xfc"),
-    "atc": (AdvertisementDataType.SERVICE_DATA_UUID16, b"\x1a\x18"),
-    "ruuvi": (AdvertisementDataType.MANUFACTURER_SPECIFIC_DATA, b"\x99\x04"),
-}
+#: or-patterns for passive scanning, (AD type, content at position 0), from the table of formats
+PATTERNS = {name: (AdvertisementDataType(FORMATS[name].pattern()[0]), FORMATS[name].pattern()[1])
+            for name in ADVERTISED}
 
 BASE_UUID = "0000%04x-0000-1000-8000-00805f9b34fb"
 
@@ -67,7 +67,8 @@ class BleScanSource(Source):
 
     def __init__(self, name, clock, selection, adapter="hci0", passive=True, watchdog_s=120.0, rssi_interval_s=60.0,
                  dedup_window_s=30.0, skip=DEFAULT_SKIP, backoff_min_s=1.0, backoff_max_s=60.0, timeout_s=10.0,
-                 replay_state_file=None, replay_flush_s=60.0, reset_adverts=RESET_ADVERTS, reset_gap_s=RESET_GAP_S):
+                 replay_state_file=None, replay_flush_s=60.0, reset_adverts=RESET_ADVERTS, reset_gap_s=RESET_GAP_S,
+                 rng=None):
         super().__init__()
         self.name = name
         self.clock = clock
@@ -77,12 +78,15 @@ class BleScanSource(Source):
         self.watchdog_s = watchdog_s
         self.backoff_min_s = backoff_min_s
         self.backoff_max_s = backoff_max_s
+        self.backoff = Backoff(backoff_min_s, backoff_max_s, rng)
         self.timeout_s = timeout_s
         self.adverts = AdvertDecoder(selection, rssi_interval_s, dedup_window_s, skip, self.counters, name,
                                      reset_adverts, reset_gap_s)
         self.rssi = self.adverts.rssi
         self.replay_state_file = replay_state_file if selection.keys() else None
         self.replay_flush_s = replay_flush_s
+        self.replay = replay_state.Keeper(self.replay_state_file, self.adverts.bthome, replay_flush_s, self.count,
+                                          name)
         self.mode = None          # "passive" or "active" once a scan has started
         self.scanning = False
         self.last_advert = None   # clock.monotonic() of the last advertisement of any device
@@ -95,71 +99,24 @@ class BleScanSource(Source):
         for reading in self.adverts.readings(device.address, adv.service_data, adv.manufacturer_data, adv.rssi, now):
             self._emit(reading)
 
-    # -- scan lifecycle ---------------------------------------------------------------------------------------
-    # -- replay state (encrypted BTHome counters) ----------------------------------------------------------------
+    # -- replay state (encrypted BTHome counters; the keeper is in drivers/ble/replay_state.py) -------------------
     def load_replay_state(self):
         """Load the saved counters; a missing file is a first start, a bad one is logged and counted."""
-        if self.replay_state_file is None:
-            return 0
-        try:
-            counters = replay_state.load(self.replay_state_file)
-        except replay_state.StateFileError as exc:
-            self.count("state_" + exc.kind)
-            log.error("%s: %s; starting without saved BTHome counters (captured adverts from before this start "
-                      "may be accepted once)", self.name, exc)
-            return 0
-        loaded = self.adverts.bthome.restore(counters)
-        log.info("%s: loaded %d BTHome counters from %s", self.name, loaded, self.replay_state_file)
-        return loaded
-
-    def _snapshot(self, force):
-        bthome = self.adverts.bthome
-        if self.replay_state_file is None or not (bthome.dirty or force):
-            return None
-        return bthome.state()
-
-    def _saved(self, error):
-        if error is not None:
-            self.adverts.bthome.dirty = True  # try again at the next interval
-            self.count("state_write_failed")
-            log.error("%s: %s", self.name, error)
-            return False
-        self.count("state_writes")
-        return True
+        return self.replay.load()
 
     def save_replay_state(self, force=False):
         """Write the counters now if they moved (or ``force``); True when written. Used at stop."""
-        snapshot = self._snapshot(force)
-        if snapshot is None:
-            return False
-        try:
-            replay_state.save(self.replay_state_file, snapshot)
-        except replay_state.StateFileError as exc:
-            return self._saved(exc)
-        return self._saved(None)
+        return self.replay.save(force)
 
     async def flush_replay_state(self):
         """One write-behind step: write the counters if they moved, off the event loop (fsync on an SD card)."""
-        snapshot = self._snapshot(False)
-        if snapshot is None:
-            return False
-        try:
-            await asyncio.to_thread(replay_state.save, self.replay_state_file, snapshot)
-        except replay_state.StateFileError as exc:
-            return self._saved(exc)
-        return self._saved(None)
-
-    async def _flush_replay_state(self):
-        """Write-behind: at most one write per ``replay_flush_s``."""
-        while True:
-            await asyncio.sleep(self.replay_flush_s)
-            await self.flush_replay_state()
+        return await self.replay.flush()
 
     async def run(self, emit):
         self.load_replay_state()
         flusher = None
         if self.replay_state_file is not None:
-            flusher = asyncio.create_task(self._flush_replay_state(), name=self.name + ":replay-state")
+            flusher = asyncio.create_task(self.replay.write_behind(), name=self.name + ":replay-state")
         try:
             await self._scan_forever(emit)
         finally:
@@ -170,7 +127,6 @@ class BleScanSource(Source):
 
     async def _scan_forever(self, emit):
         self._emit = emit
-        delay = self.backoff_min_s
         while True:
             healthy = False
             try:
@@ -185,11 +141,11 @@ class BleScanSource(Source):
                 finally:
                     await self._stop(scanner)
             if healthy:
-                delay = self.backoff_min_s
+                self.backoff.reset()
+            delay = self.backoff.next()
             self.count("restarts")
             log.warning("%s: %s on %s; restarting the scan in %.1f s", self.name, reason, self.adapter, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, self.backoff_max_s)
 
     def _patterns(self):
         return [OrPattern(0, *PATTERNS[f]) for f in sorted(self.selection.formats)]
@@ -268,7 +224,7 @@ class GattPollSource(Source):
     """Connect, read (or subscribe to) ESS characteristics, disconnect; one task and one backoff per device."""
 
     def __init__(self, name, clock, devices, adapter="hci0", poll_s=60.0, notify=False, connect_timeout_s=20.0,
-                 timeout_s=10.0, backoff_min_s=1.0, backoff_max_s=300.0):
+                 timeout_s=10.0, backoff_min_s=1.0, backoff_max_s=300.0, rng=None):
         super().__init__()
         self.name = name
         self.clock = clock
@@ -280,6 +236,7 @@ class GattPollSource(Source):
         self.timeout_s = timeout_s
         self.backoff_min_s = backoff_min_s
         self.backoff_max_s = backoff_max_s
+        self.rng = rng
         self.connected = set()
 
     async def run(self, emit):
@@ -293,19 +250,19 @@ class GattPollSource(Source):
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _device_loop(self, dev, emit):
-        delay = self.backoff_min_s
+        backoff = Backoff(self.backoff_min_s, self.backoff_max_s, self.rng)  # one per device
         while True:
             try:
                 client, gone = await self._connect(dev)
             except BLE_ERRORS as exc:
                 self.count("connect_failed")
                 self.count("connect_failed." + dev.sensor)
+                delay = backoff.next()
                 log.warning("%s: cannot connect to %s (%s): %s; retrying in %.1f s", self.name, dev.sensor, dev.mac,
                             exc or type(exc).__name__, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.backoff_max_s)
                 continue
-            delay = self.backoff_min_s
+            backoff.reset()
             try:
                 await self._session(dev, client, gone, emit)
             except BLE_ERRORS as exc:
@@ -390,151 +347,31 @@ class GattPollSource(Source):
         return s
 
 
-# -- config -----------------------------------------------------------------------------------------------------
-
-SCAN_KEYS = {"type", "name", "adapter", "sensors", "formats", "passive", "watchdog_s", "rssi_interval_s",
-             "dedup_window_s", "skip", "backoff_min_s", "backoff_max_s", "timeout_s", "replay_flush_s",
-             "reset_adverts", "reset_gap_s"}
-GATT_KEYS = {"type", "name", "adapter", "sensors", "poll_s", "notify", "connect_timeout_s", "timeout_s",
-             "backoff_min_s", "backoff_max_s"}
-SCAN_SENSOR_KEYS = {"mac", "format", "key", "alias"}
-GATT_SENSOR_KEYS = {"mac", "alias", "characteristics"}
-DEFAULT_CHARACTERISTICS = ("temperature", "humidity", "pressure")
+# -- config (typed in drivers/ble/config.py, parsed once when the config is loaded) --------------------------------
 
 
-def _number(spec, key, default, minimum=0.0, allow_zero=False):
-    value = spec.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError("%s: must be a number of seconds, got %r" % (key, value))
-    if value < minimum or (value == minimum and not allow_zero):
-        raise ValueError("%s: must be %s %s, got %r" % (key, ">=" if allow_zero else ">", minimum, value))
-    return float(value)
+def build_ble_source(config, clock, name=None, state_dir=None):
+    """A ``BleScanSource`` or ``GattPollSource`` from its typed config (``BleScanConfig`` / ``GattConfig``).
 
-
-def _bool(spec, key, default):
-    value = spec.get(key, default)
-    if not isinstance(value, bool):
-        raise ValueError("%s: must be true or false, got %r" % (key, value))
-    return value
-
-
-def _text(table, key, where, default=None):
-    value = table.get(key, default)
-    if value is not None and (not isinstance(value, str) or not value.strip()):
-        raise ValueError("%s%s: must be non-empty text" % (where, key))
-    return value
-
-
-def _check_keys(table, allowed, where):
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise ValueError("%s%s: unknown key (allowed: %s)" % (where, unknown[0], ", ".join(sorted(allowed))))
-
-
-def _sensor_tables(spec, required):
-    sensors = spec.get("sensors", [])
-    if not isinstance(sensors, list) or not all(isinstance(s, dict) for s in sensors):
-        raise ValueError("sensors: must be a list of tables like {mac = \"A4:C1:38:00:00:01\"}")
-    if required and not sensors:
-        raise ValueError("sensors: at least one device is needed")
-    seen = set()
-    for i, s in enumerate(sensors):
-        where = "sensors[%d]." % i
-        if "mac" not in s:
-            raise ValueError(where + "mac: is required")
-        try:
-            mac = normalise_mac(s["mac"])
-        except ValueError as exc:
-            raise ValueError(where + "mac: " + str(exc)) from None
-        if mac in seen:
-            raise ValueError(where + "mac: %s is listed twice" % mac)
-        seen.add(mac)
-        yield where, mac, s
-
-
-def _scan_source(spec, clock, name, state_dir=None):
-    _check_keys(spec, SCAN_KEYS, "")
-    formats = spec.get("formats", list(FORMATS))
-    if not isinstance(formats, list) or not formats:
-        raise ValueError("formats: must be a non-empty list such as [\"bthome\", \"ruuvi\", \"atc\"]")
-    formats = {normalise_format(f, "formats") for f in formats}
-    sensors = []
-    for where, mac, s in _sensor_tables(spec, required=False):
-        _check_keys(s, SCAN_SENSOR_KEYS, where)
-        fmt = normalise_format(s["format"], where + "format") if "format" in s else None
-        if fmt is not None and fmt not in formats:
-            raise ValueError("%sformat: %s is not in formats" % (where, fmt))
-        key = _text(s, "key", where)
-        if key is not None:
-            if fmt not in (None, "bthome"):
-                raise ValueError(where + "key: only BTHome adverts are decrypted with a bindkey")
-            try:
-                parse_key(key)
-            except DecodeError:
-                raise ValueError(where + "key: must be 32 hex digits (a 16-byte BTHome bindkey)") from None
-        sensors.append(SensorSpec(mac, fmt, key, _text(s, "alias", where)))
-    skip = spec.get("skip", list(DEFAULT_SKIP))
-    if not isinstance(skip, list) or not all(isinstance(x, str) for x in skip):
-        raise ValueError("skip: must be a list of quantity names")
-    rssi = spec.get("rssi_interval_s", 60.0)
-    rssi = None if rssi is False else _number(spec, "rssi_interval_s", 60.0, allow_zero=True)
-    return BleScanSource(
-        name, clock, Selection(sensors, formats), adapter=_text(spec, "adapter", "", "hci0"),
-        passive=_bool(spec, "passive", True), watchdog_s=_number(spec, "watchdog_s", 120.0),
-        rssi_interval_s=rssi, dedup_window_s=_number(spec, "dedup_window_s", 30.0, allow_zero=True),
-        skip=skip, backoff_min_s=_number(spec, "backoff_min_s", 1.0),
-        backoff_max_s=max(_number(spec, "backoff_max_s", 60.0), _number(spec, "backoff_min_s", 1.0)),
-        timeout_s=_number(spec, "timeout_s", 10.0),
-        replay_state_file=None if state_dir is None else replay_state.state_path(state_dir, name),
-        replay_flush_s=_number(spec, "replay_flush_s", 60.0), reset_adverts=_count(spec, "reset_adverts",
-                                                                                    RESET_ADVERTS, 2),
-        reset_gap_s=_number(spec, "reset_gap_s", RESET_GAP_S, allow_zero=True))
-
-
-def _count(spec, key, default, minimum):
-    value = spec.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError("%s: must be an integer >= %d, got %r" % (key, minimum, value))
-    return value
-
-
-def _characteristic(value, where):
-    try:
-        uuid16 = ess.parse_uuid(value) if isinstance(value, str) else value
-    except DecodeError:
-        uuid16 = None
-    if isinstance(uuid16, bool) or uuid16 not in ess.CHARACTERISTICS:
-        raise ValueError("%s: %r is not a supported ESS characteristic (%s)" % (
-            where, value, ", ".join(sorted(set(ess.ALIASES)))))
-    return uuid16
-
-
-def _gatt_source(spec, clock, name):
-    _check_keys(spec, GATT_KEYS, "")
-    devices = []
-    for where, mac, s in _sensor_tables(spec, required=True):
-        _check_keys(s, GATT_SENSOR_KEYS, where)
-        chars = s.get("characteristics", list(DEFAULT_CHARACTERISTICS))
-        if not isinstance(chars, list) or not chars:
-            raise ValueError(where + "characteristics: must be a non-empty list")
-        uuids = [_characteristic(c, "%scharacteristics[%d]" % (where, j)) for j, c in enumerate(chars)]
-        devices.append(GattDevice(mac, _text(s, "alias", where) or mac.lower(), uuids))
-    return GattPollSource(
-        name, clock, devices, adapter=_text(spec, "adapter", "", "hci0"), poll_s=_number(spec, "poll_s", 60.0),
-        notify=_bool(spec, "notify", False), connect_timeout_s=_number(spec, "connect_timeout_s", 20.0),
-        timeout_s=_number(spec, "timeout_s", 10.0), backoff_min_s=_number(spec, "backoff_min_s", 1.0),
-        backoff_max_s=max(_number(spec, "backoff_max_s", 300.0), _number(spec, "backoff_min_s", 1.0)))
-
-
-def build_ble_source(spec, clock, name, state_dir=None):
-    """``[[sources]]`` table of ``type = "ble"`` (scanner) or ``"gatt"`` (poller) -> source.
-
-    ``state_dir`` is the agent's state directory: the scanner keeps its BTHome counters there (None: in memory
-    only). Raises ValueError naming the key; ``drivers.sources`` turns it into a ConfigError with the file.
+    ``config`` may also be a ``[[sources]]`` table, parsed here (tests, tools); errors are ``ConfigError`` s naming
+    the key. ``state_dir`` is the agent's state directory: the scanner keeps its BTHome counters there (None: in
+    memory only).
     """
-    kind = spec.get("type")
-    if kind == "ble":
-        return _scan_source(spec, clock, name, state_dir)
-    if kind == "gatt":
-        return _gatt_source(spec, clock, name)
-    raise ValueError("type: %r is not a BLE source type (ble or gatt)" % (kind,))
+    if isinstance(config, dict):
+        cls = {"ble": BleScanConfig, "gatt": GattConfig}.get(config.get("type"), BleScanConfig)
+        config = cls.from_table(config)
+    name = name or config.name or config.type
+    if isinstance(config, GattConfig):
+        devices = [GattDevice(s.mac, s.sensor, s.characteristics) for s in config.sensors]
+        return GattPollSource(
+            name, clock, devices, adapter=config.adapter, poll_s=config.poll_s, notify=config.notify,
+            connect_timeout_s=config.connect_timeout_s, timeout_s=config.timeout_s,
+            backoff_min_s=config.backoff_min_s, backoff_max_s=max(config.backoff_max_s, config.backoff_min_s))
+    sensors = [SensorSpec(s.mac, s.format, s.key, s.alias) for s in config.sensors]
+    return BleScanSource(
+        name, clock, Selection(sensors, config.formats), adapter=config.adapter, passive=config.passive,
+        watchdog_s=config.watchdog_s, rssi_interval_s=config.rssi_interval_s, dedup_window_s=config.dedup_window_s,
+        skip=config.skip, backoff_min_s=config.backoff_min_s,
+        backoff_max_s=max(config.backoff_max_s, config.backoff_min_s), timeout_s=config.timeout_s,
+        replay_state_file=None if state_dir is None else replay_state.state_path(state_dir, name),
+        replay_flush_s=config.replay_flush_s, reset_adverts=config.reset_adverts, reset_gap_s=config.reset_gap_s)

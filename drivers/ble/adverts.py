@@ -2,9 +2,10 @@
 
 ``AdvertDecoder.readings(mac, service_data, manufacturer_data, rssi, now)`` runs one advertisement through the
 whole receive path: the record table (``selection.records``), the sensor selection (``Selection``), the repeat
-filter (``Deduper``), the pure decoders (BTHome with strict replay protection, Ruuvi, pvvx/ATC1441) and the RSSI
-rate limit. The bleak scanner (``drivers/ble/adapter.py``) calls it from bleak's detection callback; the simulated
-radio of the field scenarios (``tools/sim/radio.py``) calls it with bytes built by ``firmware_sim/ble_nodes.py``.
+filter (``Deduper``), the pure decoders of the enabled formats (the rows of ``drivers/ble/formats.py``: BTHome
+with strict replay protection, Ruuvi, pvvx/ATC1441) and the RSSI rate limit. The bleak scanner
+(``drivers/ble/adapter.py``) calls it from bleak's detection callback; the simulated radio of the field scenarios
+(``tools/sim/radio.py``) calls it with bytes built by ``firmware_sim/ble_nodes.py``.
 So everything after the radio is the same code in production and in simulation.
 
 Decode errors never escape: each is counted as ``error.<reason>`` in ``counters`` (shared with the source). A
@@ -16,7 +17,7 @@ upstream as an ``Event`` named ``counter_reset`` among the returned items.
 
 import logging
 
-from drivers.ble import atc, ruuvi
+from drivers.ble.formats import FORMATS
 from drivers.ble.bthome import RESET_ADVERTS, RESET_GAP_S, BTHomeDecoder
 from drivers.ble.selection import Deduper, RateLimit, records
 from drivers.bounds import PartialDecode
@@ -37,8 +38,19 @@ class AdvertDecoder:
         self.skip = frozenset(skip)
         self.dedup = Deduper(dedup_window_s)
         self.rssi = RateLimit(rssi_interval_s) if rssi_interval_s is not None else None
-        self.bthome = BTHomeDecoder(selection.keys(), reset_adverts, reset_gap_s)
-        self.decoders = {"bthome": self.bthome.decode, "ruuvi": _stateless(ruuvi.decode), "atc": _stateless(atc.decode)}
+        self.decoders = {}
+        self.keyed = {}  # format -> its stateful decoder (bindkeys, replay protection)
+        for name in sorted(selection.formats):
+            row = FORMATS[name]
+            if row.keyed:
+                self.keyed[name] = row.decoder_class()(selection.keys(), reset_adverts, reset_gap_s)
+                self.decoders[name] = self.keyed[name].decode
+            else:
+                self.decoders[name] = _stateless(row.decode)
+        # BTHome's replay state and counter resets are reported by the scanner; a source without BTHome keeps an
+        # idle one so that the replay-state code need not ask
+        self.bthome = self.keyed["bthome"] if "bthome" in self.keyed else BTHomeDecoder({}, reset_adverts,
+                                                                                          reset_gap_s)
         self.counters = counters if counters is not None else {}
 
     def count(self, key, n=1):

@@ -16,12 +16,17 @@ Reading never raises for bad content: a missing file is an empty state, an unrea
 sensor down for the sake of one.
 """
 
+import asyncio
 import json
+import logging
 import os
 
+from gateway.adapters.files import write_atomic
 from gateway.core.errors import GatewayError
 
 VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 class StateFileError(GatewayError):
@@ -58,23 +63,75 @@ def load(path):
 
 def save(path, counters):
     """Write ``{MAC: counter}`` to ``path`` atomically and durably. Raises ``StateFileError``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = "%s.tmp" % path
     data = json.dumps({"version": VERSION, "counters": dict(sorted(counters.items()))}, indent=0).encode()
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_atomic(path, data, 0o600)
     except OSError as exc:
         raise StateFileError("cannot write %s: %s" % (path, exc.strerror or exc), "io") from exc
+
+
+class Keeper:
+    """The scanner's replay state on disk: loads it at start, writes it behind at most every ``flush_s`` when a
+    counter moved, and at stop. ``decoder`` is the ``BTHomeDecoder``; ``count(key)`` the source's counter. A write
+    failure is counted (``state_write_failed``) and logged at ERROR; the next interval tries again."""
+
+    def __init__(self, path, decoder, flush_s, count, name):
+        self.path = path
+        self.decoder = decoder
+        self.flush_s = flush_s
+        self.count = count
+        self.name = name
+
+    def load(self):
+        if self.path is None:
+            return 0
+        try:
+            counters = load(self.path)
+        except StateFileError as exc:
+            self.count("state_" + exc.kind)
+            log.error("%s: %s; starting without saved BTHome counters (captured adverts from before this start "
+                      "may be accepted once)", self.name, exc)
+            return 0
+        loaded = self.decoder.restore(counters)
+        log.info("%s: loaded %d BTHome counters from %s", self.name, loaded, self.path)
+        return loaded
+
+    def _snapshot(self, force):
+        if self.path is None or not (self.decoder.dirty or force):
+            return None
+        return self.decoder.state()
+
+    def _saved(self, error):
+        if error is not None:
+            self.decoder.dirty = True  # try again at the next interval
+            self.count("state_write_failed")
+            log.error("%s: %s", self.name, error)
+            return False
+        self.count("state_writes")
+        return True
+
+    def save(self, force=False):
+        snapshot = self._snapshot(force)
+        if snapshot is None:
+            return False
+        try:
+            save(self.path, snapshot)
+        except StateFileError as exc:
+            return self._saved(exc)
+        return self._saved(None)
+
+    async def flush(self):
+        snapshot = self._snapshot(False)
+        if snapshot is None:
+            return False
+        try:
+            await asyncio.to_thread(save, self.path, snapshot)
+        except StateFileError as exc:
+            return self._saved(exc)
+        return self._saved(None)
+
+    async def write_behind(self):
+        """At most one write per ``flush_s``, until cancelled."""
+        while True:
+            await asyncio.sleep(self.flush_s)
+            await self.flush()

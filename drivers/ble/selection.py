@@ -1,10 +1,9 @@
 """Which advertisements to decode, and which are repeats. Pure: values in, values out; no bleak, no clock.
 
 An advertisement record (the MAC, the service data by UUID and the manufacturer data by company id, as bleak's
-``AdvertisementData`` gives them) becomes a list of ``(format, payload)`` by one table, ``RECORDS``:
-
-* service data 0xFCD2 -> ``bthome``; service data 0x181A -> ``atc`` (pvvx custom and ATC1441, one decoder);
-* manufacturer data 0x0499 -> ``ruuvi``.
+``AdvertisementData`` gives them) becomes a list of ``(format, payload)`` by the ``advert`` column of the one
+table of formats, ``drivers/ble/formats.py`` (service data 0xFCD2 -> ``bthome``, 0x181A -> ``atc``, manufacturer
+data 0x0499 -> ``ruuvi``).
 
 ``Selection`` says whether a MAC/format pair is wanted (and under which alias and bindkey). With a ``sensors`` list,
 only those MACs are decoded (and a sensor pinned to a format only in that format); without one, every advert of
@@ -20,18 +19,17 @@ After ``window_s`` an equal key is accepted again, so a sensor whose values neve
 counter) still reports once per window instead of falling silent.
 """
 
+from drivers.ble import formats
+
 BASE_UUID_TAIL = "-0000-1000-8000-00805f9b34fb"
 
-#: (kind, 16-bit UUID or company id) -> format name
-RECORDS = {
-    ("service", 0xFCD2): "bthome",
-    ("service", 0x181A): "atc",
-    ("manufacturer", 0x0499): "ruuvi",
-}
-
-FORMATS = ("bthome", "ruuvi", "atc")
+#: derived from the one table of formats, ``drivers/ble/formats.py``
+RECORDS = formats.RECORDS
+FORMATS = formats.ADVERTISED
 #: accepted spellings in the config -> format name
-FORMAT_ALIASES = {"bthome": "bthome", "ruuvi": "ruuvi", "atc": "atc", "pvvx": "atc", "atc1441": "atc"}
+FORMAT_ALIASES = formats.ALIASES
+#: format -> packet id function for dedup (formats without one are keyed by their bytes)
+_PACKET_IDS = {}
 
 
 def uuid16(uuid):
@@ -153,11 +151,12 @@ class Deduper:
 
     @staticmethod
     def key(fmt, payload):
-        if fmt == "bthome":
-            pid = bthome_packet_id(payload)
-            if pid is not None:
-                return ("pid", pid)
-        return bytes(payload)
+        if fmt not in _PACKET_IDS:
+            row = formats.FORMATS.get(fmt)
+            _PACKET_IDS[fmt] = row.packet_id_function() if row is not None else None
+        packet_id = _PACKET_IDS[fmt]
+        pid = packet_id(payload) if packet_id is not None else None
+        return ("pid", pid) if pid is not None else bytes(payload)
 
     def accept(self, mac, fmt, payload, now):
         """True for a new advert (and remember it), False for a repeat."""

@@ -15,6 +15,8 @@ import select
 import serial
 
 from drivers.base import Source
+from drivers.serial.protocols import make_protocol
+from gateway.core.backoff import Backoff
 from gateway.core.model import Reading
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,7 @@ class PortGone(Exception):
 
 class SerialSource(Source):
     def __init__(self, name, port, protocol, clock, baud=9600, bytesize=8, parity="N", stopbits=1,
-                 backoff_min=0.2, backoff_max=30.0, silent_after=60.0, opener=None):
+                 backoff_min=0.2, backoff_max=30.0, silent_after=60.0, opener=None, rng=None):
         super().__init__()
         if parity not in PARITIES:
             raise ValueError("parity must be N, E or O")
@@ -37,8 +39,7 @@ class SerialSource(Source):
         self.protocol = protocol
         self.clock = clock
         self.settings = dict(baudrate=baud, bytesize=bytesize, parity=PARITIES[parity], stopbits=stopbits)
-        self.backoff_min = backoff_min
-        self.backoff_max = backoff_max
+        self.backoff = Backoff(backoff_min, backoff_max, rng)
         self.silent_after = silent_after
         self.opener = opener or self._open
         self.connected = False
@@ -48,22 +49,21 @@ class SerialSource(Source):
         return serial.Serial(self.port, timeout=0, write_timeout=0, exclusive=True, **self.settings)
 
     async def run(self, emit):
-        delay = self.backoff_min
         while True:
             try:
                 ser = self.opener()
             except (serial.SerialException, OSError, ValueError) as exc:
                 self.count("open_failed")
+                delay = self.backoff.next()
                 log.warning("%s: cannot open %s: %s; retrying in %.1f s", self.name, self.port, exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.backoff_max)
                 continue
             self.count("opened")
             self.connected = True
             log.info("%s: opened %s", self.name, self.port)
             try:
                 await self._pump(ser, emit)
-                delay = self.backoff_min
+                self.backoff.reset()
             except PortGone as exc:
                 self.count("reopen")
                 log.warning("%s: %s went away (%s); reopening", self.name, self.port, exc)
@@ -73,8 +73,7 @@ class SerialSource(Source):
                     ser.close()
                 except (serial.SerialException, OSError):
                     pass
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.backoff_max)
+            await asyncio.sleep(self.backoff.next())
 
     async def _pump(self, ser, emit):
         loop = asyncio.get_running_loop()
@@ -147,3 +146,9 @@ class SerialSource(Source):
         s = super().status()
         s.update(port=self.port, connected=self.connected)
         return s
+
+
+def build_serial_source(config, clock, name, state_dir=None):
+    """A ``SerialSource`` from its typed config (``drivers/serial/config.py``)."""
+    return SerialSource(name, config.port, make_protocol(config.protocol_spec()), clock, baud=config.baud,
+                        bytesize=config.bytesize, parity=config.parity, stopbits=config.stopbits)

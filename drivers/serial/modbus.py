@@ -22,6 +22,7 @@ import struct
 from dataclasses import dataclass
 
 from drivers.bounds import check
+from drivers.serial.modbus_schedule import PollScheduler, SlaveState  # noqa: F401 (API)
 from gateway.core.errors import ConfigError, DecodeError
 from gateway.core.model import Measurement
 
@@ -348,51 +349,6 @@ def plan_polls(register_maps, max_count=MAX_REGISTERS, max_gap=0):
         if group:
             polls.append(Poll(slave, group[0].table, start, end - start, tuple(group)))
     return polls
-
-
-# --- per-slave backoff ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SlaveState:
-    failures: int = 0
-    next_due: float = 0.0
-    last_reason: str = None
-
-    @property
-    def backing_off(self):
-        return self.failures > 0
-
-
-class PollScheduler:
-    """When each slave is due. A failure (timeout, CRC, exception) delays only that slave, exponentially:
-    ``min(cap, base * 2 ** (failures - 1))`` but never sooner than ``interval``. A success resets it.
-
-    Pure: every method takes ``now`` (seconds on any monotonic scale).
-    """
-
-    def __init__(self, slaves, interval, base=1.0, cap=60.0, now=0.0):
-        self.interval = interval
-        self.base = base
-        self.cap = cap
-        self.states = {slave: SlaveState(0, now, None) for slave in slaves}
-
-    def due(self, now):
-        """Slaves to poll now, in order."""
-        return [s for s, st in sorted(self.states.items()) if st.next_due <= now]
-
-    def success(self, slave, now):
-        self.states[slave] = SlaveState(0, now + self.interval, None)
-
-    def failure(self, slave, now, reason):
-        """Record a failure; returns the time the slave is next due."""
-        failures = self.states[slave].failures + 1
-        delay = max(self.interval, min(self.cap, self.base * 2 ** min(failures - 1, 30)))
-        self.states[slave] = SlaveState(failures, now + delay, reason)
-        return now + delay
-
-    def next_wakeup(self):
-        return min((st.next_due for st in self.states.values()), default=None)
 
 
 def cli_decode(text, mac=None, key=None):

@@ -34,10 +34,15 @@ def _number(spec, key, default, minimum=0.0, maximum=None):
     return value
 
 
+DAY = 86400.0
+
+
 class LinesProtocol:
     """``key=value`` or CSV lines (``drivers/serial/lines.py``). Errors: the decoder's reasons plus ``overlong``."""
 
     kind = "lines"
+    #: the keys of its ``[[sources]]`` table: None (the protocol checks it), (min, max), or a nested table
+    KEYS = {"mode": None, "columns": None, "units": None, "max_line": (1, MAX_FRAME)}
     poll_interval = 0.5
 
     def __init__(self, mode="kv", columns=None, units=None, max_line=256):
@@ -75,6 +80,7 @@ class NmeaProtocol:
     """
 
     kind = "nmea"
+    KEYS = {"sentences": None, "max_len": (9, MAX_FRAME)}
     poll_interval = 0.5
 
     def __init__(self, sentences=None, max_len=nmea.MAX_SENTENCE):
@@ -151,6 +157,11 @@ class ModbusProtocol:
     """
 
     kind = "modbus"
+    KEYS = {"poll_s": (0.01, DAY), "timeout_s": (0.001, 3600.0), "backoff_s": (0.001, DAY),
+            "backoff_max_s": (0.001, DAY), "max_gap": (0, 125),
+            "slaves": {"id": (1, 247), "name": None, "registers": {
+                "name": None, "address": (0, 65535), "type": None, "table": None, "word_order": None, "scale": None,
+                "unit": None}}}
     poll_interval = 0.02
 
     def __init__(self, slaves, poll_s=5.0, timeout_s=None, baud=9600, bytesize=8, parity="N", stopbits=1,
@@ -291,13 +302,10 @@ PROTOCOLS = {"lines": LinesProtocol, "nmea": NmeaProtocol, "modbus": ModbusProto
 
 
 def make_protocol(spec):
-    """Build a protocol from a source's config table (``protocol = "lines"`` plus its options)."""
+    """Build a protocol from a source's config table (``protocol = "lines"`` plus its options). A ``ConfigError``
+    names the key inside the table (``slaves[0].id``); the caller puts ``sources[N].`` in front."""
     kind = spec.get("protocol", "lines")
-    where = "sources(%s)." % (spec.get("name") or kind)
     if kind not in PROTOCOLS:
         raise ConfigError("unknown serial protocol %r (known: %s)" % (kind, ", ".join(sorted(PROTOCOLS))),
-                          key=where + "protocol")
-    try:
-        return PROTOCOLS[kind].from_spec(spec)
-    except ConfigError as exc:
-        raise ConfigError(exc.detail, exc.file, where + (exc.key or "")) from None
+                          key="protocol")
+    return PROTOCOLS[kind].from_spec(spec)

@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 
+from gateway.adapters.files import write_atomic
 from gateway.core.errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -63,20 +64,8 @@ def read(path):
 def write(path, boot):
     """Replace ``path`` with ``boot`` atomically and durably (write a temporary file, fsync, rename, fsync the
     directory): two fsyncs per start, none on the hot path."""
-    tmp = path + ".tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, b"%d\n" % boot)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_atomic(path, b"%d\n" % boot, 0o600)
     except OSError as exc:
         raise StoreError("cannot write the boot epoch to %s: %s" % (path, exc),
                          kind="full" if exc.errno == errno.ENOSPC else

@@ -18,8 +18,9 @@ import stat
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from gateway.adapters.files import write_atomic
+from gateway.core.algorithms import SIGNING
 from gateway.core.errors import KeyFileError
 
 KID_CHARS = 11
@@ -43,7 +44,7 @@ def raw_public(public_key):
 
 def thumbprint(public_key):
     """RFC 7638 thumbprint: SHA-256 over the canonical JSON of the required OKP members."""
-    canonical = '{"crv":"Ed25519","kty":"OKP","x":"%s"}' % b64url(raw_public(public_key))
+    canonical = SIGNING.thumbprint_json(b64url(raw_public(public_key)))
     return b64url(hashlib.sha256(canonical.encode("ascii")).digest())
 
 
@@ -56,8 +57,8 @@ def fingerprint(public_key):
 
 
 def public_jwk(public_key, gw=None):
-    jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64url(raw_public(public_key)), "kid": key_id(public_key),
-           "alg": "EdDSA", "use": "sig"}
+    jwk = {"kty": SIGNING.jwk_kty, "crv": SIGNING.jwk_crv, "x": b64url(raw_public(public_key)),
+           "kid": key_id(public_key), "alg": SIGNING.jwk_alg, "use": "sig"}
     if gw is not None:
         jwk["gw"] = gw
     return jwk
@@ -76,12 +77,12 @@ class SigningKey:
 
     @classmethod
     def generate(cls):
-        return cls(Ed25519PrivateKey.generate())
+        return cls(SIGNING.private_class.generate())
 
     @classmethod
     def from_seed(cls, seed):
         """For committed test vectors only: a key from a published 32-byte seed."""
-        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+        return cls(SIGNING.private_class.from_private_bytes(seed))
 
     def sign(self, data):
         return self._private.sign(data)
@@ -102,16 +103,7 @@ def write_private(path, key, overwrite=False):
     path = os.fspath(path)
     if os.path.exists(path) and not overwrite:
         raise KeyFileError("refusing to overwrite existing key %s" % path)
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, key.private_pem())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path) or ".")
+    write_atomic(path, key.private_pem(), 0o600, secret=True)
 
 
 def load_private(path):
@@ -135,8 +127,8 @@ def load_private(path):
         private = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise KeyFileError("private key %s is not an unencrypted PKCS#8 PEM key" % path) from None
-    if not isinstance(private, Ed25519PrivateKey):
-        raise KeyFileError("private key %s is not an Ed25519 key" % path)
+    if not isinstance(private, SIGNING.private_class):
+        raise KeyFileError("private key %s is not an %s key" % (path, SIGNING.name))
     return SigningKey(private)
 
 
@@ -198,22 +190,24 @@ def _check_jwk(jwk, where):
     """Return ``(kid, public key)`` of a trust-store JWK, or raise ``KeyFileError`` saying what to fix."""
     if not isinstance(jwk, dict):
         raise KeyFileError("%s is not a JSON object" % where)
-    if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
-        raise KeyFileError("%s is not an OKP Ed25519 key (kty %r, crv %r): only Ed25519 keys are trusted"
-                           % (where, jwk.get("kty"), jwk.get("crv")))
+    alg = SIGNING
+    if jwk.get("kty") != alg.jwk_kty or jwk.get("crv") != alg.jwk_crv:
+        raise KeyFileError("%s is not an %s %s key (kty %r, crv %r): only %s keys are trusted"
+                           % (where, alg.jwk_kty, alg.jwk_crv, jwk.get("kty"), jwk.get("crv"), alg.name))
     if "d" in jwk:
         raise KeyFileError("%s holds a private key (\"d\"): a trust store takes public keys only; remove \"d\" "
                            "and treat that key as leaked" % where)
-    if jwk.get("alg", "EdDSA") != "EdDSA":
-        raise KeyFileError("%s has alg %r; Ed25519 keys sign with \"EdDSA\"" % (where, jwk.get("alg")))
+    if jwk.get("alg", alg.jwk_alg) != alg.jwk_alg:
+        raise KeyFileError("%s has alg %r; %s keys sign with \"%s\"" % (where, jwk.get("alg"), alg.name,
+                                                                        alg.jwk_alg))
     try:
         raw = b64url_decode(jwk.get("x"))
-        if len(raw) != 32:
+        if len(raw) != alg.public_bytes:
             raise ValueError("%d bytes" % len(raw))
-        public = Ed25519PublicKey.from_public_bytes(raw)
+        public = alg.public_class.from_public_bytes(raw)
     except ValueError:
-        raise KeyFileError("%s has an invalid x: it must be the base64url of the 32-byte Ed25519 public key"
-                           % where) from None
+        raise KeyFileError("%s has an invalid x: it must be the base64url of the %d-byte %s public key"
+                           % (where, alg.public_bytes, alg.name)) from None
     kid = key_id(public)
     if jwk.get("kid") != kid:
         raise KeyFileError("%s has kid %r, but this key's id (RFC 7638 thumbprint, %d chars) is %r: set \"kid\": "
@@ -227,14 +221,7 @@ def _check_jwk(jwk, where):
 
 def write_jwks(path, jwks):
     """Write a JWK Set atomically (public material: mode 0644)."""
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        json.dump(jwks, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(jwks, indent=2, sort_keys=True) + "\n", 0o644)
 
 
 def merge_jwks(path, jwk):
@@ -262,16 +249,3 @@ def merge_jwks(path, jwk):
     TrustStore(doc, source="trust store %s" % path)
     write_jwks(path, doc)
     return doc
-
-
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -6,20 +6,24 @@ Every error names the file and the key (``ConfigError``), e.g.
 """
 
 import dataclasses
-import difflib
 import math
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 
+from drivers.sources import parse_source
+from gateway.adapters import files
 from gateway.core.errors import ConfigError
+from gateway.core.fields import DAY, check_number, unknown_key
 from gateway.core.redact import redact_url
 
 #: ``edge-gateway run`` exits with this (sysexits.h EX_CONFIG) when the config is wrong; the systemd unit's
 #: ``RestartPreventExitStatus=`` names it, so a bad config is not restarted in a loop.
 EX_CONFIG = 78
 
+#: attributes of ``Config`` that are not keys of the file
+_NOT_KEYS = ("file", "source_configs")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,63}$")
 
 
@@ -93,9 +97,10 @@ class Config:
     uplink: UplinkSection = field(default_factory=UplinkSection)
     clock: ClockSection = field(default_factory=ClockSection)
     console: ConsoleSection = field(default_factory=ConsoleSection)
-    sources: list = field(default_factory=list)
+    sources: list = field(default_factory=list)  # the [[sources]] tables as written (the console edits them)
     rules: list = field(default_factory=list)
     file: str = None
+    source_configs: list = field(default_factory=list)  # the same, parsed once: typed, from drivers/sources.py
 
     def state_path(self, value):
         return value if os.path.isabs(value) else os.path.join(self.gateway.state_dir, value)
@@ -106,7 +111,6 @@ _CHOICES = {
     "uplink.kind": ("http", "mqtt"),
     "clock.mode": ("auto", "synced", "unsynced"),
 }
-DAY = 86400.0
 #: every numeric key of the typed sections: (min, max), both inclusive. ``check_number`` enforces them.
 RANGES = {
     "store.max_bytes": (1 << 16, 1 << 40),
@@ -123,60 +127,9 @@ RANGES = {
     "console.baud": (50, 4_000_000),
     "console.idle_lock_s": (1.0, DAY),
 }
-SOURCE_TYPES = ("serial", "ble", "gatt")
-
-# The keys each [[sources]] table may hold, as data: key -> None (any value; the driver checks it), a (min, max)
-# range for a number, or a nested schema for an array of tables. The drivers check types and meaning when the
-# source is built; this table makes a misspelt key an error at load time, whatever the source type.
-_SERIAL = {"type": None, "name": None, "port": None, "baud": (50, 4_000_000), "bytesize": (5, 8), "parity": None,
-           "stopbits": (1, 2), "protocol": None}
-_REGISTER = {"name": None, "address": (0, 65535), "type": None, "table": None, "word_order": None, "scale": None,
-             "unit": None}
-PROTOCOL_KEYS = {
-    "lines": {"mode": None, "columns": None, "units": None, "max_line": (1, 4096)},
-    "nmea": {"sentences": None, "max_len": (9, 4096)},
-    "modbus": {"poll_s": (0.01, DAY), "timeout_s": (0.001, 3600.0), "backoff_s": (0.001, DAY),
-               "backoff_max_s": (0.001, DAY), "max_gap": (0, 125),
-               "slaves": {"id": (1, 247), "name": None, "registers": _REGISTER}},
-}
-_BLE_COMMON = {"type": None, "name": None, "adapter": None, "timeout_s": (0, 3600.0), "backoff_min_s": (0, DAY),
-               "backoff_max_s": (0, 7 * DAY)}
-SOURCE_KEYS = {
-    "serial": _SERIAL,
-    "ble": dict(_BLE_COMMON, formats=None, passive=None, watchdog_s=(0, 7 * DAY), rssi_interval_s=(0, DAY),
-                dedup_window_s=(0, DAY), replay_flush_s=(1, DAY), reset_adverts=(2, 1000), reset_gap_s=(0, DAY),
-                skip=None, sensors={"mac": None, "format": None, "key": None, "alias": None}),
-    "gatt": dict(_BLE_COMMON, poll_s=(0, 7 * DAY), notify=None, connect_timeout_s=(0, 3600.0),
-                 sensors={"mac": None, "alias": None, "characteristics": None}),
-}
+# The [[sources]] tables are typed by the drivers (drivers/sources.py: one config class per source type, declared
+# next to its driver with its ranges) and parsed there, once, by ``from_dict``.
 _RULE_MATCH = ("sensor", "name")
-
-
-def _did_you_mean(key, known):
-    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1, cutoff=0.6)
-    return "; did you mean '%s'?" % close[0] if close else ""
-
-
-def unknown_key(key, known, file, dotted, where=""):
-    """The ConfigError for a key that is not in ``known``: names it, suggests the closest, lists the rest."""
-    return ConfigError("unknown key%s%s (known: %s)" % (where, _did_you_mean(key, known), ", ".join(known)),
-                       file, dotted)
-
-
-def check_number(value, file, key, lo=None, hi=None, integer=False):
-    """The one numeric check: a number (not a boolean), finite, and within ``[lo, hi]`` when given."""
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise ConfigError("must be %s, got %r" % ("an integer" if integer else "a number", value), file, key)
-    if not math.isfinite(value):
-        raise ConfigError("must be a finite number, got %r" % (value,), file, key)
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ConfigError("must be between %s and %s, got %r" % (_num(lo), _num(hi), value), file, key)
-    return value
-
-
-def _num(x):
-    return "any" if x is None else ("%d" % x if float(x).is_integer() and abs(x) < 1e15 else "%g" % x)
 
 
 def _check_finite(data, file, key=""):
@@ -195,11 +148,11 @@ def _fill(obj, data, file, prefix):
     if not isinstance(data, dict):
         raise ConfigError("must be a table", file, prefix.rstrip("."))
     names = {f.name: f for f in dataclasses.fields(obj)}
-    known = [n for n in names if n != "file"]
+    known = [n for n in names if n not in _NOT_KEYS]
     for key, value in data.items():
         dotted = prefix + key
         f = names.get(key)
-        if f is None or key == "file":
+        if f is None or key in _NOT_KEYS:
             raise unknown_key(key, known, file, dotted)
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
@@ -219,40 +172,6 @@ def _fill(obj, data, file, prefix):
         if dotted in _CHOICES and value not in _CHOICES[dotted]:
             raise ConfigError("must be one of %s, got %r" % (", ".join(_CHOICES[dotted]), value), file, dotted)
         setattr(obj, key, value)
-
-
-def _check_table(table, schema, file, where, what):
-    """Every key of ``table`` is in ``schema``; numbers within their range; nested arrays of tables likewise."""
-    for key, value in table.items():
-        dotted = "%s.%s" % (where, key)
-        if key not in schema:
-            raise unknown_key(key, list(schema), file, dotted, " in %s" % what)
-        rule = schema[key]
-        if isinstance(rule, tuple) and isinstance(value, (int, float)) and not isinstance(value, bool):
-            check_number(value, file, dotted, *rule)
-        elif isinstance(rule, dict) and isinstance(value, list):
-            for i, item in enumerate(value):
-                if isinstance(item, dict):
-                    _check_table(item, rule, file, "%s[%d]" % (dotted, i), "%s %s" % (what, key))
-
-
-def _check_source(src, i, file):
-    where = "sources[%d]" % i
-    kind = src.get("type")
-    if not isinstance(kind, str) or kind not in SOURCE_TYPES:
-        raise ConfigError("must be one of %s, got %r%s" % (", ".join(SOURCE_TYPES), kind, _did_you_mean(
-            kind, SOURCE_TYPES) if isinstance(kind, str) else ""), file, where + ".type")
-    name = src.get("name")
-    if name is not None and not (isinstance(name, str) and ID_RE.match(name)):
-        raise ConfigError("must be a short identifier", file, where + ".name")
-    schema, what = SOURCE_KEYS[kind], "%s source %r" % (kind, name or "%s%d" % (kind, i))
-    if kind == "serial":
-        protocol = src.get("protocol", "lines")
-        if not isinstance(protocol, str) or protocol not in PROTOCOL_KEYS:
-            raise ConfigError("must be one of %s, got %r" % (", ".join(PROTOCOL_KEYS), protocol), file,
-                              where + ".protocol")
-        schema, what = dict(schema, **PROTOCOL_KEYS[protocol]), "%s (protocol %s)" % (what, protocol)
-    _check_table(src, schema, file, where, what)
 
 
 def _check_rules(rules, file):
@@ -287,8 +206,7 @@ def from_dict(data, file=None):
                           "uplink.url")
     if cfg.uplink.backoff_min_s > cfg.uplink.backoff_max_s:
         raise ConfigError("must not exceed uplink.backoff_max_s", file, "uplink.backoff_min_s")
-    for i, src in enumerate(cfg.sources):
-        _check_source(src, i, file)
+    cfg.source_configs = [parse_source(src, i, file) for i, src in enumerate(cfg.sources)]
     _check_rules(cfg.rules, file)
     return cfg
 
@@ -355,10 +273,5 @@ def _toml_value(value):
 
 
 def write_atomic(path, text, mode=0o640):
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """The config file (or another small file of the installer's) replaced atomically: ``gateway.adapters.files``."""
+    files.write_atomic(path, text, mode)

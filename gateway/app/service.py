@@ -43,7 +43,9 @@ def build_agent(cfg, clock=None, **extra):
         uplink = make_uplink(cfg.uplink)
     except (ValueError, OSError) as exc:
         raise ConfigError(str(exc), cfg.file, "uplink") from exc
-    sources = [build_source(spec, clock, cfg.file, i, cfg.gateway.state_dir) for i, spec in enumerate(cfg.sources)]
+    # typed configs parsed once at load (a Config built by hand may hold only the tables: they are parsed here)
+    specs = cfg.source_configs or cfg.sources
+    sources = [build_source(spec, clock, cfg.file, i, cfg.gateway.state_dir) for i, spec in enumerate(specs)]
     store = Store(cfg.state_path(cfg.store.path), max_bytes=cfg.store.max_bytes,
                   max_age=cfg.store.max_age_days * 86400.0, clock=clock)
     if store.recovered_from:  # the store logged what it salvaged and lost; this line is for the start-up summary

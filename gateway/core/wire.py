@@ -25,14 +25,14 @@ from dataclasses import dataclass
 
 import cbor2
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.core import cbor_strict, senml
+from gateway.core.algorithms import SIGNING
 from gateway.core.errors import VerifyError
 
 FORMAT_VERSION = 1
 COSE_SIGN1_TAG = 18
-ALG_EDDSA = -8
+ALG_EDDSA = SIGNING.cose_alg  # -8, from gateway/core/algorithms.py
 CT_CBOR = 60  # CoAP Content-Format for application/cbor
 HDR_ALG, HDR_CT, HDR_KID = 1, 3, 4
 MAX_BATCH_BYTES = 1 << 20
@@ -74,7 +74,7 @@ def sign(payload, key, protected=None):
         protected = protected_header(key.kid_bytes)
     signature = key.sign(sig_structure(protected, payload))
     return b"".join((b"\xd2\x84", _bstr_head(len(protected)), protected, b"\xa0",
-                     _bstr_head(len(payload)), payload, b"\x58\x40", signature))
+                     _bstr_head(len(payload)), payload, _bstr_head(SIGNING.signature_bytes), signature))
 
 
 class Signer:
@@ -145,11 +145,12 @@ def verify(data, trust, max_bytes=MAX_BATCH_BYTES):
     public = trust.keys.get(kid)
     if public is None:
         raise VerifyError("unknown kid %r" % (kid[:32].decode("ascii", "replace"),), reason="unknown_kid")
-    if not isinstance(public, Ed25519PublicKey):
+    if not isinstance(public, SIGNING.public_class):
         # pycose accepts Ed448 under alg -8; we only ever trust Ed25519 (crv 6).
-        raise VerifyError("key %r is not Ed25519" % (kid,), reason="bad_alg")
-    if len(signature) != 64:
-        raise VerifyError("Ed25519 signature must be 64 bytes", reason="bad_signature")
+        raise VerifyError("key %r is not %s" % (kid, SIGNING.name), reason="bad_alg")
+    if len(signature) != SIGNING.signature_bytes:
+        raise VerifyError("%s signature must be %d bytes" % (SIGNING.name, SIGNING.signature_bytes),
+                          reason="bad_signature")
     try:
         public.verify(signature, sig_structure(protected, payload))
     except InvalidSignature:
@@ -191,7 +192,8 @@ def _header_kid(protected, unprotected):
     if not isinstance(header, dict):
         raise VerifyError("protected header is not a map", reason="bad_header")
     if header.get(HDR_ALG) != ALG_EDDSA or isinstance(header.get(HDR_ALG), bool):
-        raise VerifyError("alg must be EdDSA (-8), got %r" % (header.get(HDR_ALG),), reason="bad_alg")
+        raise VerifyError("alg must be %s (%d), got %r" % (SIGNING.cose_name, SIGNING.cose_alg, header.get(HDR_ALG)),
+                          reason="bad_alg")
     if unprotected:
         raise VerifyError("the unprotected header must be empty (alg and kid belong in the protected header)",
                           reason="bad_header")

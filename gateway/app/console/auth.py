@@ -29,6 +29,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from gateway.adapters.files import write_atomic
 from gateway.core.errors import ConfigError
 from gateway.core.redact import redact_text
 
@@ -230,14 +231,8 @@ class LockState:
             return {"failures": max_failures, "locked_out": True, "wait_s": float(lockout_s)}
 
     def save(self, state):
-        tmp = "%s.tmp.%d" % (self.path, os.getpid())
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(state, sort_keys=True))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps(state, sort_keys=True), 0o600, secret=True)
         except OSError as exc:
             self.errors += 1
             log.error("console: cannot save the PIN lock state to %s: %s (a restart would forget failures)",

@@ -17,6 +17,7 @@ import tomllib
 from gateway import __version__
 from gateway.adapters import keys
 from gateway.app.config import to_toml, write_atomic
+from gateway.core.algorithms import SIGNING
 from gateway.app.console import settings
 from gateway.app.console.commands import GatewayView, Probe
 from gateway.core.errors import ConfigError, StoreError
@@ -98,8 +99,8 @@ class AgentView(GatewayView):
 
     def keys(self):
         public = self.agent.signer.key.public
-        return {"kid": self.agent.kid, "alg": "EdDSA (Ed25519)", "fingerprint": keys.fingerprint(public),
-                "x": keys.public_jwk(public)["x"]}
+        return {"kid": self.agent.kid, "alg": "%s (%s)" % (SIGNING.cose_name, SIGNING.name),
+                "fingerprint": keys.fingerprint(public), "x": keys.public_jwk(public)["x"]}
 
     def config_data(self):
         if not self.config_path:
