@@ -291,7 +291,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     # 'kill -USR1 PID' prints every thread's stack to stderr (the journal): how a stuck agent in the field, or in
     # a fault test, tells where it is stuck. Costs nothing until the signal comes.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (ValueError, OSError, AttributeError):  # stderr is no file (called from Python with it captured)
+        pass
     command = next((a for a in argv if not a.startswith("-")), None)
     core = command in ("demo", "run", "receive", "verify", "decode")
     args = build_parser(command if core else None).parse_args(argv)
