@@ -15,6 +15,7 @@ __all__ = ["UPLINKS", "FAIL", "OK", "WARN", "Probe", "SectionError", "Uplink", "
 UPLINKS = {
     "http": ("gateway.adapters.uplink.http", "HttpUplink"),
     "mqtt": ("gateway.adapters.uplink.mqtt", "MqttUplink"),
+    "directory": ("gateway.adapters.uplink.directory", "DirectoryUplink"),
 }
 
 
