@@ -48,5 +48,3 @@ def uplink_from_url(url, timeout=10.0, retry_max_s=None):
     """The uplink ``url`` names, built by the class that takes its scheme."""
     return uplink_class_for_url(url).from_url(url, timeout=timeout, retry_max_s=retry_max_s)
 
-
-make_uplink = build_uplink  # the name before the registry
