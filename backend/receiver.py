@@ -32,9 +32,14 @@ import cbor2
 
 from gateway.core.errors import VerifyError
 from backend.receiver_db import CONFLICT, DUPLICATE, STORED, ReceiverDB, UnstorableError
-from gateway.core.wire import MAX_BATCH_BYTES, verify
+from gateway.core.wire import HTTP_CONTENT_TYPE, MAX_BATCH_BYTES, verify
 
 log = logging.getLogger(__name__)
+
+#: the body's media type: the one the HTTP uplink sends (``gateway.core.wire.HTTP_CONTENT_TYPE``), without parameters;
+#: plain CBOR and octet-stream are accepted too (curl, older gateways).
+MEDIA_TYPE = HTTP_CONTENT_TYPE.split(";")[0].strip()
+ACCEPTED_TYPES = (MEDIA_TYPE, "application/cbor", "application/octet-stream")
 
 _STATUS = {"oversize": 413, "unknown_kid": 403, "bad_signature": 403, "gw_mismatch": 403, "bad_alg": 403,
            "unstorable": 422}
@@ -220,8 +225,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return None
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if ctype not in ("application/cose", "application/cbor", "application/octet-stream"):
-            return self._answer(415, receiver.reject("content_type", "Content-Type must be application/cose")[1])
+        if ctype not in ACCEPTED_TYPES:
+            return self._answer(415, receiver.reject("content_type", "Content-Type must be " + MEDIA_TYPE)[1])
         wait = receiver.maintenance_until - time.monotonic()
         if wait > 0:
             return self._answer(503, {"error": "maintenance"}, {"Retry-After": str(max(1, int(wait + 0.999)))})

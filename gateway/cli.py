@@ -98,7 +98,7 @@ def cmd_receive(args):
                                                                      args.db), flush=True)
     consumer = None
     if args.mqtt:
-        from gateway.adapters.uplink.mqtt import MqttConsumer
+        from backend.mqtt_consumer import MqttConsumer
         consumer = MqttConsumer.from_url(args.mqtt, receiver, group=args.mqtt_group).start()
     stopped = []
     signal.signal(signal.SIGTERM, lambda *a: stopped.append(1))

@@ -8,7 +8,8 @@ from gateway.core import senml, wire
 from gateway.core.errors import UplinkError
 from gateway.core.model import EncodedBatch, Reading
 from backend.receiver import Receiver
-from gateway.adapters.uplink.mqtt import MqttConsumer, MqttUplink, gateway_of
+from backend.mqtt_consumer import MqttConsumer
+from gateway.adapters.uplink.mqtt import MqttUplink, gateway_of
 from mosquitto import Broker, free_port, have_mosquitto
 from test_uplink_http import make_pki
 

@@ -26,7 +26,7 @@ from gateway.app.config import BatchSection
 from gateway.core.errors import VerifyError
 from backend.receiver import Receiver, ReceiverServer
 from gateway.adapters.store import Store
-from gateway.adapters.uplink.http import HttpUplink
+from gateway.adapters.uplink import uplink_from_url
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,10 @@ def _prepare_dir(store_dir):
 
 
 def _make_uplink(url):
-    """``--uplink``: an http(s):// receiver, or an mqtt(s)://HOST:PORT/PREFIX broker (QoS 1, PUBACK acks)."""
-    if url.startswith(("mqtt://", "mqtts://")):
-        from gateway.adapters.uplink.mqtt import MqttUplink
-        return MqttUplink.from_url(url, timeout=5.0, reconnect=(0.5, 2.0))
-    return HttpUplink(url)
+    """``--uplink``: any URL the uplink registry takes (an http(s):// receiver, an mqtt(s)://HOST:PORT/PREFIX
+    broker, a dir:///PATH spool). The built-in receiver is plain HTTP. A demo retries fast: 5 s per attempt,
+    reconnects at most 2 s apart."""
+    return uplink_from_url(url, timeout=5.0, retry_max_s=2.0)
 
 
 def run_demo(args, out=sys.stdout):

@@ -55,24 +55,72 @@ class ReceiverFinding(AssertionError):
     """The receiver answered peer input with a 5xx or counted an internal error: a finding, never allowed."""
 
 
-def _receiver_targets():
-    """``Receiver.process`` and the HTTP request path, on one in-memory database kept for the whole run (so
-    repeats, conflicts and stored batches are all reached). Only returned statuses are allowed: an exception, a
-    5xx for input or an ``internal_errors``/``http_errors`` count is a finding."""
-    import io
-    import logging
-    import re
-
-    from gateway.adapters.keys import SigningKey, TrustStore
-    from backend.receiver import Receiver, _Handler
-    from gateway.core.wire import HTTP_CONTENT_TYPE, encode_payload, sign
-    key = SigningKey.from_seed(bytes(range(32)))
-    rx = Receiver(":memory:", TrustStore({"keys": [key.jwk("gw-fuzz")]}))
+def _receiver_corpus(key):
+    """Seeds for the receiver: signed batches (one a conflict with another) and payloads to sign, some of them one
+    bit flip away from what SQLite cannot hold (beyond 64 bits, infinite, NaN)."""
+    from gateway.core.wire import encode_payload, sign
     records = [{-2: "gw-fuzz/s1/temp", -4: "Cel", -3: 1_700_000_000, 2: 21.5}, {6: 10, 2: 21.25},
                {-2: "gw-fuzz/s1/door", 4: True}, {-2: "gw-fuzz/s1/alarm", 3: "raised: door open"}]
     corpus = (sign(encode_payload("gw-fuzz", 1, 0, True, records), key),
               sign(encode_payload("gw-fuzz", 1, 0, True, records[:1]), key),  # a conflict with the first
               sign(encode_payload("gw-fuzz", 7, 42, False, records, anchor=(12.5, 1000.0)), key))
+    edge = [{-2: "gw-fuzz/s1/count", -3: (1 << 63) - 1, 2: (1 << 63) - 1}, {6: -1, 2: 1.5e300}]
+    payloads = (encode_payload("gw-fuzz", 2, 1, True, records), encode_payload("gw-fuzz", 2, 2, False, records[2:]),
+                encode_payload("gw-fuzz", 2, 3, True, records[:2], anchor=(1.5, 2.5)),
+                encode_payload("gw-fuzz", (1 << 63) - 1, (1 << 63) - 1, True, edge))
+    return corpus, payloads
+
+
+def _http_requests(corpus):
+    """Whole POST requests carrying the corpus (and a keep-alive pair), as the HTTP uplink sends them."""
+    from gateway.core.wire import HTTP_CONTENT_TYPE
+    head = "POST /v1/batches HTTP/1.1\r\nHost: rx\r\nContent-Type: %s\r\nContent-Length: %%d\r\n\r\n" % (
+        HTTP_CONTENT_TYPE)
+    return tuple((head % len(c)).encode() + c for c in corpus) + (
+        b"GET /stats HTTP/1.1\r\nHost: rx\r\n\r\n" + (head % len(corpus[2])).encode() + corpus[2],)
+
+
+def _http_target(rx, checked):
+    """The receiver's request handler without a socket: the request bytes in, the answer bytes out."""
+    import io
+    import re
+
+    from backend.receiver import _Handler
+
+    class Server:
+        receiver = rx
+
+    def http(raw):
+        handler = _Handler.__new__(_Handler)
+        handler.rfile, handler.wfile = io.BytesIO(raw), io.BytesIO()
+        handler.server, handler.client_address, handler.request = Server, ("fuzz", 0), None
+        handler.close_connection = True
+
+        def serve():
+            for _ in range(4):  # keep-alive: a few requests per input at most
+                handler.handle_one_request()
+                if handler.close_connection:
+                    break
+        checked(serve)
+        for status in re.findall(rb"^HTTP/1\.[01] (\d{3}) ", handler.wfile.getvalue(), re.M):
+            # 501 (unknown method) and 505 (HTTP version) are the protocol's own answers, not our failures.
+            if status[:1] == b"5" and status not in (b"501", b"505"):
+                raise ReceiverFinding("the HTTP path answered %s to input" % status.decode())
+    return http
+
+
+def _receiver_targets():
+    """``Receiver.process`` and the HTTP request path, on one in-memory database kept for the whole run (so
+    repeats, conflicts and stored batches are all reached). Only returned statuses are allowed: an exception, a
+    5xx for input or an ``internal_errors``/``http_errors`` count is a finding."""
+    import logging
+
+    from gateway.adapters.keys import SigningKey, TrustStore
+    from backend.receiver import Receiver
+    from gateway.core.wire import sign
+    key = SigningKey.from_seed(bytes(range(32)))
+    rx = Receiver(":memory:", TrustStore({"keys": [key.jwk("gw-fuzz")]}))
+    corpus, payloads = _receiver_corpus(key)
     quiet = logging.getLogger("backend.receiver")
 
     def checked(call):
@@ -95,38 +143,9 @@ def _receiver_targets():
         """What a gateway holding a valid key can send: any payload bytes, correctly signed."""
         process(sign(payload, key))
 
-    class Server:
-        receiver = rx
-
-    def http(raw):
-        handler = _Handler.__new__(_Handler)  # no socket: the request bytes in, the answer bytes out
-        handler.rfile, handler.wfile = io.BytesIO(raw), io.BytesIO()
-        handler.server, handler.client_address, handler.request = Server, ("fuzz", 0), None
-        handler.close_connection = True
-
-        def serve():
-            for _ in range(4):  # keep-alive: a few requests per input at most
-                handler.handle_one_request()
-                if handler.close_connection:
-                    break
-        checked(serve)
-        for status in re.findall(rb"^HTTP/1\.[01] (\d{3}) ", handler.wfile.getvalue(), re.M):
-            # 501 (unknown method) and 505 (HTTP version) are the protocol's own answers, not our failures.
-            if status[:1] == b"5" and status not in (b"501", b"505"):
-                raise ReceiverFinding("the HTTP path answered %s to input" % status.decode())
-
-    head = "POST /v1/batches HTTP/1.1\r\nHost: rx\r\nContent-Type: %s\r\nContent-Length: %%d\r\n\r\n" % (
-        HTTP_CONTENT_TYPE)
-    requests = tuple((head % len(c)).encode() + c for c in corpus) + (
-        b"GET /stats HTTP/1.1\r\nHost: rx\r\n\r\n" + (head % len(corpus[2])).encode() + corpus[2],)
-    # Values one bit flip away from what SQLite cannot hold (beyond 64 bits, infinite, NaN).
-    edge = [{-2: "gw-fuzz/s1/count", -3: (1 << 63) - 1, 2: (1 << 63) - 1}, {6: -1, 2: 1.5e300}]
-    payloads = (encode_payload("gw-fuzz", 2, 1, True, records), encode_payload("gw-fuzz", 2, 2, False, records[2:]),
-                encode_payload("gw-fuzz", 2, 3, True, records[:2], anchor=(1.5, 2.5)),
-                encode_payload("gw-fuzz", (1 << 63) - 1, (1 << 63) - 1, True, edge))
     return [Target("receiver.process", process, corpus, ()),
             Target("receiver.signed_payload", signed_payload, payloads, ()),
-            Target("receiver.http", http, requests, (), max_len=8192)]
+            Target("receiver.http", _http_target(rx, checked), _http_requests(corpus), (), max_len=8192)]
 
 
 def _vectors(fmt):

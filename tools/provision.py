@@ -26,13 +26,13 @@ import shutil
 import stat
 import sys
 import tomllib
-from urllib.parse import unquote, urlsplit
 
 from gateway.app import config as gconfig
 from gateway.adapters import keys
 from tools import wheelhouse as wheelhouse_mod
 from gateway.core.errors import ConfigError, KeyFileError
-from gateway.core.redact import plaintext_uplink, redact_text, redact_url
+from gateway.adapters.uplink import WARN, uplink_class, uplink_class_for_url
+from gateway.core.redact import redact_text, redact_url
 from tools.wheelhouse import WheelhouseError
 
 DEFAULT_STATE_DIR = "/var/lib/edge-gateway"
@@ -47,27 +47,27 @@ class ProvisionError(Exception):
 
 # -- config ------------------------------------------------------------------------------------------------------
 def mqtt_section(url):
-    """``mqtt://host:port/prefix`` or ``mqtts://...`` -> the ``[uplink.mqtt]`` table."""
+    """``mqtt://host:port/prefix`` or ``mqtts://...`` -> the ``[uplink.mqtt]`` table (the MQTT uplink's parser)."""
     try:
-        parts = urlsplit(url)
-        hostname = parts.hostname
+        return uplink_class("mqtt").config_from_url(url)["mqtt"]
     except ValueError:
-        parts = hostname = None
-    if parts is None or parts.scheme not in ("mqtt", "mqtts") or not hostname:
         raise ProvisionError("--mqtt must look like mqtt://HOST:PORT/PREFIX or mqtts://..., got %r"
-                             % redact_url(url))
+                             % redact_url(url)) from None
+
+
+def uplink_table(uplink=None, mqtt=None, ca_file=None):
+    """The ``[uplink]`` table for ``--uplink URL`` (its scheme picks the uplink) and ``--mqtt URL``."""
+    if mqtt:
+        mqtt_section(mqtt)  # the flag's own error message
+        up = uplink_class("mqtt").config_from_url(mqtt, ca_file)
+        if uplink:
+            up["url"] = uplink
+        return up
     try:
-        port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        cls = uplink_class_for_url(uplink)
     except ValueError:
-        raise ProvisionError("--mqtt has a bad port: %r" % redact_url(url)) from None
-    section = {"host": parts.hostname, "port": port, "topic_prefix": parts.path.strip("/") or "edge"}
-    if parts.scheme == "mqtts":
-        section["tls"] = True
-    if parts.username:
-        section["username"] = unquote(parts.username)
-    if parts.password:
-        section["password"] = unquote(parts.password)
-    return section
+        cls = uplink_class("http")  # as before the registry: the config check names the bad uplink.url
+    return cls.config_from_url(uplink, ca_file)
 
 
 def load_sensors(path):
@@ -103,16 +103,9 @@ def build_config(gateway_id, uplink=None, mqtt=None, ca_file=None, sensors=None,
     if not uplink and not mqtt:
         raise ProvisionError("gateway %s: give --uplink URL or --mqtt URL" % gateway_id)
     data = {"gateway": {"id": gateway_id, "state_dir": state_dir or DEFAULT_STATE_DIR, "key": KEY_NAME}}
-    up = {"kind": "mqtt" if mqtt else "http"}
-    if uplink:
-        up["url"] = uplink
     if ca_file:
-        up["ca_file"] = os.path.abspath(ca_file) if os.path.exists(ca_file) else ca_file
-    if mqtt:
-        up["mqtt"] = mqtt_section(mqtt)
-        if ca_file:
-            up["mqtt"]["ca_file"] = up["ca_file"]
-    data["uplink"] = up
+        ca_file = os.path.abspath(ca_file) if os.path.exists(ca_file) else ca_file
+    data["uplink"] = uplink_table(uplink, mqtt, ca_file)
     if pin:
         data["console"] = {"pin_hash": hash_console_pin(pin)}
     if sensors:
@@ -123,10 +116,10 @@ def build_config(gateway_id, uplink=None, mqtt=None, ca_file=None, sensors=None,
 
 
 def transport_warning(data):
-    """The plain-text warning for a built config (``gateway.core.redact.plaintext_uplink``), or None."""
-    up = data.get("uplink", {})
-    mqtt = up.get("mqtt", {})
-    return plaintext_uplink(up.get("kind", "http"), up.get("url", ""), mqtt.get("host", ""), mqtt.get("tls", False))
+    """The plain-text warning for a built config (the uplink's ``transport`` check, as doctor runs it), or None."""
+    section = gconfig.from_dict(data, "<provision>").uplink
+    found = uplink_class(section.kind).transport(section)
+    return found.message if found.status == WARN else None
 
 
 # -- trust store -------------------------------------------------------------------------------------------------

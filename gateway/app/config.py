@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 from drivers.sources import parse_source
 from gateway.adapters import files
+from gateway.adapters.uplink import UPLINKS, SectionError, uplink_class
 from gateway.core.errors import ConfigError
 from gateway.core.fields import DAY, check_number, unknown_key
-from gateway.core.redact import redact_url
 
 #: ``edge-gateway run`` exits with this (sysexits.h EX_CONFIG) when the config is wrong; the systemd unit's
 #: ``RestartPreventExitStatus=`` names it, so a bad config is not restarted in a loop.
@@ -108,7 +108,7 @@ class Config:
 
 _CHOICES = {
     "gateway.log_level": ("debug", "info", "warning", "error"),
-    "uplink.kind": ("http", "mqtt"),
+    "uplink.kind": tuple(UPLINKS),  # the uplink registry (gateway/adapters/uplink/__init__.py)
     "clock.mode": ("auto", "synced", "unsynced"),
 }
 #: every numeric key of the typed sections: (min, max), both inclusive. ``check_number`` enforces them.
@@ -201,9 +201,10 @@ def from_dict(data, file=None):
     if not ID_RE.match(cfg.gateway.id):
         raise ConfigError("must be 1-64 letters, digits, '-', '_', '.' or ':', starting with a letter or digit",
                           file, "gateway.id")
-    if cfg.uplink.kind == "http" and cfg.uplink.url and not re.match(r"^https?://[^/\s]+", cfg.uplink.url):
-        raise ConfigError("must be an http:// or https:// URL, got %r" % redact_url(cfg.uplink.url), file,
-                          "uplink.url")
+    try:
+        uplink_class(cfg.uplink.kind).check_section(cfg.uplink)
+    except SectionError as exc:
+        raise ConfigError(str(exc), file, exc.key) from None
     if cfg.uplink.backoff_min_s > cfg.uplink.backoff_max_s:
         raise ConfigError("must not exceed uplink.backoff_max_s", file, "uplink.backoff_min_s")
     cfg.source_configs = [parse_source(src, i, file) for i, src in enumerate(cfg.sources)]

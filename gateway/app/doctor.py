@@ -18,19 +18,16 @@ with ``tls``, a verified TLS handshake).
 import asyncio
 import os
 import shutil
-import socket
-import ssl
 import stat
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
 from gateway.adapters import keys
 from gateway.core.clock import kernel_clock_synced
 from gateway.app.config import load
 from gateway.core.errors import ConfigError, KeyFileError
-from gateway.core.redact import plaintext_uplink, redact_text, redact_url
+from gateway.adapters.uplink import FAIL as PROBE_FAIL, OK as PROBE_OK, SectionError, build_uplink, uplink_class
+from gateway.core.redact import redact_text
 
 DEFAULT_CONFIG = "/etc/edge-gateway/config.toml"
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
@@ -86,18 +83,17 @@ def check_config_mode(cfg):
     return None
 
 
+#: an uplink ``Probe`` status -> a doctor line status
+_PROBE_STATUS = {PROBE_OK: PASS, PROBE_FAIL: FAIL}
+
+
+def _from_probe(name, probe):
+    return Check(_PROBE_STATUS.get(probe.status, WARN), name, probe.message, probe.fix)
+
+
 def check_transport(cfg):
-    up = cfg.uplink
-    clear = plaintext_uplink(up.kind, up.url, up.mqtt.host, up.mqtt.tls)
-    if clear:
-        fix = ("use an https:// uplink.url (the receiver behind TLS)" if up.kind == "http" else
-               "set uplink.mqtt.tls = true and the broker's TLS port (usually 8883), or provision with mqtts://")
-        return Check(WARN, "tls", clear, fix)
-    if up.kind == "http" and not up.url:
-        return Check(FAIL, "tls", "uplink.url is empty", "set uplink.url in the config")
-    where = redact_url(up.url) if up.kind == "http" else "mqtt %s:%d" % (up.mqtt.host, up.mqtt.port)
-    plain = up.url.startswith("http:") if up.kind == "http" else not up.mqtt.tls
-    return Check(PASS, "tls", "%s: %s" % (where, "plain text to this machine (loopback)" if plain else "TLS"))
+    """Offline: the uplink's own ``transport`` check (plain text to a host off this machine is a WARN)."""
+    return _from_probe("tls", uplink_class(cfg.uplink.kind).transport(cfg.uplink))
 
 
 def check_clock(synced=None):
@@ -184,62 +180,19 @@ def check_ble(cfg, timeout=3.0):
                  + ("" if wanted else " (no BLE sources configured)"))
 
 
-def _ssl_context(ca_file):
-    ctx = ssl.create_default_context(cafile=ca_file or None)
-    return ctx
-
-
 def check_uplink(cfg):
-    up = cfg.uplink
-    if up.kind == "mqtt":
-        return _check_mqtt(up.mqtt, up.timeout_s)
-    if not up.url:
-        return Check(FAIL, "uplink", "uplink.url is empty", "set uplink.url in the config")
-    shown = redact_url(up.url)
-    req = urllib.request.Request(up.url, method="GET", headers={"User-Agent": "edge-gateway-doctor"})
-    ctx = _ssl_context(up.ca_file) if up.url.startswith("https:") else None
+    """The uplink's own round trip (``Uplink.probe``), the same one the console's ``uplink test`` makes."""
     try:
-        with urllib.request.urlopen(req, timeout=up.timeout_s, context=ctx) as resp:
-            status = resp.status
-    except urllib.error.HTTPError as exc:
-        status = exc.code
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, ssl.SSLCertVerificationError):
-            return Check(FAIL, "uplink", "%s: TLS certificate not valid: %s" % (shown, reason.verify_message),
-                         "check the clock, and uplink.ca_file (the CA that signed the receiver's certificate)")
-        if isinstance(reason, ssl.SSLError):
-            return Check(FAIL, "uplink", "%s: TLS failed: %s" % (shown, reason), "check uplink.url and ca_file")
-        return Check(FAIL, "uplink", "%s unreachable: %s" % (shown, reason),
-                     "check the network, DNS and firewall from this gateway: curl -v %s" % shown)
-    except (OSError, ValueError) as exc:
-        return Check(FAIL, "uplink", "%s unreachable: %s" % (shown, exc), "check the network and uplink.url")
-    if status >= 500:
-        return Check(WARN, "uplink", "%s answered HTTP %d" % (shown, status),
-                     "the receiver is up but failing; batches stay queued until it recovers")
-    return Check(PASS, "uplink", "%s answered HTTP %d%s" % (shown, status,
-                                                           ", TLS verified" if ctx else ""))
-
-
-def _check_mqtt(m, timeout):
-    where = "mqtt %s:%d" % (m.host, m.port)
+        uplink = build_uplink(cfg.uplink)
+    except SectionError as exc:
+        return Check(FAIL, "uplink", "%s %s" % (exc.key, exc), "set %s in the config" % exc.key)
+    except (ValueError, OSError) as exc:
+        return Check(FAIL, "uplink", "cannot build the %s uplink: %s" % (cfg.uplink.kind, exc),
+                     "fix the [uplink] section (docs/configuration.md)")
     try:
-        sock = socket.create_connection((m.host, m.port), timeout=timeout)
-    except OSError as exc:
-        return Check(FAIL, "uplink", "%s unreachable: %s" % (where, exc.strerror or exc),
-                     "check the broker address and firewall")
-    try:
-        if m.tls:
-            try:
-                sock = _ssl_context(m.ca_file).wrap_socket(sock, server_hostname=m.host)
-            except ssl.SSLCertVerificationError as exc:
-                return Check(FAIL, "uplink", "%s: TLS certificate not valid: %s" % (where, exc.verify_message),
-                             "check the clock and uplink.mqtt.ca_file")
-            except (ssl.SSLError, OSError) as exc:
-                return Check(FAIL, "uplink", "%s: TLS failed: %s" % (where, exc), "check port and tls setting")
+        return _from_probe("uplink", uplink.probe(cfg.uplink.timeout_s))
     finally:
-        sock.close()
-    return Check(PASS, "uplink", "%s reachable%s" % (where, ", TLS verified" if m.tls else ""))
+        uplink.close()
 
 
 def run_checks(config_path, quick=False):

@@ -16,7 +16,7 @@ from gateway.app.agent import Agent
 from gateway.core.clock import SystemClock
 from gateway.core.errors import ConfigError
 from gateway.adapters.store import Store
-from gateway.adapters.uplink import make_uplink
+from gateway.adapters.uplink import SectionError, WARN, build_uplink, uplink_class
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,10 @@ def build_agent(cfg, clock=None, **extra):
     clock = clock or SystemClock(cfg.clock.mode)
     os.makedirs(cfg.gateway.state_dir, mode=0o700, exist_ok=True)
     key = keys.load_private(cfg.state_path(cfg.gateway.key))
-    if not cfg.uplink.url and cfg.uplink.kind == "http":
-        raise ConfigError("is required for the http uplink", cfg.file, "uplink.url")
     try:
-        uplink = make_uplink(cfg.uplink)
+        uplink = build_uplink(cfg.uplink)
+    except SectionError as exc:
+        raise ConfigError(str(exc), cfg.file, exc.key) from exc
     except (ValueError, OSError) as exc:
         raise ConfigError(str(exc), cfg.file, "uplink") from exc
     # typed configs parsed once at load (a Config built by hand may hold only the tables: they are parsed here)
@@ -62,10 +62,9 @@ EXIT_RESTART = 75  # the console's `restart`: exit non-zero so systemd's Restart
 async def run_service(cfg, console_port=None):
     """Run the agent until SIGTERM/SIGINT, serving the technician console when a port is configured."""
     agent = build_agent(cfg)
-    from gateway.core.redact import plaintext_uplink
-    clear = plaintext_uplink(cfg.uplink.kind, cfg.uplink.url, cfg.uplink.mqtt.host, cfg.uplink.mqtt.tls)
-    if clear:
-        log.warning("%s", clear)  # the URL in it is redacted (gateway.core.redact)
+    transport = uplink_class(cfg.uplink.kind).transport(cfg.uplink)
+    if transport.status == WARN:
+        log.warning("%s", transport.message)  # the URL in it is redacted (gateway.core.redact)
     stop = asyncio.Event()
     restart = []
     loop = asyncio.get_running_loop()

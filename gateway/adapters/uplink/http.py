@@ -11,13 +11,15 @@
 
 import email.utils
 import http.client
+import re
 import socket
 import ssl
 import time
 import urllib.parse
 
+from gateway.adapters.uplink.base import FAIL, OK, WARN, Probe, SectionError, Uplink
 from gateway.core.errors import UplinkError
-from gateway.adapters.uplink import Uplink
+from gateway.core.redact import plaintext_uplink, redact_url
 from gateway.core.wire import HTTP_CONTENT_TYPE
 
 _RETRYABLE_4XX = {408, 425, 429}
@@ -40,7 +42,8 @@ def parse_retry_after(value, now=None):
 
 
 class HttpUplink(Uplink):
-    name = "http"
+    kind = "http"
+    schemes = ("http", "https")
 
     def __init__(self, url, ca_file=None, timeout=10.0, headers=None):
         parts = urllib.parse.urlsplit(url)
@@ -59,8 +62,68 @@ class HttpUplink(Uplink):
         self._conn = None
         self.last_latency = None
 
+    @classmethod
+    def check_section(cls, section):
+        if section.url and not re.match(r"^https?://[^/\s]+", section.url):
+            raise SectionError("must be an http:// or https:// URL, got %r" % redact_url(section.url), "uplink.url")
+
+    @classmethod
+    def from_section(cls, section):
+        if not section.url:
+            raise SectionError("is required for the http uplink", "uplink.url")
+        return cls(section.url, ca_file=section.ca_file or None, timeout=section.timeout_s)
+
+    @classmethod
+    def from_url(cls, url, timeout=10.0, retry_max_s=None):
+        return cls(url, timeout=timeout)  # one connection per send after an error: no reconnect loop to bound
+
+    @classmethod
+    def transport(cls, section):
+        if not section.url:
+            return Probe(FAIL, "uplink.url is empty", "set uplink.url in the config")
+        clear = plaintext_uplink("http", section.url)
+        if clear:
+            return Probe(WARN, clear, "use an https:// uplink.url (the receiver behind TLS)")
+        plain = section.url.startswith("http:")
+        return Probe(OK, "%s: %s" % (redact_url(section.url),
+                                     "plain text to this machine (loopback)" if plain else "TLS"))
+
     def describe(self):
-        return self.url
+        return redact_url(self.url)
+
+    def probe(self, timeout, monotonic=time.monotonic):
+        """``GET`` the uplink URL on a connection of its own: any answer below 500 proves the receiver is there."""
+        shown = self.describe()
+        start = monotonic()
+        try:
+            if self.scheme == "https":
+                conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self.context)
+            else:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+            try:
+                conn.request("GET", self.path, headers={"User-Agent": "edge-gateway-probe"})
+                resp = conn.getresponse()
+                resp.read(1024)
+            finally:
+                conn.close()
+        except ssl.SSLCertVerificationError as exc:
+            return Probe(FAIL, "TLS certificate of %s did not verify (%s): %s" % (self.host, shown, exc.verify_message),
+                         "check the clock, and uplink.ca_file (the CA that signed the receiver's certificate)",
+                         monotonic() - start)
+        except ssl.SSLError as exc:
+            return Probe(FAIL, "%s: TLS failed: %s" % (shown, exc), "check uplink.url and ca_file", monotonic() - start)
+        except (OSError, http.client.HTTPException) as exc:
+            return Probe(FAIL, "cannot reach %s:%d (%s unreachable): %s" % (self.host, self.port, shown,
+                                                                          exc or type(exc).__name__),
+                         "check the network, DNS and firewall from this gateway: curl -v %s" % shown,
+                         monotonic() - start)
+        took = monotonic() - start
+        text = "%s:%d answered HTTP %d %s (%s%s)" % (self.host, self.port, resp.status, resp.reason, shown,
+                                                     ", TLS verified" if self.context else "")
+        if resp.status >= 500:
+            return Probe(WARN, text, "the receiver is up but failing; batches stay queued until it recovers",
+                         latency_s=took)
+        return Probe(OK, text, latency_s=took)
 
     def _connection(self):
         if self._conn is None:

@@ -1,4 +1,4 @@
-"""MQTT uplink (QoS 1, PUBACK is the acknowledgement) and the receiver's shared-subscription consumer.
+"""MQTT uplink (QoS 1, PUBACK is the acknowledgement), and the connection helper the backend's consumer shares.
 
 The only module that imports paho-mqtt (2.x callback API). ``docs/store-and-forward.md`` has the semantics.
 
@@ -19,28 +19,11 @@ Uplink (``MqttUplink``):
 * TLS (system trust store or a pinned ``ca_file``; verification cannot be turned off), username/password,
   client certificates. The password is never logged nor put in ``describe()``.
 
-Consumer (``MqttConsumer``): subscribes with an MQTT v5 shared subscription ``$share/<group>/<prefix>/+/batches``
-at QoS 1 with manual acknowledgements, so a message is acknowledged to the broker only after
-``receiver.process`` stored it (201), found it already stored (200 duplicate, 409 conflict: kept apart) or
-rejected it for good (4xx, counted by the receiver). Nothing the broker delivers can stop the consumer:
-
-* A 5xx (the receiver's database failed) is not acknowledged. The broker resends an unacknowledged QoS 1
-  message only when the session resumes, so the consumer keeps a persistent session (``clean_start`` false,
-  ``session_expiry`` seconds, a client id that is the same at every start of the same receiver) and, after a
-  storage failure, reconnects after a capped, doubling delay (``redeliver``): the broker then redelivers
-  every message it did not get an acknowledgement for.
-* An exception escaping ``on_message`` would kill paho's network thread while the broker kept acknowledging
-  publishers. The callback therefore catches it, counts it (``consumer_errors``), logs it at ERROR, does not
-  acknowledge, and schedules the same reconnect.
-* Limits: while a member of a shared group is offline, Mosquitto keeps routing its share of the messages into
-  its session (up to ``max_queued_messages``), and drops them when the session expires. A consumer must come
-  back under the same client id within ``session_expiry``, or leave for good with ``stop(end_session=True)``.
+The backend's shared-subscription consumer (``backend/mqtt_consumer.py``) uses ``Connection`` and
+``parse_url`` from here.
 """
 
-import hashlib
 import logging
-import os
-import secrets
 import socket
 import ssl
 import threading
@@ -53,8 +36,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.adapters.uplink.base import FAIL, OK, WARN, Probe, Uplink
 from gateway.core.errors import UplinkError
-from gateway.adapters.uplink import Uplink
+from gateway.core.redact import plaintext_uplink, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -84,18 +68,26 @@ def _tls_context(ca_file=None, cert_file=None, key_file=None):
     return ctx
 
 
-def _parse_url(url):
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError("MQTT url must be mqtt://HOST[:PORT]/PREFIX or mqtts://..., not %r" % (url,))
+def parse_url(url):
+    """``mqtt://[user:pass@]HOST[:PORT]/PREFIX`` or ``mqtts://...`` -> the keyword arguments of ``MqttUplink``
+    (``host``, ``port``, ``topic_prefix``, ``tls``, ``username``, ``password``). The one MQTT URL parser: the
+    uplink, the backend's consumer and provision use it. ``ValueError`` (the URL redacted) when it is not one."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        hostname = parts.hostname
+        port = parts.port
+    except ValueError:
+        parts = hostname = port = None
+    if parts is None or parts.scheme not in ("mqtt", "mqtts") or not hostname:
+        raise ValueError("MQTT url must be mqtt://HOST[:PORT]/PREFIX or mqtts://..., not %r" % (redact_url(url),))
     prefix = parts.path.strip("/") or "edge"
-    port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+    port = port or (8883 if parts.scheme == "mqtts" else 1883)
     return dict(host=parts.hostname, port=port, topic_prefix=prefix, tls=parts.scheme == "mqtts",
                 username=urllib.parse.unquote(parts.username or ""),
                 password=urllib.parse.unquote(parts.password or ""))
 
 
-class _Connection:
+class Connection:
     """One paho client on its own network thread, with connection state other threads can wait for."""
 
     def __init__(self, host, port, client_id="", username="", password="", tls=False, ca_file=None,
@@ -185,7 +177,8 @@ class _Connection:
 
 
 class MqttUplink(Uplink):
-    name = "mqtt"
+    kind = "mqtt"
+    schemes = ("mqtt", "mqtts")
 
     def __init__(self, host="127.0.0.1", port=1883, topic_prefix="edge", gw=None, client_id="", username="",
                  password="", tls=False, ca_file=None, cert_file=None, key_file=None, keepalive=30, timeout=10.0,
@@ -199,7 +192,8 @@ class MqttUplink(Uplink):
         self.require_subscribers = require_subscribers
         self.scheme = "mqtts" if (tls or ca_file or cert_file) else "mqtt"
         self.user = username
-        self._conn = _Connection(host, port, client_id, username, password, tls, ca_file, cert_file, key_file,
+        self.tls_files = (ca_file, cert_file, key_file)
+        self._conn = Connection(host, port, client_id, username, password, tls, ca_file, cert_file, key_file,
                                  keepalive, protocol, reconnect=reconnect)
         self._acks = {}  # mid -> PUBACK reason code (value), written by paho's thread
         c = self._conn.client
@@ -210,23 +204,67 @@ class MqttUplink(Uplink):
         self.last_latency = None
 
     @classmethod
-    def from_config(cls, config, gw=None):
+    def from_section(cls, section, gw=None):
         """From an ``UplinkSection`` (its ``.mqtt`` table, plus ``timeout_s``)."""
-        m = config.mqtt
+        m = section.mqtt
         return cls(m.host, m.port, m.topic_prefix, gw=gw, client_id=m.client_id, username=m.username,
                    password=m.password, tls=m.tls, ca_file=m.ca_file or None, cert_file=m.cert_file or None,
-                   key_file=m.key_file or None, keepalive=m.keepalive_s, timeout=getattr(config, "timeout_s", 10.0))
+                   key_file=m.key_file or None, keepalive=m.keepalive_s, timeout=section.timeout_s)
 
     @classmethod
-    def from_url(cls, url, gw=None, **kw):
-        """``mqtt://[user:pass@]HOST[:PORT]/PREFIX`` or ``mqtts://...`` (system trust store unless ``ca_file``)."""
-        opts = _parse_url(url)
+    def from_url(cls, url, timeout=10.0, retry_max_s=None, gw=None, **kw):
+        """``mqtt://[user:pass@]HOST[:PORT]/PREFIX`` or ``mqtts://...`` (system trust store unless ``ca_file``).
+        ``retry_max_s`` caps paho's reconnect delay (it starts at a quarter of that, at most 1 s)."""
+        opts = parse_url(url)
+        if retry_max_s is not None:
+            opts["reconnect"] = (min(1.0, retry_max_s / 4), retry_max_s)
         opts.update(kw)
-        return cls(gw=gw, **opts)
+        return cls(gw=gw, timeout=timeout, **opts)
+
+    @classmethod
+    def config_from_url(cls, url, ca_file=None):
+        opts = parse_url(url)
+        table = {"host": opts["host"], "port": opts["port"], "topic_prefix": opts["topic_prefix"]}
+        table.update((k, opts[k]) for k in ("tls", "username", "password") if opts[k])
+        if ca_file:
+            table["ca_file"] = ca_file
+        return {"kind": cls.kind, "mqtt": table, **({"ca_file": ca_file} if ca_file else {})}
+
+    @classmethod
+    def transport(cls, section):
+        m = section.mqtt
+        clear = plaintext_uplink("mqtt", host=m.host, tls=m.tls)
+        if clear:
+            return Probe(WARN, clear, "set uplink.mqtt.tls = true and the broker's TLS port (usually 8883), or "
+                                      "provision with mqtts://")
+        return Probe(OK, "mqtt %s:%d: %s" % (m.host, m.port, "TLS" if m.tls else
+                                              "plain text to this machine (loopback)"))
 
     def describe(self):
         user = self.user + "@" if self.user else ""
         return "%s://%s%s:%d/%s" % (self.scheme, user, self._conn.host, self._conn.port, self.prefix)
+
+    def probe(self, timeout, monotonic=time.monotonic):
+        """A TCP connect to the broker and, with TLS, a verified handshake (no MQTT session: nothing is published)."""
+        host, port = self._conn.host, self._conn.port
+        where, tls = "mqtt %s:%d" % (host, port), self.scheme == "mqtts"
+        start = monotonic()
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            return Probe(FAIL, "%s unreachable: %s" % (where, exc.strerror or exc), "check the broker address and "
+                         "firewall", monotonic() - start)
+        try:
+            if tls:
+                sock = _tls_context(*self.tls_files).wrap_socket(sock, server_hostname=host)
+        except ssl.SSLCertVerificationError as exc:
+            return Probe(FAIL, "%s: TLS certificate not valid: %s" % (where, exc.verify_message),
+                         "check the clock and uplink.mqtt.ca_file", monotonic() - start)
+        except (ssl.SSLError, OSError) as exc:
+            return Probe(FAIL, "%s: TLS failed: %s" % (where, exc), "check port and tls setting", monotonic() - start)
+        finally:
+            sock.close()
+        return Probe(OK, "%s reachable%s" % (where, ", TLS verified" if tls else ""), latency_s=monotonic() - start)
 
     # -- paho callbacks (network thread) ------------------------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties):
@@ -288,139 +326,3 @@ class MqttUplink(Uplink):
 
     def close(self):
         self._conn.stop()
-
-
-def consumer_client_id(group, db_path):
-    """A client id that is the same at every start of one receiver (host, database file, group), so a restarted
-    receiver resumes its session; random for an in-memory database."""
-    if not db_path or db_path == ":memory:" or str(db_path).startswith("file:"):
-        return "rx-%s-%s" % (group, secrets.token_hex(8))
-    ident = "%s\0%s\0%s" % (socket.gethostname(), os.path.abspath(db_path), group)
-    return "rx-%s-%s" % (group, hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()[:16])
-
-
-class MqttConsumer:
-    """The receiver's MQTT front: ``$share/<group>/<prefix>/+/batches`` at QoS 1, acknowledged after storing."""
-
-    def __init__(self, receiver, host="127.0.0.1", port=1883, topic_prefix="edge", group="receivers", client_id="",
-                 username="", password="", tls=False, ca_file=None, cert_file=None, key_file=None, keepalive=30,
-                 reconnect=(1, 10), session_expiry=3600, redeliver=(1.0, 30.0)):
-        if not group or any(c in group for c in "/+#\0"):
-            raise ValueError("shared subscription group must be one topic level, not %r" % (group,))
-        self.receiver = receiver
-        self.topic = "$share/%s/%s/+/batches" % (group, topic_prefix.strip("/"))
-        self.client_id = client_id or consumer_client_id(group, receiver.db_path)
-        self._conn = _Connection(host, port, self.client_id, username, password, tls, ca_file, cert_file, key_file,
-                                 keepalive, "5", manual_ack=True, reconnect=reconnect, session_expiry=session_expiry)
-        c = self._conn.client
-        c.on_connect = self._on_connect
-        c.on_disconnect = lambda client, userdata, flags, rc, props: self._conn.on_disconnect(rc)
-        c.on_connect_fail = lambda client, userdata: self._conn.on_connect_fail()
-        c.on_message = self._on_message
-        c.on_subscribe = self._on_subscribe
-        self.counters = {"messages": 0, "acked": 0, "not_acked": 0, "consumer_errors": 0, "ack_failures": 0,
-                         "redeliveries": 0, "subscribed": 0}
-        self._subscribed = threading.Event()
-        self._first_delay, self._max_delay = redeliver
-        self._delay = self._first_delay
-        self._cond = threading.Condition()
-        self._redeliver_at = None  # monotonic time of the next reconnect, or None
-        self._closed = False
-        self._supervisor = None
-
-    @classmethod
-    def from_url(cls, url, receiver, group="receivers", **kw):
-        opts = _parse_url(url)
-        opts.update(kw)
-        return cls(receiver, group=group, **opts)
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties):
-        if self._conn.on_connect(reason_code):
-            client.subscribe(self.topic, qos=1)  # also when the session is present: the broker may have lost it
-        else:
-            log.warning("mqtt consumer: broker refused the connection: %s", reason_code)
-
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
-        if any(rc.is_failure for rc in reason_codes):
-            log.error("mqtt consumer: subscription to %s refused: %s", self.topic, reason_codes)
-            return
-        self.counters["subscribed"] += 1
-        self._subscribed.set()
-
-    def _on_message(self, client, userdata, msg):
-        self.counters["messages"] += 1
-        try:
-            status, body = self.receiver.process(msg.payload)
-        except Exception as exc:  # deliberate catch-all: the one place an exception would stop the consumer
-            # Escaping here kills paho's network thread while the broker keeps acknowledging publishers, and
-            # process() answers every input with a status, so this is our bug: count it, log it at ERROR, keep the
-            # message unacknowledged (the broker still owns it) and reconnect later to have it redelivered.
-            self.counters["consumer_errors"] += 1
-            log.error("mqtt consumer: internal error on a message from %s (not acknowledged): %s", msg.topic, exc,
-                      exc_info=True)
-            self._schedule_redelivery()
-            return
-        if status >= 500:
-            # Not acknowledged: the broker still owns it and redelivers it when the session resumes.
-            self.counters["not_acked"] += 1
-            log.error("mqtt consumer: could not store a batch from %s (%s); not acknowledged", msg.topic, body)
-            self._schedule_redelivery()
-            return
-        if client.ack(msg.mid, msg.qos) == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self.counters["acked"] += 1
-        else:  # the connection is gone: the broker redelivers it on the next session, and it is a duplicate then
-            self.counters["ack_failures"] += 1
-        if status < 300:
-            with self._cond:
-                self._delay = self._first_delay
-
-    # -- redelivery: reconnect (bounded, capped doubling delay) so the broker resends what was not acknowledged ----
-    def _schedule_redelivery(self):
-        with self._cond:
-            if self._redeliver_at is None and not self._closed:
-                self._redeliver_at = time.monotonic() + self._delay
-                self._delay = min(self._delay * 2, self._max_delay)
-                self._cond.notify_all()
-
-    def _supervise(self):
-        while True:
-            with self._cond:
-                while not self._closed and (self._redeliver_at is None or self._redeliver_at > time.monotonic()):
-                    self._cond.wait(None if self._redeliver_at is None else self._redeliver_at - time.monotonic())
-                if self._closed:
-                    return
-                self._redeliver_at = None
-                self.counters["redeliveries"] += 1
-            # Not under the lock: loop_stop() joins paho's thread, whose callbacks take the lock.
-            log.info("mqtt consumer: reconnecting so the broker redelivers unacknowledged batches")
-            self._conn.stop()
-            with self._cond:  # stop() sets _closed under the lock and joins this thread before it disconnects
-                if self._closed:
-                    return
-                self._conn.start()
-
-    def start(self, wait=5.0):
-        """Connect and subscribe (waits up to ``wait`` seconds for the SUBACK; keeps trying in the background)."""
-        with self._cond:
-            self._closed = False
-            if self._supervisor is None:
-                self._supervisor = threading.Thread(target=self._supervise, name="mqtt-consumer-redeliver",
-                                                    daemon=True)
-                self._supervisor.start()
-        self._conn.start()
-        self._subscribed.wait(wait)
-        return self
-
-    def wait_subscribed(self, timeout):
-        return self._subscribed.wait(timeout)
-
-    def stop(self, end_session=False):
-        """Disconnect. The session stays on the broker for ``session_expiry`` seconds (a restart resumes it)
-        unless ``end_session``: then the broker forgets it, with whatever it still held for this consumer."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-            supervisor, self._supervisor = self._supervisor, None
-        if supervisor is not None:
-            supervisor.join(10)
-        self._conn.stop(end_session)

@@ -6,11 +6,8 @@ worker thread, never on the agent's event loop.
 """
 
 import collections
-import http.client
 import logging
 import os
-import socket
-import ssl
 import time
 import tomllib
 
@@ -115,8 +112,9 @@ class AgentView(GatewayView):
 
     # -- blocking ------------------------------------------------------------------------------------------
     def uplink_test(self):
-        return probe_uplink(self.agent.uplink, min(self.probe_timeout, getattr(self.agent.uplink, "timeout", 5.0)),
-                            self.agent.clock.monotonic)
+        """The uplink's own round trip (``Uplink.probe``, shared with doctor) as the console's ``Probe``."""
+        found = self.agent.uplink.probe(self.probe_timeout, self.agent.clock.monotonic)
+        return Probe(found.ok, found.latency_s, found.message)
 
     def _persist(self, raw):
         path = self.config_path
@@ -195,37 +193,3 @@ def _check_source(spec, clock, file, index):
     except ImportError as exc:
         raise ConfigError("source type %r is not available on this gateway (%s)" % (spec.get("type"), exc.name),
                           file, "sources[%d].type" % index) from exc
-
-
-def probe_uplink(uplink, timeout, monotonic):
-    """One real round trip to the uplink host. HTTP: ``GET`` the uplink path (any answer below 500 proves it);
-    otherwise (MQTT) a TCP connect to the broker. Returns a ``Probe``; never raises for network trouble."""
-    host, port = getattr(uplink, "host", None), getattr(uplink, "port", None)
-    if not host or not port:
-        return Probe(False, 0.0, "no round trip is defined for uplink %s" % uplink.describe())
-    start = monotonic()
-    scheme = getattr(uplink, "scheme", None)
-    try:
-        if scheme in ("http", "https"):
-            if scheme == "https":
-                conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=uplink.context)
-            else:
-                conn = http.client.HTTPConnection(host, port, timeout=timeout)
-            try:
-                conn.request("GET", uplink.path, headers={"User-Agent": "edge-gateway-console"})
-                resp = conn.getresponse()
-                resp.read(1024)
-            finally:
-                conn.close()
-            took = monotonic() - start
-            text = "%s:%d answered HTTP %d %s" % (host, port, resp.status, resp.reason)
-            return Probe(resp.status < 500, took, text)
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-        return Probe(True, monotonic() - start, "TCP connect to %s:%d" % (host, port))
-    except ssl.SSLCertVerificationError as exc:
-        return Probe(False, monotonic() - start, "TLS certificate of %s did not verify: %s" % (
-            host, exc.verify_message))
-    except (OSError, http.client.HTTPException) as exc:
-        return Probe(False, monotonic() - start, "cannot reach %s:%d: %s" % (host, port,
-                                                                           exc or type(exc).__name__))
