@@ -125,6 +125,7 @@ class FakeClock:
         woke sleeps again (or ended): the work those moves made due is done. Returns whether that happened."""
         import asyncio
         deadline = asyncio.get_running_loop().time() + timeout
+        await asyncio.sleep(0)  # callbacks already due (a woken sleeper's) run first
         while not self._settled():
             loop = asyncio.get_running_loop()
             fut = loop.create_future()
