@@ -237,7 +237,7 @@ def test_byte_at_a_time_backspace_and_real_status(config_path, pty_pair, receive
 
         lines = term.cmd("keys")
         assert lines[0] == "kid          %s" % rig.agent.kid
-        assert keys.fingerprint(rig.agent.signer.key.public) in "\n".join(lines)
+        assert keys.fingerprint(rig.agent.pipeline.signer.key.public) in "\n".join(lines)
         assert b"PRIVATE" not in term.screen
     finally:
         rig.stop()
