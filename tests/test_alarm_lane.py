@@ -6,7 +6,7 @@ import time
 
 from gateway.adapters import keys
 from gateway.app.agent import Agent
-from tools.bench import _backlog
+from tools.bench_processes import _backlog
 from gateway.core.clock import SystemClock
 from gateway.core.model import Event
 from backend.receiver import Receiver, ReceiverServer

@@ -237,7 +237,7 @@ def test_byte_at_a_time_backspace_and_real_status(config_path, pty_pair, receive
 
         lines = term.cmd("keys")
         assert lines[0] == "kid          %s" % rig.agent.kid
-        assert keys.fingerprint(rig.agent.signer.key.public) in "\n".join(lines)
+        assert keys.fingerprint(rig.agent.pipeline.signer.key.public) in "\n".join(lines)
         assert b"PRIVATE" not in term.screen
     finally:
         rig.stop()
@@ -339,7 +339,7 @@ def test_config_change_takes_effect_and_survives_restart(config_path, pty_pair, 
         out = term.read_until(PROMPT)
         assert out.startswith(b"******\r\nunlocked") and PIN.encode() not in term.screen
         assert term.cmd("config set batch.max_age_s 2.5") == ["saved batch.max_age_s = 2.5; applied now"]
-        assert rig.agent.batcher.max_age == 2.5  # live
+        assert rig.agent.pipeline.batcher.max_age == 2.5  # live
         assert term.cmd("config set store.max_bytes 1000000") == [
             "saved store.max_bytes = 1000000; takes effect after 'restart'"]
         assert squash(term.cmd("config set batch.max_age_s -4")).startswith(
@@ -363,7 +363,7 @@ def test_config_change_takes_effect_and_survives_restart(config_path, pty_pair, 
     # "Restart": new agent and console objects from the same file; the console reopens the same port.
     rig2, term2 = start(config_path, pty_pair)
     try:
-        assert rig2.agent.batcher.max_age == 2.5
+        assert rig2.agent.pipeline.batcher.max_age == 2.5
         assert rig2.agent.store.max_bytes == 1000000
         assert rig2.agent.boot >> 32 == 2  # the second start (counter << 32 | 32 random bits)
         assert [s.name for s in rig2.agent.sources][0] == "fridge"

@@ -61,7 +61,7 @@ def make_agent(tmp_path, clock=None, **extra):
 # -- finding 4: bad numbers never reach the batcher ------------------------------------------------------------
 def test_bad_values_are_dropped_and_counted_at_emit(tmp_path):
     agent = make_agent(tmp_path)
-    agent._first_cut = True  # keep everything in the batcher, where we can look at it
+    agent.pipeline.first_cut = True  # keep everything in the batcher, where we can look at it
     good = [Reading("s", "temp", 4.25, "Cel", 1.0), Reading("s", "n", (1 << 63) - 1, None, 1.0),
             Reading("s", "n", -(1 << 63), None, 1.0), Reading("s", "state", "open", None, 1.0),
             Reading("s", "door", True, None, 1.0), Reading("s", "temp", 0, "Cel", 1.0),
@@ -73,11 +73,11 @@ def test_bad_values_are_dropped_and_counted_at_emit(tmp_path):
            Reading("s", "temp", None, "Cel", 1.0), Reading("s", "temp", [1.0], "Cel", 1.0)]
     for r in good + bad:
         agent.emit(r)
-    readings, _ = agent.batcher.cut()
+    readings, _ = agent.pipeline.batcher.cut()
     assert readings == good
     assert agent.counters["readings_bad_value"] == len(bad)
     assert agent.counters["readings_in"] == len(good) + len(bad)
-    health = {r.name: r.value for r in agent._health_readings(2.0)}
+    health = {r.name: r.value for r in agent.pipeline.health_readings(2.0)}
     assert health["readings_bad_value"] == len(bad)  # reported upstream
     agent.store.close()
 
@@ -288,7 +288,7 @@ def test_409_conflict_keeps_the_batch_quarantined_counted_and_reported(tmp_path)
     counters = store.counters()
     assert counters["conflict_batches"] == len(rows) == counters["quarantined"]
     assert agent.counters["conflict_batches"] == len(rows)
-    health = {r.name: r.value for r in agent._health_readings(1e9)}
+    health = {r.name: r.value for r in agent.pipeline.health_readings(1e9)}
     assert health["conflict_batches"] == len(rows)  # reported upstream
     store.close()
 
@@ -369,7 +369,7 @@ def test_a_poison_batch_is_overtaken_then_quarantined_while_the_rest_is_delivere
     got = received_x(receiver)
     assert sorted(got + held) == list(range(1500))  # everything behind it was delivered, exactly once
     assert max(got) == 1499
-    health = {r.name: r.value for r in agent._health_readings(1e9)}
+    health = {r.name: r.value for r in agent.pipeline.health_readings(1e9)}
     assert health["poison_batches"] == 1  # reported upstream
     receiver.close()
     store.close()

@@ -321,7 +321,7 @@ def test_disk_full_during_an_outage_memory_bounded_drops_counted(tmp_path, signi
     store = Store(path)
     source = CountingSource(total=3000, per_tick=25, period=0.02)
     agent, receiver, server = _agent(tmp_path, signing_key, trust, source, store, max_pending=8)
-    agent.health_interval = 1e9  # health readings only in the first batch, so reading counts stay exact
+    agent.pipeline.health_interval = 1e9  # health readings only in the first batch, so reading counts stay exact
     seen = {}
 
     async def controller(agent):
@@ -338,7 +338,7 @@ def test_disk_full_during_an_outage_memory_bounded_drops_counted(tmp_path, signi
             with store._lock:
                 store._db.execute("PRAGMA max_page_count=1000000")
         assert await wait_for(lambda: agent.store_ok and not agent._pending, 15)
-        agent.health_interval = 0  # the next cut reports the drops upstream
+        agent.pipeline.health_interval = 0  # the next cut reports the drops upstream
         agent.emit(Reading("s2", "y", 1, None, time.monotonic()))
         assert await wait_for(lambda: agent.depth()[0] == 0 and not agent._pending, 20)
 
@@ -370,9 +370,9 @@ def test_backpressure_memory_bounded_and_drops_counted(tmp_path, signing_key, tr
     store = SlowStore(str(tmp_path / "queue.sqlite"))
     source = CountingSource(total=4000, per_tick=100, period=0.005)
     agent, receiver, server = _agent(tmp_path, signing_key, trust, source, store, max_pending=4)
-    agent.batcher.max_readings = 20
-    agent.health_interval = 1e9  # no health readings in the batches that may be dropped: counts stay exact
-    agent._last_health = time.monotonic()
+    agent.pipeline.batcher.max_readings = 20
+    agent.pipeline.health_interval = 1e9  # no health readings in the batches that may be dropped: counts stay exact
+    agent.pipeline.last_health = time.monotonic()
     peak = []
 
     async def controller(agent):
@@ -380,7 +380,7 @@ def test_backpressure_memory_bounded_and_drops_counted(tmp_path, signing_key, tr
         while (source.sent < 4000 or agent._pending) and time.monotonic() < deadline:
             peak.append(len(agent._pending))
             await asyncio.sleep(0.002)
-        agent.health_interval = 0  # the next cut reports the memory drops upstream
+        agent.pipeline.health_interval = 0  # the next cut reports the memory drops upstream
         agent.emit(Reading("s2", "y", 1, None, time.monotonic()))
         await wait_for(lambda: agent.depth()[0] == 0 and not agent._pending, 15)
 

@@ -188,7 +188,7 @@ def test_rejected_batch_is_quarantined_and_never_blocks_the_queue(tmp_path, sign
         await asyncio.sleep(0.1)
         for i in range(4):
             agent.emit(Reading("s", "x", i, None, 1.0 + i))
-            agent._cut()
+            agent.cut()
             await asyncio.sleep(0.2)
         stop.set()
         await asyncio.wait_for(task, 20)

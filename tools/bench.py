@@ -6,15 +6,12 @@ process from outside, through ``/proc``. The physical ceilings of the machine ar
 pipeline can be read as a fraction of them. Targets are in ``TARGETS`` and in the document, never asserted here.
 """
 
-import asyncio
 import json
 import os
 import random
 import shutil
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,10 +20,13 @@ import timeit
 import cbor2
 
 from gateway.adapters import keys
+from gateway.app.config import BatchSection
 from gateway.core import senml, wire
-from gateway.core.batcher import Batcher
+from gateway.core.clock import FakeClock
 from gateway.core.model import EncodedBatch, Event, Reading
+from gateway.core.pipeline import Pipeline
 from gateway.adapters.store import Store
+from tools.bench_processes import _p99, bench_drain, bench_idle_cpu, bench_rss, bench_startup
 
 TARGETS = {
     "pipeline_readings_per_s": (">=", 100_000), "wire_bytes_per_reading": ("<=", 10),
@@ -137,7 +137,8 @@ def bench_swinging_door():
 
 
 def bench_pipeline(n_adverts, workdir):
-    """decode -> rules -> SenML -> sign -> commit, batches of 1000 readings as the agent cuts them, one core."""
+    """decode -> the agent's Pipeline (bad values, rules, batcher, SenML, sign) -> commit, batches of 1000 readings,
+    one core."""
     from drivers.ble import bthome
     key = keys.SigningKey.from_seed(bytes(range(32)))
     signer = wire.Signer(key)
@@ -151,9 +152,10 @@ def bench_pipeline(n_adverts, workdir):
     def run():
         path = os.path.join(workdir, "pipe-%d.sqlite" % random.random().__hash__())
         store = Store(path, max_bytes=1 << 30)
-        engine = _rules()
-        batcher = Batcher(1000, 1e9)
-        seq = 0
+        # The agent's own pipeline (gateway.core.pipeline), on a clock whose wire offset is 0: readings are
+        # stamped on the wire's scale already. Batches are committed one by one, as the slowest agent would.
+        pipeline = Pipeline(gw=GW, boot=1, signer=signer, clock=FakeClock(mono=0.0, wall=0.0), rules=_rules(),
+                            batch=BatchSection(max_readings=1000, max_age_s=1e9, time_quantum_s=1.0))
         accepted = 0
         wb0 = _write_bytes()
         wire_bytes = 0
@@ -164,16 +166,10 @@ def bench_pipeline(n_adverts, workdir):
             for m in bthome.decode(adv):
                 if m.name == "packet_id":
                     continue
-                res = engine.process(Reading(sensor, m.name, m.value, m.unit, t, m.resolution))
-                for r in res.send:
-                    if batcher.add(r, 0.0):
-                        readings, events = batcher.cut()
-                        records = senml.encode_records(readings, events, GW + "/", time_quantum=1.0)
-                        data = signer(wire.encode_payload(GW, 1, seq, True, records))
-                        seq += 1
-                        store.put(EncodedBatch(1, seq, data, 0, len(readings), 0, 0.0))
-                        accepted += len(readings)
-                        wire_bytes += len(data)
+                for batch in pipeline.accept(Reading(sensor, m.name, m.value, m.unit, t, m.resolution), t):
+                    store.put(batch)
+                    accepted += batch.readings
+                    wire_bytes += len(batch.data)
         elapsed = time.perf_counter() - start
         fsyncs = store.fsyncs
         store.close()
@@ -231,187 +227,6 @@ def bench_ceilings(workdir):
     db.close()
     return {"ed25519_signs_per_s": round(signs), "cbor2_records_per_s": round(cbor_rate),
             "sqlite_full_commits_per_s": round(commit_rate)}
-
-
-# -- the real agent process, measured from outside -----------------------------------------------------------
-class AgentProcess:
-    """``edge-gateway run`` on a line-protocol board over a pty, with its own state dir and config."""
-
-    def __init__(self, workdir, sensors, rate, uplink, name):
-        from tools.sim.harness import PtyNode
-        self.dir = os.path.join(workdir, name)
-        os.makedirs(self.dir)
-        key = keys.SigningKey.generate()
-        keys.write_private(os.path.join(self.dir, "key.pem"), key)
-        self.jwks = {"keys": [key.jwk(GW)]}
-        self.node = PtyNode("line_node", ["--sensors", sensors, "--rate", rate], link=os.path.join(self.dir, "tty"))
-        self.config = os.path.join(self.dir, "config.toml")
-        with open(self.config, "w") as f:
-            f.write('[gateway]\nid = "%s"\nstate_dir = "%s"\nlog_level = "warning"\n[batch]\nmax_age_s = 10\n'
-                    '[uplink]\nurl = "%s"\nbackoff_max_s = 5\n[clock]\nmode = "synced"\n'
-                    '[[sources]]\ntype = "serial"\nname = "board"\nport = "%s"\nbaud = 115200\n'
-                    'units = {temp = "Cel", hum = "%%RH"}\n' % (GW, self.dir, uplink, self.node.path))
-        self.proc = None
-        self.started = None
-
-    def start(self):
-        self.node.start()
-        time.sleep(0.3)
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", self.config],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return self
-
-    def rss_mb(self):
-        with open("/proc/%d/status" % self.proc.pid) as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-        return None
-
-    def cpu_s(self):
-        with open("/proc/%d/stat" % self.proc.pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def accepted(self):
-        path = os.path.join(self.dir, "queue.sqlite")
-        if not os.path.exists(path):
-            return 0
-        try:
-            db = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=0.05)
-            try:
-                return db.execute("SELECT COALESCE(SUM(readings), 0) FROM batches").fetchone()[0]
-            finally:
-                db.close()
-        except sqlite3.Error:
-            return 0
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.node.stop()
-
-
-DEAD_UPLINK = "http://127.0.0.1:9/v1/batches"  # discard port: refused at once, so the queue keeps everything
-
-
-def bench_startup(workdir, i):
-    agent = AgentProcess(workdir, 3, 5, DEAD_UPLINK, "startup%d" % i).start()
-    try:
-        deadline = time.perf_counter() + 15
-        while time.perf_counter() < deadline:
-            if agent.accepted() > 0:
-                return time.perf_counter() - agent.started
-            time.sleep(0.01)
-        return None
-    finally:
-        agent.stop()
-
-
-def bench_rss(workdir, settle):
-    agent = AgentProcess(workdir, 200, 1, DEAD_UPLINK, "rss").start()
-    try:
-        time.sleep(settle)
-        samples = []
-        for _ in range(5):
-            samples.append(agent.rss_mb())
-            time.sleep(0.5)
-        return max(samples), agent.accepted()
-    finally:
-        agent.stop()
-
-
-def bench_idle_cpu(workdir, window):
-    agent = AgentProcess(workdir, 50, 1 / 60.0, DEAD_UPLINK, "idle").start()
-    try:
-        time.sleep(3.0)
-        c0, t0 = agent.cpu_s(), time.perf_counter()
-        time.sleep(window)
-        c1, t1 = agent.cpu_s(), time.perf_counter()
-        return 100.0 * (c1 - c0) / (t1 - t0)
-    finally:
-        agent.stop()
-
-
-def _receiver_process(workdir, jwks, name):
-    path = os.path.join(workdir, name)
-    os.makedirs(path)
-    keys.write_jwks(os.path.join(path, "jwks.json"), jwks)
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "receive", "--listen", "127.0.0.1:%d" % port,
-                             "--trust", os.path.join(path, "jwks.json"), "--db", os.path.join(path, "rx.sqlite"),
-                             "--log-level", "error"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    proc.stdout.readline()  # "receiving on ..." once it listens
-    return proc, "http://127.0.0.1:%d/v1/batches" % port, os.path.join(path, "rx.sqlite")
-
-
-def _backlog(store, key, boot, batches, per_batch):
-    signer = wire.Signer(key)
-    out = []
-    for b in range(batches):
-        rs = [Reading("s%d" % (i % 50), "temp", round(4 + (i % 37) / 100, 2), "Cel", 1.7e9 + b * 20 + i / 50, 0.01)
-              for i in range(per_batch)]
-        out.append(EncodedBatch(boot, b, signer(wire.encode_payload(GW, boot, b, True, senml.encode_records(
-            rs, (), GW + "/"))), 0, per_batch, 0, 0.0))
-    store.put_many(out)
-
-
-def bench_drain(workdir, readings, i, alarms=0):
-    """Drain a backlog to a real receiver process; optionally raise alarms meanwhile and time them."""
-    from gateway.app.agent import Agent
-    from gateway.core.clock import SystemClock
-    from gateway.adapters.uplink.http import HttpUplink
-    key = keys.SigningKey.generate()
-    rx, url, rx_db = _receiver_process(workdir, {"keys": [key.jwk(GW)]}, "rx%d-%d" % (alarms, i))
-    try:
-        store = Store(os.path.join(workdir, "drain%d-%d.sqlite" % (alarms, i)), max_bytes=1 << 30)
-        _backlog(store, key, store.next_boot(), readings // 1000, 1000)  # an earlier boot's backlog
-        clock = SystemClock("synced")
-        agent = Agent(gw=GW, key=key, store=store, uplink=HttpUplink(url), clock=clock, backoff=(0.05, 1.0))
-        emitted = {}
-
-        async def main():
-            stop = asyncio.Event()
-            task = asyncio.create_task(agent.run(stop))
-            start = time.perf_counter()
-            for k in range(alarms):
-                await asyncio.sleep(0.15)
-                emitted[k] = time.time()
-                agent.emit(Event("fridge-%d" % k, "alarm.high", "raised", "bench alarm %d" % k, clock.monotonic(),
-                                 alarm=True))
-            while agent.depth()[0] and time.perf_counter() - start < 120:
-                await asyncio.sleep(0.02)
-            elapsed = time.perf_counter() - start
-            stop.set()
-            await task
-            return elapsed
-        elapsed = asyncio.run(main())
-        store.close()
-    finally:
-        rx.send_signal(signal.SIGTERM)
-        rx.wait(10)
-    if not alarms:
-        return readings / elapsed
-    db = sqlite3.connect(rx_db)
-    got = db.execute("SELECT r.vs, b.received FROM records r JOIN batches b USING (gw, boot, seq) "
-                     "WHERE r.vs LIKE 'raised: bench alarm %'").fetchall()
-    db.close()
-    return sorted(1000 * (received - emitted[int(vs.rsplit(" ", 1)[1])]) for vs, received in got)
-
-
-def _p99(samples):
-    if not samples:
-        return None
-    return samples[min(len(samples) - 1, int(round(0.99 * (len(samples) - 1))))]
 
 
 def run_bench(quick=False, progress=None):

@@ -76,30 +76,16 @@ def run_demo(args, out=sys.stdout):
             tmp.cleanup()
 
 
-async def _demo(args, workdir, out):
+def _identity(workdir):
+    """The demo gateway's key (kept in the store dir), its JWKS file and a trust store for the loopback receiver."""
     key, created = keys.load_or_create(os.path.join(workdir, "key.pem"))
     jwks = {"keys": [key.jwk(GATEWAY_ID)]}
     keys.write_jwks(os.path.join(workdir, "jwks.json"), jwks)
-    trust = keys.TrustStore(jwks)
-    say = (lambda *a: None) if args.json else (lambda text: print(text, file=out, flush=True))
+    return key, created, jwks, keys.TrustStore(jwks)
 
-    server = None
-    if args.uplink:
-        url = args.uplink
-    else:
-        receiver = Receiver(os.path.join(workdir, "receiver.sqlite"), trust)
-        server = ReceiverServer(receiver).start()
-        url = server.url
-    clock = SystemClock("auto")
-    store = Store(os.path.join(workdir, "queue.sqlite"), clock=clock)
-    if store.recovered_from:
-        say("store was corrupt; moved aside to %s" % store.recovered_from)
-    saver = BatchSaver(args.save_batches, jwks) if args.save_batches else None
 
-    node = PtyNode("line_node", ["--sensors", args.sensors, "--rate", args.rate, "--seed", args.seed],
-                   link=os.path.join(workdir, "tty-board"))
-    node.start()
-    source = SerialSource("board", node.path, LinesProtocol(units=UNITS), clock, baud=115200)
+def _verifier(trust, say):
+    """The agent's ``on_sent``: verify each delivered batch as a backend would, count and show it."""
     verified = {"ok": 0, "rejected": 0}
 
     def on_sent(batch):
@@ -112,7 +98,37 @@ async def _demo(args, workdir, out):
         except VerifyError as exc:
             verified["rejected"] += 1
             say("batch %d/%d FAILED verification: %s" % (batch.boot, batch.seq, exc))
+    return on_sent, verified
 
+
+def _stop_event(duration):
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.call_later(duration, stop.set)
+    return stop
+
+
+async def _demo(args, workdir, out):
+    key, created, jwks, trust = _identity(workdir)
+    say = (lambda *a: None) if args.json else (lambda text: print(text, file=out, flush=True))
+    server = None
+    if args.uplink:
+        url = args.uplink
+    else:
+        server = ReceiverServer(Receiver(os.path.join(workdir, "receiver.sqlite"), trust)).start()
+        url = server.url
+    clock = SystemClock("auto")
+    store = Store(os.path.join(workdir, "queue.sqlite"), clock=clock)
+    if store.recovered_from:
+        say("store was corrupt; moved aside to %s" % store.recovered_from)
+    saver = BatchSaver(args.save_batches, jwks) if args.save_batches else None
+    node = PtyNode("line_node", ["--sensors", args.sensors, "--rate", args.rate, "--seed", args.seed],
+                   link=os.path.join(workdir, "tty-board"))
+    node.start()
+    source = SerialSource("board", node.path, LinesProtocol(units=UNITS), clock, baud=115200)
+    on_sent, verified = _verifier(trust, say)
     agent = Agent(gw=GATEWAY_ID, key=key, store=store, uplink=_make_uplink(url), sources=[source], clock=clock,
                   batch=BatchSection(max_readings=500, max_age_s=1.0, time_quantum_s=0.1),
                   rng=random.Random(args.seed), backoff=(0.2, 5.0), on_commit=saver, on_sent=on_sent)
@@ -120,11 +136,7 @@ async def _demo(args, workdir, out):
         GATEWAY_ID, agent.boot, key.kid, " (new key)" if created else ""))
     say("sensors: %d simulated boards under %s on %s; uplink %s" % (
         args.sensors, os.path.basename(node.python), node.slave_path, url))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.call_later(args.duration, stop.set)
+    stop = _stop_event(args.duration)
     console = None
     if args.console:
         from gateway.app.console.serve import serve_console
@@ -141,8 +153,12 @@ async def _demo(args, workdir, out):
         store.close()
         if server:
             server.stop()
+    return _summary(args, out, say, agent, source, node, server, verified, store_depth)
+
+
+def _summary(args, out, say, agent, source, node, server, verified, store_depth):
     summary = {
-        "gateway": GATEWAY_ID, "boot": agent.boot, "kid": key.kid, "interpreter": os.path.basename(node.python),
+        "gateway": GATEWAY_ID, "boot": agent.boot, "kid": agent.kid, "interpreter": os.path.basename(node.python),
         "readings_generated": agent.counters["readings_in"],
         "batches_sent": agent.counters["batches_sent"],
         "readings_sent": agent.counters["readings_sent"],

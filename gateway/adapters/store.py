@@ -33,9 +33,11 @@ import zlib
 
 from gateway.adapters import boot_epoch
 from gateway.adapters import store_salvage
+from gateway.adapters.store_bounds import SANE_WALL, QueueBounds  # noqa: F401 (SANE_WALL: part of this module's API)
+from gateway.adapters.store_quarantine import Quarantine
 from gateway.core.clock import SystemClock
 from gateway.core.errors import StoreError
-from gateway.core.model import EncodedBatch
+from gateway.core.model import EncodedBatch, StoreSnapshot
 from gateway.adapters.store_errors import classify as _classify, store_error as _store_error
 
 SCHEMA = """
@@ -75,10 +77,9 @@ def _inflate(blob):
 log = logging.getLogger(__name__)
 
 
-SANE_WALL = 1_600_000_000.0  # 2020-09-13: a wall time before this is a Pi that has not synchronised its clock yet
 
 
-class Store:
+class Store(QueueBounds, Quarantine):
     # 1 KiB pages: a batch of ~1,000 readings (~9 KB) fills its overflow pages to ~90 %, and an ack rewrites two
     # small pages instead of two 4 KiB ones. Measured: disk bytes per accepted reading fall from ~6x the wire
     # bytes (4 KiB pages, counters written per commit) to ~1.5x (docs/performance.md). Applies to new stores.
@@ -115,6 +116,8 @@ class Store:
             self._salvage()
         self._page_size = self._db.execute("PRAGMA page_size").fetchone()[0]  # an existing store keeps its own
         self._resync_bytes()
+        self.snapshot = None
+        self._publish()
 
     def _resync_bytes(self):
         self._bytes = self._db.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM batches").fetchone()[0]
@@ -218,6 +221,14 @@ class Store:
         out.update(self.session)
         return out
 
+    def _publish(self):
+        """Publish ``snapshot`` (depth and counters) after a change, on the thread that made it, with the lock held.
+        Readers on the event loop take ``store.snapshot`` (one immutable value) and never wait for the lock."""
+        try:
+            self.snapshot = StoreSnapshot(self.depth(), self.counters())
+        except sqlite3.Error as exc:  # the change itself committed: a stale snapshot is better than a failed one
+            log.error("store: cannot read the depth of %s: %s", self.path, exc)
+
     # -- the queue ---------------------------------------------------------------------------------------------
     def put(self, batch):
         return self.put_many([batch])[0]
@@ -259,88 +270,8 @@ class Store:
                 raise _store_error("commit a batch to", self.path, exc) from exc
             self._bytes += need
             self._maybe_checkpoint()
+            self._publish()
             return ids
-
-    def _admit(self, batches, blobs):
-        """Ids of the batches that fit in the bound on their own: alarms first, then the newest."""
-        budget = self.max_bytes * 3 // 4  # a payload byte costs up to ~1.3 bytes of file
-        if sum(len(blob) for blob in blobs.values()) <= budget:
-            return set(map(id, batches))
-        admitted, total = set(), 0
-        order = [b for b in reversed(batches) if b.priority] + [b for b in reversed(batches) if not b.priority]
-        for b in order:
-            if total + len(blobs[id(b)]) <= budget:
-                admitted.add(id(b))
-                total += len(blobs[id(b)])
-        return admitted
-
-    def _disk_used(self):
-        """Bytes of the database file in use (pages minus free pages), as seen inside the transaction."""
-        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
-        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
-        return (pages - free) * self._page_size
-
-    def _excess(self, need):
-        """How far over the bound the queue would be after adding ``need`` bytes: the larger of the payload
-        excess and the file excess (B-tree pages are not full, so a payload byte costs more than a byte on disk;
-        a new batch is estimated at its size plus a quarter plus one page)."""
-        excess = self._bytes + need - self.max_bytes
-        if need:
-            excess = max(excess, self._disk_used() + need + need // 4 + self._page_size - self.max_bytes)
-        return excess
-
-    def _make_room(self, need, now):
-        self._expire(now)
-        if self._excess(need) <= 0:
-            return
-        for alarms in (False, True):
-            cond = "prio > 0" if alarms else "prio = 0"
-            while self._excess(need) > 0:
-                rows = self._db.execute(
-                    "SELECT id, readings, LENGTH(data), prio FROM batches WHERE %s ORDER BY id LIMIT 64" % cond
-                ).fetchall()
-                if not rows:
-                    break
-                excess = self._excess(need)
-                take, freed = [], 0
-                for row in rows:
-                    take.append(row)
-                    freed += row[2]
-                    if freed >= excess:
-                        break
-                self._drop(take)
-        if self._bytes + need > self.max_bytes:  # cannot happen: _admit keeps need <= max_bytes
-            raise sqlite3.OperationalError("batch of %d bytes is larger than the store bound (full)" % need)
-
-    def _expire(self, now):
-        """Drop batches older than ``max_age`` (counted as ``expired_batches`` and as drops).
-
-        Only with a plausible wall clock: a gateway that boots in 1970 and then synchronises must not expire
-        everything it queued meanwhile. Batches stamped before ``SANE_WALL`` never expire by age (the byte bound
-        still applies to them). Runs at most every ``expire_every`` seconds of wall time.
-        """
-        if not self.max_age or now < SANE_WALL:
-            return
-        if self._next_expiry is not None and self._next_expiry - self._expire_every <= now < self._next_expiry:
-            return
-        self._next_expiry = now + self._expire_every
-        rows = self._db.execute("SELECT id, readings, LENGTH(data), prio FROM batches WHERE created < ? "
-                                "AND created >= ?", (now - self.max_age, SANE_WALL)).fetchall()
-        if rows:
-            self._drop(rows, "expired_batches")
-
-    def _count_drop(self, batches, readings, alarms):
-        self._bump("dropped_batches", batches)
-        self._bump("dropped_readings", readings)
-        if alarms:
-            self._bump("dropped_alarm_batches", alarms)
-
-    def _drop(self, rows, extra_counter=None):
-        self._db.executemany("DELETE FROM batches WHERE id = ?", [(r[0],) for r in rows])
-        self._count_drop(len(rows), sum(r[1] for r in rows), sum(1 for r in rows if r[3]))
-        if extra_counter:
-            self._bump(extra_counter, len(rows))
-        self._bytes -= sum(r[2] for r in rows)
 
     def pending(self, limit=16, exclude=()):
         """Up to ``limit`` batches to deliver: alarms first, then oldest first; none whose id is in ``exclude``
@@ -401,86 +332,7 @@ class Store:
             self.session["acked_readings"] += readings
             self._bytes -= size
             self._maybe_checkpoint()
-
-    def quarantine(self, store_id, reason, counter=None):
-        """Move a batch the upstream rejected out of the queue, keeping its bytes for inspection or requeue.
-        ``counter`` names a second persisted counter to bump (``conflict_batches``, ``poison_batches``)."""
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(
-                    "INSERT OR REPLACE INTO quarantine SELECT %s, ?, ? FROM batches WHERE id = ?" % _COLUMNS,
-                    (reason[:200], self._now(), store_id))
-                size = self._db.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM batches WHERE id = ?",
-                                        (store_id,)).fetchone()[0]
-                self._db.execute("DELETE FROM batches WHERE id = ?", (store_id,))
-                self._bump("quarantined")
-                if counter:
-                    self._bump(counter)
-                self._commit()
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise _store_error("quarantine a batch in", self.path, exc) from exc
-            self._bytes -= size
-            self._maybe_checkpoint()
-
-    def requeue_quarantined(self):
-        """Put every quarantined batch back in the queue (after the backend was fixed). Returns the count."""
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                n = self._db.execute(
-                    "INSERT INTO batches (prio, boot, seq, created, readings, events, data) "
-                    "SELECT prio, boot, seq, created, readings, events, data FROM quarantine ORDER BY id"
-                ).rowcount
-                self._db.execute("DELETE FROM quarantine")
-                self._commit()
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise _store_error("requeue quarantined batches in", self.path, exc) from exc
-            self._bytes = self._db.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM batches").fetchone()[0]
-            return n
-
-    #: how long a rejected batch waits before each automatic retry; after the last one it stays quarantined
-    RETRY_DELAYS = (900.0, 7200.0, 43200.0)
-
-    def requeue_due(self, delays=None):
-        """Put back in the queue the quarantined batches whose next retry is due. Returns the count.
-
-        A 4xx can be the backend's passing state (the gateway's key not enrolled yet) or a batch damaged on the way
-        (a middlebox, an attacker flipping bytes): the bytes on disk are still genuine. So each rejected batch is
-        retried after ``delays[0]``, ``delays[1]``, ... seconds in quarantine, and stays quarantined (kept,
-        counted, requeued by hand with the console's ``store requeue``) once the delays are used up.
-        """
-        delays = self.RETRY_DELAYS if delays is None else delays
-        now = self._now()
-        with self._lock:
-            try:
-                rows = self._db.execute(
-                    "SELECT q.id, q.boot, q.seq, q.at, COALESCE(r.attempts, 0) FROM quarantine q "
-                    "LEFT JOIN retries r ON r.boot = q.boot AND r.seq = q.seq ORDER BY q.id").fetchall()
-                due = [row for row in rows if row[4] < len(delays) and now - row[3] >= delays[row[4]]]
-                if not due:
-                    return 0
-                self._db.execute("BEGIN IMMEDIATE")
-                for qid, boot, seq, _, attempts in due:
-                    self._db.execute(
-                        "INSERT INTO batches (prio, boot, seq, created, readings, events, data) "
-                        "SELECT prio, boot, seq, created, readings, events, data FROM quarantine WHERE id = ?",
-                        (qid,))
-                    self._db.execute("DELETE FROM quarantine WHERE id = ?", (qid,))
-                    self._db.execute("INSERT OR REPLACE INTO retries VALUES (?, ?, ?)", (boot, seq, attempts + 1))
-                self._commit()
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise _store_error("retry quarantined batches in", self.path, exc) from exc
-            self._resync_bytes()
-            return len(due)
-
-    def quarantined(self):
-        with self._lock:
-            return self._db.execute("SELECT id, boot, seq, reason, LENGTH(data) FROM quarantine ORDER BY id"
-                                    ).fetchall()
+            self._publish()
 
     def depth(self):
         """``(batches, readings, bytes, alarm_batches)`` waiting for delivery."""

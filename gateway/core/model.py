@@ -70,3 +70,11 @@ class EncodedBatch:
     @property
     def key(self):
         return (self.boot, self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSnapshot:
+    """What the store published after its last change: ``depth`` is ``(batches, readings, bytes, alarm_batches)``
+    waiting for delivery, ``counters`` its drop/quarantine and session counters (``Store.counters``)."""
+    depth: tuple
+    counters: dict

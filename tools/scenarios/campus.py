@@ -6,7 +6,7 @@ from gateway.core.clock import FakeClock
 from gateway.app.config import BatchSection
 from gateway.core.presence import PresenceTracker
 from gateway.core.rules import Result
-from tools.scenarios.runner import Env, TickGate, checks
+from tools.scenarios.runner import Env, checks, rule_engine
 
 ZONES = ("lab", "hall", "meeting-1", "meeting-2", "library")
 ADJACENT = {("lab", "hall"), ("hall", "meeting-1"), ("hall", "meeting-2"), ("hall", "library")}
@@ -31,12 +31,10 @@ class PresenceStage:
     """The agent's rules stage for campus: beacon RSSI and occupancy go into the PresenceTracker (they are not
     forwarded); everything else goes through the rules engine. Tick runs both."""
 
-    def __init__(self, gate, tracker):
-        self.gate = gate
+    def __init__(self, engine, tracker):
+        self.engine = engine
         self.tracker = tracker
-        self.flush = gate.flush
-        gate.extra_tick = self._tick
-        self.tick = gate.tick
+        self.flush = engine.flush
         self.consumed = 0
 
     def process(self, reading):
@@ -44,9 +42,10 @@ class PresenceStage:
             self.consumed += 1
             events = self.tracker.observe(reading)
             return Result((), tuple(events))
-        return self.gate.process(reading)
+        return self.engine.process(reading)
 
-    def _tick(self, now, result):
+    def tick(self, now):
+        result = self.engine.tick(now)
         more = self.tracker.tick(now)
         if not more:
             return result
@@ -102,8 +101,8 @@ async def run(args, workdir):
                                 "sensors": ["occ-" + z] if z in ROOMS_WITH_SENSOR else [],
                                 "enter_dbm": -70.0, "leave_dbm": -80.0} for z in ZONES],
                               alpha=0.3, timeout_s=TIMEOUT_S)
-    gate = TickGate(RULES)
-    stage = PresenceStage(gate, tracker)
+    rules = rule_engine(RULES)
+    stage = PresenceStage(rules, tracker)
     agent = env.agent(clock, list(radios.values()), stage,
                       BatchSection(max_readings=500, max_age_s=30.0, time_quantum_s=1.0), seed=args.seed)
     noise = XorShift32(args.seed * 131 + 3)
@@ -130,9 +129,9 @@ async def run(args, workdir):
                                       service_data=_bthome(k // 5, (0x21, 1 if occupied else 0)))
             if t >= next_gate:
                 next_gate = t + GATE_S
-                await gate.next_tick()
+                await clock.parked()
         clock.mono = t0 + seconds
-        await gate.next_tick()
+        await clock.parked()
 
     try:
         await env.run(agent, drive, ready=[r.running for r in radios.values()])

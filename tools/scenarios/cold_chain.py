@@ -7,7 +7,7 @@ from firmware_sim.fridge import XorShift32, samples
 from tools.sim.radio import SimulatedRadio
 from gateway.core.clock import FakeClock
 from gateway.app.config import BatchSection
-from tools.scenarios.runner import Env, TickGate, checks
+from tools.scenarios.runner import Env, checks, rule_engine
 
 ADVERT_S = 30.0          # each sensor advertises every 30 simulated seconds
 GEN_DT = 10.0            # the fridge model integrates in 10 s steps
@@ -116,8 +116,8 @@ async def run(args, workdir):
     clock = FakeClock(mono=1000.0, wall=1_750_000_000.0)
     t0 = clock.monotonic()
     radio = SimulatedRadio("ble", clock, [(":".join("%02X" % b for b in s["mac"]), s["name"]) for s in sensors])
-    gate = TickGate(RULES)
-    agent = env.agent(clock, [radio], gate, BatchSection(max_readings=1000, max_age_s=300.0, time_quantum_s=1.0),
+    rules = rule_engine(RULES)
+    agent = env.agent(clock, [radio], rules, BatchSection(max_readings=1000, max_age_s=300.0, time_quantum_s=1.0),
                       seed=args.seed)
     marks = {}
     excursions = {}
@@ -127,11 +127,11 @@ async def run(args, workdir):
         for k in range(steps):
             t = k * ADVERT_S
             if t >= OUTAGE[0] and "down" not in marks:
-                await gate.next_tick()
+                await clock.parked()
                 env.relay.set_up(False)
                 marks["down"] = time.time()
             if t >= OUTAGE[1] and "up" not in marks:
-                await gate.next_tick()
+                await clock.parked()
                 env.relay.set_up(True)
                 marks["up"] = time.time()
             clock.mono = t0 + t
@@ -146,9 +146,9 @@ async def run(args, workdir):
             if t >= next_gate:
                 fine = OUTAGE[0] - 1200 <= t <= OUTAGE[1] + 1200
                 next_gate = t + (GATE_FINE_S if fine else GATE_S)
-                await gate.next_tick()
+                await clock.parked()
         clock.mono = t0 + steps * ADVERT_S
-        await gate.next_tick()
+        await clock.parked()
 
     try:
         await env.run(agent, drive, ready=[radio.running])

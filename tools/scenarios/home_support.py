@@ -10,7 +10,7 @@ from tools.sim.harness import PtyNode
 from tools.sim.radio import BluezRadio, SimulatedRadio
 from gateway.core.clock import FakeClock
 from gateway.app.config import BatchSection
-from tools.scenarios.runner import Env, TickGate, checks
+from tools.scenarios.runner import Env, checks, rule_engine
 
 ADVERT_S = 60.0
 STALE_S = 600.0
@@ -62,8 +62,8 @@ async def run(args, workdir):
                    link=os.path.join(workdir, "tty-meter"))
     node.start()
     meter = SerialSource("meter", node.path, LinesProtocol(units={"temp": "Cel", "hum": "%RH"}), clock, baud=115200)
-    gate = TickGate(RULES)
-    agent = env.agent(clock, [radio, meter], gate, BatchSection(max_readings=500, max_age_s=300.0,
+    rules = rule_engine(RULES)
+    agent = env.agent(clock, [radio, meter], rules, BatchSection(max_readings=500, max_age_s=300.0,
                                                                 time_quantum_s=1.0), seed=args.seed)
     last_heard = {}
     truth = {}
@@ -88,9 +88,9 @@ async def run(args, workdir):
                              for h in last_heard.values())
             if t >= next_gate or near_stale:
                 next_gate = t + COARSE_GATE_S
-                await gate.next_tick()
+                await clock.parked()
         clock.mono = t0 + steps * ADVERT_S
-        await gate.next_tick()
+        await clock.parked()
 
     try:
         await env.run(agent, drive, ready=[radio.running])

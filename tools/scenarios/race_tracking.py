@@ -13,7 +13,7 @@ from drivers.serial.protocols import NmeaProtocol
 from tools.sim.harness import PtyNode
 from gateway.core.clock import SystemClock
 from gateway.app.config import BatchSection
-from tools.scenarios.runner import Env, TickGate, checks
+from tools.scenarios.runner import Env, checks, rule_engine
 
 DOOR_DEG = 0.00002   # swinging-door bound on lat/lon, about 2 m
 HEARTBEAT_S = 3.0    # a held position is forced out after 3 s: the live map lags by little more than that
@@ -39,8 +39,8 @@ async def run(args, workdir):
                        link=os.path.join(workdir, "tty-tracker-%d" % i))
         nodes.append(node.start())
         sources.append(SerialSource("tracker-%d" % i, node.path, NmeaProtocol(["GGA", "VTG"]), clock, baud=9600))
-    gate = TickGate(RULES)
-    agent = env.agent(clock, sources, gate, BatchSection(max_readings=200, max_age_s=0.5, time_quantum_s=0.01),
+    rules = rule_engine(RULES)
+    agent = env.agent(clock, sources, rules, BatchSection(max_readings=200, max_age_s=0.5, time_quantum_s=0.01),
                       backoff=(0.1, 0.5), seed=args.seed)
     positions = {}   # tracker -> [(mono t, lat, lon)] as the agent got them
     agent.observers = [lambda r: r.name in ("lat", "lon") and positions.setdefault(

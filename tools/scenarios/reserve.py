@@ -10,7 +10,7 @@ from gateway.adapters import keys
 from gateway.core import wire
 from gateway.core.clock import FakeClock
 from gateway.app.config import BatchSection
-from tools.scenarios.runner import Env, TickGate, checks
+from tools.scenarios.runner import Env, checks, rule_engine
 
 STEP_S = 30.0
 GATE_S = 600.0
@@ -89,8 +89,8 @@ async def run(args, workdir):
     pirs = ["pir-%d" % i for i in range(6)]
     radio = SimulatedRadio("ble", clock, [(_mac(1, i), f) for i, f in enumerate(fences)]
                            + [(_mac(2, i), p) for i, p in enumerate(pirs)], formats=("bthome",), rssi_interval_s=None)
-    gate = TickGate(RULES)
-    agent = env.agent(clock, [radio], gate, BatchSection(max_readings=200, max_age_s=300.0, time_quantum_s=1.0),
+    rules = rule_engine(RULES)
+    agent = env.agent(clock, [radio], rules, BatchSection(max_readings=200, max_age_s=300.0, time_quantum_s=1.0),
                       backoff=(0.02, 0.2), seed=args.seed)
     truth = {"intrusions": 0, "fence_faults": 0}
 
@@ -115,9 +115,9 @@ async def run(args, workdir):
                 radio.hear(_mac(2, i), rssi=-85, service_data={0xFCD2: bytes((0x40, 0x00, k & 0xFF, 0x21, motion))})
             if t >= next_gate:
                 next_gate = t + GATE_S
-                await gate.next_tick()
+                await clock.parked()
         clock.mono = t0 + steps * STEP_S
-        await gate.next_tick()
+        await clock.parked()
 
     try:
         await env.run(agent, drive, ready=[radio.running], drain_timeout=30.0)

@@ -17,10 +17,14 @@ from gateway.app.config import to_toml, write_atomic
 from gateway.core.algorithms import SIGNING
 from gateway.app.console import settings
 from gateway.app.console.commands import GatewayView, Probe
-from gateway.core.errors import ConfigError, StoreError
+from gateway.core.errors import ConfigError
 from gateway.core.redact import redact_text
 
 log = logging.getLogger(__name__)
+
+#: console settings the running agent applies at once, and the name ``Agent.configure`` knows them by
+AGENT_LIVE = {"batch.max_age_s": "max_age_s", "batch.max_readings": "max_readings",
+              "uplink.backoff_min_s": "backoff_min_s", "uplink.backoff_max_s": "backoff_max_s"}
 
 
 class RingLogHandler(logging.Handler):
@@ -69,11 +73,6 @@ class AgentView(GatewayView):
                 st[key] = redact_text(st[key])
         st["version"] = __version__
         st["wall"] = self.agent.clock.wall()
-        try:
-            st["store_counters"] = self.agent.store.counters()
-        except StoreError as exc:
-            st["store_counters"] = {}
-            st["last_error"] = st.get("last_error") or str(exc)
         return st
 
     def sensor_rows(self):
@@ -95,7 +94,7 @@ class AgentView(GatewayView):
         return self.ring.tail(n) if self.ring is not None else []
 
     def keys(self):
-        public = self.agent.signer.key.public
+        public = self.agent.pipeline.signer.key.public
         return {"kid": self.agent.kid, "alg": "%s (%s)" % (SIGNING.cose_name, SIGNING.name),
                 "fingerprint": keys.fingerprint(public), "x": keys.public_jwk(public)["x"]}
 
@@ -135,15 +134,9 @@ class AgentView(GatewayView):
         return "saved %s = %s; takes effect after 'restart'" % (key, shown)
 
     def _apply_live(self, key, value):
-        agent = self.agent
-        if key == "batch.max_age_s":
-            agent.batcher.max_age = value
-        elif key == "batch.max_readings":
-            agent.batcher.max_readings = value
-        elif key == "uplink.backoff_min_s":
-            agent.backoff.low = value
-        elif key == "uplink.backoff_max_s":
-            agent.backoff.high = value
+        """Runs on the console's worker thread: the agent's settings change on its own loop (``Agent.configure``)."""
+        if key in AGENT_LIVE:
+            self.agent.configure(**{AGENT_LIVE[key]: value})
         elif key == "gateway.log_level":
             logging.getLogger().setLevel(value.upper())
         elif key == "console.idle_lock_s" and self.lock is not None:

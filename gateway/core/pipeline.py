@@ -1,0 +1,178 @@
+"""The synchronous pipeline: items and the time in, sealed batches out. Pure (no asyncio, no threads, no IO).
+
+``Pipeline`` holds the stages between a source and the store, in the order a reading meets them:
+
+1. the bad-value check (a non-finite float, an int outside int64, a type SenML cannot carry: dropped, counted);
+2. the rules (``gateway.core.rules``: thresholds, deadband, heartbeats, stale sensors), when there are any;
+3. the batcher (``gateway.core.batcher``), which cuts at ``max_readings`` or ``max_age_s``; an alarm event is
+   sealed into a batch of its own at once (the priority lane), and the first reading after start is cut at once;
+4. health records (``health/<counter>``) whenever a counter changed, at most every ``health_interval`` seconds;
+5. sealing: SenML records, the payload ``{v, gw, boot, seq, clock, senml}``, signed by the injected ``signer``.
+
+``accept(item, now)``, ``tick(now)`` and ``flush(now)`` return the list of ``EncodedBatch`` they sealed, in order.
+``now`` is the monotonic time; the injected clock is read only through ``TimeBase`` (sync state and wall offset
+at a cut) and for the batch's ``created`` stamp. The health values come from an injected callable, so the
+pipeline never asks the store or the sources itself.
+"""
+
+import collections
+
+from gateway.core import senml, wire
+from gateway.core.batcher import Batcher, TimeBase
+from gateway.core.model import EncodedBatch, Event, Reading
+
+HEALTH_SENSOR = "health"
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+#: the health values that travel upstream (besides any name with error/dropped/... in it, see ``_reported``)
+HEALTH_KEEP = ("dropped_batches", "dropped_readings", "dropped_alarm_batches", "expired_batches", "quarantined",
+               "conflict_batches", "poison_batches", "salvaged_batches", "lost_batches")
+HEALTH_MARKS = ("error", "dropped", "reopen", "restarts", "silent", "open_failed", "bad_value")
+_NONE = ()
+
+
+def bad_value(value, unit):
+    """True for a value no batch may carry: a non-finite float, an int outside int64, a non-number where a unit
+    says a number is expected, or a type SenML has no value field for. The slow path of ``Pipeline.accept``."""
+    if isinstance(value, bool) or value.__class__ in (str, bytes):
+        return unit is not None  # vb / vs / vd: only for a dimensionless reading
+    if isinstance(value, float):
+        return value - value != 0.0  # inf - inf and nan - nan are nan
+    if isinstance(value, int):
+        return not INT64_MIN <= value <= INT64_MAX
+    return True
+
+
+def _reported(key):
+    return key in HEALTH_KEEP or any(mark in key for mark in HEALTH_MARKS)
+
+
+class Pipeline:
+    def __init__(self, *, gw, boot, signer, clock, batch=None, rules=None, health_interval=60.0,
+                 health_values=None, counters=None):
+        self.gw = gw
+        self.prefix = gw + "/"
+        self.boot = boot
+        self.seq = 0
+        self.signer = signer
+        self.clock = clock
+        self.rules = rules
+        self.batcher = Batcher(getattr(batch, "max_readings", 1000), getattr(batch, "max_age_s", 10.0))
+        self.time_quantum = getattr(batch, "time_quantum_s", 1.0)
+        self.timebase = TimeBase(clock)
+        self.health_interval = health_interval
+        self.health_values = health_values  # () -> {name: int}: store, shell and source counters
+        self.counters = collections.Counter() if counters is None else counters
+        self.first_cut = False
+        self.last_health = None
+        self._health_sent = {}
+        self._out = []
+
+    # -- the three entry points ------------------------------------------------------------------------------
+    def accept(self, item, now):
+        """One reading or event from a source. Never raises for bad data: it is dropped and counted."""
+        cls = item.__class__
+        if cls is Reading:
+            self.counters["readings_in"] += 1
+            # Defence in depth: decoders should never produce these, but one bad number must not reach the
+            # batcher (CBOR would carry it, a backend's int64 column would not). Cheap on the common types.
+            value = item.value
+            vcls = value.__class__
+            if vcls is float:
+                if value - value:  # nan for inf and nan; 0.0 (false) otherwise
+                    self.counters["readings_bad_value"] += 1
+                    return _NONE
+            elif vcls is int:
+                if not INT64_MIN <= value <= INT64_MAX:
+                    self.counters["readings_bad_value"] += 1
+                    return _NONE
+            elif bad_value(value, item.unit):
+                self.counters["readings_bad_value"] += 1
+                return _NONE
+            if self.rules is None:
+                self._add(item, now)
+            else:
+                result = self.rules.process(item)
+                for r in result.send:
+                    self._add(r, now)
+                for e in result.events:
+                    self._event(e, now)
+        elif isinstance(item, Event):
+            self._event(item, now)
+        else:
+            self.counters["emit_bad_type"] += 1
+        return self._take()
+
+    def tick(self, now):
+        """The periodic step: the rules' tick (stale sensors, heartbeats) and the batcher's ``max_age``."""
+        if self.rules is not None:
+            result = self.rules.tick(now)
+            for r in result.send:
+                self._add(r, now)
+            for r in getattr(result, "heartbeat", ()):  # forwarded by the heartbeat: the engine counts them sent
+                self._add(r, now)
+            for e in result.events:
+                self._event(e, now)
+        if self.batcher.due(now):
+            self._cut(now)
+        return self._take()
+
+    def flush(self, now):
+        """At shutdown: what the rules still hold, then whatever the batcher holds (with health records)."""
+        if self.rules is not None and hasattr(self.rules, "flush"):
+            result = self.rules.flush()
+            for r in getattr(result, "send", result):
+                self._add(r, now)
+        self._cut(now)
+        return self._take()
+
+    # -- the stages ------------------------------------------------------------------------------------------
+    def _take(self):
+        if not self._out:
+            return _NONE
+        out, self._out = self._out, []
+        return out
+
+    def _add(self, item, now):
+        if self.batcher.add(item, now) or not self.first_cut:
+            # The first reading after start is committed at once: an installer sees data arrive within a second
+            # of boot, and a crash loop still gets each boot's first reading out.
+            self.first_cut = True
+            self._cut(now)
+
+    def _event(self, event, now):
+        self.counters["events"] += 1
+        if event.alarm:
+            self.counters["alarms"] += 1
+            self._seal([], [event], priority=1)
+        else:
+            self._add(event, now)
+
+    def _cut(self, now):
+        readings, events = self.batcher.cut()
+        if self.last_health is None or now - self.last_health >= self.health_interval:
+            readings = readings + self.health_readings(now)
+        if readings or events:
+            self._seal(readings, events, priority=0)
+
+    def health_readings(self, now):
+        """``health/<counter>`` readings for every reported counter whose value changed since it was last sent."""
+        self.last_health = now
+        values = dict(self.health_values()) if self.health_values is not None else {}
+        values.setdefault("readings_bad_value", self.counters["readings_bad_value"])
+        out = []
+        for key, value in values.items():
+            if _reported(key) and self._health_sent.get(key) != value:
+                self._health_sent[key] = value
+                out.append(Reading(HEALTH_SENSOR, key, value, None, now))
+        return out
+
+    def _seal(self, readings, events, priority):
+        """Encode and sign one batch; from here on its bytes never change."""
+        synced = self.timebase.refresh()
+        records = senml.encode_records(readings, events, self.prefix, time_quantum=self.time_quantum,
+                                       time_offset=self.timebase.offset)
+        payload = wire.encode_payload(self.gw, self.boot, self.seq, synced, records, self.timebase.anchor())
+        self._out.append(EncodedBatch(self.boot, self.seq, self.signer(payload), priority, len(readings),
+                                      len(events), self.clock.wall()))
+        self.seq += 1
+        self.counters["batches_cut"] += 1
