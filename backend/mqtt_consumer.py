@@ -31,6 +31,7 @@ import threading
 import time
 
 from gateway.adapters.uplink.mqtt import Connection, MQTTErrorCode, parse_url
+from gateway.core.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,8 @@ class MqttConsumer:
         self.counters = {"messages": 0, "acked": 0, "not_acked": 0, "consumer_errors": 0, "ack_failures": 0,
                          "redeliveries": 0, "subscribed": 0}
         self._subscribed = threading.Event()
-        self._first_delay, self._max_delay = redeliver
-        self._delay = self._first_delay
+        # exact doubling (no jitter): one consumer's reconnects need no spreading, and tests can count on them
+        self._backoff = Backoff(redeliver[0], redeliver[1], jitter=0.0)
         self._cond = threading.Condition()
         self._redeliver_at = None  # monotonic time of the next reconnect, or None
         self._closed = False
@@ -117,14 +118,13 @@ class MqttConsumer:
             self.counters["ack_failures"] += 1
         if status < 300:
             with self._cond:
-                self._delay = self._first_delay
+                self._backoff.reset()
 
     # -- redelivery: reconnect (bounded, capped doubling delay) so the broker resends what was not acknowledged ----
     def _schedule_redelivery(self):
         with self._cond:
             if self._redeliver_at is None and not self._closed:
-                self._redeliver_at = time.monotonic() + self._delay
-                self._delay = min(self._delay * 2, self._max_delay)
+                self._redeliver_at = time.monotonic() + self._backoff.next()
                 self._cond.notify_all()
 
     def _supervise(self):

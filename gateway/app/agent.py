@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from gateway.app.delivery import Delivery
 from gateway.core import wire
+from gateway.core.backoff import Backoff
 from gateway.core.errors import StoreError
 from gateway.core.pipeline import Pipeline
 from gateway.core.poison import PoisonPolicy
@@ -47,26 +48,6 @@ SOURCE_HEALTH = ("reopen", "restarts", "open_failed", "silent")
 AGENT_HEALTH = ("memory_dropped_batches", "memory_dropped_readings", "store_errors", "readings_bad_value")
 #: what the console may change while the agent runs (``Agent.configure``)
 LIVE = ("max_age_s", "max_readings", "backoff_min_s", "backoff_max_s")
-
-
-class Backoff:
-    """Capped exponential backoff with jitter; ``reset`` on success."""
-
-    def __init__(self, low=0.5, high=300.0, rng=None):
-        self.low, self.high = low, high
-        self.rng = rng or random.Random()
-        self.failures = 0
-
-    def next(self, retry_after=None):
-        delay = min(self.high, self.low * (2 ** self.failures))
-        self.failures = min(self.failures + 1, 32)
-        delay *= 0.5 + 0.5 * self.rng.random()
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, 3600.0))
-        return delay
-
-    def reset(self):
-        self.failures = 0
 
 
 class Agent(Delivery):
