@@ -25,7 +25,8 @@ from gateway.core import wire
 from gateway.core.clock import SystemClock
 from gateway.core.errors import ConfigError, UplinkError
 from gateway.core.model import EncodedBatch
-from tools.bench import GW, _backlog
+from tools.bench import GW
+from tools.bench_processes import _backlog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EG = [sys.executable, "-m", "gateway.cli"]
