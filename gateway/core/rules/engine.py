@@ -1,4 +1,4 @@
-"""The rules engine: process / tick / flush. Semantics are documented in ``gateway/rules/__init__.py``."""
+"""The rules engine: process / tick / flush. Semantics are documented in ``gateway/core/rules/__init__.py``."""
 
 from .config import INF, LEVELS, ALARM_NAMES, RANK, EPS, glob_match, validate_rules
 from .state import EMPTY, Event, Result, _Sensor, _Stream
