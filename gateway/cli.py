@@ -5,7 +5,6 @@ change them only in backward-compatible ways.
 """
 
 import argparse
-import asyncio
 import faulthandler
 import json
 import logging
@@ -47,27 +46,8 @@ def cmd_demo(args):
 
 
 def cmd_run(args):
-    """Exit status: 0 after SIGTERM; 78 (EX_CONFIG) for a config error, which systemd does not restart
-    (``RestartPreventExitStatus=``); 2 for a key or store that cannot be used; 75 for the console's ``restart``."""
-    from gateway.app.config import EX_CONFIG, load
-    from gateway.core.errors import ConfigError, KeyFileError, StoreError
-    from gateway.core.redact import install_log_redaction, redact_text
-    from gateway.app.service import run_service
-    try:
-        cfg = load(args.config)
-    except ConfigError as exc:
-        print("edge-gateway: config error: %s" % redact_text(str(exc)), file=sys.stderr)
-        return EX_CONFIG
-    _setup_logging(cfg.gateway.log_level)
-    install_log_redaction()
-    try:
-        return asyncio.run(run_service(cfg))
-    except ConfigError as exc:
-        print("edge-gateway: config error: %s" % redact_text(str(exc)), file=sys.stderr)
-        return EX_CONFIG
-    except (KeyFileError, StoreError) as exc:
-        print("edge-gateway: %s" % redact_text(str(exc)), file=sys.stderr)
-        return 2
+    from gateway.app.service import run_from_config
+    return run_from_config(args.config)
 
 
 def cmd_receive(args):

@@ -14,7 +14,7 @@ from drivers.sources import build_source
 from gateway.adapters import keys
 from gateway.app.agent import Agent
 from gateway.core.clock import SystemClock
-from gateway.core.errors import ConfigError
+from gateway.core.errors import ConfigError, KeyFileError, StoreError
 from gateway.adapters.store import Store
 from gateway.adapters.uplink import SectionError, WARN, build_uplink, uplink_class
 
@@ -88,3 +88,31 @@ async def run_service(cfg, console_port=None):
         agent.store.close()
     log.info("agent stopped: %s", dict(agent.counters))
     return EXIT_RESTART if restart else 0
+
+
+def run_from_config(config_path, console_port=None):
+    """``edge-gateway run`` and ``edge-gateway console``: load the config, set up logging, run until stopped.
+
+    Returns the exit status: 0 after SIGTERM; 78 (EX_CONFIG) for a config error, which systemd does not restart
+    (``RestartPreventExitStatus=``); 2 for a key or store that cannot be used; 75 for the console's ``restart``.
+    """
+    import sys
+
+    from gateway.app.config import EX_CONFIG, load
+    from gateway.core.redact import install_log_redaction, redact_text
+    try:
+        cfg = load(config_path)
+    except ConfigError as exc:
+        print("edge-gateway: config error: %s" % redact_text(str(exc)), file=sys.stderr)
+        return EX_CONFIG
+    logging.basicConfig(level=getattr(logging, cfg.gateway.log_level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_redaction()
+    try:
+        return asyncio.run(run_service(cfg, console_port=console_port))
+    except ConfigError as exc:
+        print("edge-gateway: config error: %s" % redact_text(str(exc)), file=sys.stderr)
+        return EX_CONFIG
+    except (KeyFileError, StoreError) as exc:
+        print("edge-gateway: %s" % redact_text(str(exc)), file=sys.stderr)
+        return 2

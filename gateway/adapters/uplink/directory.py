@@ -22,6 +22,7 @@ import urllib.parse
 
 import cbor2
 
+from gateway.adapters import files
 from gateway.adapters.uplink.base import FAIL, OK, Probe, SectionError, Uplink
 from gateway.core.errors import UplinkError
 
@@ -91,29 +92,7 @@ class DirectoryUplink(Uplink):
 
     def _write(self, name, data):
         """Write ``data`` to ``name`` in the directory: temporary file, fsync, rename, fsync the directory."""
-        final = os.path.join(self.path, name)
-        tmp = os.path.join(self.path, ".%s.%d.tmp" % (name, os.getpid()))
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        files.write_atomic(os.path.join(self.path, name), data, 0o644)
 
     def send(self, batch):
         name = batch_name(batch.data)

@@ -6,17 +6,14 @@
   hash; with ``--config`` write it to ``[console] pin_hash`` of FILE (atomically) instead.
 """
 
-import asyncio
 import getpass
-import logging
 import os
 import sys
 import tomllib
 
 from gateway.app.console.auth import hash_pin
-from gateway.app.service import run_service
-from gateway.core.errors import ConfigError, KeyFileError, StoreError
-from gateway.core.redact import install_log_redaction, redact_text
+from gateway.app.service import run_from_config
+from gateway.core.errors import ConfigError
 
 
 # -- edge-gateway console ---------------------------------------------------------------------------------------
@@ -37,27 +34,7 @@ def cmd_console(args, stdin=None, out=None):
     if not args.port or not args.config:
         print("edge-gateway: console needs --port DEV and --config FILE (or --set-pin)", file=sys.stderr)
         return 2
-    from gateway.app.config import EX_CONFIG, load
-    try:
-        cfg = load(args.config)
-    except ConfigError as exc:
-        print("edge-gateway: config error: %s" % redact_text(str(exc)), file=sys.stderr)
-        return EX_CONFIG
-    logging.basicConfig(level=getattr(logging, cfg.gateway.log_level.upper(), logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    install_log_redaction()
-    try:
-        return asyncio.run(_run_with_console(cfg, args.port, args.config))
-    except ConfigError as exc:
-        print("edge-gateway: config error: %s" % redact_text(str(exc)), file=sys.stderr)
-        return EX_CONFIG
-    except (KeyFileError, StoreError) as exc:
-        print("edge-gateway: %s" % redact_text(str(exc)), file=sys.stderr)
-        return 2
-
-
-async def _run_with_console(cfg, port, config_path):
-    return await run_service(cfg, console_port=port)
+    return run_from_config(args.config, console_port=args.port)
 
 
 def _set_pin(config_path, stdin, out):
