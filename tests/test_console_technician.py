@@ -2,6 +2,8 @@
 a banner that starts on a fresh line within 80 columns, uplink rejections in ``status``/``uplink test``, and
 ``sensor add`` refusing a missing or busy port. Pure parts here; the pty tests run the real console."""
 
+import http.server
+
 import pytest
 
 from gateway.app.console.protocol import Line, LineDiscipline
@@ -196,3 +198,108 @@ def test_reopened_session_banner_starts_on_a_fresh_line_within_80_columns(config
         os.close(s2)
     finally:
         rig.stop()
+
+
+# -- the upstream rejecting batches: status and uplink test say so, and why -------------------------------------------
+from gateway.app.console.commands import Probe  # noqa: E402
+from gateway.app.console.read_commands import rejection  # noqa: E402
+
+REASON = "http://h/v1/batchez answered 404 Not Found"
+
+
+def rejecting(view, status=404, n=11, acked_after=False):
+    base = view.status
+    wall = view.clock.wall()
+
+    def status_now():
+        s = base()
+        s["uplink_state"], s["last_error"] = "idle", REASON
+        s["counters"].update(quarantined=n, uplink_failures=0)
+        s["last_ack"] = wall - 1 + (5 if acked_after else 0)
+        s["last_rejection"] = {"status": status, "reason": REASON, "wall": wall}
+        return s
+    view.status = status_now
+
+
+def test_status_says_the_upstream_is_rejecting_and_why(rig):  # noqa: F811
+    clock, view, _, _, console = rig
+    rejecting(view)
+    text = "\n".join(say(console, "status"))
+    squashed = " ".join(text.split())
+    assert "uplink REJECTING: HTTP 404 on 11 batches -> check uplink.url last: %s" % REASON in squashed
+    assert "uplink    idle" not in text
+    assert "11 uplink failures (11 rejected)" in text
+    assert squashed.count(REASON) == 1  # not repeated as the last error
+
+
+def test_rejection_ends_with_the_next_acknowledgement_and_hints_by_status(rig):  # noqa: F811
+    clock, view, _, _, console = rig
+    rejecting(view, acked_after=True)
+    assert rejection(view.status()) is None
+    assert "REJECTING" not in "\n".join(say(console, "status"))
+    rejecting(view, status=403, n=1)
+    what, reason, hint = rejection(view.status())
+    assert what == "HTTP 403 on 1 batch" and "trust store" in hint
+
+
+def test_uplink_test_is_not_ok_while_batches_are_rejected(rig):  # noqa: F811
+    clock, view, _, _, console = rig
+    rejecting(view)
+    lines = say(console, "uplink test")
+    assert lines == ("uplink REJECTING: reachable in 4.2 ms, but HTTP 404 on 11 batches",
+                     "  probe: 127.0.0.1:8080 answered HTTP 404 Not Found",
+                     "  last rejection: " + REASON,
+                     "  -> check uplink.url, then 'store requeue'")
+    view.probe = Probe(False, 1.5, "cannot reach h:1: refused")
+    lines = say(console, "uplink test")
+    assert lines[0] == "uplink FAILED after 1500.0 ms, and before that HTTP 404 on 11 batches"
+    assert lines[1] == "  probe: cannot reach h:1: refused"
+
+
+class NotFound(http.server.BaseHTTPRequestHandler):
+    """A web server where the uplink path is wrong: every request gets 404 (as a misspelt ingest path would)."""
+
+    def _404(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = _404
+
+    def log_message(self, *args):
+        pass
+
+
+def test_pty_wrong_uplink_path_is_reported_as_rejecting(config_path, pty_pair):  # noqa: F811
+    import threading
+    import time
+    import tomllib
+    from gateway.app.config import to_toml
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    with open(config_path, "rb") as f:
+        raw = tomllib.load(f)
+    raw["uplink"]["url"] = "http://127.0.0.1:%d/v1/batchez" % httpd.server_address[1]
+    with open(config_path, "w") as f:
+        f.write(to_toml(raw))
+    rig, term = start(config_path, pty_pair)
+    try:
+        deadline = time.monotonic() + 15
+        while rig.agent.counters["quarantined"] < 2:
+            assert time.monotonic() < deadline, dict(rig.agent.counters)
+            time.sleep(0.05)
+        lines = term.cmd("status")
+        squashed = " ".join(" ".join(lines).split())
+        assert "uplink REJECTING: HTTP 404 on " in squashed and "-> check uplink.url" in squashed, lines
+        assert "answered 404" in squashed and "/v1/batchez" in squashed
+        assert "uplink idle" not in squashed
+        n = int(squashed.split("uplink failures (")[1].split(" rejected")[0])
+        assert n >= 2 and all(len(line) <= 80 for line in lines)
+        lines = term.cmd("uplink test")
+        assert lines[0].startswith("uplink REJECTING: reachable in"), lines
+        assert "check uplink.url" in " ".join(lines)
+    finally:
+        rig.stop()
+        httpd.shutdown()
+        httpd.server_close()

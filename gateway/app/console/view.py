@@ -73,6 +73,9 @@ class AgentView(GatewayView):
                 st[key] = redact_text(st[key])
         st["version"] = __version__
         st["wall"] = self.agent.clock.wall()
+        rejected = self.agent.last_rejection  # (status, reason, wall) kept by gateway.app.delivery
+        if rejected is not None:
+            st["last_rejection"] = {"status": rejected[0], "reason": redact_text(rejected[1]), "wall": rejected[2]}
         return st
 
     def sensor_rows(self):
