@@ -303,3 +303,49 @@ def test_pty_wrong_uplink_path_is_reported_as_rejecting(config_path, pty_pair): 
         rig.stop()
         httpd.shutdown()
         httpd.server_close()
+
+
+# -- sensor add refuses a port that is missing, not serial, or already taken -------------------------------------------
+from test_console_pty import PIN as PTY_PIN, spare_tty  # noqa: E402,F401
+from gateway.app.console.view import _check_port  # noqa: E402
+from gateway.core.errors import ConfigError  # noqa: E402
+
+
+def test_check_port_refuses_missing_not_serial_and_busy(tmp_path, spare_tty):  # noqa: F811
+    import os
+    plain = tmp_path / "ttyUSB0"
+    plain.write_text("")
+    link = tmp_path / "fridge"
+    os.symlink(spare_tty, link)
+    cases = [(str(tmp_path / "nope"), {}, "no device"),
+             (str(plain), {}, "not a character device"),
+             ("/dev/null", {}, "not a serial device (a mem device)"),
+             (str(link), {spare_tty: "source 'a'"}, "already used by source 'a'"),  # the same device, by a link
+             (spare_tty, {str(link): "the console"}, "already used by the console")]
+    for port, busy, message in cases:
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+            _check_port(port, busy, "/etc/gw.toml", "sources[1].port")
+        assert info.value.key == "sources[1].port"
+    _check_port(spare_tty, {}, "/etc/gw.toml", "sources[1].port")  # a free serial device is fine
+
+
+def test_pty_sensor_add_refuses_missing_and_busy_ports(config_path, pty_pair, spare_tty):  # noqa: F811
+    rig, term = start(config_path, pty_pair)
+    try:
+        assert term.cmd("unlock " + PTY_PIN)[0].startswith("unlocked")
+        before = open(config_path).read()
+        for port, message in (("/dev/ttyUSB9", "no device /dev/ttyUSB9"),
+                              ("/dev/null", "/dev/null is not a serial device"),
+                              (pty_pair[1], "already used by the console")):
+            lines = term.cmd("sensor add fridge serial port=%s baud=9600" % port)
+            squashed = " ".join(" ".join(lines).split())
+            assert squashed.startswith("failed: ") and message in squashed, lines
+            assert all(len(line) <= 80 for line in lines)
+        assert open(config_path).read() == before  # nothing saved
+        assert term.cmd("sensor add fridge serial port=%s" % spare_tty)[0].startswith("added source fridge")
+        lines = term.cmd("sensor add freezer serial port=%s" % spare_tty)
+        assert "already used by source 'fridge'" in " ".join(" ".join(lines).split()), lines
+        log = "\n".join(term.cmd("log 20"))
+        assert "sensor add freezer serial port=" in log and "FAILED" in log
+    finally:
+        rig.stop()
