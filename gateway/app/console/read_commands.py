@@ -50,7 +50,7 @@ class ReadCommands:
         lines += [text for c in COMMANDS if not c.write for text in row(c)]
         lines.append("After 'unlock' (technician PIN):")
         lines += [text for c in COMMANDS if c.write for text in row(c)]
-        lines.append("Enter runs a line; Backspace edits; Ctrl-C abandons; Ctrl-U clears.")
+        lines.append("Enter runs; Backspace edits; Up/Down recall; Ctrl-C abandons; Ctrl-U clears.")
         return self._reply(lines)
 
     def do_version(self, args, text):
