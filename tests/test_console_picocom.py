@@ -96,3 +96,45 @@ def test_help_and_status_through_picocom(config_path, tmp_path):  # noqa: F811
         cable.stop()
         for fd in (gw_master, gw_slave, laptop_master, laptop_slave):
             os.close(fd)
+
+
+def test_up_arrow_recalls_through_picocom(config_path, tmp_path):  # noqa: F811
+    """tmux sends the terminal's real Up key (ESC [ A, or ESC O A in application mode) through picocom."""
+    gw_master, gw_slave = os.openpty()
+    laptop_master, laptop_slave = os.openpty()
+    tty.setraw(laptop_slave)
+    cable = Cable(gw_master, laptop_master)
+    rig = Rig(config_path, os.ttyname(gw_slave))
+    sock = str(tmp_path / "tmux.sock")
+    env = dict(os.environ, TERM="xterm")
+    try:
+        subprocess.run(["tmux", "-S", sock, "new-session", "-d", "-x", "80", "-y", "30",
+                        "picocom -b 115200 -d 8 -p 1 -y n -f n --noreset --nolock %s" % os.ttyname(laptop_slave)],
+                       env=env, check=True, timeout=10)
+        screen_until(sock, "Terminal ready")
+        tmux(sock, "send-keys", "", "Enter")
+        screen_until(sock, "gw-console> ")
+        tmux(sock, "send-keys", "VERSION", "Enter")
+        screen_until(sock, "edge-gateway 0.1.0\n")
+        tmux(sock, "send-keys", "Up")
+        deadline = time.monotonic() + 10
+        while rig.server.discipline.pending != "VERSION":
+            assert time.monotonic() < deadline, rig.server.discipline.pending
+            time.sleep(0.05)
+        tmux(sock, "send-keys", "Enter")
+        deadline = time.monotonic() + 10
+        while True:
+            shown = tmux(sock, "capture-pane", "-p", "-J", "-S", "-200")
+            if shown.count("edge-gateway 0.1.0\n") >= 2:
+                break
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.1)
+        assert "[A" not in shown and "OA" not in shown
+        for line in shown.splitlines():
+            assert len(line.rstrip()) <= 80
+    finally:
+        subprocess.run(["tmux", "-S", sock, "kill-server"], capture_output=True, timeout=10)
+        rig.stop()
+        cable.stop()
+        for fd in (gw_master, gw_slave, laptop_master, laptop_slave):
+            os.close(fd)

@@ -330,7 +330,17 @@ def test_wrong_pin_backoff_and_lockout(config_path, pty_pair, tmp_path):
         rig.stop()
 
 
-def test_config_change_takes_effect_and_survives_restart(config_path, pty_pair, tmp_path, receiver):
+@pytest.fixture
+def spare_tty():
+    """A serial device nobody uses yet (a pty slave), for ``sensor add``; its master stays open."""
+    master, slave = os.openpty()
+    yield os.ttyname(slave)
+    os.close(master)
+    os.close(slave)
+
+
+def test_config_change_takes_effect_and_survives_restart(config_path, pty_pair, tmp_path, receiver, spare_tty):
+    fridge_port = spare_tty
     rig, term = start(config_path, pty_pair)
     try:
         term.send(b"unlock\r")
@@ -344,7 +354,7 @@ def test_config_change_takes_effect_and_survives_restart(config_path, pty_pair, 
             "saved store.max_bytes = 1000000; takes effect after 'restart'"]
         assert squash(term.cmd("config set batch.max_age_s -4")).startswith(
             squash(["failed: %s: batch.max_age_s: must be between" % config_path]))
-        assert term.cmd("sensor add fridge serial port=/dev/ttyUSB9 baud=9600") == [
+        assert term.cmd("sensor add fridge serial port=%s baud=9600" % fridge_port) == [
             "added source fridge (serial); takes effect after 'restart'"]
         assert "failed:" in term.cmd("sensor add ghost serial baud=9600")[0]  # no port: refused now, not at boot
         shown = "\n".join(term.cmd("config show"))

@@ -18,6 +18,7 @@ log = logging.getLogger("gateway.app.agent")  # one logger for the agent's messa
 
 
 class Delivery:
+    last_rejection = None  # (HTTP status or None, reason, wall time) of the last batch the upstream refused
     # -- the uplink task --------------------------------------------------------------------------------------
     async def _next_batches(self, limit=8):
         """The next round: alarms first, then oldest first; suspected poison after the rest, and not at all while
@@ -76,6 +77,7 @@ class Delivery:
         """Decide a failed batch's fate: ``next`` (quarantined), ``skipped`` (a suspect passed over) or
         ``backoff`` (an outage: the backoff was slept out, re-read the queue)."""
         if not exc.retryable:
+            self.last_rejection = (exc.status, str(exc), self.clock.wall())  # the console shows why
             if exc.status == 409:
                 # The backend holds other bytes under this (gw, boot, seq): a reused identity or a forgery. Keep
                 # ours (quarantined, counted), never drop them as "delivered".

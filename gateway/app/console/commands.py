@@ -55,8 +55,9 @@ class Console(ReadCommands, UnlockCommands, WriteCommands):
         return "%s%s " % (gw, "#" if self.lock.unlocked else ">")
 
     def banner(self):
-        return self._reply(["edge-gateway %s console. Type 'help' for commands, 'unlock' to change things."
-                            % self.view.version()])
+        """Two short lines; the adapter starts them on a fresh line (the screen may still show an old prompt)."""
+        return self._reply(["edge-gateway %s console." % self.view.version(),
+                            "Type 'help' for commands, 'unlock' to change things."])
 
     def disconnected(self):
         """The cable went away: lock, forget any half-entered PIN."""
@@ -106,7 +107,9 @@ class Console(ReadCommands, UnlockCommands, WriteCommands):
         return result
 
     def _dispatch(self, words, text):
-        cmd = BY_WORDS.get(tuple(words[:2])) or BY_WORDS.get(tuple(words[:1]))
+        """Command words are case-insensitive (``STATUS``, ``Uplink Test``); arguments keep their case."""
+        key = tuple(w.lower() for w in words[:2])
+        cmd = BY_WORDS.get(key) or BY_WORDS.get(key[:1])
         if cmd is None:
             return self._unknown(words)
         args = words[len(cmd.words):]

@@ -6,6 +6,26 @@ from gateway.app.console.table import BY_WORDS, COMMANDS, GROUPS
 from gateway.app.console.text import age, sanitize, size, uptime, value_text
 from gateway.app.console.values import Work
 
+#: what to check when the upstream refuses batches with this HTTP status (``status`` and ``uplink test``)
+REJECTION_HINTS = {400: "backend refuses the format", 422: "backend refuses the format",
+                   401: "enroll the key (trust store)", 403: "enroll the key (trust store)",
+                   404: "check uplink.url", 405: "check uplink.url", 410: "check uplink.url",
+                   409: "backend holds other data: report it", 413: "lower batch.max_readings"}
+DEFAULT_HINT = "see 'log'"
+
+
+def rejection(s):
+    """The upstream's refusal still in force (no acknowledgement since), from a status dict, or None:
+    ``(what, reason, hint)``, e.g. ``("HTTP 404 on 11 batches", "... answered 404 Not Found", "check uplink.url")``."""
+    rej = s.get("last_rejection")
+    if not rej or (s.get("last_ack") is not None and s["last_ack"] >= rej["wall"]):
+        return None
+    c = s.get("counters", {})
+    n = c.get("quarantined", 0) - c.get("poison_batches", 0)
+    status = rej.get("status")
+    what = "%s on %d batch%s" % ("HTTP %d" % status if status else "refused", n, "" if n == 1 else "es")
+    return what, rej.get("reason", ""), REJECTION_HINTS.get(status, DEFAULT_HINT)
+
 
 class ReadCommands:
     """Mixed into ``Console`` (which provides ``view``, ``_reply``, ``_unknown`` and ``_usage``)."""
@@ -30,7 +50,7 @@ class ReadCommands:
         lines += [text for c in COMMANDS if not c.write for text in row(c)]
         lines.append("After 'unlock' (technician PIN):")
         lines += [text for c in COMMANDS if c.write for text in row(c)]
-        lines.append("Enter runs a line; Backspace edits; Ctrl-C abandons; Ctrl-U clears.")
+        lines.append("Enter runs; Backspace edits; Up/Down recall; Ctrl-C abandons; Ctrl-U clears.")
         return self._reply(lines)
 
     def do_version(self, args, text):
@@ -48,10 +68,18 @@ class ReadCommands:
                                                                  s.get("boot"), s.get("kid")),
             "uptime    %s" % uptime(s.get("uptime_s")),
             "clock     %s" % ("synced" if s.get("clock_synced") else "NOT synced (times are provisional)"),
-            "uplink    %s  %s" % (s.get("uplink_state"), s.get("uplink")),
-            "last ack  %s" % ack,
         ]
-        if s.get("last_error"):
+        rejected = rejection(s)
+        if rejected:  # reachable or not, the upstream refuses what it gets: say so, and why, first
+            lines += ["uplink    REJECTING: %s  -> %s" % (rejected[0], rejected[2]),
+                      "          last: %s" % rejected[1]]
+            if s.get("uplink_state") == "down" or str(s.get("uplink")) not in rejected[1]:
+                lines.append("          %s%s" % ("down now, " if s.get("uplink_state") == "down" else "",
+                                                s.get("uplink")))
+        else:
+            lines.append("uplink    %s  %s" % (s.get("uplink_state"), s.get("uplink")))
+        lines.append("last ack  %s" % ack)
+        if s.get("last_error") and not (rejected and s["last_error"] == rejected[1]):
             lines.append("error     %s" % s["last_error"])
         lines += [
             "queue     %d batches, %d readings, %s, %d alarms; %d in memory" % (
@@ -67,10 +95,11 @@ class ReadCommands:
         if any(integrity):
             lines.append("integrity salvaged %d, lost %d (corrupt queue); poison %d, conflict %d batches" % tuple(
                 integrity))
+        refused = c.get("quarantined", 0) - c.get("poison_batches", 0)  # rejections are failures of the uplink
         lines += [
-            "readings  %d in, %d sent in %d batches; %d uplink failures" % (
+            "readings  %d in, %d sent in %d batches; %d uplink failures%s" % (
                 c.get("readings_in", 0), c.get("readings_sent", 0), c.get("batches_sent", 0),
-                c.get("uplink_failures", 0)),
+                c.get("uplink_failures", 0) + refused, " (%d rejected)" % refused if refused else ""),
         ]
         for src in s.get("sources", []):
             errs = sum(v for k, v in src.get("counters", {}).items() if k.startswith("error."))
@@ -126,9 +155,16 @@ class ReadCommands:
 
     def do_uplink_test(self, args, text):
         def finish(probe):
+            rejected = rejection(self.view.status())
+            ms = probe.latency_s * 1000.0
+            if rejected:  # reachable is not ok while the last batches were refused
+                head = ("uplink REJECTING: reachable in %.1f ms, but %s" if probe.ok else
+                        "uplink FAILED after %.1f ms, and before that %s") % (ms, rejected[0])
+                return self._reply([head, "  probe: %s" % probe.detail, "  last rejection: %s" % rejected[1],
+                                    "  -> %s, then 'store requeue'" % rejected[2]])
             if probe.ok:
-                return self._reply(["uplink ok in %.1f ms: %s" % (probe.latency_s * 1000.0, probe.detail)])
-            return self._reply(["uplink FAILED after %.1f ms: %s" % (probe.latency_s * 1000.0, probe.detail)])
+                return self._reply(["uplink ok in %.1f ms: %s" % (ms, probe.detail)])
+            return self._reply(["uplink FAILED after %.1f ms: %s" % (ms, probe.detail)])
         return Work(self.view.uplink_test, finish, "uplink test")
 
     def do_log(self, args, text):

@@ -145,7 +145,8 @@ class _Session:
 
     async def run(self):
         self.loop.add_reader(self.fd, self.readable)
-        self.write(self.console.banner().render() + self.prompt())
+        # A fresh line first: the technician's screen may still show the last session's prompt (a reopen).
+        self.write(b"\r\n" + self.console.banner().render() + self.prompt())
         self.server.connected.set()
         tasks = [asyncio.create_task(self.worker(), name="console-worker"),
                  asyncio.create_task(self.idle(), name="console-idle")]
@@ -217,7 +218,8 @@ class _Session:
     def prompt(self):
         """The prompt and the partial line typed so far (masked while a PIN is being entered)."""
         self.disc.mask = self.console.masked
-        return self.console.prompt().encode("ascii", "replace") + self.disc.redraw()
+        self.disc.prompt = self.console.prompt()
+        return self.disc.prompt.encode("ascii", "replace") + self.disc.redraw()
 
     # -- the write path ---------------------------------------------------------------------------------------
     def write(self, data):

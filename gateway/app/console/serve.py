@@ -57,7 +57,7 @@ def build_console(agent, port, config_path=None, *, board=None, request_restart=
         board = SensorBoard()
         attach_board(agent, board)
     ring = RingLogHandler(ring_capacity)
-    view = AgentView(agent, board, config_path, ring, request_restart or _default_restart)
+    view = AgentView(agent, board, config_path, ring, request_restart or _default_restart, console_port=port)
     try:
         lock = PinLock(pin_hash, agent.clock, max_failures=max_failures, lockout_s=lockout_s, backoff_s=backoff_s,
                        idle_lock_s=idle_lock_s, state=LockState(lock_path) if lock_path else None)

@@ -8,6 +8,7 @@ worker thread, never on the agent's event loop.
 import collections
 import logging
 import os
+import stat
 import time
 import tomllib
 
@@ -47,8 +48,10 @@ class RingLogHandler(logging.Handler):
 
 
 class AgentView(GatewayView):
-    def __init__(self, agent, board, config_path=None, ring=None, request_restart=None, probe_timeout=5.0):
+    def __init__(self, agent, board, config_path=None, ring=None, request_restart=None, probe_timeout=5.0,
+                 console_port=None):
         self.agent = agent
+        self.console_port = console_port  # the console's own tty: no source may take it
         self.board = board
         self.config_path = config_path
         self.ring = ring
@@ -73,6 +76,9 @@ class AgentView(GatewayView):
                 st[key] = redact_text(st[key])
         st["version"] = __version__
         st["wall"] = self.agent.clock.wall()
+        rejected = self.agent.last_rejection  # (status, reason, wall) kept by gateway.app.delivery
+        if rejected is not None:
+            st["last_rejection"] = {"status": rejected[0], "reason": redact_text(rejected[1]), "wall": rejected[2]}
         return st
 
     def sensor_rows(self):
@@ -146,7 +152,14 @@ class AgentView(GatewayView):
     def sensor_add(self, name, kind, params):
         raw = self.config_data()
         new, spec = settings.add_source(raw, name, kind, params, self.config_path)
-        _check_source(spec, self.agent.clock, self.config_path, len(new["sources"]) - 1)
+        index = len(new["sources"]) - 1
+        if "port" in spec:
+            busy = {str(s.get("port")): "source %r" % s.get("name") for s in raw.get("sources", []) if s.get("port")}
+            for port in (self.console_port, raw.get("console", {}).get("port")):
+                if port:
+                    busy[str(port)] = "the console"
+            _check_port(str(spec["port"]), busy, self.config_path, "sources[%d].port" % index)
+        _check_source(spec, self.agent.clock, self.config_path, index)
         self._persist(new)
         return "added source %s (%s); takes effect after 'restart'" % (name, kind)
 
@@ -176,6 +189,28 @@ class AgentView(GatewayView):
             raise ValueError("restart is not available here")
         self.request_restart()
         return "restarting: the agent stops now and systemd starts it again"
+
+
+def _check_port(port, busy, file, key):
+    """Refuse a port that is missing, not a serial device, or already taken (``busy``: port -> who uses it),
+    without opening it (opening a serial port can reset the device behind it)."""
+    try:
+        st = os.stat(port)
+    except FileNotFoundError:
+        raise ConfigError("no device %s (unplugged? stable names: /dev/edge-gateway/)" % port,
+                          file, key) from None
+    except OSError as exc:
+        raise ConfigError("cannot check %s: %s" % (port, exc.strerror), file, key) from exc
+    if not stat.S_ISCHR(st.st_mode):
+        raise ConfigError("%s is not a serial device (not a character device)" % port, file, key)
+    sysfs = "/sys/dev/char/%d:%d/subsystem" % (os.major(st.st_rdev), os.minor(st.st_rdev))
+    if os.path.exists(sysfs) and os.path.basename(os.path.realpath(sysfs)) != "tty":  # pty slaves have no entry
+        raise ConfigError("%s is not a serial device (a %s device)" % (
+            port, os.path.basename(os.path.realpath(sysfs))), file, key)
+    real = os.path.realpath(port)
+    for other, who in busy.items():
+        if other == port or os.path.realpath(other) == real:
+            raise ConfigError("%s is already used by %s" % (port, who), file, key)
 
 
 def _check_source(spec, clock, file, index):
