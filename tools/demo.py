@@ -1,7 +1,7 @@
 """``edge-gateway demo``: the agent on an embedded default, with nothing to configure.
 
-Simulated sensor boards (``firmware_sim/line_node.py`` under MicroPython when installed) talk to the agent over
-real pseudo-terminals through pyserial; the agent batches, signs and commits to a SQLite store, and delivers to a
+One simulated sensor board with ``--sensors`` sensors (``firmware_sim/line_node.py`` under MicroPython when
+installed) talks to the agent over a real pseudo-terminal through pyserial; the agent batches, signs and commits to a SQLite store, and delivers to a
 loopback reference receiver that verifies every batch (or to ``--uplink URL``). ``--store DIR`` keeps the key, the
 trust store, the boot epoch and the queue in DIR, so a demo killed with SIGKILL resumes where it stopped.
 """
