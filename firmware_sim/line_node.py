@@ -1,12 +1,13 @@
 # A custom sensor board speaking the line protocol: one "id=<sensor> n=<tick> temp=<C> hum=<%>" line per sensor and
-# tick.
+# tick (without "n=<tick>" with --tick 0).
 #
 # Written to MicroPython's subset: it runs unchanged under the MicroPython unix port and under CPython.
 # Usage: line_node.py [--sensors N] [--rate HZ] [--count N] [--seed S] [--prefix NAME] [--start-temp C]
-#                     [--checksum 1] [--deadband C] [--heartbeat S] [--fault KIND[:ARG]@TICK ...]
+#                     [--checksum 1] [--deadband C] [--heartbeat S] [--tick 0|1] [--fault KIND[:ARG]@TICK ...]
 # Output goes to stdout as raw bytes (the harness puts a pseudo-terminal there). It exits after --count ticks
 # (0 = run until killed). Values are deterministic for a seed; the "n" field numbers the ticks, so a test can count
-# exactly what was produced.
+# exactly what was produced. It is a test aid, not a measurement: --tick 0 leaves it out (the demo does, unless
+# asked for it with --tick-counter), so it does not travel upstream as a reading.
 #
 # --checksum 1 ends every line with "*HH" (the XOR of the bytes before the '*', as in NMEA).
 # With --deadband the node reports by exception: it runs the gateway's own rules engine (gateway/rules, pure and
@@ -22,7 +23,7 @@ except ImportError:  # imported as firmware_sim.line_node under CPython
     from firmware_sim.faults import parse_args, run_paced
 
 OPTIONS = {"sensors": 3, "rate": 1.0, "count": 0, "seed": 1, "prefix": "board", "start_temp": 4.0,
-           "checksum": 0, "deadband": 0.0, "heartbeat": 0.0}
+           "checksum": 0, "deadband": 0.0, "heartbeat": 0.0, "tick": 1}
 
 
 def lcg(state):
@@ -30,11 +31,13 @@ def lcg(state):
 
 
 def line(sensor, n, temp, hum, checksum=False, bad=False):
+    """One line; ``n`` None leaves the tick counter out."""
     # Fixed-point formatting by hand: MicroPython's float formatting differs in the last digit.
     t = int(round(temp * 100))
     sign = "-" if t < 0 else ""
     t = abs(t)
-    body = "id=%s n=%d temp=%s%d.%02d hum=%d.%d" % (sensor, n, sign, t // 100, t % 100, hum // 10, hum % 10)
+    tick = "" if n is None else " n=%d" % n
+    body = "id=%s%s temp=%s%d.%02d hum=%d.%d" % (sensor, tick, sign, t // 100, t % 100, hum // 10, hum % 10)
     if checksum or bad:
         x = 0
         for c in body.encode():
@@ -85,7 +88,7 @@ class Board:
                 t = tick * self.period if self.period else float(tick)
                 if not self.engine.process(Sample(sensor, "temp", round(self.temps[k], 2), t)).send:
                     continue  # report by exception: nothing new worth the airtime
-            out += line(sensor, tick, self.temps[k], hum, self.o["checksum"], bad and not out)
+            out += line(sensor, tick if self.o["tick"] else None, self.temps[k], hum, self.o["checksum"], bad and not out)
         return out
 
 

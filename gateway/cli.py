@@ -8,6 +8,7 @@ import argparse
 import faulthandler
 import json
 import logging
+import math
 import os
 import signal
 import sqlite3
@@ -25,6 +26,15 @@ def _setup_logging(level):
 
 def cmd_demo(args):
     _setup_logging("warning" if not args.verbose else "info")
+    given = [name for name in DEMO_ONLY if getattr(args, name) not in (None, False)]
+    if args.scenario and given:
+        args.parser.error("--scenario runs its own agent, sensors and receiver and takes only --quick, --seed and "
+                          "--json; it does not take %s" % ", ".join("--" + n.replace("_", "-") for n in given))
+    if args.quick and not args.scenario:
+        args.parser.error("--quick goes with --scenario NAME")
+    for name, default in DEMO_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.scenario:
         from tools.scenarios import UnknownScenario, run_scenario
         try:
@@ -199,19 +209,21 @@ def build_parser(command=None):
     sub.required = True
 
     d = sub.add_parser("demo", help="run the agent on simulated sensors with a loopback receiver")
-    d.add_argument("--duration", type=float, default=10.0, help="seconds to run (default 10)")
+    d.add_argument("--duration", type=_positive(float), help="seconds to run (default 10; Ctrl-C stops earlier)")
     d.add_argument("--scenario", help="a field scenario (see docs/scenarios.md)")
     d.add_argument("--quick", action="store_true", help="the short form of a scenario")
     d.add_argument("--seed", type=int, default=1)
-    d.add_argument("--sensors", type=int, default=3, help="simulated sensors on the board (default 3)")
-    d.add_argument("--rate", type=float, default=2.0, help="readings per second per sensor (default 2)")
+    d.add_argument("--sensors", type=_positive(int), help="simulated sensors on the one board (default 3)")
+    d.add_argument("--rate", type=_positive(float), help="lines per second per sensor (default 2)")
+    d.add_argument("--tick-counter", action="store_true", help="the board also sends its tick number n as a "
+                   "reading (a test aid: a gap in n is a lost reading)")
     d.add_argument("--save-batches", metavar="DIR", help="write each batch as DIR/NNNNNN.cose plus DIR/jwks.json")
     d.add_argument("--uplink", metavar="URL", help="send to this HTTP receiver instead of the built-in one")
     d.add_argument("--store", metavar="DIR", help="keep key, jwks.json, boot epoch and queue in DIR")
     d.add_argument("--console", metavar="DEVICE", help="serve the technician console on DEVICE")
     d.add_argument("--json", action="store_true", help="print one JSON summary at the end")
     d.add_argument("--verbose", action="store_true", help="log at INFO")
-    d.set_defaults(func=cmd_demo)
+    d.set_defaults(func=cmd_demo, parser=d)
 
     r = sub.add_parser("run", help="the production agent")
     r.add_argument("--config", required=True, metavar="FILE")
@@ -251,6 +263,27 @@ def build_parser(command=None):
                     raise
                 sub.add_parser(name, help="(not installed here: %s)" % NOT_SHIPPED).set_defaults(func=_missing)
     return p
+
+
+def _positive(kind):
+    """An argparse type: a finite number above zero (``--duration -5``, ``--rate nan`` and ``--sensors 0`` are
+    refused with a usage error, not run)."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("%r is not a%s number" % (text, "n integer" if kind is int else ""))
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError("must be a finite number above zero, not %s" % text)
+        return value
+    parse.__name__ = "positive " + kind.__name__  # argparse names the type in its message
+    return parse
+
+
+#: demo flags a scenario does not take (it builds its own world): refused with --scenario, not ignored
+DEMO_ONLY = ("duration", "sensors", "rate", "tick_counter", "save_batches", "uplink", "store", "console")
+#: the demo's defaults for the flags above whose absence must be told apart from a value (see ``DEMO_ONLY``)
+DEMO_DEFAULTS = {"duration": 10.0, "sensors": 3, "rate": 2.0}
 
 
 #: ``backend/`` and ``tools/`` do not ship in the gateway's wheel (docs/architecture.md): on a gateway, their

@@ -21,8 +21,9 @@ EG = [sys.executable, "-m", "gateway.cli"]
 def demo_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("demo")
     out, store = base / "batches", base / "store"
+    # --tick-counter: the board numbers its lines (n), so a test can tell that no reading was lost
     proc = subprocess.run(EG + ["demo", "--duration", "3", "--rate", "5", "--save-batches", str(out), "--store",
-                                str(store), "--json"], capture_output=True, text=True, timeout=60)
+                                str(store), "--tick-counter", "--json"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1]), out, store
 
@@ -32,7 +33,11 @@ def test_summary_counts(demo_run):
     assert summary["batches_sent"] >= 2
     assert summary["batches_verified"] == summary["batches_sent"]
     assert summary["batches_rejected"] == 0 and summary["queue_left"] == 0
-    assert summary["readings_generated"] >= 3 * 3 * 5 * 2  # 3 sensors x 3 quantities x 5 Hz x >= 2 s
+    assert summary["readings_generated"] >= 3 * 3 * 5 * 2  # 3 sensors x 3 quantities (n, temp, hum) x 5 Hz x >= 2 s
+    # every reading taken in was delivered, and the records sent are those plus the health records
+    assert summary["readings_delivered"] == summary["readings_generated"] - summary["readings_bad_value"]
+    assert summary["readings_sent"] == summary["readings_delivered"] + summary["health_delivered"]
+    assert summary["receiver"]["records"] == summary["readings_sent"]
     assert len(glob.glob(str(out / "*.cose"))) == summary["batches_sent"]
 
 

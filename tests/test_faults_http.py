@@ -201,6 +201,7 @@ def check_delivery(saved, received, killed_boots, min_readings):
                 readings += 1
             if name.endswith("/n"):
                 counters.setdefault((boot, name), []).append(int(v))
+    assert counters, "no tick counter n arrived (the demo sends it with --tick-counter)"
     for (boot, name), ns in counters.items():
         assert sorted(ns) == list(range(min(ns), max(ns) + 1)) and len(ns) == len(set(ns)), (boot, name)
     accepted = sum(1 for records in saved.values() for r in records if "/health/" not in r[0])
@@ -214,7 +215,7 @@ def run_kill_cycles(store, saved_dir, uplink, rng, kills, on_cycle, log, sensors
     drain. ``on_cycle(i, phase)`` injects the other faults. Returns the boot epochs that were killed."""
     killed = []
     base = ["demo", "--store", store, "--uplink", uplink, "--save-batches", saved_dir, "--sensors", str(sensors),
-            "--rate", str(rate), "--json"]
+            "--rate", str(rate), "--tick-counter", "--json"]  # n on every line: a gap in it is a lost reading
     for i in range(kills):
         on_cycle(i, "before")
         before = len(os.listdir(saved_dir)) if os.path.isdir(saved_dir) else 0

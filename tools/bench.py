@@ -305,7 +305,9 @@ def register(sub):
 
 
 def _cmd(args):
-    progress = None if args.json else (lambda msg: print("... " + msg, file=sys.stderr, flush=True))
+    # progress goes to stderr with --json too (stdout stays one JSON object): a long run shows it is alive
+    def progress(msg):
+        print("... " + msg, file=sys.stderr, flush=True)
     results = run_bench(args.quick, progress)
     if args.json:
         print(json.dumps(results, sort_keys=True))

@@ -1,7 +1,7 @@
 """``edge-gateway demo``: the agent on an embedded default, with nothing to configure.
 
-Simulated sensor boards (``firmware_sim/line_node.py`` under MicroPython when installed) talk to the agent over
-real pseudo-terminals through pyserial; the agent batches, signs and commits to a SQLite store, and delivers to a
+One simulated sensor board with ``--sensors`` sensors (``firmware_sim/line_node.py`` under MicroPython when
+installed) talks to the agent over a real pseudo-terminal through pyserial; the agent batches, signs and commits to a SQLite store, and delivers to a
 loopback reference receiver that verifies every batch (or to ``--uplink URL``). ``--store DIR`` keeps the key, the
 trust store, the boot epoch and the queue in DIR, so a demo killed with SIGKILL resumes where it stopped.
 """
@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from gateway.app.agent import Agent
 from gateway.core.clock import SystemClock
 from gateway.app.config import BatchSection
 from gateway.core.errors import VerifyError
+from gateway.core.pipeline import HEALTH_SENSOR
 from backend.receiver import Receiver, ReceiverServer
 from gateway.adapters.store import Store
 from gateway.adapters.uplink import uplink_from_url
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 GATEWAY_ID = "gw-demo"
 UNITS = {"temp": "Cel", "hum": "%RH"}
+DRAIN_S = 10  # after the stop, how long the demo keeps delivering what is queued
 
 
 class BatchSaver:
@@ -52,11 +55,12 @@ class BatchSaver:
 
 
 def _prepare_dir(store_dir):
+    """``(workdir, temporary)``: ``--store DIR``, or a new private temporary directory the demo removes at the end
+    unless batches in it were not delivered."""
     if store_dir:
         os.makedirs(store_dir, mode=0o700, exist_ok=True)
-        return store_dir, None
-    tmp = tempfile.TemporaryDirectory(prefix="edge-gateway-demo-")
-    return tmp.name, tmp
+        return store_dir, False
+    return tempfile.mkdtemp(prefix="edge-gateway-demo-"), True
 
 
 def _make_uplink(url):
@@ -67,13 +71,18 @@ def _make_uplink(url):
 
 
 def run_demo(args, out=sys.stdout):
-    """Returns the summary dict; the CLI prints it and picks the exit code."""
-    workdir, tmp = _prepare_dir(args.store)
+    """Returns the summary dict; the CLI prints it and picks the exit code.
+
+    The temporary directory goes at the end, unless it holds batches that were not delivered (an unreachable
+    ``--uplink``): then it stays, and the summary says where and how to send them (``kept_in``)."""
+    workdir, temporary = _prepare_dir(args.store)
+    summary = None
     try:
-        return asyncio.run(_demo(args, workdir, out))
+        summary = asyncio.run(_demo(args, workdir, out))
+        return summary
     finally:
-        if tmp is not None:
-            tmp.cleanup()
+        if temporary and not (summary and summary.get("kept_in")):
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _identity(workdir):
@@ -85,19 +94,23 @@ def _identity(workdir):
 
 
 def _verifier(trust, say):
-    """The agent's ``on_sent``: verify each delivered batch as a backend would, count and show it."""
-    verified = {"ok": 0, "rejected": 0}
+    """The agent's ``on_sent``: verify each delivered batch as a backend would, count and show it (one line of at
+    most 80 columns: seq, the sensor readings and health records it carries, its size)."""
+    verified = {"ok": 0, "rejected": 0, "readings": 0, "health": 0}
 
     def on_sent(batch):
         try:
             checked = wire.verify(batch.data, trust)
-            verified["ok"] += 1
-            say("batch %d/%-4d %4d readings %5d bytes  %s  delivered and verified (kid %s)" % (
-                batch.boot, batch.seq, batch.readings, len(batch.data), "ALARM" if batch.priority else "     ",
-                checked.kid))
         except VerifyError as exc:
             verified["rejected"] += 1
-            say("batch %d/%d FAILED verification: %s" % (batch.boot, batch.seq, exc))
+            say("batch %4d  FAILED verification: %s" % (batch.seq, exc))
+            return
+        health = sum(1 for r in checked.records if r.get("n", "").split("/")[1:2] == [HEALTH_SENSOR])
+        verified["ok"] += 1
+        verified["readings"] += len(checked.records) - health
+        verified["health"] += health
+        say("batch %4d  %4d readings + %2d health  %6d bytes  delivered, verified%s" % (
+            batch.seq, len(checked.records) - health, health, len(batch.data), "  ALARM" if batch.priority else ""))
     return on_sent, verified
 
 
@@ -124,7 +137,8 @@ async def _demo(args, workdir, out):
     if store.recovered_from:
         say("store was corrupt; moved aside to %s" % store.recovered_from)
     saver = BatchSaver(args.save_batches, jwks) if args.save_batches else None
-    node = PtyNode("line_node", ["--sensors", args.sensors, "--rate", args.rate, "--seed", args.seed],
+    node = PtyNode("line_node", ["--sensors", args.sensors, "--rate", args.rate, "--seed", args.seed,
+                                 "--tick", int(bool(getattr(args, "tick_counter", False)))],
                    link=os.path.join(workdir, "tty-board"))
     node.start()
     source = SerialSource("board", node.path, LinesProtocol(units=UNITS), clock, baud=115200)
@@ -132,19 +146,25 @@ async def _demo(args, workdir, out):
     agent = Agent(gw=GATEWAY_ID, key=key, store=store, uplink=_make_uplink(url), sources=[source], clock=clock,
                   batch=BatchSection(max_readings=500, max_age_s=1.0, time_quantum_s=0.1),
                   rng=random.Random(args.seed), backoff=(0.2, 5.0), on_commit=saver, on_sent=on_sent)
-    say("edge-gateway demo: gateway %s, boot epoch %d, kid %s%s" % (
-        GATEWAY_ID, agent.boot, key.kid, " (new key)" if created else ""))
-    say("sensors: %d simulated boards under %s on %s; uplink %s" % (
-        args.sensors, os.path.basename(node.python), node.slave_path, url))
+    quantities = ", ".join(sorted(UNITS)) + (", n (tick counter)" if getattr(args, "tick_counter", False) else "")
+    say("edge-gateway demo: gateway %s, key %s%s; Ctrl-C stops" % (
+        GATEWAY_ID, key.kid, " (new)" if created else ""))
+    say("board: 1 simulated board, %d sensor%s (%s) at %g lines/s each," % (
+        args.sensors, "" if args.sensors == 1 else "s", quantities, args.rate))
+    say("       %s on %s" % (os.path.basename(node.python), node.slave_path))
+    say("uplink: %s%s" % (url, "" if args.uplink else " (the built-in receiver)"))
+    say("boot epoch %d: the batches below are numbered by seq in it" % agent.boot)
     stop = _stop_event(args.duration)
+    announcer = asyncio.create_task(_announce_stop(stop, say))
     console = None
     if args.console:
         from gateway.app.console.serve import serve_console
         console = serve_console(agent, args.console, None, request_restart=stop.set)
         say("technician console on %s (115200 8N1; read-only: the demo has no config file)" % args.console)
     try:
-        await agent.run(stop, drain_timeout=10.0)
+        await agent.run(stop, drain_timeout=DRAIN_S)
     finally:
+        announcer.cancel()
         if console is not None:
             console.cancel()
             await asyncio.gather(console, return_exceptions=True)
@@ -153,20 +173,43 @@ async def _demo(args, workdir, out):
         store.close()
         if server:
             server.stop()
-    return _summary(args, out, say, agent, source, node, server, verified, store_depth)
+    return _summary(args, out, say, agent, source, node, server, verified, store_depth, workdir, url)
 
 
-def _summary(args, out, say, agent, source, node, server, verified, store_depth):
+async def _announce_stop(stop, say):
+    """Say why the demo has not exited yet: after the stop it still delivers what is queued, up to ``DRAIN_S``."""
+    await stop.wait()
+    say("stopping: delivering what is still queued, for at most %d s" % DRAIN_S)
+
+
+def _summary(args, out, say, agent, source, node, server, verified, store_depth, workdir, url):
+    """The counts, each with one meaning:
+
+    * ``readings_generated``: readings the agent took in from the board (each line's values);
+    * ``readings_bad_value``: of those, dropped because their value cannot travel;
+    * ``readings_delivered``: sensor readings in delivered batches (no rules drop any in the demo, so when nothing
+      is left in the queue, ``readings_generated - readings_bad_value``);
+    * ``health_delivered``: health records (``health/<counter>``) the agent added to delivered batches;
+    * ``readings_sent``: all records in delivered batches, ``readings_delivered + health_delivered``: the sum of
+      the batch lines;
+    * ``queue_left``: batches committed but not delivered when the demo stopped.
+    """
     summary = {
         "gateway": GATEWAY_ID, "boot": agent.boot, "kid": agent.kid, "interpreter": os.path.basename(node.python),
         "readings_generated": agent.counters["readings_in"],
+        "readings_bad_value": agent.counters["readings_bad_value"],
         "batches_sent": agent.counters["batches_sent"],
         "readings_sent": agent.counters["readings_sent"],
+        "readings_delivered": verified["readings"],
+        "health_delivered": verified["health"],
         "batches_verified": verified["ok"],
         "batches_rejected": verified["rejected"] + agent.counters["quarantined"],
         "queue_left": store_depth[0],
+        "readings_left": store_depth[1],
         "serial_errors": {k: v for k, v in source.counters.items() if k.startswith("error.")},
     }
+    if summary["queue_left"] or summary["batches_rejected"]:
+        summary["kept_in"] = os.path.abspath(workdir)
     if server:
         stats = server.receiver.stats()
         summary["receiver"] = stats
@@ -177,7 +220,18 @@ def _summary(args, out, say, agent, source, node, server, verified, store_depth)
         summary["saved_to"] = os.path.abspath(args.save_batches)
     if args.json:
         print(json.dumps(summary, sort_keys=True), file=out, flush=True)
-    else:
-        say("done: %(readings_generated)d readings, %(batches_sent)d batches sent, %(batches_verified)d verified, "
-            "%(batches_rejected)d rejected, %(queue_left)d left in the queue" % summary)
+        return summary
+    say("done: %(readings_generated)d readings from the board, %(readings_bad_value)d dropped as bad values;"
+        % summary)
+    say("      %(batches_sent)d batches delivered: %(readings_delivered)d readings + %(health_delivered)d health "
+        "records" % summary)
+    say("      %(batches_verified)d verified, %(batches_rejected)d rejected, %(queue_left)d left in the queue"
+        % summary)
+    if summary["queue_left"]:
+        say("NOT delivered: %(queue_left)d batches (%(readings_left)d records) stay in the queue in" % summary)
+        say("  %s" % summary["kept_in"])
+        say("to send them: edge-gateway demo --store %s \\" % summary["kept_in"])
+        say("                  --uplink %s" % url)
+    elif summary.get("kept_in"):
+        say("rejected batches are kept in %s" % summary["kept_in"])
     return summary

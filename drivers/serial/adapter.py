@@ -85,9 +85,13 @@ class SerialSource(Source):
             self.protocol.reset()  # a fresh port: no transaction is outstanding on it
         try:
             while True:
+                # asyncio.timeout, not wait_for: on Python 3.11, wait_for swallows a cancellation that arrives in
+                # the loop iteration where the awaited event fires (bytes on the port), and the source then runs on
+                # after the agent cancelled it, which hung the demo's Ctrl-C (the node writes as it dies).
                 try:
-                    await asyncio.wait_for(ready.wait(), interval)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(interval):
+                        await ready.wait()
+                except TimeoutError:
                     pass
                 now = self.clock.monotonic()
                 if ready.is_set():

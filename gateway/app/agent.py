@@ -50,6 +50,25 @@ AGENT_HEALTH = ("memory_dropped_batches", "memory_dropped_readings", "store_erro
 LIVE = ("max_age_s", "max_readings", "backoff_min_s", "backoff_max_s")
 
 
+async def _cancel(tasks, again_after=1.0, timeout=20.0):
+    """Cancel ``tasks`` and wait until they end, cancelling again one that swallowed it: on Python 3.11,
+    ``asyncio.wait_for`` drops a cancellation that arrives in the loop iteration where what it awaits completes (a
+    port's bytes, a wake-up event), and the task runs on. Awaiting it once more hung the demo's Ctrl-C for good."""
+    loop = asyncio.get_running_loop()
+    pending = set(tasks)
+    deadline = loop.time() + timeout
+    while pending and loop.time() < deadline:
+        for task in pending:
+            task.cancel()
+        done, pending = await asyncio.wait(pending, timeout=min(again_after, max(0.0, deadline - loop.time())))
+        for task in done:
+            if not task.cancelled():
+                task.exception()  # retrieved: a task that failed while stopping has nothing left to report to
+    if pending:
+        log.error("shutdown: %s did not stop within %.0f s; leaving them behind", ", ".join(
+            t.get_name() for t in pending), timeout)
+
+
 class Agent(Delivery):
     def __init__(self, *, gw, key, store, uplink, sources=(), clock, batch=None, rules=None, rng=None,
                  backoff=(0.5, 300.0), max_pending=256, health_interval=60.0, on_commit=None, on_sent=None,
@@ -247,17 +266,13 @@ class Agent(Delivery):
                 if task is not waiter and task.exception() is not None:
                     raise task.exception()
         finally:
-            for task in source_tasks:
-                task.cancel()
-            await asyncio.gather(*source_tasks, return_exceptions=True)
+            await _cancel(source_tasks)
             self.cut()
             self._commit_wake.set()
             await self._wait(lambda: not self._pending, 10.0)
             if drain_timeout:
                 await self._wait(lambda: self.depth()[0] == 0, drain_timeout)
-            for task in core:
-                task.cancel()
-            await asyncio.gather(*core, return_exceptions=True)
+            await _cancel(core)
             await self._close_blocking()
 
     async def _close_blocking(self, timeout=20.0):
