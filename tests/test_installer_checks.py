@@ -247,3 +247,12 @@ def test_an_unknown_target_is_refused_by_the_parser_with_the_values(tmp_path, ca
             "--bundle", str(tmp_path / "b"), "--target", "x")
     assert exc.value.code == 2 and "native" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_a_bad_csv_row_refuses_the_whole_fleet_before_writing(tmp_path, capsys):
+    fleet = tmp_path / "fleet.csv"
+    fleet.write_text("gateway_id,uplink\ngw-a,https://ok.example/v1/batches\ngw-b,https://ok.example:99999/v1\n")
+    out = tmp_path / "prov"
+    rc, printed = run("--csv", str(fleet), "--out", str(out))
+    assert rc == 2 and printed == [] and "line 3 (gw-b)" in capsys.readouterr().err
+    assert not out.exists()  # gw-a, checked first, was not written either; no trust store
