@@ -6,7 +6,7 @@ crash it, wedge its database connection or earn a 5xx (a 5xx means *our* storage
 
 HTTP API:
 
-* ``POST /v1/batches`` (any path but ``/stats``), body = one COSE_Sign1, ``Content-Type:
+* ``POST /v1/batches`` (that path only: any other is ``404 not_found``), body = one COSE_Sign1, ``Content-Type:
   application/cose; cose-type="cose-sign1"``. ``201`` stored, ``200`` duplicate (already stored, same content),
   ``409`` conflict (already stored with *different* content: kept apart in ``conflicts``, see
   ``backend.receiver_db``), ``400`` malformed (also a body with bytes after the COSE_Sign1, and a bad
@@ -14,6 +14,8 @@ HTTP API:
   ``415`` wrong content type, ``422`` verified but unstorable (an integer beyond 64 bits, NaN), ``500`` an
   internal error (a bug: counted in ``http_errors``), ``503`` storage failed or in maintenance (with
   ``Retry-After``).
+* ``OPTIONS /v1/batches``: ``204`` with ``Allow: POST, OPTIONS`` and ``Accept-Post: application/cose``: "this is
+  a batch endpoint". ``doctor`` and the console's ``uplink test`` probe with it; a ``404`` means a wrong path.
 * ``GET /stats``: counters as JSON.
 
 The verify-and-store core (``Receiver.process``) is shared with the MQTT consumer.
@@ -45,6 +47,13 @@ _STATUS = {"oversize": 413, "unknown_kid": 403, "bad_signature": 403, "gw_mismat
            "unstorable": 422}
 _OUTCOMES = {STORED: (201, "stored"), DUPLICATE: (200, "duplicates"), CONFLICT: (409, "conflicts")}
 _MAX_LENGTH_DIGITS = 10
+#: where batches are accepted (``ReceiverServer.url``); every other path is 404
+BATCH_PATH = "/v1/batches"
+
+
+def is_batch_path(target):
+    """The request target names the batch endpoint (a trailing slash and a query string are ignored)."""
+    return target.split("?", 1)[0].rstrip("/") == BATCH_PATH
 
 
 def content_digest(data):
@@ -197,6 +206,20 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self._guarded(self._post)
 
+    def do_OPTIONS(self):
+        self._guarded(self._options)
+
+    def _options(self, receiver):
+        if not is_batch_path(self.path):
+            return self._answer(404, {"error": "not_found"})
+        self._answered = True
+        self.send_response(204)
+        self.send_header("Allow", "POST, OPTIONS")
+        self.send_header("Accept-Post", MEDIA_TYPE)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return None
+
     def _get(self, receiver):
         if self.path.rstrip("/") == "/stats":
             self._answer(200, receiver.stats())
@@ -208,6 +231,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(status, self.server.receiver.reject(reason, detail)[1])
 
     def _post(self, receiver):
+        if not is_batch_path(self.path):
+            return self._refuse(404, "not_found", "no batch endpoint at %s; POST batches to %s"
+                                % (self.path[:200], BATCH_PATH))
         lengths = self.headers.get_all("Content-Length") or []
         if self.headers.get("Transfer-Encoding") is not None:
             return self._refuse(411, "no_length", "Transfer-Encoding is not accepted; send Content-Length")
@@ -250,7 +276,7 @@ class ReceiverServer:
         host, port = self.httpd.server_address[:2]
         if ":" in host:
             host = "[%s]" % host
-        return "http://%s:%d/v1/batches" % (host, port)
+        return "http://%s:%d%s" % (host, port, BATCH_PATH)
 
     def start(self):
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="receiver", daemon=True)

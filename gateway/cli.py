@@ -201,6 +201,21 @@ EXTRA_COMMANDS = {"provision": "tools.provision", "doctor": "gateway.app.doctor"
                   "bench": "tools.bench", "fuzz": "tools.fuzz_cmd"}
 
 
+#: ``run --config`` default, as ``doctor``'s and docs/configuration.md's
+DEFAULT_CONFIG = "/etc/edge-gateway/config.toml"
+
+
+def _scenario_names():
+    """The scenario names for ``demo --help`` (the scenarios run from a checkout: none on a gateway)."""
+    try:
+        from tools.scenarios import SCENARIOS
+    except ModuleNotFoundError as exc:
+        if not _not_shipped(exc):
+            raise
+        return "(none on a gateway: %s)" % NOT_SHIPPED
+    return ", ".join(sorted(SCENARIOS))
+
+
 def build_parser(command=None):
     p = argparse.ArgumentParser(prog="edge-gateway", description="Edge gateway agent: sensors in, signed "
                                 "SenML-CBOR batches out, store-and-forward in between.")
@@ -210,9 +225,9 @@ def build_parser(command=None):
 
     d = sub.add_parser("demo", help="run the agent on simulated sensors with a loopback receiver")
     d.add_argument("--duration", type=_positive(float), help="seconds to run (default 10; Ctrl-C stops earlier)")
-    d.add_argument("--scenario", help="a field scenario (see docs/scenarios.md)")
+    d.add_argument("--scenario", metavar="NAME", help="a field scenario: %s (docs/scenarios.md)" % _scenario_names())
     d.add_argument("--quick", action="store_true", help="the short form of a scenario")
-    d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--seed", type=int, default=1, help="seed of the simulated sensors and faults (default 1)")
     d.add_argument("--sensors", type=_positive(int), help="simulated sensors on the one board (default 3)")
     d.add_argument("--rate", type=_positive(float), help="lines per second per sensor (default 2)")
     d.add_argument("--tick-counter", action="store_true", help="the board also sends its tick number n as a "
@@ -226,31 +241,36 @@ def build_parser(command=None):
     d.set_defaults(func=cmd_demo, parser=d)
 
     r = sub.add_parser("run", help="the production agent")
-    r.add_argument("--config", required=True, metavar="FILE")
+    r.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE", help="the config (default %s)"
+                   % DEFAULT_CONFIG)
     r.set_defaults(func=cmd_run)
 
     rc = sub.add_parser("receive", help="the reference backend receiver")
-    rc.add_argument("--listen", required=True, metavar="HOST:PORT")
-    rc.add_argument("--trust", required=True, metavar="JWKS")
-    rc.add_argument("--db", required=True, metavar="FILE")
+    rc.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on, e.g. "
+                    "127.0.0.1:8080 (port 0: any free port); batches are taken at /v1/batches")
+    rc.add_argument("--trust", required=True, metavar="JWKS", help="the trust store (JWK Set, e.g. the one "
+                    "'provision' writes): the gateways' public keys")
+    rc.add_argument("--db", required=True, metavar="FILE", help="the SQLite database the records go to "
+                    "(created if missing)")
     rc.add_argument("--mqtt", metavar="URL", help="also consume mqtt://HOST:PORT/PREFIX with a shared subscription")
     rc.add_argument("--mqtt-group", default="receivers", help="shared subscription group (default receivers)")
-    rc.add_argument("--log-level", default="info")
+    rc.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                    help="debug, info, warning or error (default info)")
     rc.set_defaults(func=cmd_receive)
 
     v = sub.add_parser("verify", help="verify batch files (each one batch or a CBOR sequence of batches) and print "
                        "their records as JSON lines")
-    v.add_argument("--trust", required=True, metavar="JWKS")
-    v.add_argument("files", nargs="+", metavar="FILE")
+    v.add_argument("--trust", required=True, metavar="JWKS", help="the trust store (JWK Set) to verify against")
+    v.add_argument("files", nargs="+", metavar="FILE", help="a .cose batch, or a flush file (a CBOR sequence)")
     v.set_defaults(func=cmd_verify)
 
     dc = sub.add_parser("decode", help="decode one advertisement or frame")
     from drivers.formats import FORMATS as DECODABLE
-    dc.add_argument("format", help=", ".join(DECODABLE))
+    dc.add_argument("format", help="one of " + ", ".join(DECODABLE))
     dc.add_argument("data", help="hex for radio formats, the sentence for text formats")
-    dc.add_argument("--mac")
+    dc.add_argument("--mac", help="the sender's MAC (some formats need it to decrypt or to name the sensor)")
     dc.add_argument("--key", help="hex bindkey for encrypted BTHome")
-    dc.add_argument("--json", action="store_true")
+    dc.add_argument("--json", action="store_true", help="print a JSON list")
     dc.set_defaults(func=cmd_decode)
 
     import importlib

@@ -248,7 +248,7 @@ def test_uplink_test_is_a_real_round_trip(config_path, pty_pair, receiver):
     try:
         port = receiver[0].httpd.server_address[1]
         lines = term.cmd("uplink test")
-        assert re.match(r"uplink ok in \d+\.\d ms: 127\.0\.0\.1:%d answered HTTP 404" % port, lines[0]), lines
+        assert re.match(r"uplink ok in \d+\.\d ms: 127\.0\.0\.1:%d answered HTTP 204" % port, lines[0]), lines
         receiver[0].stop()
         lines = term.cmd("uplink test")
         assert lines[0].startswith("uplink FAILED after") and "cannot reach 127.0.0.1:%d" % port in lines[0]

@@ -240,7 +240,8 @@ def test_install_run_doctor_uninstall(tmp_path, wheels):
         print(doc.stdout)
         assert doc.returncode == 0, doc.stdout + doc.stderr
         lines = doc.stdout.splitlines()
-        assert any(l.startswith("PASS uplink") and "HTTP 4" in l for l in lines)
+        assert any(l.startswith("PASS uplink") and "HTTP 204" in l for l in lines)  # the batch endpoint
+        assert any(l.startswith("PASS state") for l in lines)
         assert any(l.startswith("PASS serial") for l in lines) and any(l.startswith("PASS key") for l in lines)
         assert any(l.startswith("WARN ble") for l in lines) and not any(l.startswith("FAIL") for l in lines)
 

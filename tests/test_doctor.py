@@ -109,7 +109,7 @@ def self_signed(tmp_path):
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
+    def do_OPTIONS(self):  # doctor's probe
         self.send_response(self.server.status)
         self.send_header("Content-Length", "0")
         self.end_headers()

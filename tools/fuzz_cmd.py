@@ -8,8 +8,8 @@ from tools.fuzz_targets import targets
 def register(sub):
     f = sub.add_parser("fuzz", help="fuzz every parser of untrusted input (docs/security.md)")
     f.add_argument("--inputs", type=int, default=100_000, help="inputs per target (default 100000)")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--target", action="append", metavar="NAME", help="only this target (repeatable)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the mutations (default 0): a run is repeatable")
+    f.add_argument("--target", action="append", metavar="NAME", help="only this target (repeatable; --list prints the names)")
     f.add_argument("--seconds", type=float, help="stop each target after this many seconds")
     f.add_argument("--list", action="store_true", help="list the targets and exit")
     f.add_argument("--json", action="store_true", help="print one JSON object per target")

@@ -5,7 +5,12 @@ loading it back) and ``OUT/<ID>/enrollment.json``, prints the enrollment record 
 public JWK) as one JSON line, and adds the public key, tagged ``"gw": ID``, to the backend's trust store (a JWK
 Set, ``OUT/jwks.json`` unless ``--trust`` says otherwise).
 
-* Idempotent: re-running never replaces an existing key; it reuses it, rewrites the config and re-merges the JWK.
+* Idempotent: re-running never replaces an existing key. An existing ``config.toml`` is the starting point: what
+  the arguments do not set (``[[sources]]``, ``[[rules]]``, ``console.pin_hash``, the uplink, tuning) is kept, and
+  the kept parts are named on stderr and in the record's ``kept``. ``--sensors`` replaces ``[[sources]]`` and
+  ``[[rules]]`` together; ``--uplink``/``--mqtt`` replace the transport of ``[uplink]``.
+* All or nothing: every input (the existing config, the key, the trust store, the URLs, the bundle's wheelhouse)
+  is checked before the first write, and every file is replaced atomically, so a refused run changes nothing.
 * ``--rotate`` makes a new key. The old JWK stays in the trust store with ``"status": "retired-pending"`` and a
   ``"retired_at"`` date, so batches signed before the rotation (still queued on the gateway) keep verifying.
   ``provision --retire KID`` removes it once the backlog has drained. Stock JOSE libraries ignore both members.
@@ -15,9 +20,11 @@ Set, ``OUT/jwks.json`` unless ``--trust`` says otherwise).
   on stderr (and in the record's ``warnings``): the batches are signed, but readable on the way.
 * Nothing printed carries a URL's credentials (``gateway.core.redact``); ``--pin`` is refused below 6 characters.
 * ``--bundle DIR`` (one gateway) builds the first-boot bundle for a Raspberry Pi OS SD card: wheelhouse, config,
-  key, ``deploy/`` and the first-boot script (``docs/operations.md``, "Installer's guide").
+  key, ``deploy/`` and the first-boot script (``docs/operations.md``, "Installer's guide"). ``--target native``
+  packs the wheelhouse from this machine's own environment (offline; to try ``install.sh --root`` on a laptop).
 """
 
+import copy
 import csv
 import datetime
 import json
@@ -25,7 +32,10 @@ import os
 import shutil
 import stat
 import sys
+import tempfile
 import tomllib
+import urllib.parse
+from dataclasses import dataclass
 
 from gateway.app import config as gconfig
 from gateway.adapters import keys
@@ -39,6 +49,11 @@ DEFAULT_STATE_DIR = "/var/lib/edge-gateway"
 KEY_NAME = "key.pem"
 CSV_COLUMNS = ("gateway_id", "uplink", "mqtt", "ca_file", "sensors", "pin", "state_dir")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: ``--target`` values: the wheelhouse platforms pip builds for, and ``native`` (this machine, offline)
+NATIVE = "native"
+BUNDLE_TARGETS = tuple(wheelhouse_mod.TARGETS) + (NATIVE,)
+#: ``[uplink]`` keys that describe the transport: ``--uplink``/``--mqtt`` replace them, other keys are kept
+TRANSPORT_KEYS = ("kind", "url", "ca_file", "mqtt")
 
 
 class ProvisionError(Exception):
@@ -98,21 +113,80 @@ def hash_console_pin(pin):
         raise ProvisionError("--pin refused: %s" % exc) from None
 
 
-def build_config(gateway_id, uplink=None, mqtt=None, ca_file=None, sensors=None, pin=None, state_dir=None):
-    """The config as a plain dict (what ``to_toml`` writes). Validated by ``config.from_dict``."""
+def check_url(flag, url):
+    """Refuse a URL the uplink could never use (no host, a port outside 1-65535), naming the flag."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or beyond 65535
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ProvisionError("%s %s: the port must be a number from 1 to 65535" % (flag, redact_url(url)))
+    if parts.scheme.lower() in ("http", "https", "mqtt", "mqtts") and not parts.hostname:
+        raise ProvisionError("%s %s: no host in the URL (e.g. https://ingest.example.net/v1/batches)"
+                             % (flag, redact_url(url)))
+
+
+def read_existing(path):
+    """The raw tables of an existing ``config.toml`` (None if there is none). An existing config that does not
+    load is refused (``ConfigError`` naming the file and key): provisioning over it would hide the problem."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.loads(f.read().decode("utf-8"))
+    except OSError as exc:
+        raise ConfigError("cannot read: %s" % exc.strerror, path) from exc
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("not valid TOML: %s" % exc, path) from exc
+    gconfig.from_dict(data, path)
+    return data
+
+
+def build_config(gateway_id, uplink=None, mqtt=None, ca_file=None, sensors=None, pin=None, state_dir=None,
+                 existing=None):
+    """``(config dict, kept)``: the config as a plain dict (what ``to_toml`` writes), validated by
+    ``config.from_dict``, and the names of what was kept from ``existing`` (the config already there)."""
+    if uplink:
+        check_url("--uplink", uplink)
+    if mqtt:
+        check_url("--mqtt", mqtt)
     if not uplink and not mqtt:
-        raise ProvisionError("gateway %s: give --uplink URL or --mqtt URL" % gateway_id)
-    data = {"gateway": {"id": gateway_id, "state_dir": state_dir or DEFAULT_STATE_DIR, "key": KEY_NAME}}
+        if ca_file:
+            raise ProvisionError("gateway %s: --ca-file goes with --uplink URL or --mqtt URL" % gateway_id)
+        if not existing:
+            raise ProvisionError("gateway %s: give --uplink URL or --mqtt URL" % gateway_id)
+    data = copy.deepcopy(existing) if existing else {}
+    kept = []
+    gw = data.setdefault("gateway", {})
+    gw["id"] = gateway_id
+    if state_dir or "state_dir" not in gw:
+        gw["state_dir"] = state_dir or DEFAULT_STATE_DIR
+    gw.setdefault("key", KEY_NAME)
     if ca_file:
         ca_file = os.path.abspath(ca_file) if os.path.exists(ca_file) else ca_file
-    data["uplink"] = uplink_table(uplink, mqtt, ca_file)
+    if uplink or mqtt:
+        table = uplink_table(uplink, mqtt, ca_file)
+        for k, v in data.get("uplink", {}).items():  # tuning (timeouts, backoff, ...) survives a new URL
+            if k not in TRANSPORT_KEYS and k not in table:
+                table[k] = v
+        data["uplink"] = table
+    elif existing and "uplink" in existing:
+        kept.append("[uplink]")
     if pin:
-        data["console"] = {"pin_hash": hash_console_pin(pin)}
+        data.setdefault("console", {})["pin_hash"] = hash_console_pin(pin)
+    elif data.get("console", {}).get("pin_hash"):
+        kept.append("console.pin_hash")
     if sensors:
-        extra = load_sensors(sensors)
-        data.update({k: v for k, v in extra.items() if v})
+        extra = load_sensors(sensors)  # the sensors file is the whole sensor set: sources and rules together
+        for name in ("sources", "rules"):
+            data.pop(name, None)
+            if extra.get(name):
+                data[name] = extra[name]
+    else:
+        kept += ["[[%s]] (%d)" % (name, len(data[name])) for name in ("sources", "rules") if data.get(name)]
     gconfig.from_dict(data, "<provision %s>" % gateway_id)
-    return data
+    return data, kept
 
 
 def transport_warning(data):
@@ -138,6 +212,13 @@ def _read_jwks(path):
 
 def update_trust(path, add=(), retire=(), remove=(), today=None):
     """One atomic rewrite of the JWK Set: add/replace JWKs, mark kids retired-pending, remove kids."""
+    doc = merged_trust(path, add, retire, remove, today)
+    write_trust(path, doc)
+    return doc
+
+
+def merged_trust(path, add=(), retire=(), remove=(), today=None):
+    """The JWK Set ``update_trust`` would write, checked (``ProvisionError``) but not written."""
     doc = _read_jwks(path)
     today = today or datetime.date.today().isoformat()
     new_kids = {j["kid"] for j in add}
@@ -159,9 +240,12 @@ def update_trust(path, add=(), retire=(), remove=(), today=None):
         keys.TrustStore(doc, source="trust store %s" % path)  # what we write must load on every receiver
     except KeyFileError as exc:
         raise ProvisionError(str(exc)) from exc
+    return doc
+
+
+def write_trust(path, doc):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     keys.write_jwks(path, doc)
-    return doc
 
 
 def retire(trust_path, kid):
@@ -177,37 +261,71 @@ def retire(trust_path, kid):
 
 
 # -- one gateway -------------------------------------------------------------------------------------------------
-def provision_one(out_dir, gateway_id, rotate=False, **config_args):
-    """Key + config + enrollment for one gateway in ``out_dir/<id>``. Returns ``(record, new_jwk, old_kid)``."""
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What provisioning one gateway will write, all of it checked, none of it written yet."""
+    gateway_id: str
+    gw_dir: str
+    data: dict
+    kept: tuple
+    key: object           # keys.SigningKey
+    key_is_new: bool      # write key.pem (a first key, or --rotate)
+    old_kid: str | None
+
+    @property
+    def key_path(self):
+        return os.path.join(self.gw_dir, KEY_NAME)
+
+    @property
+    def config_path(self):
+        return os.path.join(self.gw_dir, "config.toml")
+
+
+def plan_one(out_dir, gateway_id, rotate=False, **config_args):
+    """Check everything about one gateway and decide what to write (``Plan``). Writes nothing."""
     if not gconfig.ID_RE.match(gateway_id or ""):
         raise ProvisionError("gateway id %r: use 1-64 letters, digits, '-', '_', '.' or ':'" % (gateway_id,))
-    data = build_config(gateway_id, **config_args)
     gw_dir = os.path.join(out_dir, gateway_id)
-    os.makedirs(gw_dir, mode=0o700, exist_ok=True)
+    existing = read_existing(os.path.join(gw_dir, "config.toml"))
+    data, kept = build_config(gateway_id, existing=existing, **config_args)
     key_path = os.path.join(gw_dir, KEY_NAME)
     old_kid = None
     if os.path.exists(key_path):
-        key = keys.load_private(key_path)
+        key, is_new = keys.load_private(key_path), False
         if rotate:
-            old_kid = key.kid
-            key = keys.SigningKey.generate()
-            keys.write_private(key_path, key, overwrite=True)
+            old_kid, key, is_new = key.kid, keys.SigningKey.generate(), True
     else:
-        key = keys.SigningKey.generate()
-        keys.write_private(key_path, key)
-    cfg_path = os.path.join(gw_dir, "config.toml")
-    gconfig.write_atomic(cfg_path, "# written by edge-gateway provision\n" + gconfig.to_toml(data), 0o640)
-    gconfig.load(cfg_path)  # validate what is on disk, not what we meant to write
-    jwk = key.jwk(gateway_id)
-    record = {"gateway_id": gateway_id, "kid": key.kid, "fingerprint": keys.fingerprint(key.public), "jwk": jwk,
-              "config": os.path.abspath(cfg_path), "key": os.path.abspath(key_path)}
-    if old_kid:
-        record["rotated_from"] = old_kid
-    warning = transport_warning(data)
+        key, is_new = keys.SigningKey.generate(), True
+    return Plan(gateway_id, gw_dir, data, tuple(kept), key, is_new, old_kid)
+
+
+def write_one(plan):
+    """Write a checked ``Plan``: key (0600), config and enrollment, each atomically. Returns the record."""
+    os.makedirs(plan.gw_dir, mode=0o700, exist_ok=True)
+    if plan.key_is_new:
+        keys.write_private(plan.key_path, plan.key, overwrite=plan.old_kid is not None)
+    gconfig.write_atomic(plan.config_path, "# written by edge-gateway provision\n" + gconfig.to_toml(plan.data),
+                         0o640)
+    gconfig.load(plan.config_path)  # validate what is on disk, not what we meant to write
+    key = plan.key
+    record = {"gateway_id": plan.gateway_id, "kid": key.kid, "fingerprint": keys.fingerprint(key.public),
+              "jwk": key.jwk(plan.gateway_id), "config": os.path.abspath(plan.config_path),
+              "key": os.path.abspath(plan.key_path)}
+    if plan.old_kid:
+        record["rotated_from"] = plan.old_kid
+    if plan.kept:
+        record["kept"] = list(plan.kept)
+    warning = transport_warning(plan.data)
     if warning:
         record["warnings"] = [warning]
-    gconfig.write_atomic(os.path.join(gw_dir, "enrollment.json"), json.dumps(record, indent=2) + "\n", 0o644)
-    return record, jwk, old_kid
+    gconfig.write_atomic(os.path.join(plan.gw_dir, "enrollment.json"), json.dumps(record, indent=2) + "\n", 0o644)
+    return record
+
+
+def provision_one(out_dir, gateway_id, rotate=False, **config_args):
+    """Key + config + enrollment for one gateway in ``out_dir/<id>``. Returns ``(record, new_jwk, old_kid)``."""
+    plan = plan_one(out_dir, gateway_id, rotate=rotate, **config_args)
+    return write_one(plan), plan.key.jwk(gateway_id), plan.old_kid
 
 
 def read_csv(path):
@@ -238,63 +356,110 @@ def read_csv(path):
 
 
 def provision_many(out_dir, rows, trust_path, rotate=False, emit=None):
-    """Provision every CSV row, then write the trust store once. Returns the enrollment records."""
-    records, add, retired = [], [], set()
+    """Check every CSV row and the trust store, then write every gateway and the trust store once. Returns the
+    enrollment records. A bad row refuses the whole file before anything is written."""
+    plans = []
     for line, row in rows:
         try:
-            record, jwk, old = provision_one(
+            plans.append(plan_one(
                 out_dir, row["gateway_id"], rotate=rotate, uplink=row.get("uplink") or None,
                 mqtt=row.get("mqtt") or None, ca_file=row.get("ca_file") or None, sensors=row.get("sensors") or None,
-                pin=row.get("pin") or None, state_dir=row.get("state_dir") or None)
-        except (ConfigError, ProvisionError) as exc:
+                pin=row.get("pin") or None, state_dir=row.get("state_dir") or None))
+        except (ConfigError, ProvisionError, KeyFileError) as exc:
             raise ProvisionError("line %d (%s): %s" % (line, row.get("gateway_id"), exc)) from exc
-        records.append(record)
-        add.append(jwk)
-        if old:
-            retired.add(old)
+    doc = merged_trust(trust_path, add=[p.key.jwk(p.gateway_id) for p in plans],
+                       retire={p.old_kid for p in plans if p.old_kid})
+    records = []
+    for plan in plans:
+        records.append(write_one(plan))
         if emit:
-            emit(record)
-    update_trust(trust_path, add=add, retire=retired)
+            emit(records[-1])
+    write_trust(trust_path, doc)
     return records
 
 
 # -- first-boot bundle -------------------------------------------------------------------------------------------
-def build_bundle(bundle_dir, record, wheelhouse=None, target="rpi-arm64", deploy_dir=None, trust_path=None):
-    """Lay out what the installer copies onto the SD card's boot partition (see deploy/firstboot/README)."""
+def check_bundle_inputs(wheelhouse=None, target="rpi-arm64", deploy_dir=None):
+    """Everything ``build_bundle`` needs that can be checked before anything is written. Returns ``deploy_dir``."""
     deploy_dir = deploy_dir or os.path.join(REPO_ROOT, "deploy")
     if not os.path.isfile(os.path.join(deploy_dir, "install.sh")):
         raise ProvisionError("deploy scripts not found in %s (pass --deploy-dir)" % deploy_dir)
-    os.makedirs(bundle_dir, exist_ok=True)
-    wh_dest = os.path.join(bundle_dir, "wheelhouse")
     if wheelhouse:
-        if os.path.abspath(wheelhouse) != os.path.abspath(wh_dest):
-            shutil.rmtree(wh_dest, ignore_errors=True)
-            shutil.copytree(wheelhouse, wh_dest)
-    else:
-        wheelhouse_mod.build_for_target(wh_dest, REPO_ROOT, target)
-    wheels = [n for n in os.listdir(wh_dest) if n.endswith(".whl")]
+        if not os.path.isdir(wheelhouse):
+            raise ProvisionError("--wheelhouse %s is not a directory" % wheelhouse)
+        _check_wheels(wheelhouse)
+    elif target not in BUNDLE_TARGETS:
+        raise ProvisionError("--target %s: use one of %s" % (target, ", ".join(BUNDLE_TARGETS)))
+    return deploy_dir
+
+
+def _check_wheels(folder):
+    wheels = [n for n in os.listdir(folder) if n.endswith(".whl")]
     for needed in ("edge_gateway-", "pip-"):
         if not any(n.startswith(needed) for n in wheels):
-            raise ProvisionError("wheelhouse %s has no %s*.whl" % (wh_dest, needed))
-    dst_deploy = os.path.join(bundle_dir, "deploy")
-    shutil.rmtree(dst_deploy, ignore_errors=True)
-    shutil.copytree(deploy_dir, dst_deploy, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(os.path.join(deploy_dir, "firstboot", "firstboot.sh"), os.path.join(bundle_dir, "firstboot.sh"))
-    shutil.copy2(os.path.join(deploy_dir, "firstboot", "user-data.example"),
-                 os.path.join(bundle_dir, "user-data.example"))
-    shutil.copy2(record["config"], os.path.join(bundle_dir, "config.toml"))
-    key_dst = os.path.join(bundle_dir, KEY_NAME)
-    if os.path.exists(key_dst):
-        os.unlink(key_dst)
-    fd = os.open(key_dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with open(record["key"], "rb") as src, os.fdopen(fd, "wb") as dst:
-        dst.write(src.read())
-    with open(os.path.join(bundle_dir, "enrollment.json"), "w") as f:
-        json.dump(record, f, indent=2)
-    if trust_path and os.path.exists(trust_path):
-        shutil.copy2(trust_path, os.path.join(bundle_dir, "jwks.json"))
-    _write_sums(bundle_dir)
+            raise ProvisionError("wheelhouse %s has no %s*.whl" % (folder, needed))
+
+
+def fill_wheelhouse(dest, wheelhouse=None, target="rpi-arm64"):
+    """Copy ``wheelhouse``, or build one for ``target`` (``native``: repack this environment, offline)."""
+    if wheelhouse:
+        shutil.copytree(wheelhouse, dest)
+    elif target == NATIVE:
+        wheelhouse_mod.from_environment(dest)
+    else:
+        wheelhouse_mod.build_for_target(dest, REPO_ROOT, target)
+    _check_wheels(dest)
+
+
+def start_bundle(bundle_dir, wheelhouse=None, target="rpi-arm64"):
+    """A temporary directory beside ``bundle_dir`` with the wheelhouse in it: the step that may fail (pip, the
+    network) runs before provisioning writes anything. ``finish_bundle`` completes it and moves it in place."""
+    parent = os.path.dirname(os.path.abspath(bundle_dir))
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=".%s.tmp." % os.path.basename(os.path.abspath(bundle_dir)), dir=parent)
+    try:
+        fill_wheelhouse(os.path.join(work, "wheelhouse"), wheelhouse, target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return work
+
+
+def finish_bundle(work, bundle_dir, record, deploy_dir, trust_path=None):
+    """Lay out the rest of what the installer copies onto the SD card's boot partition, then replace
+    ``bundle_dir`` with it (an old bundle there is removed only once the new one is complete)."""
+    try:
+        shutil.copytree(deploy_dir, os.path.join(work, "deploy"), ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(os.path.join(deploy_dir, "firstboot", "firstboot.sh"), os.path.join(work, "firstboot.sh"))
+        shutil.copy2(os.path.join(deploy_dir, "firstboot", "user-data.example"),
+                     os.path.join(work, "user-data.example"))
+        shutil.copy2(record["config"], os.path.join(work, "config.toml"))
+        fd = os.open(os.path.join(work, KEY_NAME), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(record["key"], "rb") as src, os.fdopen(fd, "wb") as dst:
+            dst.write(src.read())
+        with open(os.path.join(work, "enrollment.json"), "w") as f:
+            json.dump(record, f, indent=2)
+        if trust_path and os.path.exists(trust_path):
+            shutil.copy2(trust_path, os.path.join(work, "jwks.json"))
+        _write_sums(work)
+        old = None
+        if os.path.lexists(bundle_dir):
+            old = work + ".old"
+            os.rename(bundle_dir, old)
+        os.rename(work, bundle_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
     return bundle_dir
+
+
+def build_bundle(bundle_dir, record, wheelhouse=None, target="rpi-arm64", deploy_dir=None, trust_path=None):
+    """The first-boot bundle for an already provisioned gateway (``record``), in one go."""
+    deploy_dir = check_bundle_inputs(wheelhouse, target, deploy_dir)
+    work = start_bundle(bundle_dir, wheelhouse, target)
+    return finish_bundle(work, bundle_dir, record, deploy_dir, trust_path)
 
 
 def _write_sums(bundle_dir):
@@ -315,15 +480,22 @@ def _write_sums(bundle_dir):
 
 # -- CLI ---------------------------------------------------------------------------------------------------------
 def register(subparsers):
-    p = subparsers.add_parser("provision", help="create a gateway's key, config and trust-store entry",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("--gateway-id", metavar="ID")
-    p.add_argument("--uplink", metavar="URL", help="HTTP(S) receiver URL, e.g. https://ingest.example/v1/batches")
+    p = subparsers.add_parser(
+        "provision", help="create a gateway's key, config and trust-store entry (and its first-boot bundle)",
+        description="Identity, key, config and trust store for one gateway or a fleet, and the first-boot bundle "
+        "of an SD card. Re-running keeps the existing key and whatever the options do not change "
+        "(docs/operations.md, Installer's guide).")
+    p.add_argument("--gateway-id", metavar="ID", help="the gateway to provision (1-64 letters, digits, '-', '_', "
+                   "'.', ':'); its files go to OUT/ID/")
+    p.add_argument("--uplink", metavar="URL", help="HTTP(S) receiver URL, e.g. https://ingest.example/v1/batches "
+                   "(or dir:///PATH); kept from an existing config if not given")
     p.add_argument("--mqtt", metavar="URL", help="mqtt://HOST:PORT/PREFIX (or mqtts://): use the MQTT uplink")
     p.add_argument("--ca-file", metavar="FILE", help="CA bundle the gateway trusts for the uplink's TLS")
-    p.add_argument("--sensors", metavar="FILE.toml", help="[[sources]]/[[rules]] tables to put in the config")
+    p.add_argument("--sensors", metavar="FILE.toml", help="[[sources]]/[[rules]] tables to put in the config "
+                   "(replacing both; see deploy/sensors.example.toml); kept from an existing config if not given")
     p.add_argument("--state-dir", metavar="DIR", help="gateway.state_dir (default %s)" % DEFAULT_STATE_DIR)
-    p.add_argument("--pin", metavar="PIN", help="technician console PIN (stored hashed)")
+    p.add_argument("--pin", metavar="PIN", help="technician console PIN, 6+ characters (stored hashed); kept from "
+                   "an existing config if not given")
     p.add_argument("--csv", metavar="FILE", help="bulk: one gateway per row (gateway_id,uplink,mqtt,...)")
     p.add_argument("--out", metavar="DIR", default="provisioned", help="output directory (default ./provisioned)")
     p.add_argument("--trust", metavar="JWKS", help="backend trust store to update (default OUT/jwks.json)")
@@ -331,7 +503,9 @@ def register(subparsers):
     p.add_argument("--retire", metavar="KID", help="remove a rotated (retired-pending) kid from the trust store")
     p.add_argument("--bundle", metavar="DIR", help="also build the Raspberry Pi first-boot bundle in DIR")
     p.add_argument("--wheelhouse", metavar="DIR", help="reuse these wheels instead of building the wheelhouse")
-    p.add_argument("--target", default="rpi-arm64", help="wheelhouse platform when building (default rpi-arm64)")
+    p.add_argument("--target", default="rpi-arm64", choices=BUNDLE_TARGETS,
+                   help="wheelhouse platform when building: %s (default rpi-arm64; 'native' repacks this machine's "
+                   "environment, offline, to try install.sh --root here)" % ", ".join(BUNDLE_TARGETS))
     p.add_argument("--deploy-dir", metavar="DIR", help="deploy/ scripts to bundle (default: this checkout's)")
     p.set_defaults(func=cmd_provision)
     return p
@@ -344,6 +518,9 @@ def cmd_provision(args, out=None):
     def emit(record):
         for warning in record.get("warnings", ()):
             print("edge-gateway provision: WARNING: %s: %s" % (record.get("gateway_id"), warning), file=sys.stderr)
+        if record.get("kept"):
+            print("edge-gateway provision: %s: kept from the existing config.toml: %s" % (
+                record.get("gateway_id"), ", ".join(record["kept"])), file=sys.stderr)
         out.write(redact_text(json.dumps(record, sort_keys=True)) + "\n")
         out.flush()
 
@@ -359,16 +536,29 @@ def cmd_provision(args, out=None):
             return 0
         if not args.gateway_id:
             raise ProvisionError("give --gateway-id ID (or --csv FILE, or --retire KID)")
-        record, jwk, old = provision_one(args.out, args.gateway_id, rotate=args.rotate, uplink=args.uplink,
-                                         mqtt=args.mqtt, ca_file=args.ca_file, sensors=args.sensors, pin=args.pin,
-                                         state_dir=args.state_dir)
-        update_trust(trust, add=[jwk], retire={old} if old else ())
+        # Check everything first, then build the wheelhouse (slow, may fail), then write: a refusal changes nothing.
+        plan = plan_one(args.out, args.gateway_id, rotate=args.rotate, uplink=args.uplink, mqtt=args.mqtt,
+                        ca_file=args.ca_file, sensors=args.sensors, pin=args.pin, state_dir=args.state_dir)
+        doc = merged_trust(trust, add=[plan.key.jwk(plan.gateway_id)], retire={plan.old_kid} if plan.old_kid else ())
+        work = None
         if args.bundle:
-            build_bundle(args.bundle, record, wheelhouse=args.wheelhouse, target=args.target,
-                         deploy_dir=args.deploy_dir, trust_path=trust)
+            deploy_dir = check_bundle_inputs(args.wheelhouse, args.target, args.deploy_dir)
+            work = start_bundle(args.bundle, args.wheelhouse, args.target)
+        try:
+            record = write_one(plan)
+            write_trust(trust, doc)
+        except BaseException:
+            if work:
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        if work:
+            finish_bundle(work, args.bundle, record, deploy_dir, trust_path=trust)
             record["bundle"] = os.path.abspath(args.bundle)
         emit(record)
         return 0
     except (ProvisionError, ConfigError, KeyFileError, WheelhouseError) as exc:
         print("edge-gateway provision: %s" % redact_text(str(exc)), file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print("edge-gateway provision: %s: %s" % (exc.filename or "", exc.strerror or exc), file=sys.stderr)
         return 2

@@ -9,10 +9,11 @@ Checks: config valid (any config error is a FAIL: the agent would exit 78 and sy
 present, 0600 and owned by the running user; a config holding the PIN hash or a broker password readable by
 others (WARN); transport (a WARN when the uplink is plain text (``http://`` or MQTT
 without TLS) to a host other than this machine); clock synchronised (kernel adjtimex);
-free disk for the store bound; serial ports present and read/write; BLE adapter present and powered (BlueZ over
+the state directory is writable (a probe file is written, fsynced and removed there, as the store and the
+boot epoch will); free disk for the store bound; serial ports present and read/write; BLE adapter present and powered (BlueZ over
 D-Bus, ``org.bluez.Adapter1.Powered``; only a WARN when no BLE source is configured); uplink reachable with a
-valid TLS certificate (HTTP: a real GET of the URL, where any 2xx-4xx answer proves reachability; MQTT: TCP and,
-with ``tls``, a verified TLS handshake).
+valid TLS certificate (HTTP: an ``OPTIONS`` request to the batch URL, which a batch endpoint answers 2xx and a
+wrong path 404, a FAIL; MQTT: TCP and, with ``tls``, a verified TLS handshake).
 """
 
 import asyncio
@@ -20,6 +21,7 @@ import os
 import shutil
 import stat
 import sys
+import tempfile
 from dataclasses import dataclass
 
 from gateway.adapters import keys
@@ -102,6 +104,33 @@ def check_clock(synced=None):
         return Check(PASS, "clock", "kernel reports the clock synchronised")
     detail = "kernel cannot tell" if synced is None else "not synchronised (batches are flagged clock=false)"
     return Check(WARN, "clock", detail, "check NTP: timedatectl timesync-status; allow UDP 123 out")
+
+
+def check_state_dir(cfg):
+    """Write, fsync and remove a file in ``gateway.state_dir``, and check the queue's files are writable: what the
+    agent does at start (a state directory it cannot write makes ``run`` exit 2)."""
+    state = cfg.gateway.state_dir
+    fix = ("make it the service user's: chown -R edge-gateway: %s; chmod 700 %s (and check that its file system "
+           "is mounted read-write: findmnt -T %s)" % (state, state, state))
+    if not os.path.isdir(state):
+        return Check(FAIL, "state", "%s does not exist or is not a directory" % state,
+                     "install.sh creates it; or: mkdir -m 700 %s; chown edge-gateway: %s" % (state, state))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".doctor-probe-", dir=state)
+        try:
+            os.write(fd, b"edge-gateway doctor\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        return Check(FAIL, "state", "cannot write in %s: %s" % (state, exc.strerror or exc), fix)
+    store = cfg.state_path(cfg.store.path)
+    locked = [store + s for s in ("", "-wal", "-shm") if os.path.exists(store + s)
+              and not os.access(store + s, os.R_OK | os.W_OK)]
+    if locked:
+        return Check(FAIL, "state", "%s is not readable and writable by this user" % ", ".join(locked), fix)
+    return Check(PASS, "state", "%s is writable" % state)
 
 
 def check_disk(cfg):
@@ -204,13 +233,14 @@ def run_checks(config_path, quick=False):
     checks += [c for c in (check_config_mode(cfg),) if c] + [check_key(cfg), check_transport(cfg)]
     if quick:
         return checks
-    checks += [check_clock(), check_disk(cfg)] + check_serial(cfg) + [check_ble(cfg), check_uplink(cfg)]
+    checks += [check_clock(), check_state_dir(cfg), check_disk(cfg)] + check_serial(cfg) + [check_ble(cfg), check_uplink(cfg)]
     return checks
 
 
 def register(subparsers):
-    p = subparsers.add_parser("doctor", help="check this gateway: config, key, clock, disk, serial, BLE, uplink")
-    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE", help="default " + DEFAULT_CONFIG)
+    p = subparsers.add_parser("doctor", help="check this gateway: config, key, clock, state directory, disk, serial, BLE, uplink")
+    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE", help="the config to check (default %s)"
+                   % DEFAULT_CONFIG)
     p.add_argument("--quick", action="store_true", help="config, key and transport only (no network, no hardware)")
     p.set_defaults(func=cmd_doctor)
     return p

@@ -92,7 +92,9 @@ class HttpUplink(Uplink):
         return redact_url(self.url)
 
     def probe(self, timeout, monotonic=time.monotonic):
-        """``GET`` the uplink URL on a connection of its own: any answer below 500 proves the receiver is there."""
+        """``OPTIONS`` the uplink URL on a connection of its own. A batch endpoint answers 2xx (the reference receiver:
+        204, ``Allow: POST``); 404/410 means nothing takes batches at this path (every batch would be quarantined),
+        a FAIL; another answer below 500 proves the receiver is there."""
         shown = self.describe()
         start = monotonic()
         try:
@@ -101,7 +103,7 @@ class HttpUplink(Uplink):
             else:
                 conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
             try:
-                conn.request("GET", self.path, headers={"User-Agent": "edge-gateway-probe"})
+                conn.request("OPTIONS", self.path, headers={"User-Agent": "edge-gateway-probe"})
                 resp = conn.getresponse()
                 resp.read(1024)
             finally:
@@ -122,6 +124,10 @@ class HttpUplink(Uplink):
                                                      ", TLS verified" if self.context else "")
         if resp.status >= 500:
             return Probe(WARN, text, "the receiver is up but failing; batches stay queued until it recovers",
+                         latency_s=took)
+        if resp.status in (404, 410):
+            return Probe(FAIL, text + ": no batch endpoint at this path, every batch would be rejected",
+                         "check the path of uplink.url (the reference receiver takes batches at /v1/batches)",
                          latency_s=took)
         return Probe(OK, text, latency_s=took)
 
