@@ -17,6 +17,10 @@ rejected it for good (4xx, counted by the receiver). Nothing the broker delivers
   its session (up to ``max_queued_messages``), and drops them when the session expires. A consumer must come
   back under the same client id within ``session_expiry``, or leave for good with ``stop(end_session=True)``.
 
+A message may carry the MQTT v5 user property ``content-encoding: deflate`` (Payload Format Indicator 0): its
+payload is then the signed batch in a zlib stream, which ``receiver.process`` inflates with the same bound as the
+HTTP front (``backend/receiver.py``); a property naming another coding is a counted rejection.
+
 It shares the paho connection helper and the MQTT URL parser with the gateway's uplink
 (``gateway/adapters/uplink/mqtt.py``, the only module that imports paho); the import points from the backend
 down to the adapters, as ``tests/test_layers.py`` allows.
@@ -30,7 +34,7 @@ import socket
 import threading
 import time
 
-from gateway.adapters.uplink.mqtt import Connection, MQTTErrorCode, parse_url
+from gateway.adapters.uplink.mqtt import Connection, MQTTErrorCode, content_encoding_of, parse_url
 from gateway.core.backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -96,7 +100,7 @@ class MqttConsumer:
     def _on_message(self, client, userdata, msg):
         self.counters["messages"] += 1
         try:
-            status, body = self.receiver.process(msg.payload)
+            status, body = self.receiver.process(msg.payload, content_encoding_of(msg.properties))
         except Exception as exc:  # deliberate catch-all: the one place an exception would stop the consumer
             # Escaping here kills paho's network thread while the broker keeps acknowledging publishers, and
             # process() answers every input with a status, so this is our bug: count it, log it at ERROR, keep the

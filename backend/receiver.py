@@ -16,6 +16,11 @@ HTTP API:
   ``Retry-After``).
 * ``OPTIONS /v1/batches``: ``204`` with ``Allow: POST, OPTIONS`` and ``Accept-Post: application/cose``: "this is
   a batch endpoint". ``doctor`` and the console's ``uplink test`` probe with it; a ``404`` means a wrong path.
+* ``Content-Encoding: deflate`` (a zlib stream, RFC 9110 section 8.4.1.2) is accepted: the body is inflated
+  incrementally to at most ``max_bytes`` (more is ``413 oversize``, a zip bomb costs no memory), a damaged or
+  truncated stream or bytes after it is ``400 malformed``; any other coding is ``415 content_encoding``. The
+  inflated bytes are the signed COSE_Sign1, verified and stored as if they had come plain (the compression is
+  hop-by-hop). Every answer carries ``Accept-Encoding: deflate`` (RFC 7694).
 * ``GET /stats``: counters as JSON.
 
 The verify-and-store core (``Receiver.process``) is shared with the MQTT consumer.
@@ -28,6 +33,7 @@ import logging
 import sqlite3
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cbor2
@@ -44,7 +50,10 @@ MEDIA_TYPE = HTTP_CONTENT_TYPE.split(";")[0].strip()
 ACCEPTED_TYPES = (MEDIA_TYPE, "application/cbor", "application/octet-stream")
 
 _STATUS = {"oversize": 413, "unknown_kid": 403, "bad_signature": 403, "gw_mismatch": 403, "bad_alg": 403,
-           "unstorable": 422}
+           "unstorable": 422, "content_encoding": 415}
+#: content codings a body may come in (HTTP ``Content-Encoding``, the MQTT v5 user property ``content-encoding``)
+IDENTITY, DEFLATE = "identity", "deflate"
+CODINGS = (IDENTITY, DEFLATE)
 _OUTCOMES = {STORED: (201, "stored"), DUPLICATE: (200, "duplicates"), CONFLICT: (409, "conflicts")}
 _MAX_LENGTH_DIGITS = 10
 #: where batches are accepted (``ReceiverServer.url``); every other path is 404
@@ -75,6 +84,37 @@ def content_digest(data):
     return hashlib.sha256(payload).digest()
 
 
+def inflate(data, max_bytes):
+    """The bytes a zlib stream (``Content-Encoding: deflate``) holds, never more than ``max_bytes`` of them.
+
+    Incremental with ``max_length``: however much the stream would expand to, at most ``max_bytes + 1`` bytes are
+    ever held. ``VerifyError`` reason ``oversize`` beyond ``max_bytes``; ``malformed`` for a damaged or truncated
+    stream, or bytes after its end.
+    """
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, max_bytes + 1)
+    except zlib.error as exc:
+        raise VerifyError("deflate body does not inflate: %s" % exc, reason="malformed") from None
+    if len(out) > max_bytes:
+        raise VerifyError("deflate body inflates to over %d bytes" % max_bytes, reason="oversize")
+    if not d.eof:
+        raise VerifyError("deflate body is truncated (no end of stream)", reason="malformed")
+    if d.unused_data:
+        raise VerifyError("%d bytes follow the deflate stream" % len(d.unused_data), reason="malformed")
+    return out
+
+
+def coding_of(value):
+    """The one content coding a header or property names (lower case, ``identity`` when empty); ``VerifyError``
+    reason ``content_encoding`` for any other or for a list of codings."""
+    coding = (value or "").strip().lower() or IDENTITY
+    if coding not in CODINGS:
+        raise VerifyError("Content-Encoding %r is not accepted; send deflate or none" % (value[:40],),
+                          reason="content_encoding")
+    return coding
+
+
 class Receiver:
     """Verify and store. Thread-safe: HTTP handler threads and MQTT callbacks call ``process``."""
 
@@ -86,7 +126,8 @@ class Receiver:
         self._store = ReceiverDB(db_path, busy_timeout)
         self._lock = threading.Lock()
         self.counters = {"received": 0, "stored": 0, "duplicates": 0, "conflicts": 0, "rejected": 0, "records": 0,
-                         "store_failures": 0, "internal_errors": 0, "http_errors": 0}
+                         "store_failures": 0, "internal_errors": 0, "http_errors": 0, "deflated": 0,
+                         "deflated_bytes_in": 0, "deflated_bytes_out": 0}
         self.rejections = {}
         self.maintenance_until = 0.0
 
@@ -94,13 +135,22 @@ class Receiver:
         with self._lock:
             self.counters[name] = self.counters.get(name, 0) + n
 
-    def process(self, data):
-        """Verify and store one batch. Returns ``(status, body_dict)`` with an HTTP-style status.
+    def process(self, data, encoding=None):
+        """Verify and store one batch, sent in ``encoding`` (``Content-Encoding``: None or ``identity`` for the
+        signed bytes themselves, ``deflate`` for them in a zlib stream). Returns ``(status, body_dict)`` with an
+        HTTP-style status.
 
         Input never raises: every batch gets a status. An exception that escapes is a bug in this module.
         """
         self.count("received")
         try:
+            if coding_of(encoding) == DEFLATE:
+                packed = len(data)
+                data = inflate(data, self.max_bytes)
+                with self._lock:
+                    self.counters["deflated"] += 1
+                    self.counters["deflated_bytes_in"] += packed
+                    self.counters["deflated_bytes_out"] += len(data)
             batch = verify(data, self.trust, self.max_bytes)
             digest = content_digest(data)
         except VerifyError as exc:
@@ -175,6 +225,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        self.send_header("Accept-Encoding", DEFLATE)  # RFC 7694: the codings a request body may come in
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
@@ -256,7 +307,10 @@ class _Handler(BaseHTTPRequestHandler):
         wait = receiver.maintenance_until - time.monotonic()
         if wait > 0:
             return self._answer(503, {"error": "maintenance"}, {"Retry-After": str(max(1, int(wait + 0.999)))})
-        status, body = receiver.process(data)
+        encodings = self.headers.get_all("Content-Encoding") or []
+        if len(encodings) > 1:
+            return self._answer(415, receiver.reject("content_encoding", "one Content-Encoding header at most")[1])
+        status, body = receiver.process(data, encodings[0] if encodings else None)
         headers = {"Retry-After": "1"} if status >= 500 else None
         return self._answer(status, body, headers)
 

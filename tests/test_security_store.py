@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 import types
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cbor2
@@ -253,7 +254,7 @@ class FixedAnswer:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self):
-                self.server.posts.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                self.server.posts.append(read_body(self))
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -270,6 +271,12 @@ class FixedAnswer:
     def stop(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def read_body(handler):
+    """The signed bytes of a POST, inflated when the uplink deflated them on the hop (``Content-Encoding``)."""
+    data = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+    return zlib.decompress(data) if handler.headers.get("Content-Encoding") == "deflate" else data
 
 
 def test_409_conflict_keeps_the_batch_quarantined_counted_and_reported(tmp_path):
@@ -315,7 +322,7 @@ class PickyReceiver:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self):
-                data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                data = read_body(self)
                 if any(r["n"].endswith("/x") and r.get("v") == POISON_X for r in wire.verify(data, trust).records):
                     self.server.poison_hits += 1
                     self.close_connection = True

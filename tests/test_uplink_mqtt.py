@@ -1,6 +1,7 @@
 """MQTT uplink and shared-subscription consumer against a real Mosquitto on a free loopback port."""
 
 import time
+import zlib
 
 import pytest
 
@@ -144,11 +145,12 @@ def test_poison_message_and_a_crashing_process_do_not_stop_the_consumer(tmp_path
         real_process = r.process
         crashes = []
 
-        def process_with_a_bug(data):
-            if data == signed(signing_key, 3).data and not crashes:
+        def process_with_a_bug(data, encoding=None):
+            plain = zlib.decompress(data) if encoding == "deflate" else data  # the uplink deflates by default
+            if plain == signed(signing_key, 3).data and not crashes:
                 crashes.append(data)
                 raise RuntimeError("simulated consumer bug")
-            return real_process(data)
+            return real_process(data, encoding)
 
         monkeypatch.setattr(r, "process", process_with_a_bug)
         consumer = MqttConsumer.from_url(broker.url + "/edge", r, group="g", redeliver=(0.2, 1.0)).start()

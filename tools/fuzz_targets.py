@@ -116,7 +116,10 @@ def _receiver_targets():
     import logging
 
     from gateway.adapters.keys import SigningKey, TrustStore
-    from backend.receiver import Receiver
+    import zlib
+
+    from backend.receiver import Receiver, inflate
+    from gateway.core.errors import VerifyError
     from gateway.core.wire import sign
     key = SigningKey.from_seed(bytes(range(32)))
     rx = Receiver(":memory:", TrustStore({"keys": [key.jwk("gw-fuzz")]}))
@@ -143,8 +146,25 @@ def _receiver_targets():
         """What a gateway holding a valid key can send: any payload bytes, correctly signed."""
         process(sign(payload, key))
 
+    def deflated(data):
+        """A ``Content-Encoding: deflate`` body: the bounded inflate alone (a small bound, so mutated streams reach
+        ``oversize`` too), then the whole path. Only ``oversize`` and ``malformed`` may come out of the inflate."""
+        try:
+            out = inflate(data, 4096)
+        except VerifyError as exc:
+            if exc.reason not in ("oversize", "malformed"):
+                raise ReceiverFinding("inflate rejected with reason %r" % exc.reason) from None
+        else:
+            if len(out) > 4096:
+                raise ReceiverFinding("inflate gave %d bytes over its bound" % len(out))
+        status, body = checked(lambda: rx.process(data, "deflate"))
+        if status >= 500 or not isinstance(body, dict):
+            raise ReceiverFinding("process answered %d %r to a deflated body" % (status, body))
+
     return [Target("receiver.process", process, corpus, ()),
             Target("receiver.signed_payload", signed_payload, payloads, ()),
+            Target("receiver.deflate", deflated, tuple(zlib.compress(c, 6) for c in corpus[:4])
+                   + (zlib.compress(bytes(8192)),), ()),
             Target("receiver.http", _http_target(rx, checked), _http_requests(corpus), (), max_len=8192)]
 
 

@@ -71,6 +71,7 @@ class UplinkSection:
     url: str = ""
     ca_file: str = ""
     timeout_s: float = 10.0
+    compress: bool = True
     backoff_min_s: float = 0.5
     backoff_max_s: float = 300.0
     mqtt: MqttSection = field(default_factory=MqttSection)

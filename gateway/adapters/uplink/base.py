@@ -17,9 +17,19 @@ Both answer a ``Probe``.
 
 import abc
 import time
+import zlib
 from dataclasses import dataclass
 
 OK, WARN, FAIL = "ok", "warn", "fail"
+#: zlib's default level: ~10 % fewer bytes than level 1 for well under 1 ms more per 1,000 readings
+DEFLATE_LEVEL = 6
+
+
+def deflated(data, level=DEFLATE_LEVEL):
+    """``data`` as a zlib stream (HTTP's ``deflate`` coding) when that is smaller, else None: the one compressor
+    of the uplinks. What is signed is never touched; this is the hop's coding of the signed bytes."""
+    packed = zlib.compress(data, level)
+    return packed if len(packed) < len(data) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,22 +7,51 @@
   Any other 4xx is a rejection of these bytes: not retryable, so the agent quarantines the batch. That includes
   ``409`` (conflict: the backend holds different content under this batch's ``(gw, boot, seq)``), which the agent
   also counts as ``conflict_batches``: such a batch is kept, never taken as delivered.
+* ``compress`` (the default; ``uplink.compress``): the body is the signed batch deflated (``Content-Encoding:
+  deflate``, a zlib stream) when that is smaller. What is signed, stored and verified is unchanged: the receiver
+  inflates and verifies the same bytes. A receiver that cannot read the coding answers 415 (RFC 7694), or, if it
+  ignores the header, 400 to bytes it cannot parse: the same batch is then sent again plain at once, and when the
+  plain body is taken (or the answer was 415) the uplink sends plain bodies from then on, so older backends keep
+  working. ``counters`` has the bytes written to the socket (request line, headers and body, before TLS).
 """
 
 import email.utils
 import http.client
+import logging
 import re
 import socket
 import ssl
 import time
 import urllib.parse
 
-from gateway.adapters.uplink.base import FAIL, OK, WARN, Probe, SectionError, Uplink
+from gateway.adapters.uplink.base import FAIL, OK, WARN, Probe, SectionError, Uplink, deflated
 from gateway.core.errors import UplinkError
 from gateway.core.redact import plaintext_uplink, redact_url
 from gateway.core.wire import HTTP_CONTENT_TYPE
 
 _RETRYABLE_4XX = {408, 425, 429}
+DEFLATE = "deflate"
+#: answers to a deflated body after which the same batch goes again plain: 415 is a receiver that refuses the
+#: coding; 400 may be one that ignored the header and could not parse the deflated bytes
+_CODING_REFUSED = (400, 415)
+log = logging.getLogger(__name__)
+
+
+class _Counting:
+    """Counts what ``http.client`` writes (request line, headers, body): the bytes on the socket before TLS."""
+    bytes_sent = 0
+
+    def send(self, data):
+        super().send(data)
+        self.bytes_sent += len(data)
+
+
+class _HTTPConnection(_Counting, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Counting, http.client.HTTPSConnection):
+    pass
 
 
 def parse_retry_after(value, now=None):
@@ -45,7 +74,7 @@ class HttpUplink(Uplink):
     kind = "http"
     schemes = ("http", "https")
 
-    def __init__(self, url, ca_file=None, timeout=10.0, headers=None):
+    def __init__(self, url, ca_file=None, timeout=10.0, headers=None, compress=True):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("uplink url must be http:// or https:// with a host, not %r" % (url,))
@@ -61,6 +90,10 @@ class HttpUplink(Uplink):
             self.context = ssl.create_default_context(cafile=ca_file)
         self._conn = None
         self.last_latency = None
+        self.compress = compress
+        self.plain_only = False  # set for good once the receiver showed it cannot read a deflated body
+        self.counters = {"requests": 0, "bytes_sent": 0, "body_bytes": 0, "signed_bytes": 0, "deflated": 0,
+                         "coding_fallbacks": 0}
 
     @classmethod
     def check_section(cls, section):
@@ -71,7 +104,8 @@ class HttpUplink(Uplink):
     def from_section(cls, section):
         if not section.url:
             raise SectionError("is required for the http uplink", "uplink.url")
-        return cls(section.url, ca_file=section.ca_file or None, timeout=section.timeout_s)
+        return cls(section.url, ca_file=section.ca_file or None, timeout=section.timeout_s,
+                   compress=section.compress)
 
     @classmethod
     def from_url(cls, url, timeout=10.0, retry_max_s=None):
@@ -134,10 +168,9 @@ class HttpUplink(Uplink):
     def _connection(self):
         if self._conn is None:
             if self.scheme == "https":
-                self._conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
-                                                         context=self.context)
+                self._conn = _HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self.context)
             else:
-                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+                self._conn = _HTTPConnection(self.host, self.port, timeout=self.timeout)
             self._conn.connect()
             # http.client writes headers and body separately; Nagle plus delayed ACK would stall each POST.
             self._conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -145,12 +178,36 @@ class HttpUplink(Uplink):
 
     def send(self, batch):
         data = batch.data if hasattr(batch, "data") else batch
-        headers = {"Content-Type": HTTP_CONTENT_TYPE, "Content-Length": str(len(data))}
+        packed = deflated(data) if self.compress and not self.plain_only else None
+        if packed is None:
+            return self._post(data, len(data), None)
+        try:
+            return self._post(packed, len(data), DEFLATE)
+        except UplinkError as exc:
+            if exc.status not in _CODING_REFUSED:
+                raise
+            refused = exc
+        status = self._post(data, len(data), None)  # raises when the plain body is refused too: the batch's fault
+        self.plain_only = True
+        self.counters["coding_fallbacks"] += 1
+        log.warning("http uplink: %s refused a deflated body (%s) and took it plain; sending plain bodies from now on",
+                    self.describe(), refused.status)
+        return status
+
+    def _post(self, payload, signed, coding):
+        """One POST of ``payload`` (the signed bytes, ``signed`` long, in ``coding``); the status of a 2xx."""
+        headers = {"Content-Type": HTTP_CONTENT_TYPE, "Content-Length": str(len(payload))}
+        if coding:
+            headers["Content-Encoding"] = coding
         headers.update(self.headers)
         start = time.monotonic()
         try:
             conn = self._connection()
-            conn.request("POST", self.path, body=data, headers=headers)
+            before = conn.bytes_sent
+            try:
+                conn.request("POST", self.path, body=payload, headers=headers)
+            finally:
+                self.counters["bytes_sent"] += conn.bytes_sent - before
             resp = conn.getresponse()
             body = resp.read(4096)
             if resp.will_close:
@@ -164,8 +221,14 @@ class HttpUplink(Uplink):
             raise UplinkError("cannot reach %s: %s" % (self.url, exc or type(exc).__name__), retryable=True) from exc
         self.last_latency = time.monotonic() - start
         status = resp.status
+        self.counters["requests"] += 1
+        self.counters["body_bytes"] += len(payload)
+        self.counters["signed_bytes"] += signed
+        self.counters["deflated"] += coding is not None
         if 200 <= status < 300:
             return status
+        if status == 415 and coding:
+            self.close()  # the receiver may not have read the body: start the next request on a fresh connection
         detail = body[:200].decode("utf-8", "replace").strip()
         retry_after = parse_retry_after(resp.getheader("Retry-After"))
         retryable = status >= 500 or status in _RETRYABLE_4XX or status < 200 or 300 <= status < 400

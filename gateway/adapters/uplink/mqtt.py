@@ -16,6 +16,11 @@ Uplink (``MqttUplink``):
   codes: every PUBACK acknowledges.
 * On every (re)connect, messages paho still holds from before are dropped rather than republished: the store
   re-sends them, so nothing is published twice by two owners.
+* ``compress`` (the default, MQTT v5 only): the payload is the signed batch deflated (a zlib stream, level 6)
+  when that is smaller, marked with the user property ``content-encoding: deflate`` and Payload Format
+  Indicator 0; the consumer inflates it (``backend/mqtt_consumer.py``). What is signed is unchanged: the
+  compression is hop-by-hop. A consumer that does not read the property cannot verify such a payload, so a
+  fleet with such consumers sets ``uplink.compress = false`` (MQTT has no answer to fall back on).
 * TLS (system trust store or a pinned ``ca_file``; verification cannot be turned off), username/password,
   client certificates. The password is never logged nor put in ``describe()``.
 
@@ -36,7 +41,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.adapters.uplink.base import FAIL, OK, WARN, Probe, Uplink
+from gateway.adapters.uplink.base import FAIL, OK, WARN, Probe, Uplink, deflated
 from gateway.core.errors import UplinkError
 from gateway.core.redact import plaintext_uplink, redact_url
 
@@ -46,6 +51,16 @@ NO_MATCHING_SUBSCRIBERS = 0x10
 REJECTED = {0x87: "not authorized", 0x90: "topic name invalid", 0x95: "packet too large",
             0x99: "payload format invalid"}
 PROTOCOLS = {"5": MQTTProtocolVersion.MQTTv5, "311": MQTTProtocolVersion.MQTTv311}
+#: the MQTT v5 user property that names a payload's content coding, as HTTP's ``Content-Encoding``
+CONTENT_ENCODING = "content-encoding"
+
+
+def content_encoding_of(properties):
+    """The ``content-encoding`` user property of a received message (v5 ``Properties`` or None), or None."""
+    for key, value in getattr(properties, "UserProperty", None) or ():
+        if key.lower() == CONTENT_ENCODING:
+            return value
+    return None
 
 
 def gateway_of(data):
@@ -182,7 +197,7 @@ class MqttUplink(Uplink):
 
     def __init__(self, host="127.0.0.1", port=1883, topic_prefix="edge", gw=None, client_id="", username="",
                  password="", tls=False, ca_file=None, cert_file=None, key_file=None, keepalive=30, timeout=10.0,
-                 protocol="5", require_subscribers=True, connect_timeout=None, reconnect=(1, 30)):
+                 protocol="5", require_subscribers=True, connect_timeout=None, reconnect=(1, 30), compress=True):
         if any(c in topic_prefix for c in "+#\0") or not topic_prefix.strip("/"):
             raise ValueError("MQTT topic prefix must be a non-empty topic without wildcards, not %r" % (topic_prefix,))
         self.prefix = topic_prefix.strip("/")
@@ -190,6 +205,8 @@ class MqttUplink(Uplink):
         self.timeout = timeout
         self.connect_timeout = timeout if connect_timeout is None else connect_timeout
         self.require_subscribers = require_subscribers
+        self.compress = compress and str(protocol) == "5"  # v3.1.1 has no properties to say so
+        self.counters = {"payload_bytes": 0, "signed_bytes": 0, "deflated": 0}
         self.scheme = "mqtts" if (tls or ca_file or cert_file) else "mqtt"
         self.user = username
         self.tls_files = (ca_file, cert_file, key_file)
@@ -209,7 +226,8 @@ class MqttUplink(Uplink):
         m = section.mqtt
         return cls(m.host, m.port, m.topic_prefix, gw=gw, client_id=m.client_id, username=m.username,
                    password=m.password, tls=m.tls, ca_file=m.ca_file or None, cert_file=m.cert_file or None,
-                   key_file=m.key_file or None, keepalive=m.keepalive_s, timeout=section.timeout_s)
+                   key_file=m.key_file or None, keepalive=m.keepalive_s, timeout=section.timeout_s,
+                   compress=section.compress)
 
     @classmethod
     def from_url(cls, url, timeout=10.0, retry_max_s=None, gw=None, **kw):
@@ -299,7 +317,13 @@ class MqttUplink(Uplink):
                               retryable=True)
         with conn.cond:
             generation = conn.generation
-        info = conn.client.publish(topic, data, qos=1)
+        payload, props = data, None
+        packed = deflated(data) if self.compress else None
+        if packed is not None:
+            payload, props = packed, Properties(PacketTypes.PUBLISH)
+            props.PayloadFormatIndicator = 0  # bytes, not UTF-8
+            props.UserProperty = (CONTENT_ENCODING, "deflate")
+        info = conn.client.publish(topic, payload, qos=1, properties=props)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise UplinkError("MQTT publish to %s failed: %s" % (self.describe(), mqtt.error_string(info.rc)),
                               retryable=True)
@@ -315,6 +339,9 @@ class MqttUplink(Uplink):
                 conn.cond.wait(min(left, 0.05))
             code = self._acks.pop(info.mid, 0)
         self.last_latency = time.monotonic() - start
+        self.counters["payload_bytes"] += len(payload)
+        self.counters["signed_bytes"] += len(data)
+        self.counters["deflated"] += packed is not None
         if code == NO_MATCHING_SUBSCRIBERS and self.require_subscribers:
             raise UplinkError("MQTT broker %s has no subscriber for %s; keeping the batch" % (self.describe(), topic),
                               retryable=True)
