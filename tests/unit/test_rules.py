@@ -2,7 +2,6 @@
 
 import ast
 import pathlib
-import timeit
 
 import pytest
 
@@ -67,21 +66,6 @@ def test_fridge_day_shape():
             warm = False
             cycles += 1
     assert 36 <= cycles <= 72  # 20..40 min cycles over a day
-
-
-def test_threshold_deadband_throughput_floor():
-    engine = rules.RuleEngine([{"match": {"sensor": "*", "name": "temp"}, "low": 2, "high": 8, "hysteresis": 0.5,
-                                "deadband": 0.1}], event_factory=Event)
-    readings = [Reading("s%d" % (i % 10), "temp", round(5 + 3.5 * ((i % 2000) - 1000) / 1000, 2), "Cel", float(i))
-                for i in range(50000)]
-    process = engine.process
-
-    def run():
-        for r in readings:
-            process(r)
-
-    best = min(timeit.repeat(run, number=1, repeat=3))
-    assert len(readings) / best > 100_000  # loose floor for loaded CI; the benchmark itself targets 500k/s
 
 
 def test_rules_package_imports_nothing_outside_itself():
