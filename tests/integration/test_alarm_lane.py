@@ -43,7 +43,7 @@ def test_alarms_overtake_a_100k_backlog_within_a_second(tmp_path):
             while not stored(k) and time.monotonic() - start < 5:
                 await asyncio.sleep(0.002)
             results.append((time.monotonic() - start, backlog_before, agent.depth()[1]))
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # kept: the drills are spaced apart, each alarm arrives on its own
         while agent.depth()[0] and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         stop.set()
@@ -82,7 +82,7 @@ def test_an_alarm_cuts_the_backoff_short(tmp_path):
         while agent.uplink_state != "down" and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         out["down"] = agent.uplink_state
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(2.0)  # kept: the backend stays in maintenance for 2 s (the scenario under test)
         server.maintenance(0)  # the backend is back; the agent still sleeps out its Retry-After
         out["stored_before_alarm"] = receiver.stats()["stored"]
         start = time.monotonic()

@@ -125,7 +125,7 @@ def test_adverts_of_four_formats_reach_the_receiver(bluez, tmp_path, signing_key
                         and len(values(receiver, PLAIN.lower(), "temp")) >= 3
                         and len(values(receiver, RUUVI.lower(), "temp")) >= 3
                         and values(receiver, PVVX.lower(), "temp"), 10, "readings at the receiver")
-            await asyncio.sleep(0.3)  # anything wrongly let through would arrive now
+            await asyncio.sleep(0.3)  # kept: a negative check; anything wrongly let through would arrive now
 
     asyncio.run(scenario())
     plain, sealed, ruuvi, pvvx = PLAIN.lower(), "cellar", RUUVI.lower(), PVVX.lower()
@@ -273,7 +273,7 @@ def test_gatt_poll_reads_ess_and_a_dead_device_backs_off_alone(bluez, caplog):
             await until(lambda: sum(r.name == "temp" for _, r in got) >= 3, 5, "three polls")
             bluez.set_characteristic(GOOD, 0x2A6E, struct.pack("<h", -1825))
             await until(lambda: any(r.value == -18.25 for _, r in got), 5, "the new value")
-            await asyncio.sleep(max(0.0, 2.5 - (loop.time() - got[0][0])))
+            await asyncio.sleep(max(0.0, 2.5 - (loop.time() - got[0][0])))  # kept: 2.5 s of polling to count
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

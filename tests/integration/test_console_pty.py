@@ -19,6 +19,7 @@ from gateway.core.clock import kernel_clock_synced
 from gateway.app.config import load
 from gateway.app.console.commands import COMMANDS
 
+from tests.support import wait_until
 from tests.support.console import PIN, Rig, config_path, receiver  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(60)
@@ -36,7 +37,7 @@ class Term:
         if byte_at_a_time:
             for b in data:
                 os.write(self.fd, bytes([b]))
-                time.sleep(0.002)
+                time.sleep(0.002)  # the behaviour under test: a typist, one byte at a time
         else:
             os.write(self.fd, data)
 
@@ -102,9 +103,7 @@ def fits(lines):
 def test_byte_at_a_time_backspace_and_real_status(config_path, pty_pair, receiver):
     rig, term = start(config_path, pty_pair)
     try:
-        deadline = time.monotonic() + 15
-        while rig.agent.counters["batches_sent"] < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: rig.agent.counters["batches_sent"] >= 2, 15, "two batches sent")
         lines = term.cmd("status", byte_at_a_time=True)
         text = "\n".join(lines)
         assert fits(lines)
@@ -207,13 +206,13 @@ def test_wrong_pin_backoff_and_lockout(config_path, pty_pair, tmp_path):
         refused = term.cmd("unlock " + PIN)  # right PIN, too early: refused unchecked
         assert refused[0].startswith("too soon: try again in 0.")
         assert term.screen.endswith(b"gw-console> ")
-        time.sleep(max(0.0, 0.55 - (time.monotonic() - t_fail)))
+        time.sleep(max(0.0, 0.55 - (time.monotonic() - t_fail)))  # the lock's 0.5 s back-off passes (real clock)
         assert term.cmd("unlock 1111") == ["wrong PIN (2 of 3); next attempt in 1.0 s"]
-        time.sleep(1.05)
+        time.sleep(1.05)  # the lock's 1.0 s back-off passes (the behaviour under test)
         assert term.cmd("unlock 9999") == ["wrong PIN; locked out for 2.0 s after 3 failures"]
         t_lock = time.monotonic()
         assert re.match(r"locked out after 3 failed PINs: try again in [12]\.\d s$", term.cmd("unlock " + PIN)[0])
-        time.sleep(max(0.0, 2.05 - (time.monotonic() - t_lock)))
+        time.sleep(max(0.0, 2.05 - (time.monotonic() - t_lock)))  # the 2.0 s lock-out passes (under test)
         assert term.cmd("unlock " + PIN)[0].startswith("unlocked")
         assert term.screen.endswith(b"gw-console# ")
         audit = (tmp_path / "state" / "console-audit.log").read_text()
@@ -280,9 +279,7 @@ def test_disconnect_locks_and_the_console_comes_back(config_path, tmp_path):
         assert rig.server.console.lock.unlocked
         os.close(m1)  # the cable is pulled: the slave side reads EIO
         os.close(s1)
-        deadline = time.monotonic() + 5
-        while rig.server.counters["disconnects"] < 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: rig.server.counters["disconnects"] >= 1, 5, "the console to see the disconnect")
         assert rig.server.counters["disconnects"] == 1
         assert not rig.server.console.lock.unlocked
         m2, s2 = os.openpty()  # plugged in again (a new device behind the same stable name)
@@ -303,9 +300,7 @@ def test_store_flush_to_file_writes_verifiable_batches(config_path, pty_pair, re
     server.stop()  # the uplink is down: batches pile up in the store
     rig, term = start(config_path, pty_pair)
     try:
-        deadline = time.monotonic() + 10
-        while rig.agent.depth()[0] < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: rig.agent.depth()[0] >= 3, 10, "three batches in the store")
         term.cmd("unlock " + PIN)
         target = str(tmp_path / "queue.cbor")
         lines = term.cmd("store flush-to-file " + target)

@@ -20,6 +20,7 @@ import zipfile
 import pytest
 
 from tools import wheelhouse
+from tests.support import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEPLOY = os.path.join(ROOT, "deploy")
@@ -246,10 +247,11 @@ def test_install_run_doctor_uninstall(tmp_path, wheels):
 
         agent = subprocess.Popen([venv_bin + "/edge-gateway", "run", "--config", str(cfg)],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and count_records(str(tmp_path / "recv.sqlite"), "gw-site-1") < 10:
+
+        def ten_records():
             assert agent.poll() is None, agent.stderr.read()
-            time.sleep(0.2)
+            return count_records(str(tmp_path / "recv.sqlite"), "gw-site-1") >= 10
+        wait_until(ten_records, 20, "ten records from the installed agent at the receiver", interval=0.2)
         assert count_records(str(tmp_path / "recv.sqlite"), "gw-site-1") >= 10
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(15) == 0
@@ -324,7 +326,7 @@ def test_upgrade_keeps_previous_and_rolls_back(tmp_path, wheels):
     base = root / "opt/edge-gateway"
     first = os.readlink(base / "current")
 
-    time.sleep(1.1)  # venv names carry a timestamp
+    time.sleep(1.1)  # kept: venv names carry a timestamp in seconds, so the upgrade must start in a later second
     sh("upgrade.sh", "--root", str(root), "--wheelhouse", wheels, "--python", BASE_PYTHON)
     second = os.readlink(base / "current")
     assert second != first and (base / "previous").read_text().strip() == first

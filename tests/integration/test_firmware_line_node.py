@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -53,12 +52,14 @@ def test_control_lines_on_stdin():
     proc = subprocess.Popen([MICROPYTHON, os.path.join(ROOT, "firmware_sim", "line_node.py"), "--sensors", "1",
                              "--rate", "50", "--checksum", "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             env=env)
-    time.sleep(0.2)
+    # Wait on the board's own output, not on the clock: six lines mean it runs; six more mean it read "!badsum".
+    seen = b"".join(proc.stdout.readline() for _ in range(6))
     proc.stdin.write(b"!badsum\n")
     proc.stdin.flush()
-    time.sleep(0.2)
+    seen += b"".join(proc.stdout.readline() for _ in range(6))
     proc.stdin.write(b"!disconnect\n")
     proc.stdin.flush()
     out, _ = proc.communicate(timeout=10)
+    out = seen + out
     errors, ticks, _ = decode(out)
     assert proc.returncode == 0 and errors == {"bad_checksum": 1} and len(ticks) >= 10

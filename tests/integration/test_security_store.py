@@ -185,7 +185,7 @@ class NumberedSource(Source):
             for _ in range(min(self.per_tick, self.total - self.sent)):
                 emit(Reading(self.sensor, "x", self.first + self.sent, None, time.monotonic()))
                 self.sent += 1
-            await asyncio.sleep(self.period)
+            await asyncio.sleep(self.period)  # the source's production rate (behaviour, not a wait)
         await asyncio.Event().wait()
 
 

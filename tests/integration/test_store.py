@@ -230,7 +230,7 @@ class CountingSource(Source):
             for _ in range(min(self.per_tick, self.total - self.sent)):
                 emit(Reading(self.sensor, "x", self.sent, None, time.monotonic()))
                 self.sent += 1
-            await asyncio.sleep(self.period)
+            await asyncio.sleep(self.period)  # the source's production rate (behaviour, not a wait)
         await asyncio.Event().wait()
 
 
@@ -362,7 +362,7 @@ class SlowStore(Store):
     delay = 0.25
 
     def put_many(self, batches):
-        time.sleep(self.delay)
+        time.sleep(self.delay)  # kept: the slow disk is the behaviour under test
         return super().put_many(batches)
 
 

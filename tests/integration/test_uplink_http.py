@@ -9,6 +9,7 @@ import pytest
 from gateway.core.errors import UplinkError
 from gateway.core.model import EncodedBatch
 from gateway.adapters.uplink.http import HttpUplink, parse_retry_after
+from tests.support import async_wait_until
 from tests.support.pki import make_pki
 
 
@@ -138,11 +139,12 @@ def test_rejected_batch_is_quarantined_and_never_blocks_the_queue(tmp_path, sign
     async def main():
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0)  # a yield, not a wait: agent.run() sets up its loop before the first cut
         for i in range(4):
             agent.emit(Reading("s", "x", i, None, 1.0 + i))
             agent.cut()
-            await asyncio.sleep(0.2)
+            await async_wait_until(lambda: len(server.bodies) == i + 1 and agent.depth()[0] == 0, 10,
+                                   "batch %d answered by the backend" % i)
         stop.set()
         await asyncio.wait_for(task, 20)
     try:
@@ -159,7 +161,6 @@ def test_batches_rejected_before_enrolment_arrive_after_their_retry(tmp_path):
     """The backend did not know the gateway's key yet (403 unknown_kid): the batch is quarantined, then retried
     once the retry is due, and arrives once the key is enrolled. Nothing is lost, nothing is retried forever."""
     import asyncio
-    import time
 
     from gateway.adapters import keys
     from gateway.app.agent import Agent
@@ -182,13 +183,10 @@ def test_batches_rejected_before_enrolment_arrive_after_their_retry(tmp_path):
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         agent.emit(Reading("s1", "temp", 4.5, "Cel", agent.clock.monotonic()))
-        deadline = time.monotonic() + 10
-        while agent.counters["quarantined"] == 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await async_wait_until(lambda: agent.counters["quarantined"], 10, "the batch to be quarantined")
         seen["quarantined"] = agent.counters["quarantined"]
         receiver.trust.add(key.jwk("gw-late"))  # the installer enrols the key at the backend
-        while not receiver.stats()["stored"] and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await async_wait_until(lambda: receiver.stats()["stored"], 10, "the retried batch at the receiver")
         stop.set()
         await task
 

@@ -41,7 +41,7 @@ class TankSource(Source):
                 emit(r)
             n += 1
             self.count("ticks")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # the source's rate: a reading set every 50 ms
 
 
 class Rig:

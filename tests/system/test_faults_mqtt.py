@@ -36,7 +36,7 @@ def test_sigkill_agent_broker_restarts_and_receiver_outage_lose_nothing(tmp_path
         if i in (1, 4) and phase == "running":  # the broker dies under a running agent and comes back
             broker.kill()
             faults["broker_kills"] += 1
-            time.sleep(rng.uniform(0.3, 1.0))
+            time.sleep(rng.uniform(0.3, 1.0))  # kept: the broker stays dead a random while (the fault)
             broker.start()
         if i == 2 and phase == "running":
             receiver.kill()
