@@ -19,7 +19,7 @@ rejected it for good (4xx, counted by the receiver). Nothing the broker delivers
 
 It shares the paho connection helper and the MQTT URL parser with the gateway's uplink
 (``gateway/adapters/uplink/mqtt.py``, the only module that imports paho); the import points from the backend
-down to the adapters, as ``tests/test_layers.py`` allows.
+down to the adapters, as ``tests/unit/test_layers.py`` allows.
 """
 
 import hashlib

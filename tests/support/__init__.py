@@ -12,7 +12,6 @@ import pathlib
 import shutil
 import socket
 import sys
-import threading
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -63,28 +62,9 @@ def wait_for_port(port, host="127.0.0.1", timeout=10.0, what=None, alive=None):
 
 
 # -- servers on port 0 --------------------------------------------------------------------------------------------
-def serve_http(handler_class, host="127.0.0.1", **attrs):
-    """A ``ThreadingHTTPServer`` bound to port 0 on loopback, serving on a daemon thread.
-
-    Returns the server; ``server.server_address[1]`` is the port the kernel chose (read back, never guessed).
-    ``attrs`` become attributes of the server (handlers see them as ``self.server.<name>``). Stop it with
-    ``stop_http(server)``."""
-    from http.server import ThreadingHTTPServer
-    httpd = ThreadingHTTPServer((host, 0), handler_class)
-    for name, value in attrs.items():
-        setattr(httpd, name, value)
-    httpd.thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    httpd.thread.start()
-    return httpd
-
-
-def stop_http(httpd):
-    httpd.shutdown()
-    httpd.server_close()
-
-
 def receiver_server(db_path, trust, **kw):
-    """The reference receiver (``backend.receiver``) on its own thread, on a port the kernel chose."""
+    """The reference receiver (``backend.receiver``) on its own thread, bound to port 0: ``server.url`` holds the
+    port the kernel chose (read back, never guessed). Test HTTP servers do the same: bind ``("127.0.0.1", 0)``."""
     from backend.receiver import Receiver, ReceiverServer
     return ReceiverServer(Receiver(os.fspath(db_path), trust, **kw)).start()
 
@@ -93,7 +73,7 @@ def reserve_port(host="127.0.0.1"):
     """A free loopback port for a server that runs as a separate process and must come back on the SAME port after
     a SIGKILL (``edge-gateway receive`` in the fault tests, Mosquitto). Such a process cannot hand a kernel-chosen
     port back to the test, so this is the one place a port is bound and released; in-process servers bind port 0
-    (``serve_http``, ``receiver_server``)."""
+    (``receiver_server``)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]

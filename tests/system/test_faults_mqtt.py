@@ -5,7 +5,7 @@ MQTT v5 shared subscription ``$share/fleet/edge/+/batches`` and acknowledges aft
 and restarted, the broker is SIGKILLed and restarted on the same port (losing every session and in-flight
 message: only the agent's store can guarantee delivery), and the receiver is down for a stretch (no subscriber:
 the broker's PUBACK says "no matching subscribers", which the agent does not take as delivery). Same acceptance
-checks as the HTTP fault test (``test_faults_http.check_delivery``).
+checks as the HTTP fault test (``tests.support.faults.check_delivery``).
 """
 
 import os
