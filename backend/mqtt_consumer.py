@@ -23,7 +23,7 @@ HTTP front (``backend/receiver.py``); a property naming another coding is a coun
 
 It shares the paho connection helper and the MQTT URL parser with the gateway's uplink
 (``gateway/adapters/uplink/mqtt.py``, the only module that imports paho); the import points from the backend
-down to the adapters, as ``tests/test_layers.py`` allows.
+down to the adapters, as ``tests/unit/test_layers.py`` allows.
 """
 
 import hashlib

@@ -1,13 +1,13 @@
-"""Shared fixtures. The repository root goes on sys.path so the tests run from a plain checkout too."""
+"""Shared fixtures for all three tiers (tests/unit, tests/integration, tests/system; docs/architecture.md "Tests").
+
+The repository root is on sys.path through setup.cfg's ``pythonpath = .`` (and the checkout .pth bootstrap.sh
+writes), so test modules import ``gateway``, ``backend``, ``tools`` and ``tests.support`` without path edits."""
 
 import os
 import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 VENV_BIN = os.path.dirname(sys.executable)
 if VENV_BIN not in os.environ.get("PATH", "").split(os.pathsep):
     os.environ["PATH"] = VENV_BIN + os.pathsep + os.environ.get("PATH", "")
@@ -53,3 +53,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         session = terminalreporter._session  # pytest returns session.exitstatus after this hook
         if session.exitstatus == 0:
             session.exitstatus = 1
+
+
+# -- tiers: the folder is the tier; the marker lets ``-m unit`` pick the same tests from anywhere ------------------
+TIERS = ("unit", "integration", "system")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = item.path.relative_to(config.rootpath).parts
+        if len(parts) > 2 and parts[0] == "tests" and parts[1] in TIERS:
+            item.add_marker(getattr(pytest.mark, parts[1]))

@@ -6,7 +6,7 @@ typed errors it is allowed to raise, and a corpus of valid inputs to start from.
 seeded ``random.Random``, so a run is reproducible from its seed. Any other exception is a finding: it is recorded
 with the input in hex, and the run goes on.
 
-The CI tier (``tests/test_fuzz.py``) runs every target for a few thousand inputs with fixed seeds. The long run is
+The CI tier (``tests/integration/test_fuzz.py``) runs every target for a few thousand inputs with fixed seeds. The long run is
 ``edge-gateway fuzz --inputs 2000000`` (``docs/security.md`` records its result).
 
 Targets are registered in ``tools.fuzz_targets``; the command is ``tools.fuzz_cmd``.

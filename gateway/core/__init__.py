@@ -1,4 +1,4 @@
-"""The pure core: values in, values out. No IO, no asyncio, no threads, no clock reads (tests/test_purity.py).
+"""The pure core: values in, values out. No IO, no asyncio, no threads, no clock reads (tests/integration/test_purity.py).
 
 Value types and errors, SenML and the COSE wire codec (sign and verify), the strict CBOR walk, the batcher, the
 rules engine (which also runs under MicroPython), presence, redaction and the poison-batch rule. Everything else

@@ -6,7 +6,7 @@ manufacturer_data=..., rssi=...)`` with the bytes ``firmware_sim/ble_nodes.py`` 
 very callback bleak calls in production, ``BleScanSource._on_advert`` (selection table, ``Selection``,
 ``Deduper``, the pure BTHome/Ruuvi/pvvx decoders, the RSSI rate limit), with plain value objects standing in for
 bleak's ``BLEDevice`` and ``AdvertisementData``. So the bytes, the selection, the dedup and the decoding are the
-production ones; only the radio and BlueZ are simulated. ``tests/test_ble_e2e.py`` covers bleak and BlueZ itself.
+production ones; only the radio and BlueZ are simulated. ``tests/integration/test_ble_e2e.py`` covers bleak and BlueZ itself.
 
 Readings are stamped with ``clock.monotonic()`` of the injected clock (a ``FakeClock`` under accelerated time).
 ``hear`` runs on the event loop, like bleak's detection callback, and is synchronous: when it returns, the

@@ -68,7 +68,7 @@ class Uplink(abc.ABC):
     def from_section(cls, section):
         """Build from the validated ``[uplink]`` section (``gateway.app.config.UplinkSection``). Raises
         ``SectionError`` for a missing key, ``ValueError`` or ``OSError`` for a value it cannot use. Every
-        registered uplink overrides it (``tests/test_uplink_directory.py`` checks); a test double need not."""
+        registered uplink overrides it (``tests/integration/test_uplink_directory.py`` checks); a test double need not."""
         raise SectionError("the %s uplink cannot be configured from a file" % cls.kind)
 
     @classmethod

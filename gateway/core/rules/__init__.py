@@ -3,7 +3,7 @@
 Readings go in, the readings to forward and the events to report come out. The engine never reads a clock: times
 come from ``reading.t`` and from the ``now`` given to :meth:`RuleEngine.tick`. It does no IO and keeps no module
 state. It is written to MicroPython's subset (no dataclasses, typing, fnmatch, f-strings, ``math.isclose``), and
-``tests/test_rules_micropython.py`` runs its cases on the real ``micropython`` binary.
+``tests/integration/test_rules_micropython.py`` runs its cases on the real ``micropython`` binary.
 
 Input readings are duck-typed: ``sensor`` (str), ``name`` (str, the quantity), ``value``, ``t`` (float seconds).
 The engine forwards the very same objects; it never copies or re-stamps a reading.

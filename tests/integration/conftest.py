@@ -1,0 +1,23 @@
+"""Fixtures of the integration tier (the root conftest.py gives ``signing_key`` and ``trust``)."""
+
+import pytest
+
+from tests.support import receiver_server
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A durable queue in a temporary SQLite file."""
+    from gateway.adapters.store import Store
+    s = Store(str(tmp_path / "queue.sqlite"))
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def http_receiver(tmp_path, trust):
+    """The reference receiver on loopback, bound to port 0 (``http_receiver.url``), trusting ``signing_key``."""
+    server = receiver_server(tmp_path / "receiver.sqlite", trust)
+    yield server
+    server.stop()
+    server.receiver.close()

@@ -1,0 +1,225 @@
+"""Issue 15: the installer's guide (docs/operations.md) works as written, the examples load, every option is
+explained, and the wire contract lists the health records the gateway sends.
+
+The guide's own commands are read from the document and run in a temporary directory (a laptop's working
+directory) and a temporary root (the SD card and the Pi's file system), the way tests/integration/test_deploy.py runs
+install.sh. Only what the guide leaves to the reader is filled in: the wheelhouse (``[--wheelhouse wheels/]``
+becomes ``--target native``, this machine's wheels, offline) and the boot partition's mount point.
+"""
+
+import argparse
+import glob
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from gateway.app import config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GUIDE = os.path.join(ROOT, "docs", "operations.md")
+BASE_PYTHON = getattr(sys, "_base_executable", sys.executable)
+
+
+def guide_steps():
+    """``{step title: text}`` of the "Installer's guide" section."""
+    text = open(GUIDE).read()
+    section = text.split("## Installer's guide", 1)[1].split("\n## ", 1)[0]
+    parts = re.split(r"^### ", section, flags=re.M)[1:]
+    return {p.split("\n", 1)[0].strip(): p for p in parts}
+
+
+def sh_blocks(step_text):
+    """The ``sh`` code blocks of a step, each as a list of commands (continuation lines joined, comments cut)."""
+    out = []
+    for block in re.findall(r"```sh\n(.*?)```", step_text, re.S):
+        joined = block.replace("\\\n", " ")
+        out.append([line.split("  #")[0].strip() for line in joined.splitlines() if line.strip()])
+    return out
+
+
+def run_cli(cwd, command):
+    argv = shlex.split(command)
+    assert argv[0] == "edge-gateway", command
+    proc = subprocess.run([sys.executable, "-m", "gateway.cli"] + argv[1:], capture_output=True, text=True,
+                          cwd=cwd, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, "%s\n%s" % (command, proc.stderr)
+    return proc
+
+
+def test_the_installer_guide_keeps_sensors_rules_and_pin_from_step_1_to_the_gateway(tmp_path):
+    steps = guide_steps()
+    step1 = next(v for k, v in steps.items() if k.startswith("1."))
+    step2 = next(v for k, v in steps.items() if k.startswith("2."))
+    step3 = next(v for k, v in steps.items() if k.startswith("3."))
+    laptop = tmp_path / "laptop"
+    laptop.mkdir()
+    os.symlink(os.path.join(ROOT, "deploy"), laptop / "deploy")  # the guide runs in a checkout
+
+    # 1. Provision: the first block (copy the sample sensors file, provision one gateway).
+    commands = sh_blocks(step1)[0]
+    assert commands[0].startswith("cp deploy/sensors.example.toml ") and "--sensors" in commands[1]
+    subprocess.run(shlex.split(commands[0]), cwd=laptop, check=True)
+    run_cli(laptop, commands[1])
+    gw = re.search(r"--gateway-id (\S+)", commands[1]).group(1)
+    first = config.load(str(laptop / "provisioned" / gw / "config.toml"))
+    assert first.sources and first.rules and first.console.pin_hash.startswith("scrypt$")
+
+    # 2. The bundle, with the guide's own command: no --sensors, no --pin.
+    (bundle_cmd,) = sh_blocks(step2)[0]
+    assert "--sensors" not in bundle_cmd and "--pin" not in bundle_cmd and "[--wheelhouse wheels/]" in bundle_cmd
+    proc = run_cli(laptop, bundle_cmd.replace("[--wheelhouse wheels/]", "--target native"))
+    assert "kept from the existing config.toml" in proc.stderr
+    bundle = laptop / re.search(r"--bundle (\S+)", bundle_cmd).group(1)
+    in_bundle = config.load(str(bundle / "config.toml"))
+    assert in_bundle.sources == first.sources and in_bundle.rules == first.rules
+    assert in_bundle.console.pin_hash == first.console.pin_hash
+    listed = re.search(r"The bundle holds (.*?)\. Without", step2, re.S).group(1)
+    for name in sorted(os.listdir(bundle)):  # the guide's list of the bundle's files is complete
+        assert "`%s" % name in listed, name
+
+    # 3. Copy to the boot partition, and the cmdline.txt hook for images without cloud-init.
+    copy = re.search(r"`(cp -r bundles/\S+ /media/\$USER/bootfs/edge-gateway)`", step3).group(1)
+    root = tmp_path / "root"
+    boot = root / "boot" / "firmware"
+    boot.mkdir(parents=True)
+    subprocess.run(shlex.split(copy.replace("/media/$USER/bootfs", str(boot))), cwd=laptop, check=True)
+    hook = re.search(r"`(systemd\.run=\S+ [^`]+)`", step3).group(1)
+    (boot / "cmdline.txt").write_text("console=serial0,115200 root=PARTUUID=1-02 rootwait " + hook + "\n")
+
+    # 4. First boot, into the temporary root.
+    env = dict(os.environ, DESTDIR=str(root), PYTHON=BASE_PYTHON, FIRSTBOOT_LOG=str(tmp_path / "firstboot.log"))
+    fb = subprocess.run(["sh", str(boot / "edge-gateway" / "firstboot.sh")], capture_output=True, text=True,
+                        timeout=180, env=env)
+    assert fb.returncode == 0, (tmp_path / "firstboot.log").read_text()
+    installed = config.load(str(root / "etc" / "edge-gateway" / "config.toml"))
+    assert installed.sources == first.sources and installed.rules == first.rules
+    assert installed.console.pin_hash == first.console.pin_hash
+    assert (root / "var/lib/edge-gateway/key.pem").exists() and not (boot / "edge-gateway" / "key.pem").exists()
+    assert "firstboot.sh" not in (boot / "cmdline.txt").read_text()
+
+
+def test_user_data_example_holds_only_the_runcmd_entry_the_guide_says_to_copy():
+    text = open(os.path.join(ROOT, "deploy", "firstboot", "user-data.example")).read()
+    keys = [line.split(":")[0] for line in text.splitlines() if line and not line.startswith(("#", " "))]
+    assert keys == ["runcmd"]  # no hostname or other setting that would override what the Imager wrote
+    assert "[sh, /boot/firmware/edge-gateway/firstboot.sh]" in text
+    step3 = next(v for k, v in guide_steps().items() if k.startswith("3."))
+    assert "`runcmd` entry of `user-data.example` (only that" in step3
+
+
+# -- examples ----------------------------------------------------------------------------------------------------
+def doc_toml_blocks():
+    for path in sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))) + [os.path.join(ROOT, "README.md")]:
+        for i, block in enumerate(re.findall(r"```toml\n(.*?)```", open(path).read(), re.S)):
+            yield "%s#%d" % (os.path.relpath(path, ROOT), i), block
+
+
+@pytest.mark.parametrize("name, text", list(doc_toml_blocks()) + [
+    (os.path.relpath(p, ROOT), open(p).read()) for p in sorted(glob.glob(os.path.join(ROOT, "deploy", "**",
+                                                                                       "*.toml"), recursive=True))])
+def test_every_example_config_in_deploy_and_docs_loads(name, text):
+    if name.endswith("sensors.example.toml"):  # a sensors file: what provision --sensors reads
+        from tools.provision import load_sensors
+        path = os.path.join(ROOT, name)
+        tables = load_sensors(path)
+        assert tables["sources"] and tables["rules"]
+        text += '\n[uplink]\nurl = "https://ingest.example.net/v1/batches"\n'
+    cfg = config.loads(text, name)
+    assert cfg is not None
+
+
+def test_docs_have_balanced_code_fences():
+    for path in sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))) + [os.path.join(ROOT, "README.md")]:
+        for number, line in enumerate(open(path), 1):
+            if "```" in line:
+                assert line.lstrip().startswith("```"), "%s:%d: a fence must start its line" % (path, number)
+        fences = [line for line in open(path) if line.lstrip().startswith("```")]
+        assert len(fences) % 2 == 0, path
+
+
+# -- --help ------------------------------------------------------------------------------------------------------
+def subcommands():
+    from gateway import cli
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+def test_every_option_of_every_subcommand_has_help_text():
+    missing = []
+    for name, parser in subcommands().items():
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if not action.help or action.help == argparse.SUPPRESS:
+                missing.append("%s %s" % (name, "/".join(action.option_strings) or action.dest))
+    assert missing == []
+
+
+def test_help_lists_the_values_and_shows_no_markup():
+    from tools import wheelhouse
+    from tools.scenarios import SCENARIOS
+    helps = {name: parser.format_help() for name, parser in subcommands().items()}
+    for name, text in helps.items():
+        assert "``" not in text, name
+    flat = " ".join(helps["provision"].split())
+    assert all(t in flat for t in list(wheelhouse.TARGETS) + ["native"])
+    demo = " ".join(helps["demo"].split())
+    assert all(s in demo for s in SCENARIOS)
+
+
+def test_run_defaults_to_the_documented_config_path():
+    from gateway import cli
+    args = cli.build_parser("run").parse_args(["run"])
+    assert args.config == "/etc/edge-gateway/config.toml"
+    assert "`/etc/edge-gateway/config.toml`" in open(os.path.join(ROOT, "docs", "configuration.md")).read()
+
+
+# -- the wire contract's health records --------------------------------------------------------------------------
+def documented_health():
+    text = open(os.path.join(ROOT, "docs", "wire-format.md")).read()
+    section = text.split("### Health records", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `health/([^`]+)` \|", section, re.M)
+
+
+def test_the_documented_health_records_are_the_ones_the_gateway_sends():
+    from gateway.adapters.store import COUNTERS, SESSION_COUNTERS
+    from gateway.app.agent import AGENT_HEALTH, SOURCE_HEALTH
+    from gateway.core.pipeline import _reported
+    documented = documented_health()
+    assert len(documented) == len(set(documented))
+    # What the agent hands the pipeline (Agent._health_values) and the pipeline puts in batches (_reported).
+    sent = {k for k in COUNTERS + SESSION_COUNTERS + AGENT_HEALTH if _reported(k)}
+    sent |= {"<source>." + k for k in SOURCE_HEALTH if _reported("src." + k)}
+    assert _reported("src.error.bad_checksum")
+    sent.add("<source>.error.<reason>")
+    assert set(documented) == sent
+    assert not any(k in documented for k in SESSION_COUNTERS)  # kept in memory for the console, not sent
+    drivers = "".join(open(p).read() for p in glob.glob(os.path.join(ROOT, "drivers", "**", "*.py"), recursive=True))
+    for key in SOURCE_HEALTH:  # each source counter the agent forwards is one a driver counts
+        assert 'count("%s")' % key in drivers, key
+
+
+def test_the_flush_file_format_is_in_the_wire_contract():
+    wire_doc = open(os.path.join(ROOT, "docs", "wire-format.md")).read()
+    assert "## Batch files" in wire_doc and "RFC 8742" in wire_doc.split("## Batch files", 1)[1]
+    assert "CBOR sequence" not in open(GUIDE).read()  # the guide points there instead
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert "tests/vectors/wire/" in readme and os.path.isdir(os.path.join(ROOT, "tests", "vectors", "wire"))
+    assert "`tests/vectors/wire/`" in wire_doc
+
+
+def test_sensors_example_is_what_provision_takes(tmp_path):
+    from tools import provision
+    rec, _, _ = provision.provision_one(str(tmp_path), "gw-ex", uplink="https://ingest.example.net/v1/batches",
+                                        sensors=os.path.join(ROOT, "deploy", "sensors.example.toml"))
+    cfg = config.load(rec["config"])
+    with open(os.path.join(ROOT, "deploy", "sensors.example.toml"), "rb") as f:
+        tables = tomllib.load(f)
+    assert [s["name"] for s in cfg.sources] == [s["name"] for s in tables["sources"]]
+    assert len(cfg.rules) == len(tables["rules"])

@@ -1,0 +1,96 @@
+"""What the three test tiers share: condition waits, servers on port 0, the MicroPython lookup, the repo's paths.
+
+Import it as ``from tests.support import wait_until`` (setup.cfg's ``pythonpath = .`` and the checkout .pth that
+``bootstrap.sh`` writes put the repository root on the path). The rest of the package: ``tests.support.mosquitto``
+(a real broker), ``tests.support.wire_vectors`` (the committed COSE vectors), ``tests.support.rules_mpy_cases``
+(rules cases that also run under MicroPython). No test module imports another test module; shared pieces live here.
+"""
+
+import asyncio
+import os
+import pathlib
+import shutil
+import socket
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TESTS = ROOT / "tests"
+SUPPORT = TESTS / "support"
+VECTORS = TESTS / "vectors"
+
+
+# -- waiting on a condition, never on the clock -------------------------------------------------------------------
+def wait_until(predicate, timeout=10.0, what="the condition", interval=0.01):
+    """Poll ``predicate()`` until it returns something truthy and return that; fail naming ``what`` at the deadline.
+
+    The poll interval is not a fixed sleep standing for "long enough": the test goes on as soon as the thing it
+    waits for has happened, and fails with a message when it never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out after %.1f s waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+async def async_wait_until(predicate, timeout=10.0, what="the condition", interval=0.01):
+    """``wait_until`` for a test running on an event loop: yields to the loop between polls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out after %.1f s waiting for %s" % (timeout, what))
+        await asyncio.sleep(interval)
+
+
+def wait_for_port(port, host="127.0.0.1", timeout=10.0, what=None, alive=None):
+    """Wait until something accepts connections on ``host:port``; ``alive()`` false (a child died) fails at once."""
+    def accepting():
+        if alive is not None:
+            assert alive(), "%s exited before it listened" % (what or "the server")
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+    return wait_until(accepting, timeout, what or "a listener on %s:%d" % (host, port), interval=0.05)
+
+
+# -- servers on port 0 --------------------------------------------------------------------------------------------
+def receiver_server(db_path, trust, **kw):
+    """The reference receiver (``backend.receiver``) on its own thread, bound to port 0: ``server.url`` holds the
+    port the kernel chose (read back, never guessed). Test HTTP servers do the same: bind ``("127.0.0.1", 0)``."""
+    from backend.receiver import Receiver, ReceiverServer
+    return ReceiverServer(Receiver(os.fspath(db_path), trust, **kw)).start()
+
+
+def reserve_port(host="127.0.0.1"):
+    """A free loopback port for a server that runs as a separate process and must come back on the SAME port after
+    a SIGKILL (``edge-gateway receive`` in the fault tests, Mosquitto). Such a process cannot hand a kernel-chosen
+    port back to the test, so this is the one place a port is bound and released; in-process servers bind port 0
+    (``receiver_server``)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def closed_port(host="127.0.0.1"):
+    """A loopback port nothing listens on, for tests of a refused connection (not for starting a server on)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+# -- tools ------------------------------------------------------------------------------------------------------
+def find_micropython():
+    """The ``micropython`` unix port: on PATH, beside this interpreter (the venv's bin), or in the checkout's .venv."""
+    path = os.pathsep.join([os.path.dirname(sys.executable), str(ROOT / ".venv" / "bin"), os.environ.get("PATH", "")])
+    return shutil.which("micropython", path=path)
+
+
+MICROPYTHON = find_micropython()

@@ -1,0 +1,99 @@
+"""`edge-gateway bench --quick --json`: every figure present and physically sane. Targets are not asserted here
+(timings on a shared 2-core machine are noisy); docs/performance.md holds them beside the measured medians."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+FIGURES = ["pipeline_readings_per_s", "wire_bytes_per_reading", "rss_mb_200_sensors", "idle_cpu_percent",
+           "startup_s", "drain_readings_per_s", "fsyncs_per_1k_readings", "disk_bytes_per_reading",
+           "alarm_latency_ms_p99", "swinging_door_ratio", "bthome_adverts_per_s", "nmea_sentences_per_s",
+           "rule_evals_per_s"]
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _shown(pytestconfig):
+    """Write a line to the terminal (or CI's plain log) while the test runs, past pytest's output capture, so that
+    a step of a minute shows it is alive even under ``-q``."""
+    reporter = pytestconfig.pluginmanager.getplugin("terminalreporter")
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+
+    def show(line):
+        if reporter is None or capture is None:
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
+    return show
+
+
+@pytest.fixture(scope="module")
+def bench(pytestconfig, tmp_path_factory):
+    start = time.monotonic()
+    show = _shown(pytestconfig)
+    # Work beside the checkout, on a real disk: /tmp may be a tmpfs, where no byte reaches a block device.
+    workdir = os.path.join(ROOT, ".bench-tmp")
+    os.makedirs(workdir, exist_ok=True)
+    out_path = tmp_path_factory.mktemp("bench") / "stdout.json"
+    err = []
+    show("test_bench: running 'edge-gateway bench --quick --json' (about a minute); its steps:")
+    try:
+        with open(out_path, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "bench", "--quick", "--json"], stdout=out,
+                                    stderr=subprocess.PIPE, text=True, env=dict(os.environ, BENCH_DIR=workdir))
+            watchdog = threading.Timer(240, proc.kill)  # bounded: a stuck bench ends the stream below
+            watchdog.start()
+            try:
+                for line in proc.stderr:  # the bench's progress lines ("... pipeline"), shown as they come
+                    err.append(line)
+                    if line.startswith("... "):
+                        show("  bench %s (%.0f s)" % (line[4:].rstrip(), time.monotonic() - start))
+                proc.wait()
+            finally:
+                watchdog.cancel()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert proc.returncode == 0, "".join(err)[-2000:]
+    steps = [line[4:].strip() for line in err if line.startswith("... ")]
+    return json.loads(out_path.read_text()), time.monotonic() - start, steps
+
+
+def test_the_bench_reports_progress_on_stderr_with_json_too(bench):
+    # the fixture showed each step as it came; stdout held nothing but the JSON object (parsed there)
+    results, _, steps = bench
+    assert results["quick"] is True
+    assert len(steps) >= 8 and steps[0] == "wire bytes" and steps[-1] == "idle CPU", steps
+
+
+def test_every_figure_is_reported(bench):
+    results, _, _ = bench
+    missing = [f for f in FIGURES if results.get(f) is None]
+    assert not missing
+    assert set(results["ceilings"]) == {"ed25519_signs_per_s", "cbor2_records_per_s", "sqlite_full_commits_per_s"}
+    assert set(results["targets"]) <= set(results) | {"disk_to_wire_ratio"}
+
+
+def test_figures_are_physically_sane(bench):
+    r, elapsed, _ = bench
+    assert 3 < r["wire_bytes_per_reading"] < 20
+    assert 0 < r["pipeline_readings_per_s"] < 5_000_000
+    # the pipeline signs one batch per 1000 readings, so it cannot beat 1000 x the raw signing rate
+    assert r["pipeline_readings_per_s"] < 1000 * r["ceilings"]["ed25519_signs_per_s"]
+    assert 5 < r["rss_mb_200_sensors"] < 500
+    assert 0 <= r["idle_cpu_percent"] < 100
+    assert 0.05 < r["startup_s"] < 15
+    assert r["drain_readings_per_s"] > 100
+    assert 0 < r["alarm_latency_ms_p99"] < 60_000
+    assert r["swinging_door_ratio"] > 1
+    # the rules engine's throughput (threshold + hysteresis + deadband) is measured here, not asserted in a unit test
+    assert 0 < r["rule_evals_per_s"] < 50_000_000 and r["runs"]["rule_evals_per_s"]
+    assert r["disk_bytes_per_reading"] > 0 and r["fsyncs_per_1k_readings"] > 0
+    assert all(isinstance(v, list) and v for k, v in r["runs"].items() if k.endswith("_per_s"))
+    assert elapsed < 120  # --quick is meant to finish in under 60 s on a quiet machine
