@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from gateway.adapters import keys
@@ -74,6 +75,10 @@ class _RelayHandler(BaseHTTPRequestHandler):
         relay = self.server.relay
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
+        if (self.headers.get("Content-Encoding") or "").strip().lower() == "deflate":
+            # The relay decodes hop-by-hop compression (as a proxy may), so a hook and the receiver see the signed
+            # COSE bytes; the gateway's batches are well-formed deflate streams, bounded by the batch limit.
+            body = zlib.decompress(body)
         if not relay.up:
             relay.count("cut")
             self.close_connection = True
