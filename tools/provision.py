@@ -197,19 +197,6 @@ def transport_warning(data):
 
 
 # -- trust store -------------------------------------------------------------------------------------------------
-def _read_jwks(path):
-    if not os.path.exists(path):
-        return {"keys": []}
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise KeyFileError("trust store %s cannot be read as JSON: %s" % (path, exc)) from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
-        raise KeyFileError("trust store %s is not a JWK Set (no \"keys\" array)" % path)
-    return doc
-
-
 def update_trust(path, add=(), retire=(), remove=(), today=None):
     """One atomic rewrite of the JWK Set: add/replace JWKs, mark kids retired-pending, remove kids."""
     doc = merged_trust(path, add, retire, remove, today)
@@ -219,7 +206,7 @@ def update_trust(path, add=(), retire=(), remove=(), today=None):
 
 def merged_trust(path, add=(), retire=(), remove=(), today=None):
     """The JWK Set ``update_trust`` would write, checked (``ProvisionError``) but not written."""
-    doc = _read_jwks(path)
+    doc = keys.read_jwks(path)
     today = today or datetime.date.today().isoformat()
     new_kids = {j["kid"] for j in add}
     bound = {j.get("kid"): j.get("gw") for j in doc["keys"] if isinstance(j, dict)}
@@ -249,7 +236,7 @@ def write_trust(path, doc):
 
 
 def retire(trust_path, kid):
-    doc = _read_jwks(trust_path)
+    doc = keys.read_jwks(trust_path)
     match = [j for j in doc["keys"] if j.get("kid") == kid]
     if not match:
         raise ProvisionError("kid %s is not in %s" % (kid, trust_path))

@@ -224,21 +224,27 @@ def write_jwks(path, jwks):
     write_atomic(path, json.dumps(jwks, indent=2, sort_keys=True) + "\n", 0o644)
 
 
+def read_jwks(path):
+    """The JWK Set document at ``path`` as it is (an empty set if there is no file yet); not validated as keys."""
+    if not os.path.exists(path):
+        return {"keys": []}
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise KeyFileError("cannot read trust store %s: %s" % (path, exc)) from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+        raise KeyFileError("trust store %s is not a JWK Set (no \"keys\" array)" % path)
+    return doc
+
+
 def merge_jwks(path, jwk):
     """Add or replace ``jwk`` (by kid) in the JWK Set at ``path``, creating the file if needed.
 
     The result is validated as a ``TrustStore`` before it is written. A kid bound to another gateway is never
     replaced: that would move a key, and with it the right to write as a gateway.
     """
-    doc = {"keys": []}
-    if os.path.exists(path):
-        try:
-            with open(path) as f:
-                doc = json.load(f)
-        except (OSError, ValueError) as exc:
-            raise KeyFileError("cannot read trust store %s: %s" % (path, exc)) from exc
-        if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
-            raise KeyFileError("trust store %s is not a JWK Set (no \"keys\" array)" % path)
+    doc = read_jwks(path)
     kid = jwk.get("kid") if isinstance(jwk, dict) else None
     for old in doc["keys"]:
         if isinstance(old, dict) and old.get("kid") == kid and old.get("gw") != jwk.get("gw"):
