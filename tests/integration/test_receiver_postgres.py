@@ -145,6 +145,29 @@ def test_a_database_that_cannot_be_reached_is_a_storage_error(postgres, two_gw_t
         Receiver(postgres.url("no_such_database"), two_gw_trust)
 
 
+def test_two_receivers_on_one_database_store_each_batch_once(pg_url, two_gw_trust, signing_key):
+    """The fleet shape: several receivers, one database. They race on every batch; the primary key decides."""
+    receivers = [Receiver(pg_url, two_gw_trust) for _ in range(2)]
+    data = [batch(signing_key, seq, t0=NOW + seq) for seq in range(1, 41)]
+    answers = [[], []]
+    try:
+        def run(i):
+            for d in data:
+                answers[i].append(receivers[i].process(d)[0])
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in threads)
+        for a, b in zip(*answers):
+            assert sorted((a, b)) == [200, 201]  # one stored it, the other saw a duplicate
+        assert receivers[0].query("SELECT COUNT(*), COUNT(DISTINCT seq) FROM records") == [(120, 40)]
+    finally:
+        for rx in receivers:
+            rx.close()
+
+
 # -- the schema ---------------------------------------------------------------------------------------------------
 def _catalog(conn):
     tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
