@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import signal
-import sqlite3
 import sys
 
 from gateway import __version__

@@ -168,6 +168,16 @@ def test_two_receivers_on_one_database_store_each_batch_once(pg_url, two_gw_trus
             rx.close()
 
 
+def test_receive_refuses_a_database_it_cannot_open_and_hides_the_password(postgres, tmp_path, signing_key):
+    jwks = tmp_path / "trust.jwks"
+    jwks.write_text(json.dumps({"keys": [signing_key.jwk(GW)]}))
+    url = "postgresql://edge:s3cret@127.0.0.1:%d/no_such_database" % postgres.port
+    proc = subprocess.run(["edge-gateway", "receive", "--listen", "127.0.0.1:0", "--trust", str(jwks), "--db", url],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "cannot open the receiver database" in proc.stderr
+    assert "s3cret" not in proc.stderr and "edge:***@" in proc.stderr
+
+
 # -- the schema ---------------------------------------------------------------------------------------------------
 def _catalog(conn):
     tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
