@@ -85,6 +85,9 @@ class SqliteStorage(Storage):
         try:
             db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied REAL NOT NULL)")
             current = self.schema_version()
+            if current > SCHEMA_VERSION:
+                raise StorageError("%s has schema version %d; this receiver knows up to %d (upgrade the receiver)"
+                                   % (self.path, current, SCHEMA_VERSION))
             if current < 1:
                 columns = {row[1] for row in db.execute("PRAGMA table_info(batches)")}
                 if columns and "digest" not in columns:

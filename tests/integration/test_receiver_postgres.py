@@ -205,6 +205,23 @@ def test_schema_is_built_from_an_empty_database_and_left_alone_at_a_second_start
         again.close()
 
 
+def test_a_database_from_a_newer_receiver_is_refused(pg_url, tmp_path):
+    from backend.receiver_db import SqliteStorage
+    from backend.storage import StorageError
+    PostgresStorage.from_target(pg_url).close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_version (version) VALUES (99)")
+    with pytest.raises(StorageError, match="schema version 99"):
+        PostgresStorage.from_target(pg_url)
+    path = str(tmp_path / "rx.sqlite")
+    SqliteStorage(path).close()
+    s = SqliteStorage(path)
+    s.query("INSERT INTO schema_version VALUES (99, 0)")
+    s.close()
+    with pytest.raises(StorageError, match="schema version 99"):
+        SqliteStorage(path)
+
+
 def test_sqlite_schema_is_versioned_too(tmp_path):
     from backend.receiver_db import SCHEMA_VERSION, SqliteStorage
     path = str(tmp_path / "rx.sqlite")
