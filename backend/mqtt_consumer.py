@@ -36,16 +36,19 @@ import time
 
 from gateway.adapters.uplink.mqtt import Connection, MQTTErrorCode, content_encoding_of, parse_url
 from gateway.core.backoff import Backoff
+from backend.storage import is_postgres_url, redact
 
 log = logging.getLogger(__name__)
 
 
 def consumer_client_id(group, db_path):
     """A client id that is the same at every start of one receiver (host, database file, group), so a restarted
-    receiver resumes its session; random for an in-memory database."""
+    receiver resumes its session (a PostgreSQL URL counts without its password); random for an in-memory
+    database."""
     if not db_path or db_path == ":memory:" or str(db_path).startswith("file:"):
         return "rx-%s-%s" % (group, secrets.token_hex(8))
-    ident = "%s\0%s\0%s" % (socket.gethostname(), os.path.abspath(db_path), group)
+    where = redact(db_path) if is_postgres_url(db_path) else os.path.abspath(db_path)
+    ident = "%s\0%s\0%s" % (socket.gethostname(), where, group)
     return "rx-%s-%s" % (group, hashlib.sha256(ident.encode("utf-8", "surrogateescape")).hexdigest()[:16])
 
 

@@ -1,6 +1,7 @@
-"""The reference backend: verify each batch, drop repeats on ``(gw, boot, seq)``, store the readings in SQLite.
+"""The reference backend: verify each batch, drop repeats on ``(gw, boot, seq)``, store the readings (SQLite or
+PostgreSQL, behind ``backend.storage``).
 
-It answers 2xx only after the batch is committed with ``synchronous=FULL``, so an acknowledged batch survives a
+It answers 2xx only after the batch is committed (SQLite ``synchronous=FULL``, a PostgreSQL COMMIT), so an acknowledged batch survives a
 crash of the receiver too. Rejected input gets a 4xx with a JSON reason and a counter; nothing a peer sends can
 crash it, wedge its database connection or earn a 5xx (a 5xx means *our* storage failed: retry later).
 
@@ -21,7 +22,7 @@ HTTP API:
   truncated stream or bytes after it is ``400 malformed``; any other coding is ``415 content_encoding``. The
   inflated bytes are the signed COSE_Sign1, verified and stored as if they had come plain (the compression is
   hop-by-hop). Every answer carries ``Accept-Encoding: deflate`` (RFC 7694).
-* ``GET /stats``: counters as JSON.
+* ``GET /stats``: counters as JSON (``storage``: the engine, its schema version and what it tells cheaply).
 
 The verify-and-store core (``Receiver.process``) is shared with the MQTT consumer.
 """
@@ -30,7 +31,6 @@ import hashlib
 import io
 import json
 import logging
-import sqlite3
 import threading
 import time
 import zlib
@@ -39,7 +39,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cbor2
 
 from gateway.core.errors import VerifyError
-from backend.receiver_db import CONFLICT, DUPLICATE, STORED, ReceiverDB, UnstorableError
+from backend.engines import open_storage
+from backend.storage import CONFLICT, DUPLICATE, STORED, StorageError, UnstorableError, redact
 from gateway.core.wire import HTTP_CONTENT_TYPE, MAX_BATCH_BYTES, verify
 
 log = logging.getLogger(__name__)
@@ -119,11 +120,13 @@ class Receiver:
     """Verify and store. Thread-safe: HTTP handler threads and MQTT callbacks call ``process``."""
 
     def __init__(self, db_path, trust, max_bytes=MAX_BATCH_BYTES, clock=time.time, busy_timeout=5.0):
+        """``db_path``: a SQLite file or a ``postgresql://`` URL (``backend.engines.open_storage``; raises
+        ``StorageError`` when it cannot be opened)."""
         self.trust = trust
         self.max_bytes = max_bytes
         self.db_path = db_path
         self.clock = clock
-        self._store = ReceiverDB(db_path, busy_timeout)
+        self._store = open_storage(db_path, busy_timeout)
         self._lock = threading.Lock()
         self.counters = {"received": 0, "stored": 0, "duplicates": 0, "conflicts": 0, "rejected": 0, "records": 0,
                          "store_failures": 0, "internal_errors": 0, "http_errors": 0, "deflated": 0,
@@ -176,9 +179,9 @@ class Receiver:
                     self.counters["records"] += n
         except UnstorableError as exc:
             return self.reject(exc.reason, "batch %s: %s" % (batch.key, exc))
-        except sqlite3.Error as exc:
+        except StorageError as exc:
             self.count("store_failures")
-            log.error("cannot store batch %s: %s", batch.key, exc)
+            log.error("cannot store batch %s in %s: %s", batch.key, redact(self.db_path), exc)
             return 503, {"error": "store_failed", "detail": str(exc)}
         body = {"gw": batch.gw, "boot": batch.boot, "seq": batch.seq, "status": outcome}
         if outcome == STORED:
@@ -200,8 +203,13 @@ class Receiver:
         with self._lock:
             return dict(self.counters, rejections=dict(self.rejections))
 
+    def storage_stats(self):
+        """The storage's own small dict (engine, schema version, ...)."""
+        with self._lock:
+            return self._store.stats()
+
     def query(self, sql, args=()):
-        """Read-only access for tests, scenarios and the demo summary."""
+        """Read-only access for tests, scenarios and the demo summary (``?`` placeholders, either engine)."""
         with self._lock:
             return self._store.query(sql, args)
 
@@ -273,7 +281,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _get(self, receiver):
         if self.path.rstrip("/") == "/stats":
-            self._answer(200, receiver.stats())
+            self._answer(200, dict(receiver.stats(), storage=receiver.storage_stats()))
         else:
             self._answer(404, {"error": "not_found"})
 

@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import signal
-import sqlite3
 import sys
 
 from gateway import __version__
@@ -64,6 +63,7 @@ def cmd_receive(args):
     from gateway.core.errors import KeyFileError
     from gateway.adapters.keys import TrustStore
     from backend.receiver import Receiver, ReceiverServer
+    from backend.storage import StorageError, redact
     _setup_logging(args.log_level)
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
@@ -76,8 +76,8 @@ def cmd_receive(args):
         return 2
     try:
         receiver = Receiver(args.db, trust)
-    except sqlite3.Error as exc:
-        print("edge-gateway: cannot open the receiver database %s: %s" % (args.db, exc), file=sys.stderr)
+    except (StorageError, ValueError) as exc:
+        print("edge-gateway: cannot open the receiver database %s: %s" % (redact(args.db), exc), file=sys.stderr)
         return 2
     try:
         server = ReceiverServer(receiver, host.strip("[]"), int(port)).start()
@@ -85,7 +85,7 @@ def cmd_receive(args):
         print("edge-gateway: cannot listen on %s: %s" % (args.listen, exc.strerror or exc), file=sys.stderr)
         return 2
     print("receiving on %s (trust store %s: %d keys, database %s)" % (server.url, args.trust, len(trust.keys),
-                                                                     args.db), flush=True)
+                                                                     redact(args.db)), flush=True)
     consumer = None
     if args.mqtt:
         from backend.mqtt_consumer import MqttConsumer
@@ -250,8 +250,8 @@ def build_parser(command=None):
                     "127.0.0.1:8080 (port 0: any free port); batches are taken at /v1/batches")
     rc.add_argument("--trust", required=True, metavar="JWKS", help="the trust store (JWK Set, e.g. the one "
                     "'provision' writes): the gateways' public keys")
-    rc.add_argument("--db", required=True, metavar="FILE", help="the SQLite database the records go to "
-                    "(created if missing)")
+    rc.add_argument("--db", required=True, metavar="FILE|URL", help="where the records go: a SQLite file "
+                    "(created if missing) or postgresql://USER@HOST:PORT/DB[?retention_days=N] (docs/backend.md)")
     rc.add_argument("--mqtt", metavar="URL", help="also consume mqtt://HOST:PORT/PREFIX with a shared subscription")
     rc.add_argument("--mqtt-group", default="receivers", help="shared subscription group (default receivers)")
     rc.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),

@@ -29,7 +29,8 @@ def trust(signing_key):
 #: Words in a skip reason that name a tool ``./bootstrap.sh test`` installs. Under ``EDGE_GATEWAY_REQUIRE_TOOLS=1``
 #: (set by ``bootstrap.sh test``, so by CI) such a skip fails the run: a green suite that silently skipped every
 #: MQTT, MicroPython or BLE end-to-end test would be a lie.
-REQUIRED_TOOLS = ("mosquitto", "micropython", "dbus", "dbusmock", "picocom", "tmux", "bleak", "pycose")
+REQUIRED_TOOLS = ("mosquitto", "micropython", "dbus", "dbusmock", "picocom", "tmux", "bleak", "pycose",
+                  "postgresql", "initdb", "psycopg")
 
 
 def _required_skips(terminalreporter):

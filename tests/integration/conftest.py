@@ -3,6 +3,7 @@
 import pytest
 
 from tests.support import receiver_server
+from tests.support.postgres import pg_url, postgres  # noqa: F401  (fixtures: a real PostgreSQL)
 
 
 @pytest.fixture

@@ -1,0 +1,269 @@
+"""The reference receiver's PostgreSQL storage (``backend.storage.Storage``), for a fleet: ``--db postgresql://...``.
+
+The same promises as the SQLite storage (``backend.storage``): a batch is one transaction and ``store`` returns
+after its COMMIT; ``(gw, boot, seq)`` is the primary key of ``batches`` and the insert is ``ON CONFLICT DO
+NOTHING``, so two receivers racing on one batch store it once, and the loser compares digests (duplicate or
+conflict). psycopg's errors become ``StorageError`` here (the receiver answers 503, the gateway retries); a broken
+connection is reopened at the next batch.
+
+Readings go to ``records``, partitioned by day on ``t`` (declarative range partitions ``records_YYYYMMDD``,
+``[day, day + 1)`` in Unix seconds). A day's partition is created when a batch first needs it, and the next
+``AHEAD_DAYS`` days are created ahead, each in its own short transaction before the batch's. Times outside the
+window a partition may be made for (older than the retention, or more than ``AHEAD_DAYS`` ahead of the receiver's
+clock: a gateway whose clock is wrong) go to the default partition ``records_other``, so a bad clock cannot make
+thousands of tables; when the window reaches such a day, its rows move from the default partition into the new one
+in the same transaction. Retention (``retention_days``) drops whole day partitions; rows of the default partition
+older than the retention are deleted by row (they are the exception).
+
+Indexes: ``records (n, t)`` ("one sensor over a day") and ``records (gw, t)`` ("one gateway in the last hour"),
+declared on the parent, so every partition has them.
+"""
+
+import datetime
+import logging
+import urllib.parse
+
+import psycopg
+
+from backend.storage import (CONFLICT, CONFLICT_REASON, DUPLICATE, STORED, Storage, StorageError, UnstorableError,
+                             batch_rows, redact)
+
+log = logging.getLogger(__name__)
+
+DAY = 86400
+EPOCH = datetime.date(1970, 1, 1)
+#: day partitions made ahead of the receiver's clock (and the furthest ahead a reading gets its own partition)
+AHEAD_DAYS = 2
+#: without a retention, the oldest day that gets its own partition (2000-01-01): older times go to the default
+OLDEST_DAY = 10957
+#: an advisory lock key (any constant): schema migration and partition changes of all receivers take turns
+LOCK_KEY = 0x6564676567770001
+
+#: ``(version, statements)``, applied in order in one transaction at open (``schema_version`` records them)
+MIGRATIONS = (
+    (1, ("""CREATE TABLE batches (
+            gw text NOT NULL, boot bigint NOT NULL, seq bigint NOT NULL, kid text NOT NULL, clock smallint NOT NULL,
+            anchor_mono double precision, anchor_wall double precision, received double precision NOT NULL,
+            records integer NOT NULL, digest bytea, PRIMARY KEY (gw, boot, seq))""",
+         """CREATE TABLE records (
+            gw text NOT NULL, boot bigint NOT NULL, seq bigint NOT NULL, n text NOT NULL, t double precision NOT NULL,
+            u text, v double precision, vs text, vb smallint) PARTITION BY RANGE (t)""",
+         "CREATE TABLE records_other PARTITION OF records DEFAULT",
+         "CREATE INDEX records_by_name ON records (n, t)",
+         "CREATE INDEX records_by_gw ON records (gw, t)",
+         """CREATE TABLE conflicts (
+            id bigserial PRIMARY KEY, gw text NOT NULL, boot bigint NOT NULL, seq bigint NOT NULL, kid text NOT NULL,
+            received double precision NOT NULL, reason text NOT NULL, digest bytea NOT NULL, data bytea NOT NULL,
+            UNIQUE (gw, boot, seq, digest))""")),
+)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def partition_name(day):
+    """``records_YYYYMMDD`` for a day number (days since 1970-01-01)."""
+    return "records_" + (EPOCH + datetime.timedelta(days=day)).strftime("%Y%m%d")
+
+
+def _no_nul(rows):
+    """PostgreSQL text cannot hold U+0000 (SQLite can): such a batch is unstorable here, before the transaction."""
+    for i, row in enumerate(rows):
+        for value in (row[0], row[3], row[5], row[7]):
+            if value is not None and "\0" in value:
+                raise UnstorableError("record %d: text holds U+0000, which PostgreSQL cannot store" % i)
+
+
+class PostgresStorage(Storage):
+    """One psycopg connection (autocommit; explicit transactions). Not thread-safe: the caller locks."""
+
+    engine = "postgresql"
+
+    def __init__(self, conninfo, retention_days=None, connect_timeout=5.0):
+        if retention_days is not None and (retention_days.__class__ is not int or retention_days < 1):
+            raise ValueError("retention_days must be a whole number of days >= 1, not %r" % (retention_days,))
+        self.conninfo = conninfo
+        self.retention_days = retention_days
+        self.connect_timeout = max(1, int(connect_timeout + 0.999))
+        self.name = redact(conninfo)
+        self._partitions = set()  # days known to have a partition (a cache; the catalog is the truth)
+        self._maintained_day = None
+        self.conn = None
+        try:
+            self._connect()
+            self.migrate()
+        except psycopg.Error as exc:
+            self.close()
+            raise StorageError("cannot open %s: %s" % (self.name, exc)) from exc
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def from_target(cls, url, timeout=5.0):
+        """``postgresql://user@host:port/db?retention_days=N``: the one setting that is ours is taken out of the
+        query; the rest goes to libpq as it is."""
+        u = urllib.parse.urlsplit(url)
+        query = urllib.parse.parse_qsl(u.query, keep_blank_values=True)
+        retention = [v for k, v in query if k == "retention_days"]
+        rest = [(k, v) for k, v in query if k != "retention_days"]
+        days = None
+        if retention:
+            if not retention[-1].isascii() or not retention[-1].isdigit():
+                raise ValueError("retention_days must be a whole number of days, not %r" % retention[-1][:20])
+            days = int(retention[-1])
+        return cls(urllib.parse.urlunsplit(u._replace(query=urllib.parse.urlencode(rest))), days, timeout)
+
+    # -- connection -----------------------------------------------------------------------------------------------
+    def _connect(self):
+        self.conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=self.connect_timeout)
+
+    def _usable(self):
+        """The connection, reopened when the last one broke (a restarted server, a dropped link)."""
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            if self.conn is not None:
+                self.conn.close()
+            self._connect()
+            self._partitions.clear()
+        return self.conn
+
+    # -- schema ---------------------------------------------------------------------------------------------------
+    def schema_version(self):
+        row = self.conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+        return row[0]
+
+    def migrate(self):
+        """Bring the schema to ``SCHEMA_VERSION`` (one transaction, under the advisory lock: receivers starting
+        together migrate once)."""
+        with self.conn.transaction():
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+            self.conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, "
+                              "applied timestamptz NOT NULL DEFAULT now())")
+            current = self.schema_version()
+            if current > SCHEMA_VERSION:
+                raise StorageError("%s has schema version %d; this receiver knows up to %d (upgrade the receiver)"
+                                   % (self.name, current, SCHEMA_VERSION))
+            for version, statements in MIGRATIONS:
+                if version > current:
+                    for statement in statements:
+                        self.conn.execute(statement)
+                    self.conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+                    log.info("receiver database %s: schema version %d", self.name, version)
+
+    # -- partitions -----------------------------------------------------------------------------------------------
+    def partitions(self):
+        """The days that have a partition, sorted (from the catalog)."""
+        rows = self._usable().execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'records' AND c.relname ~ '^records_[0-9]{8}$'"
+        ).fetchall()
+        return sorted((datetime.datetime.strptime(name[8:], "%Y%m%d").date() - EPOCH).days for (name,) in rows)
+
+    def _window(self, now):
+        """The days ``[first, last]`` that may have their own partition at the receiver's time ``now``."""
+        today = int(now // DAY)
+        first = today - self.retention_days if self.retention_days else OLDEST_DAY
+        return first, today + AHEAD_DAYS
+
+    def _ensure(self, days):
+        """Create the partitions of ``days`` that are missing, each with the rows the default partition holds for
+        it moved in (a day that was ahead of the window when they came)."""
+        missing = [d for d in sorted(days) if d not in self._partitions]
+        if not missing:
+            return
+        conn = self._usable()
+        for day in missing:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+                name = partition_name(day)
+                if conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is None:
+                    lo, hi = day * DAY, (day + 1) * DAY
+                    conn.execute("CREATE TEMP TABLE moving ON COMMIT DROP AS WITH m AS (DELETE FROM records_other "
+                                 "WHERE t >= %s AND t < %s RETURNING *) SELECT * FROM m" % (lo, hi))
+                    conn.execute("CREATE TABLE %s PARTITION OF records FOR VALUES FROM (%d) TO (%d)"
+                                 % (name, lo, hi))
+                    moved = conn.execute("INSERT INTO records SELECT * FROM moving").rowcount
+                    log.info("receiver database %s: partition %s created (%d rows moved in)", self.name, name,
+                             moved)
+            self._partitions.add(day)
+
+    def maintain(self, now):
+        """Create today's and the next ``AHEAD_DAYS`` days' partitions and apply the retention. Runs at the first
+        batch of each day of the receiver's clock; returns the partitions dropped."""
+        first, last = self._window(now)
+        self._ensure(range(int(now // DAY), last + 1))
+        dropped = self.drop_expired(now) if self.retention_days else []
+        self._maintained_day = int(now // DAY)
+        return dropped
+
+    def drop_expired(self, now):
+        """Retention: drop the day partitions wholly older than ``retention_days`` before ``now`` (no row deletes),
+        and delete the default partition's rows that old. Returns the names dropped."""
+        if not self.retention_days:
+            return []
+        first, _ = self._window(now)
+        conn = self._usable()
+        dropped = []
+        try:
+            for day in self.partitions():
+                if day < first:
+                    name = partition_name(day)
+                    with conn.transaction():
+                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+                        conn.execute("DROP TABLE IF EXISTS %s" % name)
+                    self._partitions.discard(day)
+                    dropped.append(name)
+            conn.execute("DELETE FROM records_other WHERE t < %s", (first * DAY,))
+        except psycopg.Error as exc:
+            raise StorageError("%s: retention failed: %s" % (self.name, exc)) from exc
+        if dropped:
+            log.info("receiver database %s: retention %d days dropped %s", self.name, self.retention_days,
+                     ", ".join(dropped))
+        return dropped
+
+    # -- the role -------------------------------------------------------------------------------------------------
+    def store(self, batch, digest, data, received):
+        head, meta, rows = batch_rows(batch)
+        _no_nul(rows)
+        try:
+            conn = self._usable()
+            if self._maintained_day != int(received // DAY):
+                self.maintain(received)
+            first, last = self._window(received)
+            self._ensure({int(r[4] // DAY) for r in rows if first <= r[4] // DAY <= last})
+            with conn.transaction():
+                inserted = conn.execute(
+                    "INSERT INTO batches (gw, boot, seq, kid, clock, anchor_mono, anchor_wall, received, records, "
+                    "digest) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (gw, boot, seq) DO NOTHING",
+                    head + meta + (received, len(rows), digest)).rowcount
+                if inserted:
+                    with conn.cursor() as cur:
+                        cur.executemany("INSERT INTO records (gw, boot, seq, n, t, u, v, vs, vb) "
+                                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+                    outcome = STORED
+                else:
+                    known = conn.execute("SELECT digest FROM batches WHERE gw = %s AND boot = %s AND seq = %s",
+                                         head).fetchone()
+                    if known[0] is None or bytes(known[0]) == digest:
+                        outcome = DUPLICATE
+                    else:
+                        conn.execute("INSERT INTO conflicts (gw, boot, seq, kid, received, reason, digest, data) "
+                                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                                     head + (meta[0], received, CONFLICT_REASON, digest, bytes(data)))
+                        outcome = CONFLICT
+        except psycopg.Error as exc:
+            raise StorageError("receiver database %s: %s" % (self.name, exc)) from exc
+        return outcome, len(rows)
+
+    def stats(self):
+        return {"engine": self.engine, "schema_version": SCHEMA_VERSION, "partitions": len(self._partitions),
+                "retention_days": self.retention_days}
+
+    def query(self, sql, args=()):
+        """Rows for tests: ``?`` placeholders, as with SQLite (a literal ``%`` is fine)."""
+        conn = self._usable()
+        if not args:  # no parameters: psycopg leaves the text alone
+            return [tuple(r) for r in conn.execute(sql).fetchall()]
+        return [tuple(r) for r in conn.execute(sql.replace("%", "%%").replace("?", "%s"), args).fetchall()]
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()

@@ -1,0 +1,144 @@
+"""The receiver's storage role: one small interface, two engines, chosen in one function
+(``backend.engines.open_storage``).
+
+* ``backend.receiver_db.SqliteStorage``: the embedded default, one file (``--db FILE``).
+* ``backend.receiver_pg.PostgresStorage``: PostgreSQL (``--db postgresql://...``), for a fleet.
+
+Both keep the same promises (docs/wire-format.md, "The reference receiver's answers"; docs/backend.md):
+
+* ``store`` returns only after the batch's transaction committed, so the receiver acknowledges only what is durable;
+* ``(gw, boot, seq)`` is unique and a repeat is idempotent: the same content digest is ``DUPLICATE``, another digest
+  is ``CONFLICT`` (the new bytes kept apart in ``conflicts``, never merged into ``records``);
+* a value a column cannot hold raises ``UnstorableError`` before the transaction starts (a permanent 4xx);
+* a failure of the database itself raises ``StorageError`` (the receiver answers 503 with ``Retry-After``; the
+  gateway keeps the batch and retries). Any other exception is a bug, after the transaction was rolled back.
+* the schema is versioned (table ``schema_version``) and migrated when the storage opens.
+"""
+
+import abc
+import math
+import urllib.parse
+
+from gateway.core.errors import GatewayError
+
+STORED, DUPLICATE, CONFLICT = "stored", "duplicate", "conflict"
+#: what ``Storage.store`` returns as its first item
+OUTCOMES = (STORED, DUPLICATE, CONFLICT)
+#: the URL schemes that select PostgreSQL; anything else is a SQLite file name
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+class UnstorableError(GatewayError, ValueError):
+    """A verified batch holds a value no column can hold (an integer beyond 64 bits, NaN, a lone surrogate, NUL in
+    text for PostgreSQL): these bytes will never be stored, so the answer is a permanent rejection."""
+
+    reason = "unstorable"
+
+
+class StorageError(GatewayError):
+    """The database failed (locked, gone, disk full, connection lost). The same batch may be stored later."""
+
+    reason = "store_failed"
+
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _int(value, what):
+    if value.__class__ is bool or not isinstance(value, int):
+        raise UnstorableError("%s must be an integer, not %s" % (what, type(value).__name__))
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise UnstorableError("%s does not fit in 64 bits" % what)
+    return int(value)
+
+
+def _real(value, what):
+    if value is None:
+        return None
+    if isinstance(value, int) and value.__class__ is not bool:
+        return _int(value, what)
+    if not isinstance(value, float):
+        raise UnstorableError("%s must be a number, not %s" % (what, type(value).__name__))
+    if not math.isfinite(value):
+        raise UnstorableError("%s is not a finite number" % what)
+    return float(value)
+
+
+def _text(value, what):
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UnstorableError("%s must be text, not %s" % (what, type(value).__name__))
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnstorableError("%s is not valid Unicode text" % what) from None
+    return str(value)
+
+
+def batch_rows(batch):
+    """``(head, rows)``: the ``batches`` key columns and the ``records`` rows, converted or ``UnstorableError``."""
+    head = (_text(batch.gw, "gw"), _int(batch.boot, "boot"), _int(batch.seq, "seq"))
+    rows = []
+    for i, r in enumerate(batch.records):
+        vb = r.get("vb")
+        if vb is not None and vb.__class__ is not bool:
+            raise UnstorableError("record %d: vb must be a boolean" % i)
+        rows.append(head + (_text(r.get("n"), "record %d: n" % i) or "", _real(r.get("t"), "record %d: t" % i),
+                            _text(r.get("u"), "record %d: u" % i), _real(r.get("v"), "record %d: v" % i),
+                            _text(r.get("vs"), "record %d: vs" % i), None if vb is None else int(vb)))
+        if rows[-1][4] is None:
+            raise UnstorableError("record %d has no time" % i)
+    anchor = batch.anchor or (None, None)
+    meta = (_text(batch.kid, "kid"), int(bool(batch.clock)), _real(anchor[0], "anchor mono"),
+            _real(anchor[1], "anchor wall"))
+    return head, meta, rows
+
+
+CONFLICT_REASON = "same (gw, boot, seq), different content"
+
+
+class Storage(abc.ABC):
+    """One receiver's database. Not thread-safe: the receiver holds its lock around every call."""
+
+    #: the engine's name (``sqlite``, ``postgresql``), for ``stats`` and logs
+    engine = ""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_target(cls, target, timeout):
+        """Open (and migrate) the database ``--db`` names; ``timeout`` bounds waiting for it (seconds)."""
+
+    @abc.abstractmethod
+    def store(self, batch, digest, data, received):
+        """Store one verified batch whose signed payload hashes to ``digest``; ``data`` (the signed bytes) is kept
+        if it conflicts; ``received`` is the receiver's clock. Returns ``(outcome, records)``, ``outcome`` one of
+        ``STORED``, ``DUPLICATE``, ``CONFLICT``, after the commit. Raises ``UnstorableError`` or ``StorageError``."""
+
+    @abc.abstractmethod
+    def stats(self):
+        """A small dict: ``engine``, ``schema_version`` and what the engine can tell cheaply."""
+
+    @abc.abstractmethod
+    def query(self, sql, args=()):
+        """Read access for tests, scenarios and the demo summary: rows as tuples; ``?`` placeholders."""
+
+    @abc.abstractmethod
+    def close(self):
+        """Release the connection."""
+
+
+def is_postgres_url(target):
+    return urllib.parse.urlsplit(str(target)).scheme.lower() in POSTGRES_SCHEMES
+
+
+def redact(target):
+    """The database name for logs: a URL without its password."""
+    target = str(target)
+    if not is_postgres_url(target):
+        return target
+    u = urllib.parse.urlsplit(target)
+    if u.password is None:
+        return target
+    netloc = "%s:***@%s" % (u.username or "", u.netloc.rsplit("@", 1)[1])
+    return urllib.parse.urlunsplit(u._replace(netloc=netloc))

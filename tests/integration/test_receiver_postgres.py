@@ -1,0 +1,352 @@
+"""The receiver on PostgreSQL (issue 16, part 1): a real server (``tests.support.postgres``), real HTTP on loopback.
+
+The answers are the same as on SQLite (201 stored, 200 duplicate, 409 conflict, 422 unstorable, 503 when the
+database fails), so those tests run on both engines. Then what only PostgreSQL has: the schema built from an
+empty database and left alone at a second start, day partitions with their indexes, retention by dropping
+partitions, and a receiver process killed with SIGKILL mid-stream that loses no acknowledged batch.
+"""
+
+import dataclasses
+import http.client
+import json
+import signal
+import subprocess
+import threading
+import urllib.parse
+
+import psycopg
+import pytest
+
+from backend import receiver as receiver_mod
+from backend.receiver import Receiver, ReceiverServer
+from backend.receiver_pg import AHEAD_DAYS, DAY, PostgresStorage, partition_name
+from gateway.adapters.keys import SigningKey, TrustStore
+from gateway.core import senml, wire
+from gateway.core.model import Reading
+from tests.support import reserve_port, wait_for_port, wait_until
+
+GW = "gw-test"
+#: the receiver's fake "now" in the retention tests: 2026-11-30 12:00 UTC
+NOW = 20422 * DAY + 12 * 3600
+
+
+@pytest.fixture
+def other_key():
+    return SigningKey.generate()
+
+
+@pytest.fixture
+def two_gw_trust(signing_key, other_key):
+    return TrustStore({"keys": [signing_key.jwk(GW), other_key.jwk("gw-other")]})
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request, tmp_path):
+    """Where the receiver stores: a SQLite file, or a fresh PostgreSQL database (the same tests run on both)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "rx.sqlite")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def server(db_target, two_gw_trust):
+    srv = ReceiverServer(Receiver(db_target, two_gw_trust)).start()
+    yield srv
+    srv.stop()
+    srv.receiver.close()
+
+
+def post(url, body, timeout=5):
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    try:
+        conn.request("POST", u.path, body=body, headers={"Content-Type": wire.HTTP_CONTENT_TYPE})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}"), resp.getheader("Retry-After")
+    finally:
+        conn.close()
+
+
+def batch(key, seq, gw=GW, values=(4.0, 4.25, 4.5), t0=1_700_000_000.0, boot=1, name="temp"):
+    readings = [Reading("s1", name, v, "Cel", t0 + i) for i, v in enumerate(values)]
+    return wire.sign(wire.encode_payload(gw, boot, seq, True, senml.encode_records(readings, (), gw + "/")), key)
+
+
+# -- the same answers on both engines ----------------------------------------------------------------------------
+def test_stores_answers_duplicates_and_keeps_conflicts_apart(server, signing_key):
+    first, reused = batch(signing_key, 7), batch(signing_key, 7, values=(9.0, 9.5, 10.0))
+    status, body, _ = post(server.url, first)
+    assert (status, body["status"], body["records"]) == (201, "stored", 3)
+    assert post(server.url, first)[:2] == (200, {"status": "duplicate", "gw": GW, "boot": 1, "seq": 7})
+    for _ in range(2):
+        status, body, _ = post(server.url, reused)
+        assert (status, body["status"], body["error"]) == (409, "conflict", "conflict")
+    rx = server.receiver
+    assert rx.query("SELECT v FROM records ORDER BY t") == [(4.0,), (4.25,), (4.5,)]  # the first content stays
+    assert rx.query("SELECT n, t, u FROM records WHERE n = ? ORDER BY t", (GW + "/s1/temp",))[0] == (
+        GW + "/s1/temp", 1_700_000_000.0, "Cel")
+    rows = rx.query("SELECT gw, boot, seq, kid, data FROM conflicts")
+    assert len(rows) == 1 and rows[0][:4] == (GW, 1, 7, signing_key.kid) and bytes(rows[0][4]) == reused
+    stats = rx.stats()
+    assert (stats["stored"], stats["duplicates"], stats["conflicts"], stats["rejected"]) == (1, 1, 2, 0)
+
+
+@pytest.mark.parametrize("change", [
+    {"records": [{"n": GW + "/s1/temp", "t": 1.0, "v": -(10 ** 30)}]},
+    {"records": [{"n": GW + "/s1/temp", "t": 1.0, "v": float("nan")}]},
+    {"records": [{"n": GW + "/s1/temp", "t": 1.0, "vs": "\ud800"}]},
+    {"seq": 1 << 63},
+], ids=["v-bignum", "v-nan", "surrogate", "seq-2^63"])
+def test_unstorable_values_are_422_before_the_transaction(server, signing_key, other_key, monkeypatch, change):
+    """What today's verifier already refuses (as in test_security_receiver.py): the storage guards itself."""
+    real_verify = wire.verify
+
+    def lax_verify(data, trust, max_bytes):
+        b = real_verify(data, trust, max_bytes)
+        return dataclasses.replace(b, **change) if b.gw == GW else b
+
+    monkeypatch.setattr(receiver_mod, "verify", lax_verify)
+    status, body, _ = post(server.url, batch(signing_key, 1))
+    assert (status, body["error"]) == (422, "unstorable")
+    assert server.receiver.query("SELECT COUNT(*) FROM batches") == [(0,)]
+    assert post(server.url, batch(other_key, 1, gw="gw-other"))[0] == 201  # the connection is still usable
+
+
+def test_text_with_nul_is_unstorable_on_postgresql_only_where_it_cannot_be_held(server, signing_key, db_target):
+    data = wire.sign(wire.encode_payload(GW, 1, 2, True, [{-2: GW + "/s1/x", 3: "a\0b", 6: 1_700_000_000}]),
+                     signing_key)
+    status, body, _ = post(server.url, data)
+    if db_target.startswith("postgresql"):
+        assert (status, body["error"]) == (422, "unstorable")
+    else:
+        assert status == 201  # SQLite text holds U+0000
+
+
+def test_a_lost_database_connection_is_503_with_retry_after_then_recovers(pg_url, two_gw_trust, signing_key):
+    srv = ReceiverServer(Receiver(pg_url, two_gw_trust)).start()
+    try:
+        assert post(srv.url, batch(signing_key, 1))[0] == 201
+        pid = srv.receiver._store.conn.info.backend_pid
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+        status, body, retry = post(srv.url, batch(signing_key, 2))
+        assert (status, body["error"]) == (503, "store_failed") and int(retry) >= 1
+        assert post(srv.url, batch(signing_key, 2))[0] == 201  # reconnected: the retry is stored, once
+        assert srv.receiver.query("SELECT seq, records FROM batches ORDER BY seq") == [(1, 3), (2, 3)]
+        assert srv.receiver.stats()["store_failures"] == 1
+    finally:
+        srv.stop()
+        srv.receiver.close()
+
+
+def test_a_database_that_cannot_be_reached_is_a_storage_error(postgres, two_gw_trust):
+    from backend.storage import StorageError
+    with pytest.raises(StorageError, match="cannot open"):
+        Receiver(postgres.url("no_such_database"), two_gw_trust)
+
+
+def test_two_receivers_on_one_database_store_each_batch_once(pg_url, two_gw_trust, signing_key):
+    """The fleet shape: several receivers, one database. They race on every batch; the primary key decides."""
+    receivers = [Receiver(pg_url, two_gw_trust) for _ in range(2)]
+    data = [batch(signing_key, seq, t0=NOW + seq) for seq in range(1, 41)]
+    answers = [[], []]
+    try:
+        def run(i):
+            for d in data:
+                answers[i].append(receivers[i].process(d)[0])
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in threads)
+        for a, b in zip(*answers):
+            assert sorted((a, b)) == [200, 201]  # one stored it, the other saw a duplicate
+        assert receivers[0].query("SELECT COUNT(*), COUNT(DISTINCT seq) FROM records") == [(120, 40)]
+    finally:
+        for rx in receivers:
+            rx.close()
+
+
+def test_receive_refuses_a_database_it_cannot_open_and_hides_the_password(postgres, tmp_path, signing_key):
+    jwks = tmp_path / "trust.jwks"
+    jwks.write_text(json.dumps({"keys": [signing_key.jwk(GW)]}))
+    url = "postgresql://edge:s3cret@127.0.0.1:%d/no_such_database" % postgres.port
+    proc = subprocess.run(["edge-gateway", "receive", "--listen", "127.0.0.1:0", "--trust", str(jwks), "--db", url],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "cannot open the receiver database" in proc.stderr
+    assert "s3cret" not in proc.stderr and "edge:***@" in proc.stderr
+
+
+# -- the schema ---------------------------------------------------------------------------------------------------
+def _catalog(conn):
+    tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'records'")}
+    partitioned = {r[0] for r in conn.execute("SELECT c.relname FROM pg_partitioned_table p "
+                                              "JOIN pg_class c ON c.oid = p.partrelid")}
+    return tables, indexes, partitioned
+
+
+def test_schema_is_built_from_an_empty_database_and_left_alone_at_a_second_start(pg_url):
+    first = PostgresStorage.from_target(pg_url)
+    try:
+        tables, indexes, partitioned = _catalog(first.conn)
+        assert {"schema_version", "batches", "records_other", "conflicts"} <= tables
+        assert indexes == {"records_by_name", "records_by_gw"} and partitioned == {"records"}
+        versions = first.query("SELECT version FROM schema_version")
+        assert versions == [(1,)] and first.stats()["schema_version"] == 1
+    finally:
+        first.close()
+    again = PostgresStorage.from_target(pg_url)
+    try:
+        assert again.query("SELECT version FROM schema_version") == versions  # nothing applied twice
+        assert _catalog(again.conn) == (tables, indexes, partitioned)
+    finally:
+        again.close()
+
+
+def test_a_database_from_a_newer_receiver_is_refused(pg_url, tmp_path):
+    from backend.receiver_db import SqliteStorage
+    from backend.storage import StorageError
+    PostgresStorage.from_target(pg_url).close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_version (version) VALUES (99)")
+    with pytest.raises(StorageError, match="schema version 99"):
+        PostgresStorage.from_target(pg_url)
+    path = str(tmp_path / "rx.sqlite")
+    SqliteStorage(path).close()
+    s = SqliteStorage(path)
+    s.query("INSERT INTO schema_version VALUES (99, 0)")
+    s.close()
+    with pytest.raises(StorageError, match="schema version 99"):
+        SqliteStorage(path)
+
+
+def test_sqlite_schema_is_versioned_too(tmp_path):
+    from backend.receiver_db import SCHEMA_VERSION, SqliteStorage
+    path = str(tmp_path / "rx.sqlite")
+    for _ in range(2):
+        s = SqliteStorage(path)
+        try:
+            assert s.query("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,)]
+            assert s.stats() == {"engine": "sqlite", "schema_version": SCHEMA_VERSION}
+            plan = " ".join(str(r) for r in s.query(
+                "EXPLAIN QUERY PLAN SELECT * FROM records WHERE gw = ? AND t >= ?", (GW, 0)))
+            assert "records_by_gw" in plan
+        finally:
+            s.close()
+
+
+def test_readings_of_a_day_are_one_partition_and_index_lookups(pg_url, two_gw_trust, signing_key):
+    rx = Receiver(pg_url, two_gw_trust, clock=lambda: NOW)
+    try:
+        day = NOW // DAY
+        for seq, t0 in enumerate((NOW - 3600, NOW - DAY - 60, NOW + 10), start=1):
+            assert rx.process(batch(signing_key, seq, t0=t0))[0] == 201
+        store = rx._store
+        parts = store.partitions()
+        assert {day - 1, day} <= set(parts) and set(range(day, day + AHEAD_DAYS + 1)) <= set(parts)
+        # each reading sits in its day's partition
+        got = store.query("SELECT tableoid::regclass::text, COUNT(*) FROM records GROUP BY 1 ORDER BY 1")
+        assert got == [(partition_name(day - 1), 3), (partition_name(day), 6)]
+        store.conn.execute("SET enable_seqscan = off")  # the tables are tiny: ask which plan the index gives
+        one_day = store.query("EXPLAIN SELECT t, v FROM records WHERE n = ? AND t >= ? AND t < ?",
+                              (GW + "/s1/temp", day * DAY, (day + 1) * DAY))
+        plan = "\n".join(r[0] for r in one_day)
+        assert partition_name(day) in plan and partition_name(day - 1) not in plan  # pruned to one partition
+        assert "Index" in plan and "n_t_idx" in plan
+        last_hour = "\n".join(r[0] for r in store.query(
+            "EXPLAIN SELECT * FROM records WHERE gw = ? AND t >= ?", (GW, NOW - 3600)))
+        assert "Index" in last_hour and "gw_t_idx" in last_hour
+    finally:
+        rx.close()
+
+
+# -- retention ----------------------------------------------------------------------------------------------------
+def test_retention_drops_old_partitions_whole_and_keeps_new_data(pg_url, two_gw_trust, signing_key):
+    now = [NOW - 5 * DAY]
+    rx = Receiver(pg_url + "?retention_days=3", two_gw_trust, clock=lambda: now[0])
+    try:
+        old_day = int(now[0] // DAY)
+        assert rx.process(batch(signing_key, 1, t0=now[0]))[0] == 201  # five days ago, on its own day
+        # a gateway with a clock a week ahead: its readings wait in the default partition
+        assert rx.process(batch(signing_key, 2, t0=NOW + 2 * DAY))[0] == 201
+        store = rx._store
+        assert old_day in store.partitions()
+        assert store.query("SELECT COUNT(*) FROM records_other") == [(3,)]
+        now[0] = NOW  # five days later
+        assert rx.process(batch(signing_key, 3, t0=NOW))[0] == 201
+        parts = store.partitions()
+        assert old_day not in parts and min(parts) >= NOW // DAY - 3  # dropped whole
+        assert store.query("SELECT seq, COUNT(*) FROM records GROUP BY seq ORDER BY seq") == [(2, 3), (3, 3)]
+        # the readings from ahead moved out of the default partition once their day came into the window
+        assert store.query("SELECT COUNT(*) FROM records_other") == [(0,)]
+        assert store.query("SELECT DISTINCT tableoid::regclass::text FROM records WHERE seq = 2") == [
+            (partition_name(int((NOW + 2 * DAY) // DAY)),)]
+        # the dedup memory stays: the old batch is still a duplicate, not stored again
+        assert rx.process(batch(signing_key, 1, t0=NOW - 5 * DAY))[0] == 200
+        assert store.drop_expired(NOW) == []  # nothing more to drop
+    finally:
+        rx.close()
+
+
+def test_retention_days_must_be_a_whole_number(pg_url, two_gw_trust):
+    for bad in ("0", "x", "1.5"):
+        with pytest.raises(ValueError, match="retention_days"):
+            Receiver(pg_url + "?retention_days=" + bad, two_gw_trust)
+
+
+# -- a receiver process killed mid-stream -------------------------------------------------------------------------
+def test_a_receiver_killed_mid_stream_loses_no_acknowledged_batch(pg_url, tmp_path, signing_key):
+    jwks = tmp_path / "trust.jwks"
+    jwks.write_text(json.dumps({"keys": [signing_key.jwk(GW)]}))
+    port = reserve_port()
+    argv = ["edge-gateway", "receive", "--listen", "127.0.0.1:%d" % port, "--trust", str(jwks), "--db", pg_url,
+            "--log-level", "warning"]
+    url = "http://127.0.0.1:%d/v1/batches" % port
+    batches = [batch(signing_key, seq, values=tuple(float(seq * 10 + i) for i in range(20)), t0=NOW + seq)
+               for seq in range(1, 401)]
+    acked, sent = set(), []
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port, timeout=30, what="edge-gateway receive", alive=lambda: proc.poll() is None)
+
+        def stream():
+            for seq, data in enumerate(batches, start=1):
+                sent.append(seq)
+                try:
+                    status = post(url, data, timeout=10)[0]
+                except (OSError, http.client.HTTPException):
+                    return  # the receiver is gone
+                if status == 201:
+                    acked.add(seq)
+        poster = threading.Thread(target=stream, daemon=True)
+        poster.start()
+        wait_until(lambda: len(acked) >= 40, timeout=60, what="40 acknowledged batches")
+        proc.send_signal(signal.SIGKILL)  # mid-stream: the poster is sending
+        proc.wait(timeout=10)
+        poster.join(timeout=30)
+        assert not poster.is_alive()
+        assert 40 <= len(acked) < len(batches)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    with psycopg.connect(pg_url) as conn:
+        stored = dict(conn.execute("SELECT seq, records FROM batches").fetchall())
+        counts = dict(conn.execute("SELECT seq, COUNT(*) FROM records GROUP BY seq").fetchall())
+    assert acked <= set(stored), "acknowledged but not stored: %s" % sorted(acked - set(stored))
+    assert all(stored[s] == counts.get(s) == 20 for s in stored)  # no half-stored batch
+    assert set(stored) <= set(sent)
+    # a restarted receiver takes the rest; what was committed but not acknowledged is a duplicate
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port, timeout=30, what="edge-gateway receive (restarted)", alive=lambda: proc.poll() is None)
+        for seq, data in enumerate(batches, start=1):
+            if seq not in acked:
+                assert post(url, data)[0] == (200 if seq in stored else 201)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT COUNT(*), COUNT(DISTINCT seq) FROM records").fetchone() == (8000, 400)
