@@ -155,7 +155,8 @@ def bench_pipeline(n_adverts, workdir):
         # The agent's own pipeline (gateway.core.pipeline), on a clock whose wire offset is 0: readings are
         # stamped on the wire's scale already. Batches are committed one by one, as the slowest agent would.
         pipeline = Pipeline(gw=GW, boot=1, signer=signer, clock=FakeClock(mono=0.0, wall=0.0), rules=_rules(),
-                            batch=BatchSection(max_readings=1000, max_age_s=1e9, time_quantum_s=1.0))
+                            batch=BatchSection(max_readings=1000, max_age_s=1e9, linger_s=1e9, hold_s=1e9,
+                                               time_quantum_s=1.0))
         accepted = 0
         wb0 = _write_bytes()
         wire_bytes = 0

@@ -4,8 +4,15 @@ The stages between a source and the store (bad-value check, rules, batcher, heal
 synchronous ``gateway.core.pipeline.Pipeline``. The agent runs on one asyncio loop:
 
 * sources call ``emit`` with readings; the pipeline returns the batches it sealed, which wait in memory;
-* a tick task sleeps through the injected clock (``clock.sleep``) and calls the pipeline's ``tick`` (heartbeats,
-  stale sensors, ``max_age`` cuts), so a fake clock drives the whole agent in tests and scenarios;
+* a tick task sleeps through the injected clock (``clock.sleep``) until the pipeline's next cut is due (at most
+  0.2 s) and calls the pipeline's ``tick`` (heartbeats, stale sensors, ``linger``/``hold``/``max_age`` cuts), so a
+  fake clock drives the whole agent in tests and scenarios; a new batch or a link going idle wakes it early;
+* the agent tells the pipeline whether anything is in flight (``Pipeline.set_idle``: nothing waits for the disk,
+  the store queue is empty and nothing is being sent): idle, a batch is cut after ``batch.linger_s``; busy, it
+  grows, up to ``batch.hold_s`` (the kill window) or ``max_readings`` (issue 21);
+* with ``store.sync_interval_s`` > 0 commits are not fsynced; the tick task fsyncs the WAL (``Store.sync``) once a
+  batch has waited that long undelivered, so the power-cut window is the interval and a link that keeps up costs
+  no fsync at all;
 * a commit task writes every batch waiting for the disk in one transaction (group commit: under load, many
   batches share one fsync), on a dedicated store thread;
 * an uplink task sends what the store holds, alarms first, acknowledging (deleting) only after the upstream said
@@ -47,7 +54,7 @@ SOURCE_HEALTH = ("reopen", "restarts", "open_failed", "silent")
 #: the agent's own counters that travel upstream in the health records
 AGENT_HEALTH = ("memory_dropped_batches", "memory_dropped_readings", "store_errors", "readings_bad_value")
 #: what the console may change while the agent runs (``Agent.configure``)
-LIVE = ("max_age_s", "max_readings", "backoff_min_s", "backoff_max_s")
+LIVE = ("max_age_s", "max_readings", "linger_s", "hold_s", "backoff_min_s", "backoff_max_s")
 
 
 class Agent(Delivery):
@@ -88,6 +95,8 @@ class Agent(Delivery):
         self._uplink_wake = None
         self._alarm_wake = None
         self._alarm_waiting = False
+        self._tick_wake = None
+        self._sending = False  # a round of sends is under way
         self._loop = None
         self.observers = []  # callables that see every reading and event first (the console's SensorBoard)
 
@@ -95,9 +104,23 @@ class Agent(Delivery):
     def emit(self, item):
         for observe in self.observers:
             observe(item)
+        batcher = self.pipeline.batcher
+        was_empty = batcher.oldest is None
         batches = self.pipeline.accept(item, self.clock.monotonic())
         if batches:
             self._enqueue(batches)
+        elif was_empty and batcher.oldest is not None and self._tick_wake is not None:
+            self._tick_wake.set()  # a batch began: the ticker sleeps until its linger or hold, not a whole period
+
+    def _refresh_idle(self):
+        """Tell the pipeline whether anything is in flight; going idle may cut a batch at once (linger over)."""
+        snapshot = self.store.snapshot
+        idle = (not self._pending and not self._sending and self.store_ok
+                and (snapshot is None or snapshot.depth[0] == 0))
+        if idle != self.pipeline.idle:
+            self._enqueue(self.pipeline.set_idle(idle, self.clock.monotonic()))
+            if self._tick_wake is not None:
+                self._tick_wake.set()
 
     def cut(self):
         """Seal what the batcher holds now (and what the rules hold back)."""
@@ -151,6 +174,8 @@ class Agent(Delivery):
         batcher = self.pipeline.batcher
         batcher.max_age = settings.get("max_age_s", batcher.max_age)
         batcher.max_readings = settings.get("max_readings", batcher.max_readings)
+        batcher.linger = settings.get("linger_s", batcher.linger)
+        batcher.hold = settings.get("hold_s", batcher.hold)
         self.backoff.low = settings.get("backoff_min_s", self.backoff.low)
         self.backoff.high = settings.get("backoff_max_s", self.backoff.high)
 
@@ -211,6 +236,7 @@ class Agent(Delivery):
                     for b, sid in zip(batches, ids):
                         self.on_commit(b, sid)
                 self._uplink_wake.set()
+            self._refresh_idle()
 
     # -- the ticker ------------------------------------------------------------------------------------------
     async def _tick_loop(self, period=0.2):
@@ -218,12 +244,37 @@ class Agent(Delivery):
         pipeline's tick, and the quarantine's retries when due."""
         next_retry = self.clock.monotonic() + self.retry_every
         while True:
-            await self.clock.sleep(period)
+            self._tick_wake.clear()
+            now = self.clock.monotonic()
+            deadline = self.pipeline.deadline()
+            await self._tick_sleep(period if deadline is None else max(0.0, min(period, deadline - now)))
             now = self.clock.monotonic()
             if now >= next_retry and self.store_ok:
                 next_retry = now + self.retry_every
                 await self._retry_quarantined()
             self._enqueue(self.pipeline.tick(now))
+            if self.store.sync_interval and self.store.sync_due(self.store.clock.monotonic()):
+                await self._sync()
+
+    async def _tick_sleep(self, seconds):
+        """Sleep on the injected clock, or less if ``_tick_wake`` is set (a batch began, the link went idle)."""
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        waker = asyncio.ensure_future(self._tick_wake.wait())
+        try:
+            await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+
+    async def _sync(self):
+        """The power-cut window: fsync the WAL once an undelivered batch has waited ``store.sync_interval_s``."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._store_thread, self.store.sync)
+        except StoreError as exc:
+            self.counters["store_errors"] += 1
+            self.last_error = str(exc)
+            log.error("store: %s", exc)
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     async def run(self, stop, drain_timeout=0.0):
@@ -232,6 +283,7 @@ class Agent(Delivery):
         self._commit_wake = asyncio.Event()
         self._uplink_wake = asyncio.Event()
         self._alarm_wake = asyncio.Event()
+        self._tick_wake = asyncio.Event()
         if self._pending:
             self._commit_wake.set()  # batches sealed before the loop started must not wait for the next one
         log.info("agent %s starting: boot epoch %d, kid %s, uplink %s", self.gw, self.boot, self.kid,

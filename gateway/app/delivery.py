@@ -39,10 +39,17 @@ class Delivery:
         while True:
             batches = await self._next_batches()
             if not batches:
+                self._refresh_idle()
                 await self._idle()
                 continue
             self._alarm_waiting = False
-            await self._send_round(batches)
+            self._sending = True
+            self._refresh_idle()
+            try:
+                await self._send_round(batches)
+            finally:
+                self._sending = False
+            self._refresh_idle()
 
     async def _idle(self):
         if self.uplink_state != "down":

@@ -47,7 +47,7 @@ def build_agent(cfg, clock=None, **extra):
     specs = cfg.source_configs or cfg.sources
     sources = [build_source(spec, clock, cfg.file, i, cfg.gateway.state_dir) for i, spec in enumerate(specs)]
     store = Store(cfg.state_path(cfg.store.path), max_bytes=cfg.store.max_bytes,
-                  max_age=cfg.store.max_age_days * 86400.0, clock=clock)
+                  max_age=cfg.store.max_age_days * 86400.0, clock=clock, sync_interval=cfg.store.sync_interval_s)
     if store.recovered_from:  # the store logged what it salvaged and lost; this line is for the start-up summary
         log.error("store %s was corrupt; moved aside to %s (delete it once inspected) and started a new one: %s",
                   store.path, store.recovered_from, store.salvage.summary() if store.salvage else "nothing salvaged")
