@@ -197,3 +197,66 @@ def _p99(samples):
     if not samples:
         return None
     return samples[min(len(samples) - 1, int(round(0.99 * (len(samples) - 1))))]
+
+
+# -- delivery latency (issue 21) ------------------------------------------------------------------------------
+def bench_latency(workdir, rate, seconds, name, batch=None, sync_interval=None):
+    """Readings fed at ``rate`` per second for ``seconds`` into the agent (in process, real clock, HTTP uplink) and
+    delivered to a real ``edge-gateway receive`` process on loopback. Latency: from a reading's arrival (its
+    ``emit``) to the receiver's commit of its batch (the ``received`` column). ``batch``/``sync_interval``: the
+    settings (default: the config defaults; the old behaviour is linger = hold = max_age and sync_interval 0).
+    Returns p50/max latency in s, readings per batch, wire bytes per reading, fsyncs per 1,000 readings."""
+    from gateway.adapters.uplink.http import HttpUplink
+    from gateway.app.agent import Agent
+    from gateway.app.config import BatchSection, StoreSection
+    from gateway.core.clock import SystemClock
+    key = keys.SigningKey.generate()
+    rx, url, rx_db = _receiver_process(workdir, {"keys": [key.jwk(GW)]}, "lat-" + name)
+    batch = batch or BatchSection()
+    sync_interval = StoreSection().sync_interval_s if sync_interval is None else sync_interval
+    arrived = []
+    sent = []
+    try:
+        clock = SystemClock("synced")
+        store = Store(os.path.join(workdir, "lat-%s.sqlite" % name), max_bytes=1 << 30, clock=clock,
+                      sync_interval=sync_interval)
+        agent = Agent(gw=GW, key=key, store=store, uplink=HttpUplink(url), clock=clock, batch=batch,
+                      health_interval=1e9, on_sent=lambda b: sent.append((b.readings, len(b.data))))
+
+        async def main():
+            stop = asyncio.Event()
+            task = asyncio.create_task(agent.run(stop))
+            await asyncio.sleep(0.3)  # let the first-reading cut and start-up settle out of the figures
+            fsyncs0 = store.fsyncs
+            start = time.monotonic()
+            n = 0
+            while time.monotonic() - start < seconds:
+                due = int((time.monotonic() - start) * rate) + 1
+                while n < due:
+                    arrived.append(time.time())
+                    agent.emit(Reading("s%d" % (n % 20), "v", n, None, clock.monotonic()))
+                    n += 1
+                await asyncio.sleep(min(0.005, 1.0 / rate))
+            deadline = time.monotonic() + 15
+            while agent.counters["readings_sent"] < n and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            fsyncs = store.fsyncs - fsyncs0
+            stop.set()
+            await task
+            return fsyncs
+        fsyncs = asyncio.run(main())
+        store.close()
+    finally:
+        rx.send_signal(signal.SIGTERM)
+        rx.wait(10)
+    db = sqlite3.connect(rx_db)
+    rows = db.execute("SELECT r.v, b.received FROM records r JOIN batches b USING (gw, boot, seq) "
+                      "WHERE r.n LIKE ? AND b.boot = (SELECT MAX(boot) FROM batches)", (GW + "/s%",)).fetchall()
+    db.close()
+    lat = sorted(received - arrived[int(v)] for v, received in rows if v is not None and int(v) < len(arrived))
+    readings = sum(r for r, _ in sent) or 1
+    return {"rate": rate, "readings": len(arrived), "delivered": len(lat),
+            "p50_s": lat[len(lat) // 2] if lat else None, "max_s": lat[-1] if lat else None,
+            "readings_per_batch": readings / max(1, len(sent)),
+            "wire_bytes_per_reading": sum(b for _, b in sent) / readings,
+            "fsyncs_per_1k_readings": 1000.0 * fsyncs / max(1, len(arrived))}

@@ -48,7 +48,7 @@ class StoreSection:
 class BatchSection:
     max_readings: int = 1000
     max_age_s: float = 10.0
-    linger_s: float = 0.05  # nothing in flight: cut once the oldest reading waited this long (Nagle / linger)
+    linger_s: float = 0.1  # nothing in flight: cut once the oldest reading waited this long (Nagle / linger)
     hold_s: float = 0.2  # in any case: cut and commit within this (the kill window, with the commit's few ms)
     time_quantum_s: float = 1.0
 
