@@ -239,3 +239,53 @@ def test_store_without_a_sync_interval_fsyncs_every_commit_as_before(tmp_path):
     store.put(_batch(0))
     assert store.fsyncs == base + 1 and not store.sync_due(1e9)
     assert os.path.exists(str(tmp_path / "q.sqlite-wal"))
+
+
+# -- deliver first ----------------------------------------------------------------------------------------------
+def deliver_first_agent(tmp_path, clock, uplink):
+    store = Store(str(tmp_path / "q.sqlite"), clock=clock, sync_interval=10.0)
+    agent = Agent(gw=GW, key=keys.SigningKey.generate(), store=store, uplink=uplink, clock=clock,
+                  batch=BatchSection(max_readings=1000, max_age_s=10.0, linger_s=0.0, hold_s=0.2),
+                  health_interval=1e9, deliver_first=True)
+    return agent, store
+
+
+def test_deliver_first_sends_from_memory_and_never_writes_what_the_upstream_acknowledged_in_time(tmp_path):
+    clock = FakeClock()
+    uplink = Gate()
+    agent, store = deliver_first_agent(tmp_path, clock, uplink)
+
+    async def driver():
+        assert await clock.parked()
+        commits = store.commits
+        for i in range(5):
+            agent.emit(reading(clock.monotonic(), i))
+            await until(lambda: len(uplink.sent) == i + 1 and agent.pipeline.idle)
+            clock.advance(0.5)
+            assert await clock.parked()
+        assert store.commits == commits and store.snapshot.depth[0] == 0  # nothing reached the disk
+        assert agent.counters["batches_delivered_unwritten"] == 5
+    run(agent, driver)
+
+
+def test_deliver_first_writes_a_batch_at_its_deadline_and_deletes_it_when_the_late_ack_comes(tmp_path):
+    clock = FakeClock()
+    uplink = Gate()
+    agent, store = deliver_first_agent(tmp_path, clock, uplink)
+
+    async def driver():
+        assert await clock.parked()
+        agent.emit(reading(clock.monotonic()))
+        await until(lambda: len(uplink.sent) == 1 and agent.pipeline.idle)
+        uplink.open.clear()  # the next send hangs
+        agent.emit(reading(clock.monotonic()))
+        await until(lambda: uplink.sending.is_set())
+        clock.advance(0.1)
+        assert await clock.parked()
+        assert store.snapshot.depth[0] == 0  # before its deadline: in memory only
+        clock.advance(0.1)  # its oldest reading is hold_s old: written although it is in flight
+        await until(lambda: store.snapshot.depth[0] == 1)
+        uplink.open.set()  # the late acknowledgement deletes the stored copy
+        await until(lambda: len(uplink.sent) == 2 and store.snapshot.depth[0] == 0)
+        assert [b.readings for b in uplink.sent][1] == 1
+    run(agent, driver)

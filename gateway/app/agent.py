@@ -60,7 +60,7 @@ LIVE = ("max_age_s", "max_readings", "linger_s", "hold_s", "backoff_min_s", "bac
 class Agent(Delivery):
     def __init__(self, *, gw, key, store, uplink, sources=(), clock, batch=None, rules=None, rng=None,
                  backoff=(0.5, 300.0), max_pending=256, health_interval=60.0, on_commit=None, on_sent=None,
-                 retry_every=60.0, poison=(3, 5, 600.0)):
+                 retry_every=60.0, poison=(3, 5, 600.0), deliver_first=False):
         self.gw = gw
         self.store = store
         self.uplink = uplink
@@ -97,6 +97,15 @@ class Agent(Delivery):
         self._alarm_waiting = False
         self._tick_wake = None
         self._sending = False  # a round of sends is under way
+        # Deliver first (issue 21): a sealed batch is sent from memory at once and written to the store only if it
+        # is not acknowledged by its ``commit_by`` time (its oldest reading + hold_s), so a link that keeps up
+        # costs no disk write at all, and the kill window holds either way.
+        self.deliver_first = deliver_first
+        self._commit_by = {}  # id(batch) -> monotonic deadline, for batches in memory
+        self._in_flight = set()  # keys of memory batches being sent right now
+        self._store_ids = {}  # key -> store id, for batches committed while they were being sent from memory
+        self._acked_early = set()  # keys acknowledged while their commit was running
+        self._flushing = False
         self._loop = None
         self.observers = []  # callables that see every reading and event first (the console's SensorBoard)
 
@@ -128,7 +137,12 @@ class Agent(Delivery):
 
     def _enqueue(self, batches):
         """Sealed batches wait in memory until the commit task writes them; an alarm wakes the uplink."""
+        commit_by = self.pipeline.commit_by
+        now = self.clock.monotonic()
         for batch in batches:
+            deadline = commit_by.pop(batch.seq, now)
+            if self.deliver_first:
+                self._commit_by[id(batch)] = deadline
             if len(self._pending) >= self.max_pending:
                 self._drop_from_memory()
             self._pending.append(batch)
@@ -137,6 +151,10 @@ class Agent(Delivery):
                 if self._alarm_wake is not None:
                     self._alarm_wake.set()
         if batches and self._commit_wake is not None:
+            if self.deliver_first:
+                self._uplink_wake.set()  # send it from memory now; the commit waits for its deadline
+                if self._tick_wake is not None:
+                    self._tick_wake.set()
             self._commit_wake.set()
 
     def _drop_from_memory(self):
@@ -146,6 +164,7 @@ class Agent(Delivery):
         if victim is None:
             return  # all in flight: memory holds at most max_pending + 1 until the commit returns
         self._pending.remove(victim)
+        self._commit_by.pop(id(victim), None)
         self.counters["memory_dropped_batches"] += 1
         self.counters["memory_dropped_readings"] += victim.readings
 
@@ -207,7 +226,9 @@ class Agent(Delivery):
             await self._commit_wake.wait()
             self._commit_wake.clear()
             while self._pending:
-                batches = list(self._pending)
+                batches = self._due_for_commit()
+                if not batches:
+                    break
                 self._committing = set(map(id, batches))
                 try:
                     ids = await loop.run_in_executor(self._store_thread, self.store.put_many, batches)
@@ -229,14 +250,41 @@ class Agent(Delivery):
                 delay = 0.5
                 committed = set(map(id, batches))
                 self._pending = collections.deque(b for b in self._pending if id(b) not in committed)
+                early = []
+                for b, sid in zip(batches, ids):
+                    self._commit_by.pop(id(b), None)
+                    if sid is None:
+                        continue
+                    if b.key in self._acked_early:  # delivered from memory while it was being written
+                        self._acked_early.discard(b.key)
+                        early.append(sid)
+                    elif b.key in self._in_flight:
+                        self._store_ids[b.key] = sid
                 self._rejected_in_memory.difference_update(b.key for b in batches)
                 self.counters["batches_committed"] += len(batches)
                 self.counters["readings_committed"] += sum(b.readings for b in batches)
                 if self.on_commit:
                     for b, sid in zip(batches, ids):
                         self.on_commit(b, sid)
+                if early:
+                    await self._ack_ids(early)
                 self._uplink_wake.set()
             self._refresh_idle()
+
+    def _due_for_commit(self):
+        """What the commit task writes now: everything, or (deliver first) what is past its deadline."""
+        if not self.deliver_first or self._flushing or not self.store_ok:
+            return list(self._pending)
+        now = self.clock.monotonic()
+        return [b for b in self._pending if self._commit_by.get(id(b), now) <= now]
+
+    def _next_commit(self):
+        """The earliest commit deadline of a batch in memory (deliver first), or None."""
+        if not self.deliver_first or not self.store_ok or not self._commit_by:
+            return None  # a failing store: the commit task retries on its own backoff
+        due = [self._commit_by[id(b)] for b in self._pending
+               if id(b) in self._commit_by and id(b) not in self._committing]
+        return min(due) if due else None
 
     # -- the ticker ------------------------------------------------------------------------------------------
     async def _tick_loop(self, period=0.2):
@@ -246,9 +294,12 @@ class Agent(Delivery):
         while True:
             self._tick_wake.clear()
             now = self.clock.monotonic()
-            deadline = self.pipeline.deadline()
-            await self._tick_sleep(period if deadline is None else max(0.0, min(period, deadline - now)))
+            deadlines = [d for d in (self.pipeline.deadline(), self._next_commit()) if d is not None]
+            await self._tick_sleep(max(0.0, min([period] + [d - now for d in deadlines])))
             now = self.clock.monotonic()
+            commit = self._next_commit()
+            if commit is not None and commit <= now:
+                self._commit_wake.set()
             if now >= next_retry and self.store_ok:
                 next_retry = now + self.retry_every
                 await self._retry_quarantined()
@@ -302,6 +353,7 @@ class Agent(Delivery):
             for task in source_tasks:
                 task.cancel()
             await asyncio.gather(*source_tasks, return_exceptions=True)
+            self._flushing = True
             self.cut()
             self._commit_wake.set()
             await self._wait(lambda: not self._pending, 10.0)

@@ -42,6 +42,7 @@ class StoreSection:
     max_age_days: float = 30.0
     memory_batches: int = 256  # bounded RAM buffer used while the disk refuses writes
     sync_interval_s: float = 10.0  # the power-cut window for batches not yet delivered (0: fsync every commit)
+    deliver_first: bool = True  # send a batch from memory first; write it only if unacknowledged after hold_s
 
 
 @dataclass

@@ -53,7 +53,7 @@ def build_agent(cfg, clock=None, **extra):
                   store.path, store.recovered_from, store.salvage.summary() if store.salvage else "nothing salvaged")
     return Agent(gw=cfg.gateway.id, key=key, store=store, uplink=uplink, sources=sources, clock=clock,
                  batch=cfg.batch, rules=build_rules(cfg), backoff=(cfg.uplink.backoff_min_s, cfg.uplink.backoff_max_s),
-                 max_pending=cfg.store.memory_batches, **extra)
+                 max_pending=cfg.store.memory_batches, deliver_first=cfg.store.deliver_first, **extra)
 
 
 EXIT_RESTART = 75  # the console's `restart`: exit non-zero so systemd's Restart=on-failure starts us again

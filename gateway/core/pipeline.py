@@ -61,6 +61,9 @@ class Pipeline:
         self.batcher = Batcher(getattr(batch, "max_readings", 1000), getattr(batch, "max_age_s", 10.0),
                                getattr(batch, "linger_s", None), getattr(batch, "hold_s", None))
         self.idle = False  # nothing in flight downstream (no batch waiting for the disk or the upstream)
+        #: seq -> the monotonic time by which that batch must be on disk unless delivered: its oldest reading's
+        #: arrival + ``hold_s`` (the kill window). The shell pops it when it takes the batch.
+        self.commit_by = {}
         self.time_quantum = getattr(batch, "time_quantum_s", 1.0)
         self.timebase = TimeBase(clock)
         self.health_interval = health_interval
@@ -160,16 +163,18 @@ class Pipeline:
         self.counters["events"] += 1
         if event.alarm:
             self.counters["alarms"] += 1
-            self._seal([], [event], priority=1)
+            self._seal([], [event], priority=1, commit_by=now)
         else:
             self._add(event, now)
 
     def _cut(self, now):
+        oldest = self.batcher.oldest
         readings, events = self.batcher.cut()
         if self.last_health is None or now - self.last_health >= self.health_interval:
             readings = readings + self.health_readings(now)
         if readings or events:
-            self._seal(readings, events, priority=0)
+            commit_by = now if oldest is None else oldest + self.batcher.hold
+            self._seal(readings, events, priority=0, commit_by=commit_by)
 
     def health_readings(self, now):
         """``health/<counter>`` readings for every reported counter whose value changed since it was last sent."""
@@ -183,7 +188,7 @@ class Pipeline:
                 out.append(Reading(HEALTH_SENSOR, key, value, None, now))
         return out
 
-    def _seal(self, readings, events, priority):
+    def _seal(self, readings, events, priority, commit_by):
         """Encode and sign one batch; from here on its bytes never change."""
         synced = self.timebase.refresh()
         records = senml.encode_records(readings, events, self.prefix, time_quantum=self.time_quantum,
@@ -191,6 +196,9 @@ class Pipeline:
         payload = wire.encode_payload(self.gw, self.boot, self.seq, synced, records, self.timebase.anchor())
         self._out.append(EncodedBatch(self.boot, self.seq, self.signer(payload), priority, len(readings),
                                       len(events), self.clock.wall()))
+        self.commit_by[self.seq] = commit_by
+        if len(self.commit_by) > 4096:  # a caller that never pops (a bench): keep it bounded
+            del self.commit_by[next(iter(self.commit_by))]
         self.seq += 1
         self.counters["batches_cut"] += 1
         self.idle = False  # this batch is in flight now, until the shell says otherwise
