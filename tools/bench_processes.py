@@ -278,10 +278,10 @@ def bench_sd_wear(workdir, rate, seconds, name, batch_toml="", store_toml="", re
     os.makedirs(path)
     key = keys.SigningKey.generate()
     keys.write_private(os.path.join(path, "key.pem"), key)
-    rx = None
+    rx = rx_db = None
     url = DEAD_UPLINK
     if receiver:
-        rx, url, _ = _receiver_process(path, {"keys": [key.jwk(GW)]}, "rx")
+        rx, url, rx_db = _receiver_process(path, {"keys": [key.jwk(GW)]}, "rx")
     master, slave = os.openpty()
     tty.setraw(slave)
     config = os.path.join(path, "config.toml")
@@ -308,7 +308,8 @@ def bench_sd_wear(workdir, rate, seconds, name, batch_toml="", store_toml="", re
         cmd = [strace, "-f", "-qq", "-e", "trace=fsync,fdatasync", "-o", trace] + cmd
     thread = threading.Thread(target=feed, daemon=True)
     thread.start()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(os.path.join(path, "agent.log"), "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     try:
         time.sleep(3.0)  # start-up (boot epoch, first commit) is not the steady state being measured
         pid = _agent_pid(proc.pid)
@@ -331,7 +332,12 @@ def bench_sd_wear(workdir, rate, seconds, name, batch_toml="", store_toml="", re
             rx.wait(10)
     per_day = 86400.0 / (t1 - t0)
     readings = rate * (t1 - t0)
-    return {"rate": rate, "seconds": round(t1 - t0, 1), "receiver": receiver,
+    delivered = None
+    if rx_db:  # a sanity check of the run: the readings did flow
+        db = sqlite3.connect(rx_db)
+        delivered = db.execute("SELECT COUNT(*) FROM records WHERE n LIKE ?", (GW + "/s%",)).fetchone()[0]
+        db.close()
+    return {"rate": rate, "seconds": round(t1 - t0, 1), "receiver": receiver, "delivered": delivered,
             "mb_per_day": (wb1 - wb0) * per_day / 1e6,
             "fsyncs_per_day": (f1 - f0) * per_day if strace else None,
             "fsyncs_per_1k_readings": 1000.0 * (f1 - f0) / readings if strace else None}
