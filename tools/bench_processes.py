@@ -310,6 +310,7 @@ def bench_sd_wear(workdir, rate, seconds, name, batch_toml="", store_toml="", re
     thread.start()
     with open(os.path.join(path, "agent.log"), "wb") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    pid = proc.pid
     try:
         time.sleep(3.0)  # start-up (boot epoch, first commit) is not the steady state being measured
         pid = _agent_pid(proc.pid)
@@ -318,7 +319,10 @@ def bench_sd_wear(workdir, rate, seconds, name, batch_toml="", store_toml="", re
         wb1, f1, t1 = _io_write_bytes(pid), _count_fsyncs(trace), time.monotonic()
     finally:
         stop.set()
-        proc.send_signal(signal.SIGTERM)
+        try:
+            os.kill(pid, signal.SIGTERM)  # the agent itself: strace, signalled, would detach and leave it running
+        except ProcessLookupError:
+            pass
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
