@@ -326,7 +326,11 @@ def bench_sd_wear(workdir, rate, seconds, name, batch_toml="", store_toml="", re
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            for victim in {pid, proc.pid}:  # the agent too: a tracee can outlive a killed strace
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             proc.wait()
         thread.join(5)
         os.close(master)
