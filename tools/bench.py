@@ -26,7 +26,7 @@ from gateway.core.clock import FakeClock
 from gateway.core.model import EncodedBatch, Event, Reading
 from gateway.core.pipeline import Pipeline
 from gateway.adapters.store import Store
-from tools.bench_processes import _p99, bench_drain, bench_idle_cpu, bench_rss, bench_startup
+from tools.bench_processes import _p99, bench_drain, bench_idle_cpu, bench_latency, bench_rss, bench_startup
 
 TARGETS = {
     "pipeline_readings_per_s": (">=", 100_000), "wire_bytes_per_reading": ("<=", 10),
@@ -35,8 +35,9 @@ TARGETS = {
     "drain_readings_per_s": (">=", 20_000), "disk_to_wire_ratio": ("<=", 2.0),
     "alarm_latency_ms_p99": ("<=", 1000), "swinging_door_ratio": (">=", 20),
     "bthome_adverts_per_s": (">=", 200_000), "nmea_sentences_per_s": (">=", 100_000),
-    "rule_evals_per_s": (">=", 500_000),
+    "rule_evals_per_s": (">=", 500_000), "latency_p50_s": ("<=", 0.5), "latency_max_s": ("<=", 2.0),
 }
+LATENCY_RATES = (20, 100, 1000)  # readings/s: the delivery latency figures are the worst of these
 GW = "gw-bench"
 BTHOME_ADVERT = bytes.fromhex("400009015d025d0903b718")  # packet id, battery, temperature, humidity (bthome-ble test)
 
@@ -266,7 +267,8 @@ def bench_pipeline(n_adverts, workdir):
         # The agent's own pipeline (gateway.core.pipeline), on a clock whose wire offset is 0: readings are
         # stamped on the wire's scale already. Batches are committed one by one, as the slowest agent would.
         pipeline = Pipeline(gw=GW, boot=1, signer=signer, clock=FakeClock(mono=0.0, wall=0.0), rules=_rules(),
-                            batch=BatchSection(max_readings=1000, max_age_s=1e9, time_quantum_s=1.0))
+                            batch=BatchSection(max_readings=1000, max_age_s=1e9, linger_s=1e9, hold_s=1e9,
+                                               time_quantum_s=1.0))
         accepted = 0
         wb0 = _write_bytes()
         wire_bytes = 0
@@ -394,6 +396,11 @@ def run_bench(quick=False, progress=None):
         lat = bench_drain(workdir, 50_000 if quick else 100_000, 0, alarms=10 if quick else 20)
         results["alarm_latency_ms_p99"] = round(_p99(lat), 1) if lat else None
         runs["alarm_latency_ms"] = [round(x, 1) for x in lat]
+        say("delivery latency")
+        lats = [bench_latency(workdir, rate, 2.0 if quick else 8.0, "r%d" % rate) for rate in LATENCY_RATES]
+        results["latency_p50_s"] = round(max(x["p50_s"] for x in lats), 3)
+        results["latency_max_s"] = round(max(x["max_s"] for x in lats), 3)
+        runs["latency"] = [{k: round(v, 3) if isinstance(v, float) else v for k, v in x.items()} for x in lats]
         say("RSS with 200 sensors")
         rss, accepted = bench_rss(workdir, 8 if quick else 30)
         results["rss_mb_200_sensors"] = round(rss, 1)

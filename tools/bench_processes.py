@@ -197,3 +197,185 @@ def _p99(samples):
     if not samples:
         return None
     return samples[min(len(samples) - 1, int(round(0.99 * (len(samples) - 1))))]
+
+
+# -- delivery latency (issue 21) ------------------------------------------------------------------------------
+def bench_latency(workdir, rate, seconds, name, batch=None, sync_interval=None, deliver_first=None):
+    """Readings fed at ``rate`` per second for ``seconds`` into the agent (in process, real clock, HTTP uplink) and
+    delivered to a real ``edge-gateway receive`` process on loopback. Latency: from a reading's arrival (its
+    ``emit``) to the receiver's commit of its batch (the ``received`` column). ``batch``/``sync_interval``: the
+    settings (default: the config defaults; the old behaviour is linger = hold = max_age and sync_interval 0).
+    Returns p50/max latency in s, readings per batch, wire bytes per reading, fsyncs per 1,000 readings."""
+    from gateway.adapters.uplink.http import HttpUplink
+    from gateway.app.agent import Agent
+    from gateway.app.config import BatchSection, StoreSection
+    from gateway.core.clock import SystemClock
+    key = keys.SigningKey.generate()
+    rx, url, rx_db = _receiver_process(workdir, {"keys": [key.jwk(GW)]}, "lat-" + name)
+    batch = batch or BatchSection()
+    sync_interval = StoreSection().sync_interval_s if sync_interval is None else sync_interval
+    deliver_first = StoreSection().deliver_first if deliver_first is None else deliver_first
+    arrived = []
+    sent = []
+    try:
+        clock = SystemClock("synced")
+        store = Store(os.path.join(workdir, "lat-%s.sqlite" % name), max_bytes=1 << 30, clock=clock,
+                      sync_interval=sync_interval)
+        agent = Agent(gw=GW, key=key, store=store, uplink=HttpUplink(url), clock=clock, batch=batch,
+                      health_interval=1e9, on_sent=lambda b: sent.append((b.readings, len(b.data))),
+                      deliver_first=deliver_first)
+
+        async def main():
+            stop = asyncio.Event()
+            task = asyncio.create_task(agent.run(stop))
+            await asyncio.sleep(0.3)  # let the first-reading cut and start-up settle out of the figures
+            fsyncs0 = store.fsyncs
+            start = time.monotonic()
+            n = 0
+            while time.monotonic() - start < seconds:
+                due = int((time.monotonic() - start) * rate) + 1
+                while n < due:
+                    arrived.append(time.time())
+                    agent.emit(Reading("s%d" % (n % 20), "v", n, None, clock.monotonic()))
+                    n += 1
+                await asyncio.sleep(min(0.005, 1.0 / rate))
+            deadline = time.monotonic() + 15
+            while agent.counters["readings_sent"] < n and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            fsyncs = store.fsyncs - fsyncs0
+            stop.set()
+            await task
+            return fsyncs
+        fsyncs = asyncio.run(main())
+        store.close()
+    finally:
+        rx.send_signal(signal.SIGTERM)
+        rx.wait(10)
+    db = sqlite3.connect(rx_db)
+    rows = db.execute("SELECT r.v, b.received FROM records r JOIN batches b USING (gw, boot, seq) "
+                      "WHERE r.n LIKE ? AND b.boot = (SELECT MAX(boot) FROM batches)", (GW + "/s%",)).fetchall()
+    db.close()
+    lat = sorted(received - arrived[int(v)] for v, received in rows if v is not None and int(v) < len(arrived))
+    readings = sum(r for r, _ in sent) or 1
+    return {"rate": rate, "readings": len(arrived), "delivered": len(lat),
+            "p50_s": lat[len(lat) // 2] if lat else None, "max_s": lat[-1] if lat else None,
+            "readings_per_batch": readings / max(1, len(sent)),
+            "wire_bytes_per_reading": sum(b for _, b in sent) / readings,
+            "fsyncs_per_1k_readings": 1000.0 * fsyncs / max(1, len(arrived)),
+            "written_batches_share": agent.counters["batches_committed"] / max(1, agent.counters["batches_cut"])}
+
+
+def bench_sd_wear(workdir, rate, seconds, name, batch_toml="", store_toml="", receiver=True):
+    """SD-card wear of the real agent (``edge-gateway run``) fed ``rate`` line-protocol readings/s over a pty for
+    ``seconds``: ``write_bytes`` of ``/proc/PID/io`` (what the kernel sends to the block device on the process's
+    behalf) and its fsync/fdatasync calls (``strace -f``), scaled to a day. ``batch_toml``/``store_toml``: extra
+    keys of those tables; ``receiver``: a real receiver on loopback, or a dead uplink (an outage)."""
+    import pty  # noqa: F401 (os.openpty is enough; imported to fail early where ptys are missing)
+    import shutil
+    import threading
+    import tty
+    path = os.path.join(workdir, "wear-" + name)
+    os.makedirs(path)
+    key = keys.SigningKey.generate()
+    keys.write_private(os.path.join(path, "key.pem"), key)
+    rx = rx_db = None
+    url = DEAD_UPLINK
+    if receiver:
+        rx, url, rx_db = _receiver_process(path, {"keys": [key.jwk(GW)]}, "rx")
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    config = os.path.join(path, "config.toml")
+    with open(config, "w") as f:
+        f.write('[gateway]\nid = "%s"\nstate_dir = "%s"\nlog_level = "warning"\n[batch]\n%s\n[store]\n%s\n'
+                '[uplink]\nurl = "%s"\nbackoff_max_s = 5\n[clock]\nmode = "synced"\n'
+                '[[sources]]\ntype = "serial"\nname = "board"\nport = "%s"\nbaud = 115200\n'
+                % (GW, path, batch_toml, store_toml, url, os.ttyname(slave)))
+    stop = threading.Event()
+
+    def feed():
+        n, start = 0, time.monotonic()
+        while not stop.is_set():
+            due = int((time.monotonic() - start) * rate) + 1
+            chunk = b"".join(b"id=s%d temp=%d.%02d\n" % (k % 20, 4 + k % 3, k % 100) for k in range(n, due))
+            n = due
+            if chunk:
+                os.write(master, chunk)
+            stop.wait(min(0.01, 1.0 / rate))
+    trace = os.path.join(path, "strace.out")
+    strace = shutil.which("strace")
+    cmd = [sys.executable, "-m", "gateway.cli", "run", "--config", config]
+    if strace:
+        cmd = [strace, "-f", "-qq", "-e", "trace=fsync,fdatasync", "-o", trace] + cmd
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    with open(os.path.join(path, "agent.log"), "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    pid = proc.pid
+    try:
+        time.sleep(3.0)  # start-up (boot epoch, first commit) is not the steady state being measured
+        pid = _agent_pid(proc.pid)
+        wb0, f0, t0 = _io_write_bytes(pid), _count_fsyncs(trace), time.monotonic()
+        time.sleep(seconds)
+        wb1, f1, t1 = _io_write_bytes(pid), _count_fsyncs(trace), time.monotonic()
+    finally:
+        stop.set()
+        try:
+            os.kill(pid, signal.SIGTERM)  # the agent itself: strace, signalled, would detach and leave it running
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            for victim in {pid, proc.pid}:  # the agent too: a tracee can outlive a killed strace
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.wait()
+        thread.join(5)
+        os.close(master)
+        os.close(slave)
+        if rx is not None:
+            rx.send_signal(signal.SIGTERM)
+            rx.wait(10)
+    per_day = 86400.0 / (t1 - t0)
+    readings = rate * (t1 - t0)
+    delivered = None
+    if rx_db:  # a sanity check of the run: the readings did flow
+        db = sqlite3.connect(rx_db)
+        delivered = db.execute("SELECT COUNT(*) FROM records WHERE n LIKE ?", (GW + "/s%",)).fetchone()[0]
+        db.close()
+    return {"rate": rate, "seconds": round(t1 - t0, 1), "receiver": receiver, "delivered": delivered,
+            "mb_per_day": (wb1 - wb0) * per_day / 1e6,
+            "fsyncs_per_day": (f1 - f0) * per_day if strace else None,
+            "fsyncs_per_1k_readings": 1000.0 * (f1 - f0) / readings if strace else None}
+
+
+def _agent_pid(pid):
+    """The Python process under strace (its only child), or ``pid`` itself."""
+    for _ in range(100):
+        try:
+            with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+                kids = f.read().split()
+        except OSError:
+            return pid
+        if kids:
+            return int(kids[0])
+        time.sleep(0.02)
+    return pid
+
+
+def _io_write_bytes(pid):
+    with open("/proc/%d/io" % pid) as f:
+        for line in f:
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _count_fsyncs(trace):
+    try:
+        with open(trace) as f:
+            return sum(1 for line in f if "fsync(" in line or "fdatasync(" in line)
+    except OSError:
+        return 0

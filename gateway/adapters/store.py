@@ -4,8 +4,11 @@ Semantics (``docs/wire-format.md`` and ``docs/operations.md`` say the same for u
 
 * A batch is **accepted** when ``put`` returns: it was signed before, so what is on disk is the bytes on the
   wire, deflated with zlib when that is smaller (~4x less to write to an SD card; ``pending`` gives back the
-  signed bytes bit for bit, and a blob damaged on disk is quarantined, never sent). The commit ran with
-  ``synchronous=FULL`` in WAL mode (one fsync of the WAL per commit). The agent commits every batch waiting for the disk in one transaction (group commit), and batches are cut every
+  signed bytes bit for bit, and a blob damaged on disk is quarantined, never sent). With ``sync_interval=0`` the
+  commit ran with ``synchronous=FULL`` in WAL mode (one fsync of the WAL per commit). With ``sync_interval`` > 0
+  it ran with ``synchronous=NORMAL``: it reached the OS, so a killed process loses nothing, and ``sync`` (one
+  fsync of the WAL) makes it survive a power cut; ``sync_due`` says when a batch still queued has waited
+  ``sync_interval`` seconds for that (a batch acknowledged meanwhile needs no fsync at all: the upstream has it). The agent commits every batch waiting for the disk in one transaction (group commit), and batches are cut every
   ``batch.max_age_s`` seconds or ``batch.max_readings`` readings, so fsyncs are batched by construction;
   ``fsyncs`` counts them (commits, plus two per checkpoint). The WAL is checkpointed and truncated by us once it
   holds ``checkpoint_pages`` pages, which bounds it on disk (``docs/store-and-forward.md``).
@@ -84,7 +87,7 @@ class Store(QueueBounds, Quarantine):
     # small pages instead of two 4 KiB ones. Measured: disk bytes per accepted reading fall from ~6x the wire
     # bytes (4 KiB pages, counters written per commit) to ~1.5x (docs/performance.md). Applies to new stores.
     def __init__(self, path, max_bytes=64 << 20, max_age=30 * 86400.0, clock=None, page_size=1024,
-                 checkpoint_pages=1000, expire_every=60.0, random_bytes=os.urandom):
+                 checkpoint_pages=1000, expire_every=60.0, random_bytes=os.urandom, sync_interval=0.0):
         self.path = os.fspath(path)
         self.boot_path = self.path + boot_epoch.SUFFIX
         self._random_bytes = random_bytes
@@ -94,6 +97,9 @@ class Store(QueueBounds, Quarantine):
         self.recovered_from = None
         self.salvage = None  # a store_salvage.Salvage report when a corrupt queue was salvaged at this start
         self.fsyncs = 0
+        self.syncs = 0  # fsyncs by ``sync`` (the power-cut window), part of ``fsyncs``
+        self.sync_interval = sync_interval
+        self._unsynced = {}  # store id -> monotonic time of its commit, while queued and not yet fsynced
         self.commits = 0
         self._lock = threading.RLock()
         self._checkpoint_pages = checkpoint_pages
@@ -133,7 +139,7 @@ class Store(QueueBounds, Quarantine):
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise StoreError("cannot switch %s to WAL mode (got %s)" % (self.path, mode), kind="io")
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA synchronous=%s" % ("NORMAL" if self.sync_interval else "FULL"))
             db.execute("PRAGMA wal_autocheckpoint=0")
             # A queue appends and reads its oldest rows: a big page cache buys nothing and costs RAM on a 1 GB Pi.
             db.execute("PRAGMA cache_size=-256")  # we checkpoint ourselves, and count it
@@ -156,6 +162,7 @@ class Store(QueueBounds, Quarantine):
             self._db.execute("BEGIN IMMEDIATE")
             report = store_salvage.salvage_into(self.recovered_from, self._db, COUNTERS)
             self._commit()
+            self._sync_wal()
         except sqlite3.Error as exc:
             self._rollback()
             log.error("store: %s", _store_error("salvage %s into" % self.recovered_from, self.path, exc))
@@ -204,6 +211,7 @@ class Store(QueueBounds, Quarantine):
                 boot_epoch.write(self.boot_path, boot)
                 self._db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('boot', ?)", (boot,))
                 self._commit()
+                self._sync_wal()  # once per start: the boot epoch is durable in both places
             except sqlite3.Error as exc:
                 self._rollback()
                 raise _store_error("write the boot epoch to", self.path, exc) from exc
@@ -263,6 +271,9 @@ class Store(QueueBounds, Quarantine):
                         (b.priority, b.boot, b.seq, b.created or now, b.readings, b.events, blobs[id(b)]))
                     ids.append(cur.lastrowid)
                 self._commit()
+                if self.sync_interval:
+                    stamp = self.clock.monotonic()
+                    self._unsynced.update((i, stamp) for i in ids if i is not None)
                 self.session["accepted_batches"] += len(admitted)
                 self.session["accepted_readings"] += sum(b.readings for b in batches if id(b) in admitted)
             except sqlite3.Error as exc:
@@ -311,7 +322,8 @@ class Store(QueueBounds, Quarantine):
         # or the next checkpoint makes it durable. This halves the fsyncs per delivered batch (SD card wear).
         with self._lock:
             try:
-                self._db.execute("PRAGMA synchronous=NORMAL")
+                if not self.sync_interval:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
                 try:
                     self._db.execute("BEGIN IMMEDIATE")
                     marks = ",".join("?" * len(store_ids))
@@ -323,11 +335,14 @@ class Store(QueueBounds, Quarantine):
                 finally:
                     if self._db.in_transaction:
                         self._rollback()
-                    self._db.execute("PRAGMA synchronous=FULL")
+                    if not self.sync_interval:
+                        self._db.execute("PRAGMA synchronous=FULL")
             except sqlite3.Error as exc:
                 self._rollback()
                 raise _store_error("delete acknowledged batches from", self.path, exc) from exc
             self.commits += 1
+            for i in store_ids:
+                self._unsynced.pop(i, None)  # delivered: the upstream holds it, a power cut here costs a resend
             self.session["acked_batches"] += count
             self.session["acked_readings"] += readings
             self._bytes -= size
@@ -362,6 +377,37 @@ class Store(QueueBounds, Quarantine):
     def _commit(self):
         self._db.execute("COMMIT")
         self.commits += 1
+        if not self.sync_interval:
+            self.fsyncs += 1
+
+    def sync_due(self, now):
+        """True when a batch committed without an fsync is still queued ``sync_interval`` seconds later (``now``:
+        the monotonic time of the store's clock)."""
+        if not self._unsynced:
+            return False
+        return now - next(iter(self._unsynced.values())) >= self.sync_interval
+
+    def sync(self):
+        """Make every commit so far survive a power cut: one fsync of the WAL (SQLite's own recovery replays the
+        WAL up to the last intact commit, so fsyncing the file is what ``synchronous=FULL`` does at a commit)."""
+        with self._lock:
+            if not self.sync_interval:
+                return
+            try:
+                self._sync_wal()
+            except OSError as exc:
+                raise StoreError("cannot fsync %s-wal: %s" % (self.path, exc), kind="io") from exc
+            self.syncs += 1
+            self._unsynced.clear()
+
+    def _sync_wal(self):
+        if not self.sync_interval:
+            return
+        fd = os.open(self.path + "-wal", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         self.fsyncs += 1
 
     def _rollback(self):
@@ -402,6 +448,8 @@ class Store(QueueBounds, Quarantine):
                 return False
             self.checkpoints += 1
             self.fsyncs += 2
+            if not busy:
+                self._unsynced.clear()  # the checkpoint fsynced the WAL and the database
             return not busy
 
     def _now(self):

@@ -4,8 +4,15 @@ The stages between a source and the store (bad-value check, rules, batcher, heal
 synchronous ``gateway.core.pipeline.Pipeline``. The agent runs on one asyncio loop:
 
 * sources call ``emit`` with readings; the pipeline returns the batches it sealed, which wait in memory;
-* a tick task sleeps through the injected clock (``clock.sleep``) and calls the pipeline's ``tick`` (heartbeats,
-  stale sensors, ``max_age`` cuts), so a fake clock drives the whole agent in tests and scenarios;
+* a tick task sleeps through the injected clock (``clock.sleep``) until the pipeline's next cut is due (at most
+  0.2 s) and calls the pipeline's ``tick`` (heartbeats, stale sensors, ``linger``/``hold``/``max_age`` cuts), so a
+  fake clock drives the whole agent in tests and scenarios; a new batch or a link going idle wakes it early;
+* the agent tells the pipeline whether anything is in flight (``Pipeline.set_idle``: nothing waits for the disk,
+  the store queue is empty and nothing is being sent): idle, a batch is cut after ``batch.linger_s``; busy, it
+  grows, up to ``batch.hold_s`` (the kill window) or ``max_readings`` (issue 21);
+* with ``store.sync_interval_s`` > 0 commits are not fsynced; the tick task fsyncs the WAL (``Store.sync``) once a
+  batch has waited that long undelivered, so the power-cut window is the interval and a link that keeps up costs
+  no fsync at all;
 * a commit task writes every batch waiting for the disk in one transaction (group commit: under load, many
   batches share one fsync), on a dedicated store thread;
 * an uplink task sends what the store holds, alarms first, acknowledging (deleting) only after the upstream said
@@ -47,7 +54,7 @@ SOURCE_HEALTH = ("reopen", "restarts", "open_failed", "silent")
 #: the agent's own counters that travel upstream in the health records
 AGENT_HEALTH = ("memory_dropped_batches", "memory_dropped_readings", "store_errors", "readings_bad_value")
 #: what the console may change while the agent runs (``Agent.configure``)
-LIVE = ("max_age_s", "max_readings", "backoff_min_s", "backoff_max_s")
+LIVE = ("max_age_s", "max_readings", "linger_s", "hold_s", "backoff_min_s", "backoff_max_s")
 
 
 async def _cancel(tasks, again_after=1.0, timeout=20.0):
@@ -72,7 +79,7 @@ async def _cancel(tasks, again_after=1.0, timeout=20.0):
 class Agent(Delivery):
     def __init__(self, *, gw, key, store, uplink, sources=(), clock, batch=None, rules=None, rng=None,
                  backoff=(0.5, 300.0), max_pending=256, health_interval=60.0, on_commit=None, on_sent=None,
-                 retry_every=60.0, poison=(3, 5, 600.0)):
+                 retry_every=60.0, poison=(3, 5, 600.0), deliver_first=False):
         self.gw = gw
         self.store = store
         self.uplink = uplink
@@ -107,6 +114,17 @@ class Agent(Delivery):
         self._uplink_wake = None
         self._alarm_wake = None
         self._alarm_waiting = False
+        self._tick_wake = None
+        self._sending = False  # a round of sends is under way
+        # Deliver first (issue 21): a sealed batch is sent from memory at once and written to the store only if it
+        # is not acknowledged by its ``commit_by`` time (its oldest reading + hold_s), so a link that keeps up
+        # costs no disk write at all, and the kill window holds either way.
+        self.deliver_first = deliver_first
+        self._commit_by = {}  # id(batch) -> monotonic deadline, for batches in memory
+        self._in_flight = set()  # keys of memory batches being sent right now
+        self._store_ids = {}  # key -> store id, for batches committed while they were being sent from memory
+        self._acked_early = set()  # keys acknowledged while their commit was running
+        self._flushing = False
         self._loop = None
         self.observers = []  # callables that see every reading and event first (the console's SensorBoard)
 
@@ -114,9 +132,23 @@ class Agent(Delivery):
     def emit(self, item):
         for observe in self.observers:
             observe(item)
+        batcher = self.pipeline.batcher
+        was_empty = batcher.oldest is None
         batches = self.pipeline.accept(item, self.clock.monotonic())
         if batches:
             self._enqueue(batches)
+        elif was_empty and batcher.oldest is not None and self._tick_wake is not None:
+            self._tick_wake.set()  # a batch began: the ticker sleeps until its linger or hold, not a whole period
+
+    def _refresh_idle(self):
+        """Tell the pipeline whether anything is in flight; going idle may cut a batch at once (linger over)."""
+        snapshot = self.store.snapshot
+        idle = (not self._pending and not self._sending and self.store_ok
+                and (snapshot is None or snapshot.depth[0] == 0))
+        if idle != self.pipeline.idle:
+            self._enqueue(self.pipeline.set_idle(idle, self.clock.monotonic()))
+            if self._tick_wake is not None:
+                self._tick_wake.set()
 
     def cut(self):
         """Seal what the batcher holds now (and what the rules hold back)."""
@@ -124,7 +156,12 @@ class Agent(Delivery):
 
     def _enqueue(self, batches):
         """Sealed batches wait in memory until the commit task writes them; an alarm wakes the uplink."""
+        commit_by = self.pipeline.commit_by
+        now = self.clock.monotonic()
         for batch in batches:
+            deadline = commit_by.pop(batch.seq, now)
+            if self.deliver_first:
+                self._commit_by[id(batch)] = deadline
             if len(self._pending) >= self.max_pending:
                 self._drop_from_memory()
             self._pending.append(batch)
@@ -133,6 +170,10 @@ class Agent(Delivery):
                 if self._alarm_wake is not None:
                     self._alarm_wake.set()
         if batches and self._commit_wake is not None:
+            if self.deliver_first:
+                self._uplink_wake.set()  # send it from memory now; the commit waits for its deadline
+                if self._tick_wake is not None:
+                    self._tick_wake.set()
             self._commit_wake.set()
 
     def _drop_from_memory(self):
@@ -142,6 +183,7 @@ class Agent(Delivery):
         if victim is None:
             return  # all in flight: memory holds at most max_pending + 1 until the commit returns
         self._pending.remove(victim)
+        self._commit_by.pop(id(victim), None)
         self.counters["memory_dropped_batches"] += 1
         self.counters["memory_dropped_readings"] += victim.readings
 
@@ -170,6 +212,8 @@ class Agent(Delivery):
         batcher = self.pipeline.batcher
         batcher.max_age = settings.get("max_age_s", batcher.max_age)
         batcher.max_readings = settings.get("max_readings", batcher.max_readings)
+        batcher.linger = settings.get("linger_s", batcher.linger)
+        batcher.hold = settings.get("hold_s", batcher.hold)
         self.backoff.low = settings.get("backoff_min_s", self.backoff.low)
         self.backoff.high = settings.get("backoff_max_s", self.backoff.high)
 
@@ -201,7 +245,9 @@ class Agent(Delivery):
             await self._commit_wake.wait()
             self._commit_wake.clear()
             while self._pending:
-                batches = list(self._pending)
+                batches = self._due_for_commit()
+                if not batches:
+                    break
                 self._committing = set(map(id, batches))
                 try:
                     ids = await loop.run_in_executor(self._store_thread, self.store.put_many, batches)
@@ -223,13 +269,41 @@ class Agent(Delivery):
                 delay = 0.5
                 committed = set(map(id, batches))
                 self._pending = collections.deque(b for b in self._pending if id(b) not in committed)
+                early = []
+                for b, sid in zip(batches, ids):
+                    self._commit_by.pop(id(b), None)
+                    if sid is None:
+                        continue
+                    if b.key in self._acked_early:  # delivered from memory while it was being written
+                        self._acked_early.discard(b.key)
+                        early.append(sid)
+                    elif b.key in self._in_flight:
+                        self._store_ids[b.key] = sid
                 self._rejected_in_memory.difference_update(b.key for b in batches)
                 self.counters["batches_committed"] += len(batches)
                 self.counters["readings_committed"] += sum(b.readings for b in batches)
                 if self.on_commit:
                     for b, sid in zip(batches, ids):
                         self.on_commit(b, sid)
+                if early:
+                    await self._ack_ids(early)
                 self._uplink_wake.set()
+            self._refresh_idle()
+
+    def _due_for_commit(self):
+        """What the commit task writes now: everything, or (deliver first) what is past its deadline."""
+        if not self.deliver_first or self._flushing or not self.store_ok:
+            return list(self._pending)
+        now = self.clock.monotonic()
+        return [b for b in self._pending if self._commit_by.get(id(b), now) <= now]
+
+    def _next_commit(self):
+        """The earliest commit deadline of a batch in memory (deliver first), or None."""
+        if not self.deliver_first or not self.store_ok or not self._commit_by:
+            return None  # a failing store: the commit task retries on its own backoff
+        due = [self._commit_by[id(b)] for b in self._pending
+               if id(b) in self._commit_by and id(b) not in self._committing]
+        return min(due) if due else None
 
     # -- the ticker ------------------------------------------------------------------------------------------
     async def _tick_loop(self, period=0.2):
@@ -237,12 +311,40 @@ class Agent(Delivery):
         pipeline's tick, and the quarantine's retries when due."""
         next_retry = self.clock.monotonic() + self.retry_every
         while True:
-            await self.clock.sleep(period)
+            self._tick_wake.clear()
             now = self.clock.monotonic()
+            deadlines = [d for d in (self.pipeline.deadline(), self._next_commit()) if d is not None]
+            await self._tick_sleep(max(0.0, min([period] + [d - now for d in deadlines])))
+            now = self.clock.monotonic()
+            commit = self._next_commit()
+            if commit is not None and commit <= now:
+                self._commit_wake.set()
             if now >= next_retry and self.store_ok:
                 next_retry = now + self.retry_every
                 await self._retry_quarantined()
             self._enqueue(self.pipeline.tick(now))
+            if self.store.sync_interval and self.store.sync_due(self.store.clock.monotonic()):
+                await self._sync()
+
+    async def _tick_sleep(self, seconds):
+        """Sleep on the injected clock, or less if ``_tick_wake`` is set (a batch began, the link went idle)."""
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        waker = asyncio.ensure_future(self._tick_wake.wait())
+        try:
+            await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+
+    async def _sync(self):
+        """The power-cut window: fsync the WAL once an undelivered batch has waited ``store.sync_interval_s``."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._store_thread, self.store.sync)
+        except StoreError as exc:
+            self.counters["store_errors"] += 1
+            self.last_error = str(exc)
+            log.error("store: %s", exc)
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     async def run(self, stop, drain_timeout=0.0):
@@ -251,6 +353,7 @@ class Agent(Delivery):
         self._commit_wake = asyncio.Event()
         self._uplink_wake = asyncio.Event()
         self._alarm_wake = asyncio.Event()
+        self._tick_wake = asyncio.Event()
         if self._pending:
             self._commit_wake.set()  # batches sealed before the loop started must not wait for the next one
         log.info("agent %s starting: boot epoch %d, kid %s, uplink %s", self.gw, self.boot, self.kid,
@@ -267,6 +370,7 @@ class Agent(Delivery):
                     raise task.exception()
         finally:
             await _cancel(source_tasks)
+            self._flushing = True
             self.cut()
             self._commit_wake.set()
             await self._wait(lambda: not self._pending, 10.0)

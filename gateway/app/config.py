@@ -41,12 +41,16 @@ class StoreSection:
     max_bytes: int = 256 << 20
     max_age_days: float = 30.0
     memory_batches: int = 256  # bounded RAM buffer used while the disk refuses writes
+    sync_interval_s: float = 10.0  # the power-cut window for batches not yet delivered (0: fsync every commit)
+    deliver_first: bool = True  # send a batch from memory first; write it only if unacknowledged after hold_s
 
 
 @dataclass
 class BatchSection:
     max_readings: int = 1000
     max_age_s: float = 10.0
+    linger_s: float = 0.1  # nothing in flight: cut once the oldest reading waited this long (Nagle / linger)
+    hold_s: float = 0.2  # in any case: cut and commit within this (the kill window, with the commit's few ms)
     time_quantum_s: float = 1.0
 
 
@@ -117,8 +121,11 @@ RANGES = {
     "store.max_bytes": (1 << 16, 1 << 40),
     "store.max_age_days": (0.001, 3650.0),
     "store.memory_batches": (1, 1_000_000),
+    "store.sync_interval_s": (0.0, DAY),
     "batch.max_readings": (1, 1_000_000),
     "batch.max_age_s": (0.01, DAY),
+    "batch.linger_s": (0.0, DAY),
+    "batch.hold_s": (0.01, DAY),
     "batch.time_quantum_s": (0.001, 3600.0),
     "uplink.timeout_s": (0.1, 3600.0),
     "uplink.backoff_min_s": (0.01, 3600.0),

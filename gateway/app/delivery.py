@@ -28,10 +28,18 @@ class Delivery:
             loop = asyncio.get_running_loop()
             pending = functools.partial(self.store.pending, limit, exclude={sid for _, sid in held if sid})
             try:
-                return self.poison.order(await loop.run_in_executor(self._store_thread, pending))
+                stored = await loop.run_in_executor(self._store_thread, pending)
             except StoreError as exc:
                 self.store_ok = False
                 self.last_error = str(exc)
+            else:
+                if not self.deliver_first or len(stored) >= limit:
+                    return self.poison.order(stored)
+                # Deliver first: batches not yet written go too, after the stored ones (alarms first overall).
+                keys = {b.key for b in stored} | {key for key, _ in held} | self._rejected_in_memory
+                fresh = [b for b in self._pending if b.key not in keys]
+                both = sorted(stored + fresh, key=lambda b: -b.priority)
+                return self.poison.order(both[:limit])
         keys = {key for key, _ in held} | self._rejected_in_memory
         batches = sorted((b for b in self._pending if b.key not in keys), key=lambda b: -b.priority)
         return self.poison.order(batches[:limit])
@@ -40,10 +48,17 @@ class Delivery:
         while True:
             batches = await self._next_batches()
             if not batches:
+                self._refresh_idle()
                 await self._idle()
                 continue
             self._alarm_waiting = False
-            await self._send_round(batches)
+            self._sending = True
+            self._refresh_idle()
+            try:
+                await self._send_round(batches)
+            finally:
+                self._sending = False
+            self._refresh_idle()
 
     async def _idle(self):
         if self.uplink_state != "down":
@@ -59,9 +74,13 @@ class Delivery:
         loop = asyncio.get_running_loop()
         skipped = False  # a suspect was passed over in this round, with no delivery since
         for batch in batches:
+            if batch.store_id is None:
+                self._in_flight.add(batch.key)
             try:
                 await loop.run_in_executor(self._uplink_thread, self.uplink.send, batch)
             except UplinkError as exc:
+                self._in_flight.discard(batch.key)
+                self._store_ids.pop(batch.key, None)
                 self.last_error = str(exc)
                 outcome = await self._failed(batch, exc, skipped)
                 if outcome == "backoff":
@@ -136,19 +155,31 @@ class Delivery:
 
     async def _ack(self, batch):
         if batch.store_id is None:
-            try:
-                self._pending.remove(batch)
-            except ValueError:
-                pass
+            self._in_flight.discard(batch.key)
+            sid = self._store_ids.pop(batch.key, None)
+            if sid is not None:  # sent from memory, written meanwhile: delete the stored copy
+                await self._ack_ids([sid], batch.key)
+            elif id(batch) in self._committing:  # being written right now: the commit task deletes it after
+                self._acked_early.add(batch.key)
+            else:
+                try:
+                    self._pending.remove(batch)
+                except ValueError:
+                    pass
+                if self._commit_by.pop(id(batch), None) is not None and self.store_ok:
+                    self.counters["batches_delivered_unwritten"] += 1
             return
+        await self._ack_ids([batch.store_id], batch.key)
+
+    async def _ack_ids(self, store_ids, key=None):
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._store_thread, self.store.ack, [batch.store_id])
+            await loop.run_in_executor(self._store_thread, self.store.ack, store_ids)
         except StoreError as exc:
             # The batch stays queued and will be sent again: a duplicate the backend drops, never a loss.
             self.counters["store_errors"] += 1
             self.last_error = str(exc)
-            log.error("store: cannot delete acknowledged batch %s: %s", batch.key, exc)
+            log.error("store: cannot delete acknowledged batch %s: %s", key or store_ids, exc)
 
     async def _retry_quarantined(self):
         """Give rejected batches their bounded retries (``Store.requeue_due``): a 4xx may have been passing."""

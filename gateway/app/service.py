@@ -47,13 +47,13 @@ def build_agent(cfg, clock=None, **extra):
     specs = cfg.source_configs or cfg.sources
     sources = [build_source(spec, clock, cfg.file, i, cfg.gateway.state_dir) for i, spec in enumerate(specs)]
     store = Store(cfg.state_path(cfg.store.path), max_bytes=cfg.store.max_bytes,
-                  max_age=cfg.store.max_age_days * 86400.0, clock=clock)
+                  max_age=cfg.store.max_age_days * 86400.0, clock=clock, sync_interval=cfg.store.sync_interval_s)
     if store.recovered_from:  # the store logged what it salvaged and lost; this line is for the start-up summary
         log.error("store %s was corrupt; moved aside to %s (delete it once inspected) and started a new one: %s",
                   store.path, store.recovered_from, store.salvage.summary() if store.salvage else "nothing salvaged")
     return Agent(gw=cfg.gateway.id, key=key, store=store, uplink=uplink, sources=sources, clock=clock,
                  batch=cfg.batch, rules=build_rules(cfg), backoff=(cfg.uplink.backoff_min_s, cfg.uplink.backoff_max_s),
-                 max_pending=cfg.store.memory_batches, **extra)
+                 max_pending=cfg.store.memory_batches, deliver_first=cfg.store.deliver_first, **extra)
 
 
 EXIT_RESTART = 75  # the console's `restart`: exit non-zero so systemd's Restart=on-failure starts us again

@@ -4,12 +4,14 @@
 
 1. the bad-value check (a non-finite float, an int outside int64, a type SenML cannot carry: dropped, counted);
 2. the rules (``gateway.core.rules``: thresholds, deadband, heartbeats, stale sensors), when there are any;
-3. the batcher (``gateway.core.batcher``), which cuts at ``max_readings`` or ``max_age_s``; an alarm event is
-   sealed into a batch of its own at once (the priority lane), and the first reading after start is cut at once;
+3. the batcher (``gateway.core.batcher``), which cuts at ``max_readings`` or ``max_age_s``, after ``linger_s``
+   when nothing is in flight downstream (the shell says so with ``set_idle``), and after ``hold_s`` in any case
+   (the kill window); an alarm event is sealed into a batch of its own at once (the priority lane), and the first
+   reading after start is cut at once;
 4. health records (``health/<counter>``) whenever a counter changed, at most every ``health_interval`` seconds;
 5. sealing: SenML records, the payload ``{v, gw, boot, seq, clock, senml}``, signed by the injected ``signer``.
 
-``accept(item, now)``, ``tick(now)`` and ``flush(now)`` return the list of ``EncodedBatch`` they sealed, in order.
+``accept(item, now)``, ``tick(now)``, ``set_idle(idle, now)`` and ``flush(now)`` return the list of ``EncodedBatch`` they sealed, in order.
 ``now`` is the monotonic time; the injected clock is read only through ``TimeBase`` (sync state and wall offset
 at a cut) and for the batch's ``created`` stamp. The health values come from an injected callable, so the
 pipeline never asks the store or the sources itself.
@@ -56,7 +58,12 @@ class Pipeline:
         self.signer = signer
         self.clock = clock
         self.rules = rules
-        self.batcher = Batcher(getattr(batch, "max_readings", 1000), getattr(batch, "max_age_s", 10.0))
+        self.batcher = Batcher(getattr(batch, "max_readings", 1000), getattr(batch, "max_age_s", 10.0),
+                               getattr(batch, "linger_s", None), getattr(batch, "hold_s", None))
+        self.idle = False  # nothing in flight downstream (no batch waiting for the disk or the upstream)
+        #: seq -> the monotonic time by which that batch must be on disk unless delivered: its oldest reading's
+        #: arrival + ``hold_s`` (the kill window). The shell pops it when it takes the batch.
+        self.commit_by = {}
         self.time_quantum = getattr(batch, "time_quantum_s", 1.0)
         self.timebase = TimeBase(clock)
         self.health_interval = health_interval
@@ -112,9 +119,22 @@ class Pipeline:
                 self._add(r, now)
             for e in result.events:
                 self._event(e, now)
-        if self.batcher.due(now):
+        if self.batcher.due(now, self.idle):
             self._cut(now)
         return self._take()
+
+    def set_idle(self, idle, now):
+        """The shell says whether anything is in flight downstream. Going idle cuts a batch whose ``linger`` is
+        over: the next batch goes out as soon as the link is free, the rest of the time it grows."""
+        self.idle = idle
+        if idle and self.batcher.due(now, True):
+            self._cut(now)
+        return self._take()
+
+    def deadline(self):
+        """When ``tick`` next has a batch to cut if nothing else happens (monotonic), or None: the shell's ticker
+        sleeps until then, so a linger or hold cut is not late by a tick period."""
+        return self.batcher.deadline(self.idle)
 
     def flush(self, now):
         """At shutdown: what the rules still hold, then whatever the batcher holds (with health records)."""
@@ -133,7 +153,7 @@ class Pipeline:
         return out
 
     def _add(self, item, now):
-        if self.batcher.add(item, now) or not self.first_cut:
+        if self.batcher.add(item, now) or not self.first_cut or (self.idle and self.batcher.due(now, True)):
             # The first reading after start is committed at once: an installer sees data arrive within a second
             # of boot, and a crash loop still gets each boot's first reading out.
             self.first_cut = True
@@ -143,16 +163,18 @@ class Pipeline:
         self.counters["events"] += 1
         if event.alarm:
             self.counters["alarms"] += 1
-            self._seal([], [event], priority=1)
+            self._seal([], [event], priority=1, commit_by=now)
         else:
             self._add(event, now)
 
     def _cut(self, now):
+        oldest = self.batcher.oldest
         readings, events = self.batcher.cut()
         if self.last_health is None or now - self.last_health >= self.health_interval:
             readings = readings + self.health_readings(now)
         if readings or events:
-            self._seal(readings, events, priority=0)
+            commit_by = now if oldest is None else oldest + self.batcher.hold
+            self._seal(readings, events, priority=0, commit_by=commit_by)
 
     def health_readings(self, now):
         """``health/<counter>`` readings for every reported counter whose value changed since it was last sent."""
@@ -166,7 +188,7 @@ class Pipeline:
                 out.append(Reading(HEALTH_SENSOR, key, value, None, now))
         return out
 
-    def _seal(self, readings, events, priority):
+    def _seal(self, readings, events, priority, commit_by):
         """Encode and sign one batch; from here on its bytes never change."""
         synced = self.timebase.refresh()
         records = senml.encode_records(readings, events, self.prefix, time_quantum=self.time_quantum,
@@ -174,5 +196,9 @@ class Pipeline:
         payload = wire.encode_payload(self.gw, self.boot, self.seq, synced, records, self.timebase.anchor())
         self._out.append(EncodedBatch(self.boot, self.seq, self.signer(payload), priority, len(readings),
                                       len(events), self.clock.wall()))
+        self.commit_by[self.seq] = commit_by
+        if len(self.commit_by) > 4096:  # a caller that never pops (a bench): keep it bounded
+            del self.commit_by[next(iter(self.commit_by))]
         self.seq += 1
         self.counters["batches_cut"] += 1
+        self.idle = False  # this batch is in flight now, until the shell says otherwise
