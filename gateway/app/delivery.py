@@ -63,9 +63,12 @@ class Delivery:
     async def _idle(self):
         if self.uplink_state != "down":
             self.uplink_state = "idle"
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that arrives as the wait
+        # completes, and the task then runs on after shutdown cancelled it
         try:
-            await asyncio.wait_for(self._uplink_wake.wait(), 1.0)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(1.0):
+                await self._uplink_wake.wait()
+        except TimeoutError:
             pass
         self._uplink_wake.clear()
 
@@ -148,8 +151,9 @@ class Delivery:
         even against a server's Retry-After, because a fridge alarm must not wait for the backoff to expire."""
         self._alarm_wake.clear()
         try:
-            await asyncio.wait_for(self._alarm_wake.wait(), delay)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(delay):
+                await self._alarm_wake.wait()
+        except TimeoutError:
             return
         self.counters["alarm_wakeups"] += 1
 
