@@ -60,6 +60,11 @@ def cmd_run(args):
     return run_from_config(args.config)
 
 
+def cmd_record_stop(args):
+    from gateway.app.service import record_stop_from_config
+    return record_stop_from_config(args.config)
+
+
 def cmd_receive(args):
     from gateway.core.errors import KeyFileError
     from gateway.adapters.keys import TrustStore
@@ -244,6 +249,12 @@ def build_parser(command=None):
     r.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE", help="the config (default %s)"
                    % DEFAULT_CONFIG)
     r.set_defaults(func=cmd_run)
+
+    rs = sub.add_parser("record-stop", help="for the systemd unit's ExecStopPost=: record why the agent stopped "
+                        "($SERVICE_RESULT, $EXIT_CODE, $EXIT_STATUS) for its next start")
+    rs.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE", help="the config (default %s)"
+                    % DEFAULT_CONFIG)
+    rs.set_defaults(func=cmd_record_stop)
 
     rc = sub.add_parser("receive", help="the reference backend receiver")
     rc.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on, e.g. "
