@@ -340,7 +340,7 @@ def main(argv=None):
     except (ValueError, OSError, AttributeError):  # stderr is no file (called from Python with it captured)
         pass
     command = next((a for a in argv if not a.startswith("-")), None)
-    core = command in ("demo", "run", "receive", "verify", "decode")
+    core = command in ("demo", "run", "record-stop", "receive", "verify", "decode")
     args = build_parser(command if core else None).parse_args(argv)
     try:
         return args.func(args)

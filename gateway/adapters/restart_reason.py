@@ -41,9 +41,10 @@ class StopReason:
         return "%s (%s)" % (text, self.detail) if self.detail else text
 
     def health_name(self):
-        """The health record's name: ``last_stop.<kind>`` or ``last_stop.<kind>.<detail>``."""
-        detail = "".join(c if c.isalnum() or c in "-_" else "_" for c in self.detail)[:40]
-        return "last_stop.%s%s" % (self.kind, "." + detail if detail else "")
+        """The health record's name: ``last_stop.<kind>``, or ``last_stop.<kind>.<detail>`` when the detail is a
+        name (an exception type, a signal); a version travels in the console's words only."""
+        detail = self.detail if self.detail.isidentifier() and self.detail.isascii() else ""
+        return "last_stop.%s%s" % (self.kind, "." + detail[:40] if detail else "")
 
 
 #: kind -> what the console says (docs/operations.md, "Why it restarted", explains each)
