@@ -65,7 +65,7 @@ def classify(marker, stop_result, update):
     """The reason from the previous run's marker (a dict or None), the ExecStopPost record (a dict or None) and
     the upgrade's marker (its text or None). Pure."""
     if update is not None:
-        return StopReason("update", update.strip()[:40])
+        return StopReason("update", update.strip()[:80])
     if marker is None:
         return StopReason("first")
     result = (stop_result or {}).get("service_result", "")
