@@ -2,7 +2,9 @@
 
 It builds the stages from a validated config, runs the agent, and exits cleanly on SIGTERM (flushing what the
 batcher holds into the store first). Everything that can be wrong with the config or the key is reported before
-any sensor is opened.
+any sensor is opened. Under systemd it reports readiness and keeps the watchdog fed from the event loop
+(``gateway.app.watchdog``), and at each start it finds out why the previous run ended and reports it
+(``gateway.adapters.restart_reason``; docs/operations.md, "Why it restarted").
 """
 
 import asyncio
@@ -69,6 +71,15 @@ def report_last_stop(agent, previous):
     agent.emit(Reading(HEALTH_SENSOR, previous.health_name(), 1, None, agent.clock.monotonic()))
 
 
+def _mark(write, *args):
+    """Update the run marker at the end of a run; a failed write (a full or failing card) must not turn a clean
+    stop into a crash, nor hide the exception that ended the run: the next start then says ``power loss``."""
+    try:
+        write(*args)
+    except OSError as exc:
+        log.error("cannot update the run marker: %s (the next start will report power loss or kill -9)", exc)
+
+
 EXIT_RESTART = 75  # the console's `restart`: exit non-zero so systemd's Restart=on-failure starts us again
 
 
@@ -103,7 +114,7 @@ async def run_service(cfg, console_port=None):
     try:
         await agent.run(stop)
     except BaseException as exc:  # recorded for the next start's "last stop", then raised on
-        marker.crash(exc)
+        _mark(marker.crash, exc)
         raise
     finally:
         supervisor.cancel()
@@ -113,7 +124,7 @@ async def run_service(cfg, console_port=None):
             console.cancel()
             await asyncio.gather(console, return_exceptions=True)
         agent.store.close()
-    marker.clean()
+    _mark(marker.clean)
     log.info("agent stopped: %s", dict(agent.counters))
     return EXIT_RESTART if restart else 0
 
