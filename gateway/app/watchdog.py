@@ -30,6 +30,7 @@ class Notifier:
         self.address = address
         self.watchdog_usec = watchdog_usec
         self._sock = None
+        self._failing = False  # a failed send is logged once, until one succeeds again
 
     @classmethod
     def from_env(cls, environ=None):
@@ -68,10 +69,14 @@ class Notifier:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             self._sock.sendto(message.encode("ascii"), self.address)
-            return True
         except OSError as exc:
-            log.warning("sd_notify %s to NOTIFY_SOCKET failed: %s", message, exc)
+            if not self._failing:
+                log.warning("sd_notify %s to NOTIFY_SOCKET failed: %s (logged once until it works again)",
+                            message, exc)
+            self._failing = True
             return False
+        self._failing = False
+        return True
 
     def close(self):
         if self._sock is not None:
