@@ -43,6 +43,14 @@ healthy() {
         "$BASE/current/bin/python" -m gateway.cli doctor --quick --config "$CONFIG" >/dev/null
     fi
 }
+version_of() { "$BASE/$1/bin/edge-gateway" --version 2>/dev/null | sed 's/^edge-gateway //'; }
+# Before the script restarts the service: tell the agent's next start that an update stopped it ("last stop update",
+# gateway/adapters/restart_reason.py). Written as the service user, so root never writes into its directory.
+mark_update() {
+    [ "$REAL" = 1 ] && [ -d /var/lib/edge-gateway ] || return 0
+    as_service sh -c 'umask 077 && printf "%s\n" "$1" >"$2.tmp" && mv "$2.tmp" "$2"' mark "$1" \
+        /var/lib/edge-gateway/update-pending || echo "upgrade.sh: could not mark the update for the agent" >&2
+}
 as_service() { if [ "$REAL" = 1 ]; then runuser -u edge-gateway -- "$@"; else "$@"; fi; }
 set_previous() { echo "$1" >"$BASE/previous.tmp" && mv "$BASE/previous.tmp" "$BASE/previous"; }
 
@@ -51,6 +59,7 @@ if [ "$ROLLBACK" = 1 ]; then
     PREV=$(cat "$BASE/previous")
     [ -x "$BASE/$PREV/bin/edge-gateway" ] || { echo "upgrade.sh: $PREV is gone" >&2; exit 1; }
     switch_to "$PREV"; set_previous "$CURRENT"
+    mark_update "rollback $(version_of "$CURRENT") -> $(version_of "$PREV")"
     [ "$REAL" = 1 ] && systemctl restart edge-gateway.service
     echo "rolled back to $PREV"; exit 0
 fi
@@ -74,8 +83,10 @@ printf 't\t%s\n' "/opt/edge-gateway/venvs/$NAME" >>"$MANIFEST"
 switch_to "venvs/$NAME"
 set_previous "$CURRENT"
 grep -q "	/opt/edge-gateway/previous\$" "$MANIFEST" || printf 'f\t%s\n' /opt/edge-gateway/previous >>"$MANIFEST"
+mark_update "$(version_of "$CURRENT") -> $(version_of "venvs/$NAME")"
 if ! healthy; then
     switch_to "$CURRENT"
+    mark_update "rollback $(version_of "venvs/$NAME") -> $(version_of "$CURRENT")"
     [ "$REAL" = 1 ] && systemctl restart edge-gateway.service
     echo "upgrade.sh: the service did not come up on $NAME; rolled back to $CURRENT" >&2
     exit 1

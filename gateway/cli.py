@@ -59,6 +59,11 @@ def cmd_run(args):
     return run_from_config(args.config)
 
 
+def cmd_record_stop(args):
+    from gateway.app.service import record_stop_from_config
+    return record_stop_from_config(args.config)
+
+
 def cmd_receive(args):
     from gateway.core.errors import KeyFileError
     from gateway.adapters.keys import TrustStore
@@ -245,6 +250,12 @@ def build_parser(command=None):
                    % DEFAULT_CONFIG)
     r.set_defaults(func=cmd_run)
 
+    rs = sub.add_parser("record-stop", help="for the systemd unit's ExecStopPost=: record why the agent stopped "
+                        "($SERVICE_RESULT, $EXIT_CODE, $EXIT_STATUS) for its next start")
+    rs.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE", help="the config (default %s)"
+                    % DEFAULT_CONFIG)
+    rs.set_defaults(func=cmd_record_stop)
+
     rc = sub.add_parser("receive", help="the reference backend receiver")
     rc.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on, e.g. "
                     "127.0.0.1:8080 (port 0: any free port); batches are taken at /v1/batches")
@@ -329,7 +340,7 @@ def main(argv=None):
     except (ValueError, OSError, AttributeError):  # stderr is no file (called from Python with it captured)
         pass
     command = next((a for a in argv if not a.startswith("-")), None)
-    core = command in ("demo", "run", "receive", "verify", "decode")
+    core = command in ("demo", "run", "record-stop", "receive", "verify", "decode")
     args = build_parser(command if core else None).parse_args(argv)
     try:
         return args.func(args)

@@ -127,6 +127,7 @@ class Agent(Delivery):
         self._flushing = False
         self._loop = None
         self.observers = []  # callables that see every reading and event first (the console's SensorBoard)
+        self.last_stop = None  # why the previous run ended, for the status (service.py sets it; None: not known)
 
     # -- input side (runs on the event loop, must be fast and must not raise for bad data) ---------------------
     def emit(self, item):
@@ -413,4 +414,4 @@ class Agent(Delivery):
                 "queue_readings": readings, "queue_bytes": size, "queue_alarms": alarms,
                 "memory_batches": len(self._pending), "counters": dict(self.counters),
                 "store_counters": dict(self.store.snapshot.counters),
-                "sources": [s.status() for s in self.sources]}
+                "sources": [s.status() for s in self.sources], "last_stop": self.last_stop}

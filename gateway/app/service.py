@@ -2,7 +2,9 @@
 
 It builds the stages from a validated config, runs the agent, and exits cleanly on SIGTERM (flushing what the
 batcher holds into the store first). Everything that can be wrong with the config or the key is reported before
-any sensor is opened.
+any sensor is opened. Under systemd it reports readiness and keeps the watchdog fed from the event loop
+(``gateway.app.watchdog``), and at each start it finds out why the previous run ended and reports it
+(``gateway.adapters.restart_reason``; docs/operations.md, "Why it restarted").
 """
 
 import asyncio
@@ -12,9 +14,13 @@ import signal
 
 from drivers.sources import build_source
 from gateway.adapters import keys
+from gateway.adapters.restart_reason import RunMarker, record_stop
 from gateway.app.agent import Agent
+from gateway.app.watchdog import Notifier, supervise
 from gateway.core.clock import SystemClock
 from gateway.core.errors import ConfigError, KeyFileError, StoreError
+from gateway.core.model import Reading
+from gateway.core.pipeline import HEALTH_SENSOR
 from gateway.adapters.store import Store
 from gateway.adapters.uplink import SectionError, WARN, build_uplink, uplink_class
 
@@ -56,12 +62,36 @@ def build_agent(cfg, clock=None, **extra):
                  max_pending=cfg.store.memory_batches, deliver_first=cfg.store.deliver_first, **extra)
 
 
+def report_last_stop(agent, previous):
+    """Why the previous run ended: logged, shown by the console's ``status``, and sent upstream as the health record
+    ``health/last_stop.<kind>[.<detail>] = 1`` in the first batch of this run (docs/wire-format.md)."""
+    text = previous.describe()
+    (log.info if previous.kind in ("clean", "first", "update") else log.warning)("previous run ended: %s", text)
+    agent.last_stop = text
+    agent.emit(Reading(HEALTH_SENSOR, previous.health_name(), 1, None, agent.clock.monotonic()))
+
+
+def _mark(write, *args):
+    """Update the run marker at the end of a run; a failed write (a full or failing card) must not turn a clean
+    stop into a crash, nor hide the exception that ended the run: the next start then says ``power loss``."""
+    try:
+        write(*args)
+    except OSError as exc:
+        log.error("cannot update the run marker: %s (the next start will report power loss or kill -9)", exc)
+
+
 EXIT_RESTART = 75  # the console's `restart`: exit non-zero so systemd's Restart=on-failure starts us again
 
 
 async def run_service(cfg, console_port=None):
     """Run the agent until SIGTERM/SIGINT, serving the technician console when a port is configured."""
     agent = build_agent(cfg)
+    marker = RunMarker(cfg.gateway.state_dir)
+    try:
+        previous = marker.start()
+    except OSError as exc:
+        raise StoreError("cannot write the run marker %s: %s" % (marker.path, exc)) from exc
+    report_last_stop(agent, previous)
     transport = uplink_class(cfg.uplink.kind).transport(cfg.uplink)
     if transport.status == WARN:
         log.warning("%s", transport.message)  # the URL in it is redacted (gateway.core.redact)
@@ -79,13 +109,22 @@ async def run_service(cfg, console_port=None):
             restart.append(1)
             loop.call_soon_threadsafe(stop.set)
         console = serve_console(agent, port, cfg.file, request_restart=request_restart)
+    notifier = Notifier.from_env()
+    supervisor = asyncio.create_task(supervise(notifier, stop), name="sd_notify")  # runs once agent.run awaits
     try:
         await agent.run(stop)
+    except BaseException as exc:  # recorded for the next start's "last stop", then raised on
+        _mark(marker.crash, exc)
+        raise
     finally:
+        supervisor.cancel()
+        await asyncio.gather(supervisor, return_exceptions=True)
+        notifier.close()
         if console is not None:
             console.cancel()
             await asyncio.gather(console, return_exceptions=True)
         agent.store.close()
+    _mark(marker.clean)
     log.info("agent stopped: %s", dict(agent.counters))
     return EXIT_RESTART if restart else 0
 
@@ -116,3 +155,26 @@ def run_from_config(config_path, console_port=None):
     except (KeyFileError, StoreError) as exc:
         print("edge-gateway: %s" % redact_text(str(exc)), file=sys.stderr)
         return 2
+
+
+def record_stop_from_config(config_path):
+    """``edge-gateway record-stop``, the unit's ``ExecStopPost=``: keep systemd's ``$SERVICE_RESULT``,
+    ``$EXIT_CODE`` and ``$EXIT_STATUS`` in the state directory, so the next start can tell a watchdog kill or the
+    OOM killer from power loss (gateway/adapters/restart_reason.py)."""
+    import sys
+
+    from gateway.app.config import EX_CONFIG, load
+    from gateway.core.redact import redact_text
+    try:
+        cfg = load(config_path)
+    except ConfigError as exc:
+        print("edge-gateway: config error: %s" % redact_text(str(exc)), file=sys.stderr)
+        return EX_CONFIG
+    try:
+        record = record_stop(cfg.gateway.state_dir, os.environ)
+    except OSError as exc:
+        print("edge-gateway: cannot record the stop in %s: %s" % (cfg.gateway.state_dir, exc), file=sys.stderr)
+        return 1
+    print("edge-gateway: stop recorded: %s" % " ".join("%s=%s" % kv for kv in sorted(record.items())),
+          file=sys.stderr)
+    return 0

@@ -111,7 +111,12 @@ def test_unit_hardening_settings_present():
     assert settings["ProtectSystem"] == ["strict"] and settings["StateDirectory"] == ["edge-gateway"]
     assert "AF_UNIX" in settings["RestrictAddressFamilies"][0] and settings["MemoryDenyWriteExecute"] == ["yes"]
     assert {"char-ttyUSB rw", "char-ttyACM rw", "char-ttyAMA rw", "char-ttyGS rw"} <= set(settings["DeviceAllow"])
-    assert "WatchdogSec" not in settings  # the agent does not speak sd_notify: a watchdog would kill it
+    # The agent speaks sd_notify (gateway/app/watchdog.py): readiness, and keep-alives from its event loop.
+    assert settings["Type"] == ["notify"] and settings["NotifyAccess"] == ["main"]
+    assert settings["WatchdogSec"] == ["30s"]
+    # After every stop, systemd's verdict is kept for the next start's "last stop" (restart_reason.py).
+    assert settings["ExecStopPost"] == ["-/opt/edge-gateway/current/bin/edge-gateway record-stop --config "
+                                        "/etc/edge-gateway/config.toml"]
     # A config error exits 78 (EX_CONFIG), a bad key 2: systemd must not restart either in a loop.
     assert {"2", "78"} <= set(settings["RestartPreventExitStatus"][0].split())
 

@@ -198,7 +198,12 @@ def test_the_documented_health_records_are_the_ones_the_gateway_sends():
     sent |= {"<source>." + k for k in SOURCE_HEALTH if _reported("src." + k)}
     assert _reported("src.error.bad_checksum")
     sent.add("<source>.error.<reason>")
+    sent.add("last_stop.<kind>")  # one record per run, from gateway/adapters/restart_reason.py
     assert set(documented) == sent
+    from gateway.adapters.restart_reason import KINDS
+    text = open(os.path.join(ROOT, "docs", "wire-format.md")).read()
+    row = [ln for ln in text.splitlines() if ln.startswith("| `health/last_stop.<kind>`")][0]
+    assert all("`%s`" % kind in row for kind in KINDS)
     assert not any(k in documented for k in SESSION_COUNTERS)  # kept in memory for the console, not sent
     drivers = "".join(open(p).read() for p in glob.glob(os.path.join(ROOT, "drivers", "**", "*.py"), recursive=True))
     for key in SOURCE_HEALTH:  # each source counter the agent forwards is one a driver counts

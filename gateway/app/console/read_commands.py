@@ -69,6 +69,8 @@ class ReadCommands:
             "uptime    %s" % uptime(s.get("uptime_s")),
             "clock     %s" % ("synced" if s.get("clock_synced") else "NOT synced (times are provisional)"),
         ]
+        if s.get("last_stop"):
+            lines.append("last stop %s" % s["last_stop"])
         rejected = rejection(s)
         if rejected:  # reachable or not, the upstream refuses what it gets: say so, and why, first
             lines += ["uplink    REJECTING: %s  -> %s" % (rejected[0], rejected[2]),
