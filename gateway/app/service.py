@@ -13,6 +13,7 @@ import signal
 from drivers.sources import build_source
 from gateway.adapters import keys
 from gateway.app.agent import Agent
+from gateway.app.downlink import start_downlink, stop_downlink
 from gateway.core.clock import SystemClock
 from gateway.core.errors import ConfigError, KeyFileError, StoreError
 from gateway.adapters.store import Store
@@ -72,16 +73,18 @@ async def run_service(cfg, console_port=None):
         loop.add_signal_handler(sig, stop.set)
     console = None
     port = console_port or cfg.console.port
+
+    def request_restart():
+        restart.append(1)
+        loop.call_soon_threadsafe(stop.set)
+    downlink = start_downlink(agent, cfg, request_restart)  # None unless [downlink] operators is set
     if port:
         from gateway.app.console.serve import serve_console
-
-        def request_restart():
-            restart.append(1)
-            loop.call_soon_threadsafe(stop.set)
         console = serve_console(agent, port, cfg.file, request_restart=request_restart)
     try:
         await agent.run(stop)
     finally:
+        await stop_downlink(downlink)
         if console is not None:
             console.cancel()
             await asyncio.gather(console, return_exceptions=True)
