@@ -121,6 +121,8 @@ def cmd_send(args):
             return _fail("%s is not a signed command: %s" % (path, exc), 2)
         messages.append((path, commands_topic(opts["topic_prefix"], gw), data))
     conn = Connection(opts["host"], opts["port"], "", opts["username"], opts["password"], opts["tls"])
+    conn.client.on_connect = lambda client, userdata, flags, rc, props: conn.on_connect(rc)
+    conn.client.on_connect_fail = lambda client, userdata: conn.on_connect_fail()
     conn.start()
     try:
         if not conn.wait_connected(args.timeout):
