@@ -26,28 +26,28 @@ DEFAULT_TTL_S = 3600
 
 def register(sub):
     p = sub.add_parser("operator", help="operator keys for signed commands (the downlink)")
-    ops = p.add_subparsers(dest="operator_command", required=True)
+    ops = p.add_subparsers(dest="operator_command", required=True, metavar="keygen", help="what to do")
     k = ops.add_parser("keygen", help="a new operator key: DIR/operator.pem (0600) and DIR/operator.jwks.json")
-    k.add_argument("--out", required=True, metavar="DIR")
+    k.add_argument("--out", required=True, metavar="DIR", help="where to write the key pair (created 0700)")
     k.set_defaults(func=cmd_keygen)
 
 
 def register_command(sub):
     p = sub.add_parser("command", help="sign and send commands to gateways (the downlink)")
-    ops = p.add_subparsers(dest="command_command", required=True)
+    ops = p.add_subparsers(dest="command_command", required=True, metavar="{sign,send}", help="what to do")
     s = ops.add_parser("sign", help="sign one command for one gateway")
     s.add_argument("--key", required=True, metavar="FILE", help="the operator's private key (operator.pem)")
     s.add_argument("--gw", required=True, metavar="ID", help="the target gateway's id")
     s.add_argument("--ttl", type=int, default=DEFAULT_TTL_S, metavar="SECONDS",
                    help="valid for this long from now (default %d)" % DEFAULT_TTL_S)
-    s.add_argument("--out", required=True, metavar="FILE")
-    s.add_argument("action", choices=sorted(ACTIONS))
+    s.add_argument("--out", required=True, metavar="FILE", help="the signed command (one COSE_Sign1)")
+    s.add_argument("action", choices=sorted(ACTIONS), help="what the gateway is to do")
     s.add_argument("args", nargs="*", metavar="ARG", help="config_set: KEY VALUE")
     s.set_defaults(func=cmd_sign)
     d = ops.add_parser("send", help="publish signed commands (QoS 1) to <prefix>/<gw>/commands")
     d.add_argument("--mqtt", required=True, metavar="URL", help="mqtt://[user:pass@]HOST[:PORT]/PREFIX or mqtts://")
-    d.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
-    d.add_argument("files", nargs="+", metavar="FILE")
+    d.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="for the connection and each PUBACK (default 10)")
+    d.add_argument("files", nargs="+", metavar="FILE", help="signed commands (command sign --out)")
     d.set_defaults(func=cmd_send)
 
 
