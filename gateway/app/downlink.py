@@ -176,9 +176,18 @@ def start_downlink(agent, cfg, request_restart):
     downlink = Downlink(agent, operators, state, build_actions(view, cfg.file))
     downlink.bind(asyncio.get_running_loop())
     task = asyncio.create_task(downlink.run(), name="downlink")
+    task.add_done_callback(_died)
     subscriber = CommandSubscriber.from_section(downlink.submit, agent.gw, cfg.uplink, section.client_id).start()
     log.info("downlink: %d operator keys, commands on %s", len(operators), subscriber.topic)
     return task, subscriber
+
+
+def _died(task):
+    """A bug in the downlink must not pass silently: the commands stop (the message in hand stays unacknowledged,
+    so the broker redelivers it after a restart, where its op_seq decides)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("downlink: stopped by an internal error; no more commands until a restart: %r", task.exception(),
+                  exc_info=task.exception())
 
 
 async def stop_downlink(handle):
