@@ -203,7 +203,8 @@ def cmd_decode(args):
 #: Subcommands implemented in their own modules. They are imported only when needed, so the long-running agent
 #: (``run``) does not carry the installer's, the bench's or the console's code in its memory.
 EXTRA_COMMANDS = {"provision": "tools.provision", "doctor": "gateway.app.doctor", "console": "gateway.app.console.command",
-                  "bench": "tools.bench", "fuzz": "tools.fuzz_cmd"}
+                  "bench": "tools.bench", "fuzz": "tools.fuzz_cmd", "operator": "tools.operator_cmd",
+                  "command": "tools.command_cmd"}
 
 
 #: ``run --config`` default, as ``doctor``'s and docs/configuration.md's

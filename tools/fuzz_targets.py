@@ -51,6 +51,26 @@ def _wire_targets():
             Target("cbor_strict", checker, corpus + payloads, (cbor_strict.CBORStrictError,))]
 
 
+def _command_targets():
+    """The downlink's verifier: mutated commands, and mutated payloads signed by the trusted operator key."""
+    from gateway.adapters.keys import SigningKey
+    from gateway.core import commands, wire
+    key = SigningKey.from_seed(bytes(range(1, 33)))
+    operators = {key.kid_bytes: key.public}
+    last = {key.kid: 2}
+    payloads = (commands.encode_payload("gw-fuzz", 3, 2_000_000_000, "config_set",
+                                        {"key": "batch.max_age_s", "value": "5"}),
+                commands.encode_payload("gw-fuzz", 9, 2_000_000_000, "restart"))
+    protected = commands.protected_header(key.kid_bytes)
+    corpus = tuple(wire.sign(p, key, protected) for p in payloads)
+
+    def verify(data):
+        return commands.verify_command(data, operators, "gw-fuzz", last, 1_900_000_000)
+    return [Target("commands.verify", verify, corpus, (commands.CommandError,)),
+            Target("commands.payload", lambda data: verify(wire.sign(data, key, protected)), payloads,
+                   (commands.CommandError,))]
+
+
 class ReceiverFinding(AssertionError):
     """The receiver answered peer input with a 5xx or counted an internal error: a finding, never allowed."""
 
@@ -440,4 +460,4 @@ def _config_targets():
 
 
 def targets():
-    return _wire_targets() + _receiver_targets() + _driver_targets() + _config_targets()
+    return _wire_targets() + _command_targets() + _receiver_targets() + _driver_targets() + _config_targets()

@@ -95,6 +95,13 @@ class ConsoleSection:
 
 
 @dataclass
+class DownlinkSection:
+    operators: str = ""  # the operator JWK Set; empty: no downlink (docs/security.md, "Downlink")
+    state: str = "downlink-seq.json"  # last applied op_seq per operator key; relative to state_dir unless absolute
+    client_id: str = ""  # the commands subscriber's MQTT client id (default edge-gateway-cmd-<gw>)
+
+
+@dataclass
 class Config:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     store: StoreSection = field(default_factory=StoreSection)
@@ -102,6 +109,7 @@ class Config:
     uplink: UplinkSection = field(default_factory=UplinkSection)
     clock: ClockSection = field(default_factory=ClockSection)
     console: ConsoleSection = field(default_factory=ConsoleSection)
+    downlink: DownlinkSection = field(default_factory=DownlinkSection)
     sources: list = field(default_factory=list)  # the [[sources]] tables as written (the console edits them)
     rules: list = field(default_factory=list)
     file: str = None
@@ -215,6 +223,9 @@ def from_dict(data, file=None):
         raise ConfigError(str(exc), file, exc.key) from None
     if cfg.uplink.backoff_min_s > cfg.uplink.backoff_max_s:
         raise ConfigError("must not exceed uplink.backoff_max_s", file, "uplink.backoff_min_s")
+    if cfg.downlink.operators and cfg.uplink.kind != "mqtt":
+        raise ConfigError("commands arrive over MQTT only so far: set uplink.kind = \"mqtt\" or leave "
+                          "downlink.operators empty", file, "downlink.operators")
     cfg.source_configs = [parse_source(src, i, file) for i, src in enumerate(cfg.sources)]
     _check_rules(cfg.rules, file)
     return cfg

@@ -17,6 +17,7 @@ from gateway.adapters import keys
 from gateway.adapters.restart_reason import RunMarker, record_stop
 from gateway.app.agent import Agent
 from gateway.app.watchdog import Notifier, supervise
+from gateway.app.downlink import start_downlink, stop_downlink
 from gateway.core.clock import SystemClock
 from gateway.core.errors import ConfigError, KeyFileError, StoreError
 from gateway.core.model import Reading
@@ -102,12 +103,13 @@ async def run_service(cfg, console_port=None):
         loop.add_signal_handler(sig, stop.set)
     console = None
     port = console_port or cfg.console.port
+
+    def request_restart():
+        restart.append(1)
+        loop.call_soon_threadsafe(stop.set)
+    downlink = start_downlink(agent, cfg, request_restart)  # None unless [downlink] operators is set
     if port:
         from gateway.app.console.serve import serve_console
-
-        def request_restart():
-            restart.append(1)
-            loop.call_soon_threadsafe(stop.set)
         console = serve_console(agent, port, cfg.file, request_restart=request_restart)
     notifier = Notifier.from_env()
     supervisor = asyncio.create_task(supervise(notifier, stop), name="sd_notify")  # runs once agent.run awaits
@@ -120,6 +122,7 @@ async def run_service(cfg, console_port=None):
         supervisor.cancel()
         await asyncio.gather(supervisor, return_exceptions=True)
         notifier.close()
+        await stop_downlink(downlink)
         if console is not None:
             console.cancel()
             await asyncio.gather(console, return_exceptions=True)

@@ -211,3 +211,12 @@ def test_source_errors_name_file_index_and_key_in_one_syntax(text, key):
         config.loads(text, "gw.toml")
     assert (err.value.file, err.value.key) == ("gw.toml", key)
     assert str(err.value).startswith("gw.toml: %s: " % key)
+
+
+def test_downlink_needs_the_mqtt_uplink():
+    """Commands arrive over MQTT only so far: operators with the HTTP uplink would silently never see one."""
+    with pytest.raises(ConfigError) as err:
+        config.loads('[downlink]\noperators = "/etc/edge-gateway/operators.jwks.json"\n')
+    assert err.value.key == "downlink.operators" and "mqtt" in str(err.value)
+    cfg = config.loads('[uplink]\nkind = "mqtt"\n[downlink]\noperators = "/x/ops.json"\n')
+    assert cfg.downlink.operators == "/x/ops.json" and cfg.downlink.state == "downlink-seq.json"
