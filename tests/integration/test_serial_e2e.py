@@ -166,7 +166,7 @@ def test_gps_modbus_lines_end_to_end(tmp_path, signing_key, trust):
 
         async def steps(rig):
             await rig.until("readings from all three nodes", lambda: (
-                rig.count("gps1", "lat") >= 20 and rig.count("meter1", "voltage") >= 6
+                rig.count("gps1", "lat") >= 20 and check_meter(rig, "meter1") >= 6  # whole meter reads, not a part
                 and rig.count("board-1", "n") >= 10 and rig.count("board-2", "n") >= 10), 15)
 
         rig.run(steps)
