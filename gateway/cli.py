@@ -228,7 +228,13 @@ def build_parser(command=None):
     p.add_argument("--version", action="version", version="edge-gateway " + __version__)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    for add in (_add_demo, _add_run, _add_receive, _add_verify, _add_decode):
+        add(sub)
+    _add_extra(sub, command)
+    return p
 
+
+def _add_demo(sub):
     d = sub.add_parser("demo", help="run the agent on simulated sensors with a loopback receiver")
     d.add_argument("--duration", type=_positive(float), help="seconds to run (default 10; Ctrl-C stops earlier)")
     d.add_argument("--scenario", metavar="NAME", help="a field scenario: %s (docs/scenarios.md)" % _scenario_names())
@@ -246,6 +252,8 @@ def build_parser(command=None):
     d.add_argument("--verbose", action="store_true", help="log at INFO")
     d.set_defaults(func=cmd_demo, parser=d)
 
+
+def _add_run(sub):
     r = sub.add_parser("run", help="the production agent")
     r.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE", help="the config (default %s)"
                    % DEFAULT_CONFIG)
@@ -257,6 +265,8 @@ def build_parser(command=None):
                     % DEFAULT_CONFIG)
     rs.set_defaults(func=cmd_record_stop)
 
+
+def _add_receive(sub):
     rc = sub.add_parser("receive", help="the reference backend receiver")
     rc.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on, e.g. "
                     "127.0.0.1:8080 (port 0: any free port); batches are taken at /v1/batches")
@@ -270,12 +280,16 @@ def build_parser(command=None):
                     help="debug, info, warning or error (default info)")
     rc.set_defaults(func=cmd_receive)
 
+
+def _add_verify(sub):
     v = sub.add_parser("verify", help="verify batch files (each one batch or a CBOR sequence of batches) and print "
                        "their records as JSON lines")
     v.add_argument("--trust", required=True, metavar="JWKS", help="the trust store (JWK Set) to verify against")
     v.add_argument("files", nargs="+", metavar="FILE", help="a .cose batch, or a flush file (a CBOR sequence)")
     v.set_defaults(func=cmd_verify)
 
+
+def _add_decode(sub):
     dc = sub.add_parser("decode", help="decode one advertisement or frame")
     from drivers.formats import FORMATS as DECODABLE
     dc.add_argument("format", help="one of " + ", ".join(DECODABLE))
@@ -285,6 +299,9 @@ def build_parser(command=None):
     dc.add_argument("--json", action="store_true", help="print a JSON list")
     dc.set_defaults(func=cmd_decode)
 
+
+def _add_extra(sub, command):
+    """The ``EXTRA_COMMANDS`` (all of them, or only ``command``), each registered by its own module."""
     import importlib
     for name, module in EXTRA_COMMANDS.items():
         if command is None or command == name:
@@ -294,7 +311,6 @@ def build_parser(command=None):
                 if not _not_shipped(exc):
                     raise
                 sub.add_parser(name, help="(not installed here: %s)" % NOT_SHIPPED).set_defaults(func=_missing)
-    return p
 
 
 def _positive(kind):

@@ -27,6 +27,7 @@ from gateway.core.model import EncodedBatch, Event, Reading
 from gateway.core.pipeline import Pipeline
 from gateway.adapters.store import Store
 from tools.bench_processes import _p99, bench_drain, bench_idle_cpu, bench_latency, bench_rss, bench_startup
+from tools.bench_wire import bench_compress_cpu, bench_socket_bytes, bench_wire_bytes
 
 TARGETS = {
     "pipeline_readings_per_s": (">=", 100_000), "wire_bytes_per_reading": ("<=", 10),
@@ -62,131 +63,6 @@ def _write_bytes():
 
 
 # -- hot path, in process ---------------------------------------------------------------------------------------
-def bench_wire_bytes():
-    key = keys.SigningKey.from_seed(bytes(range(32)))
-    out = {}
-    for label, base, res in (("fridge_0.01C", 4.0, 0.01), ("room_0.01C", 21.0, 0.01), ("room_0.1C", 21.0, 0.1)):
-        rng = random.Random(1)
-        value, readings = base, []
-        for i in range(100):
-            value = round(value + rng.choice((-1, 0, 1)) * res, 2)
-            readings.append(Reading("a4:c1:38:00:00:01", "temp", value, "Cel", 1_767_225_600 + i, res))
-        records = senml.encode_records(readings, (), GW + "/", time_quantum=1.0)
-        data = wire.sign(wire.encode_payload(GW, 12, 3456, True, records), key)
-        out[label] = round(len(data) / 100, 2)
-    return out
-
-
-def _random_walk(sensors, quantities, seconds, seed=2):
-    """``sensors`` BLE thermometers at 1 Hz: ``quantities`` of (name, unit, start, resolution), each a random walk
-    of one resolution step per second, as a calm room gives."""
-    rng = random.Random(seed)
-    last = {}
-    for t in range(seconds):
-        for s in range(sensors):
-            mac = "a4:c1:38:%02x:%02x:%02x" % (s >> 16, (s >> 8) & 255, s & 255)
-            for name, unit, start, res in quantities:
-                v = last.get((s, name), start + rng.randint(-300, 300) * res)
-                v = last[(s, name)] = round(v + rng.choice((-1, 0, 1)) * res, 2)
-                yield Reading(mac, name, v, unit, 1_767_225_600 + t, res)
-
-
-ROOM = (("temperature", "Cel", 21.0, 0.01), ("humidity", "%RH", 45.0, 0.01))
-
-
-def bench_socket_bytes(seconds=30):
-    """Bytes on the socket per reading (request line, headers and body: the HTTP uplink's own count of what it
-    wrote, before TLS) to a real loopback receiver, which inflates, verifies and stores every batch.
-
-    * ``single``: the 100 readings of ``bench_wire_bytes``'s fridge, one POST.
-    * ``200x2``: 200 sensors x 2 quantities at 1 Hz for ``seconds`` s through the agent's ``Pipeline`` at the
-      default ``[batch]`` settings (batches as the agent cuts them), one POST per batch.
-    * ``200x2_batch_N``: the same readings in batches of N (what a shorter cut gives), deflated and plain.
-    Body-only figures (``*_body``) leave out the HTTP request line and headers (~170 bytes per POST)."""
-    import tempfile as _tempfile
-
-    from backend.receiver import Receiver, ReceiverServer
-    from gateway.adapters.keys import TrustStore
-    from gateway.adapters.uplink.http import HttpUplink
-    key = keys.SigningKey.from_seed(bytes(range(32)))
-    signer = wire.Signer(key)
-    out = {}
-    with _tempfile.TemporaryDirectory(prefix="edge-gateway-bench-wire-") as tmp:
-        rx = Receiver(os.path.join(tmp, "rx.sqlite"), TrustStore({"keys": [key.jwk(GW)]}))
-        server = ReceiverServer(rx).start()
-        seq = [0]
-
-        def deliver(label, batches, readings, compress=True):
-            up = HttpUplink(server.url, compress=compress)
-            try:
-                for data in batches:
-                    seq[0] += 1
-                    up.send(data)
-            finally:
-                up.close()
-            c = up.counters
-            out[label] = round(c["bytes_sent"] / readings, 2)
-            out[label + "_body"] = round(c["body_bytes"] / readings, 2)
-
-        def sealed(readings):
-            seq[0] += 1
-            records = senml.encode_records(readings, (), GW + "/", time_quantum=1.0)
-            return signer(wire.encode_payload(GW, 12, seq[0], True, records))
-
-        try:
-            rng = random.Random(1)
-            value, fridge = 4.0, []
-            for i in range(100):
-                value = round(value + rng.choice((-1, 0, 1)) * 0.01, 2)
-                fridge.append(Reading("a4:c1:38:00:00:01", "temp", value, "Cel", 1_767_225_600 + i, 0.01))
-            deliver("single", [sealed(fridge)], 100)
-            deliver("single_plain", [sealed(fridge)], 100, compress=False)
-
-            pipeline = Pipeline(gw=GW, boot=13, signer=signer, clock=FakeClock(mono=0.0, wall=0.0), batch=BatchSection())
-            batches, n, sizes = [], 0, []
-            readings = list(_random_walk(200, ROOM, seconds))
-            for r in readings:
-                for b in pipeline.accept(r, r.t):
-                    batches.append(b.data)
-                    sizes.append(b.readings)
-            batches += [b.data for b in pipeline.flush(readings[-1].t)]
-            n = len(readings)
-            deliver("200x2", batches, n)
-            deliver("200x2_plain", batches, n, compress=False)
-            out["200x2_readings_per_batch"] = round(statistics.median(sizes)) if sizes else None
-            for size in (10, 100, 400, 1000):
-                chunks = [sealed(readings[i:i + size]) for i in range(0, size * (4000 // size), size)]
-                deliver("200x2_batch_%d" % size, chunks, size * len(chunks))
-                deliver("200x2_batch_%d_plain" % size, chunks, size * len(chunks), compress=False)
-            stats = rx.stats()
-            out["receiver_rejected"] = stats["rejected"]
-        finally:
-            server.stop()
-            rx.close()
-    return out
-
-
-def bench_compress_cpu(reps=200):
-    """CPU seconds per 1,000 readings to deflate (uplink, level 6; the store's level 1 beside it) and to inflate
-    (receiver) a 1,000-reading batch of the 200x2 case."""
-    from backend.receiver import inflate
-    from gateway.adapters.uplink.base import deflated
-    key = keys.SigningKey.from_seed(bytes(range(32)))
-    readings = list(_random_walk(200, ROOM, 3))[:1000]
-    data = wire.sign(wire.encode_payload(GW, 1, 1, True, senml.encode_records(readings, (), GW + "/")), key)
-    packed = deflated(data)
-
-    def cpu(fn):
-        start = time.process_time()
-        for _ in range(reps):
-            fn()
-        return (time.process_time() - start) / reps
-
-    return {"deflate_level6_cpu_s_per_1k": cpu(lambda: deflated(data)),
-            "deflate_level1_cpu_s_per_1k": cpu(lambda: deflated(data, 1)),
-            "inflate_cpu_s_per_1k": cpu(lambda: inflate(packed, wire.MAX_BATCH_BYTES))}
-
-
 def bench_bthome(n):
     from drivers.ble import bthome
     decode = bthome.decode
@@ -349,70 +225,80 @@ def run_bench(quick=False, progress=None):
     results = {"quick": quick, "python": sys.version.split()[0], "cores": os.cpu_count(), "repeats": reps}
     runs = {}
     try:
-        say("wire bytes")
-        wb = bench_wire_bytes()
-        results["wire_bytes_per_reading"] = wb["fridge_0.01C"]
-        runs["wire_bytes_per_reading"] = wb
-        say("bytes on the socket")
-        sb = bench_socket_bytes(10 if quick else 30)
-        results["socket_bytes_per_reading"] = sb["single"]
-        results["socket_bytes_per_reading_200x2"] = sb["200x2"]
-        runs["socket_bytes"] = sb
-        runs["compress_cpu"] = {k: round(v, 6) for k, v in bench_compress_cpu(50 if quick else 200).items()}
-        say("decoders and rules")
-        for name, fn in (("bthome_adverts_per_s", bench_bthome(20_000 if quick else 100_000)),
-                         ("nmea_sentences_per_s", bench_nmea(20_000 if quick else 100_000)),
-                         ("rule_evals_per_s", bench_rules(50_000 if quick else 200_000))):
-            samples = _repeat(fn, reps)
-            results[name] = round(_median(samples))
-            runs[name] = [round(s) for s in samples]
-        say("swinging door")
-        results["swinging_door_ratio"] = round(bench_swinging_door(), 1)
-        say("pipeline")
-        pipe = _repeat(bench_pipeline(20_000 if quick else 60_000, workdir), reps)
-        results["pipeline_readings_per_s"] = round(_median([p["readings_per_s"] for p in pipe]))
-        runs["pipeline_readings_per_s"] = [round(p["readings_per_s"]) for p in pipe]
-        say("store cycle")
-        cycle = bench_store_cycle(workdir, 50 if quick else 200)
-        big = bench_store_cycle(workdir, 15 if quick else 50, readings=4000)
-        runs["disk_to_wire_ratio_4000_reading_batches"] = round(big["disk_to_wire_ratio"], 2) \
-            if big["disk_to_wire_ratio"] is not None else None
-        results["fsyncs_per_1k_readings"] = round(cycle["fsyncs_per_1k_readings"], 2)
-        if cycle["disk_bytes_per_reading"] is not None:
-            results["disk_bytes_per_reading"] = round(cycle["disk_bytes_per_reading"], 2)
-            results["disk_to_wire_ratio"] = round(cycle["disk_to_wire_ratio"], 2)
-        runs["store_cycle"] = {k: round(v, 3) for k, v in cycle.items() if v is not None}
-        say("ceilings")
-        results["ceilings"] = bench_ceilings(workdir)
-        say("start-up")
-        startups = [s for s in (bench_startup(workdir, i) for i in range(reps)) if s is not None]
-        results["startup_s"] = round(_median(startups), 3) if startups else None
-        runs["startup_s"] = [round(s, 3) for s in startups]
-        say("drain")
-        drains = [bench_drain(workdir, 20_000 if quick else 100_000, i) for i in range(2 if quick else 3)]
-        results["drain_readings_per_s"] = round(_median(drains))
-        runs["drain_readings_per_s"] = [round(d) for d in drains]
-        say("alarm latency")
-        lat = bench_drain(workdir, 50_000 if quick else 100_000, 0, alarms=10 if quick else 20)
-        results["alarm_latency_ms_p99"] = round(_p99(lat), 1) if lat else None
-        runs["alarm_latency_ms"] = [round(x, 1) for x in lat]
-        say("delivery latency")
-        lats = [bench_latency(workdir, rate, 2.0 if quick else 8.0, "r%d" % rate) for rate in LATENCY_RATES]
-        results["latency_p50_s"] = round(max(x["p50_s"] for x in lats), 3)
-        results["latency_max_s"] = round(max(x["max_s"] for x in lats), 3)
-        runs["latency"] = [{k: round(v, 3) if isinstance(v, float) else v for k, v in x.items()} for x in lats]
-        say("RSS with 200 sensors")
-        rss, accepted = bench_rss(workdir, 8 if quick else 30)
-        results["rss_mb_200_sensors"] = round(rss, 1)
-        runs["rss_accepted_readings"] = accepted
-        say("idle CPU")
-        results["idle_cpu_percent"] = round(bench_idle_cpu(workdir, 8 if quick else 60), 3)
+        _bench_in_process(results, runs, quick, reps, workdir, say)
+        _bench_processes(results, runs, quick, reps, workdir, say)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     results["runs"] = runs
     results["targets"] = {k: "%s %s" % v for k, v in TARGETS.items()}
     results["met"] = {k: _met(results.get(k), *TARGETS[k]) for k in TARGETS}
     return results
+
+
+def _bench_in_process(results, runs, quick, reps, workdir, say):
+    """The hot path and the machine's ceilings, in this process: figures into ``results``, each run into ``runs``."""
+    say("wire bytes")
+    wb = bench_wire_bytes()
+    results["wire_bytes_per_reading"] = wb["fridge_0.01C"]
+    runs["wire_bytes_per_reading"] = wb
+    say("bytes on the socket")
+    sb = bench_socket_bytes(10 if quick else 30)
+    results["socket_bytes_per_reading"] = sb["single"]
+    results["socket_bytes_per_reading_200x2"] = sb["200x2"]
+    runs["socket_bytes"] = sb
+    runs["compress_cpu"] = {k: round(v, 6) for k, v in bench_compress_cpu(50 if quick else 200).items()}
+    say("decoders and rules")
+    for name, fn in (("bthome_adverts_per_s", bench_bthome(20_000 if quick else 100_000)),
+                     ("nmea_sentences_per_s", bench_nmea(20_000 if quick else 100_000)),
+                     ("rule_evals_per_s", bench_rules(50_000 if quick else 200_000))):
+        samples = _repeat(fn, reps)
+        results[name] = round(_median(samples))
+        runs[name] = [round(s) for s in samples]
+    say("swinging door")
+    results["swinging_door_ratio"] = round(bench_swinging_door(), 1)
+    say("pipeline")
+    pipe = _repeat(bench_pipeline(20_000 if quick else 60_000, workdir), reps)
+    results["pipeline_readings_per_s"] = round(_median([p["readings_per_s"] for p in pipe]))
+    runs["pipeline_readings_per_s"] = [round(p["readings_per_s"]) for p in pipe]
+    say("store cycle")
+    cycle = bench_store_cycle(workdir, 50 if quick else 200)
+    big = bench_store_cycle(workdir, 15 if quick else 50, readings=4000)
+    runs["disk_to_wire_ratio_4000_reading_batches"] = round(big["disk_to_wire_ratio"], 2) \
+        if big["disk_to_wire_ratio"] is not None else None
+    results["fsyncs_per_1k_readings"] = round(cycle["fsyncs_per_1k_readings"], 2)
+    if cycle["disk_bytes_per_reading"] is not None:
+        results["disk_bytes_per_reading"] = round(cycle["disk_bytes_per_reading"], 2)
+        results["disk_to_wire_ratio"] = round(cycle["disk_to_wire_ratio"], 2)
+    runs["store_cycle"] = {k: round(v, 3) for k, v in cycle.items() if v is not None}
+    say("ceilings")
+    results["ceilings"] = bench_ceilings(workdir)
+
+
+def _bench_processes(results, runs, quick, reps, workdir, say):
+    """The figures of the real agent and receiver processes (``tools.bench_processes``)."""
+    say("start-up")
+    startups = [s for s in (bench_startup(workdir, i) for i in range(reps)) if s is not None]
+    results["startup_s"] = round(_median(startups), 3) if startups else None
+    runs["startup_s"] = [round(s, 3) for s in startups]
+    say("drain")
+    drains = [bench_drain(workdir, 20_000 if quick else 100_000, i) for i in range(2 if quick else 3)]
+    results["drain_readings_per_s"] = round(_median(drains))
+    runs["drain_readings_per_s"] = [round(d) for d in drains]
+    say("alarm latency")
+    lat = bench_drain(workdir, 50_000 if quick else 100_000, 0, alarms=10 if quick else 20)
+    results["alarm_latency_ms_p99"] = round(_p99(lat), 1) if lat else None
+    runs["alarm_latency_ms"] = [round(x, 1) for x in lat]
+    say("delivery latency")
+    lats = [bench_latency(workdir, rate, 2.0 if quick else 8.0, "r%d" % rate) for rate in LATENCY_RATES]
+    results["latency_p50_s"] = round(max(x["p50_s"] for x in lats), 3)
+    results["latency_max_s"] = round(max(x["max_s"] for x in lats), 3)
+    runs["latency"] = [{k: round(v, 3) if isinstance(v, float) else v for k, v in x.items()} for x in lats]
+    say("RSS with 200 sensors")
+    rss, accepted = bench_rss(workdir, 8 if quick else 30)
+    results["rss_mb_200_sensors"] = round(rss, 1)
+    runs["rss_accepted_readings"] = accepted
+    say("idle CPU")
+    results["idle_cpu_percent"] = round(bench_idle_cpu(workdir, 8 if quick else 60), 3)
 
 
 def _met(value, op, target):

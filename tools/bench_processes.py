@@ -251,6 +251,11 @@ def bench_latency(workdir, rate, seconds, name, batch=None, sync_interval=None, 
     finally:
         rx.send_signal(signal.SIGTERM)
         rx.wait(10)
+    return _latency_figures(rx_db, rate, arrived, sent, fsyncs, agent.counters)
+
+
+def _latency_figures(rx_db, rate, arrived, sent, fsyncs, counters):
+    """``bench_latency``'s figures, from the receiver's database and what the agent sent."""
     db = sqlite3.connect(rx_db)
     rows = db.execute("SELECT r.v, b.received FROM records r JOIN batches b USING (gw, boot, seq) "
                       "WHERE r.n LIKE ? AND b.boot = (SELECT MAX(boot) FROM batches)", (GW + "/s%",)).fetchall()
@@ -262,7 +267,7 @@ def bench_latency(workdir, rate, seconds, name, batch=None, sync_interval=None, 
             "readings_per_batch": readings / max(1, len(sent)),
             "wire_bytes_per_reading": sum(b for _, b in sent) / readings,
             "fsyncs_per_1k_readings": 1000.0 * fsyncs / max(1, len(arrived)),
-            "written_batches_share": agent.counters["batches_committed"] / max(1, agent.counters["batches_cut"])}
+            "written_batches_share": counters["batches_committed"] / max(1, counters["batches_cut"])}
 
 
 def bench_sd_wear(workdir, rate, seconds, name, batch_toml="", store_toml="", receiver=True):
@@ -284,29 +289,14 @@ def bench_sd_wear(workdir, rate, seconds, name, batch_toml="", store_toml="", re
         rx, url, rx_db = _receiver_process(path, {"keys": [key.jwk(GW)]}, "rx")
     master, slave = os.openpty()
     tty.setraw(slave)
-    config = os.path.join(path, "config.toml")
-    with open(config, "w") as f:
-        f.write('[gateway]\nid = "%s"\nstate_dir = "%s"\nlog_level = "warning"\n[batch]\n%s\n[store]\n%s\n'
-                '[uplink]\nurl = "%s"\nbackoff_max_s = 5\n[clock]\nmode = "synced"\n'
-                '[[sources]]\ntype = "serial"\nname = "board"\nport = "%s"\nbaud = 115200\n'
-                % (GW, path, batch_toml, store_toml, url, os.ttyname(slave)))
+    config = _wear_config(path, batch_toml, store_toml, url, os.ttyname(slave))
     stop = threading.Event()
-
-    def feed():
-        n, start = 0, time.monotonic()
-        while not stop.is_set():
-            due = int((time.monotonic() - start) * rate) + 1
-            chunk = b"".join(b"id=s%d temp=%d.%02d\n" % (k % 20, 4 + k % 3, k % 100) for k in range(n, due))
-            n = due
-            if chunk:
-                os.write(master, chunk)
-            stop.wait(min(0.01, 1.0 / rate))
     trace = os.path.join(path, "strace.out")
     strace = shutil.which("strace")
     cmd = [sys.executable, "-m", "gateway.cli", "run", "--config", config]
     if strace:
         cmd = [strace, "-f", "-qq", "-e", "trace=fsync,fdatasync", "-o", trace] + cmd
-    thread = threading.Thread(target=feed, daemon=True)
+    thread = threading.Thread(target=_feed, args=(master, rate, stop), daemon=True)
     thread.start()
     with open(os.path.join(path, "agent.log"), "wb") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
@@ -319,19 +309,7 @@ def bench_sd_wear(workdir, rate, seconds, name, batch_toml="", store_toml="", re
         wb1, f1, t1 = _io_write_bytes(pid), _count_fsyncs(trace), time.monotonic()
     finally:
         stop.set()
-        try:
-            os.kill(pid, signal.SIGTERM)  # the agent itself: strace, signalled, would detach and leave it running
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            for victim in {pid, proc.pid}:  # the agent too: a tracee can outlive a killed strace
-                try:
-                    os.kill(victim, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            proc.wait()
+        _stop_traced(proc, pid)
         thread.join(5)
         os.close(master)
         os.close(slave)
@@ -349,6 +327,46 @@ def bench_sd_wear(workdir, rate, seconds, name, batch_toml="", store_toml="", re
             "mb_per_day": (wb1 - wb0) * per_day / 1e6,
             "fsyncs_per_day": (f1 - f0) * per_day if strace else None,
             "fsyncs_per_1k_readings": 1000.0 * (f1 - f0) / readings if strace else None}
+
+
+def _wear_config(path, batch_toml, store_toml, url, port):
+    """``bench_sd_wear``'s agent config, written to ``path/config.toml``; returns its path."""
+    config = os.path.join(path, "config.toml")
+    with open(config, "w") as f:
+        f.write('[gateway]\nid = "%s"\nstate_dir = "%s"\nlog_level = "warning"\n[batch]\n%s\n[store]\n%s\n'
+                '[uplink]\nurl = "%s"\nbackoff_max_s = 5\n[clock]\nmode = "synced"\n'
+                '[[sources]]\ntype = "serial"\nname = "board"\nport = "%s"\nbaud = 115200\n'
+                % (GW, path, batch_toml, store_toml, url, port))
+    return config
+
+
+def _feed(master, rate, stop):
+    """Write ``rate`` line-protocol readings/s to the pty's ``master`` until ``stop`` is set."""
+    n, start = 0, time.monotonic()
+    while not stop.is_set():
+        due = int((time.monotonic() - start) * rate) + 1
+        chunk = b"".join(b"id=s%d temp=%d.%02d\n" % (k % 20, 4 + k % 3, k % 100) for k in range(n, due))
+        n = due
+        if chunk:
+            os.write(master, chunk)
+        stop.wait(min(0.01, 1.0 / rate))
+
+
+def _stop_traced(proc, pid):
+    """Stop the agent ``pid`` that runs under ``proc`` (strace, or the agent itself)."""
+    try:
+        os.kill(pid, signal.SIGTERM)  # the agent itself: strace, signalled, would detach and leave it running
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        for victim in {pid, proc.pid}:  # the agent too: a tracee can outlive a killed strace
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
 
 
 def _agent_pid(pid):

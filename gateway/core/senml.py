@@ -109,10 +109,7 @@ def encode_records(readings, events=(), prefix="", base_time=None, time_quantum=
         return []
     if base_time is None:
         base_time = earliest + offset
-    limit = TIME_LIMIT
-    if not -limit <= base_time <= limit or not -limit <= offset <= limit:
-        raise EncodeError("base time %r or time offset %r is not a finite time" % (base_time, offset))
-    base_time = _quantize_time(base_time, time_quantum)
+    base_time = _checked_base_time(base_time, offset, time_quantum)
     shift = offset - base_time  # wire time relative to bt = internal time + shift
     whole = time_quantum >= 1 and float(time_quantum).is_integer()
     iq = int(time_quantum)
@@ -157,6 +154,15 @@ def encode_records(readings, events=(), prefix="", base_time=None, time_quantum=
             records.append(rec)
     records[0][BT] = base_time
     return records
+
+
+def _checked_base_time(base_time, offset, time_quantum):
+    """``bt`` on the time quantum, once ``base_time`` and ``offset`` are checked to be finite times (once per pack,
+    out of ``encode_records``'s loop)."""
+    limit = TIME_LIMIT
+    if not -limit <= base_time <= limit or not -limit <= offset <= limit:
+        raise EncodeError("base time %r or time offset %r is not a finite time" % (base_time, offset))
+    return _quantize_time(base_time, time_quantum)
 
 
 def _group(readings, events):
