@@ -283,6 +283,18 @@ class OpsApp:
         return dict(self.receiver.stats(), storage=self.receiver.storage_stats())
 
 
+def _config(app, limits, protocol):
+    return uvicorn.Config(app, http=protocol, log_config=None, access_log=False, lifespan="off", proxy_headers=False,
+                          server_header=False, headers=[("Server", SERVER_NAME.decode())],
+                          timeout_keep_alive=limits.keep_alive, timeout_graceful_shutdown=int(limits.grace + 0.999),
+                          backlog=limits.backlog, h11_max_incomplete_event_size=limits.max_header_bytes)
+
+
+def _protocol(receiver, limits):
+    return functools.partial(_Protocol, limits=limits,
+                             on_bad_request=lambda detail: receiver.reject("bad_request", detail))
+
+
 def _listen(host, port, backlog):
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     return socket.create_server((host, port), family=family, backlog=backlog)
@@ -327,25 +339,12 @@ class ReceiverServer:
         """``http://host:port`` of the ops listener (None when it is off)."""
         return _url(self._ops_sock, "") if self._ops_sock else None
 
-    def _config(self, app, **kw):
-        return uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", proxy_headers=False,
-                              server_header=False, headers=[("Server", SERVER_NAME.decode())],
-                              timeout_keep_alive=self.limits.keep_alive,
-                              timeout_graceful_shutdown=int(self.limits.grace + 0.999),
-                              backlog=self.limits.backlog, **kw)
-
-    def _protocol(self):
-        return functools.partial(_Protocol, limits=self.limits, on_bad_request=self._bad_request)
-
-    def _bad_request(self, detail):
-        self.receiver.reject("bad_request", detail)
-
     async def _serve(self):
-        ingest = uvicorn.Server(self._config(IngestApp(self.receiver, self.limits, self._pool), http=self._protocol(),
-                                             h11_max_incomplete_event_size=self.limits.max_header_bytes))
-        pairs = [(ingest, self._sock)]
+        protocol = _protocol(self.receiver, self.limits)
+        pairs = [(uvicorn.Server(_config(IngestApp(self.receiver, self.limits, self._pool), self.limits, protocol)),
+                  self._sock)]
         if self._ops_sock:
-            pairs.append((uvicorn.Server(self._config(OpsApp(self.receiver, self._ops_pool), http=self._protocol())),
+            pairs.append((uvicorn.Server(_config(OpsApp(self.receiver, self._ops_pool), self.limits, protocol)),
                           self._ops_sock))
         self._servers = [server for server, _ in pairs]
         tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in pairs]
@@ -388,3 +387,75 @@ class ReceiverServer:
         for sock in (self._sock, self._ops_sock):
             if sock:
                 sock.close()
+
+
+class _MemoryTransport(asyncio.Transport):
+    """A transport that keeps what is written (``MemoryFront``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.out = bytearray()
+        self.closed = False
+
+    def write(self, data):
+        if not self.closed:
+            self.out += data
+
+    def close(self):
+        self.closed = True
+
+    def is_closing(self):
+        return self.closed
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+    def get_extra_info(self, name, default=None):
+        return {"sockname": ("memory", 0), "peername": ("memory", 0)}.get(name, default)
+
+
+class MemoryFront:
+    """The ingest front without a socket: the bytes a peer sends in, the bytes it is answered out (the fuzzer's
+    target). The peer half-closes after its bytes: a whole request is answered, a partial one is not."""
+
+    def __init__(self, receiver, limits=Limits()):
+        self.receiver = receiver
+        self.limits = limits
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="receiver-memory")
+        self._config = _config(IngestApp(receiver, limits, self._pool), limits, None)
+        self._config.load()
+        self._loop = asyncio.new_event_loop()
+
+    def answer(self, data):
+        return self._loop.run_until_complete(self._answer(data))
+
+    async def _answer(self, data):
+        state = uvicorn.server.ServerState()
+        proto = _Protocol(config=self._config, server_state=state, app_state={}, _loop=self._loop,
+                          limits=self.limits, on_bad_request=lambda d: self.receiver.reject("bad_request", d))
+        transport = _MemoryTransport()
+        proto.connection_made(transport)
+        if data:  # a socket never delivers b"" (h11 would take it for the end of the stream)
+            proto.data_received(data)
+        for _ in range(64):  # bounded: answer the whole requests, pipelined ones after the first
+            cycle = proto.cycle
+            if not state.tasks or cycle is None or cycle.more_body:
+                break
+            await asyncio.gather(*list(state.tasks))
+        if not transport.closed and not proto.eof_received():  # then the peer's half-close
+            transport.close()
+        if transport.closed and proto in state.connections:
+            proto.connection_lost(None)  # a request cut short sees the disconnect
+        for _ in range(64):
+            if not state.tasks:
+                break
+            await asyncio.gather(*list(state.tasks))
+        proto._disarm()
+        return bytes(transport.out)
+
+    def close(self):
+        self._loop.close()
+        self._pool.shutdown(wait=True)
