@@ -190,11 +190,12 @@ class IngestApp:
 
     async def _route(self, scope, receive, send):
         method, target = scope["method"], _target(scope)
-        if not is_batch_path(target):
-            if method == "POST":
-                return await self._refuse(send, 404, "not_found", "no batch endpoint at %s; POST batches to %s"
-                                          % (target[:200], BATCH_PATH))
+        if method == "GET" or (method != "POST" and not is_batch_path(target)):
+            # as before the front moved: a GET is 404 on every path of this port (/stats is on the ops listener)
             return await _send(send, 404, {"error": "not_found"}, [("Connection", "close")])
+        if not is_batch_path(target):
+            return await self._refuse(send, 404, "not_found", "no batch endpoint at %s; POST batches to %s"
+                                      % (target[:200], BATCH_PATH))
         if method == "OPTIONS":
             await send({"type": "http.response.start", "status": 204, "headers": [
                 (b"Allow", b"POST, OPTIONS"), (b"Accept-Post", MEDIA_TYPE.encode()), (b"Content-Length", b"0")]})

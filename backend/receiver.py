@@ -25,7 +25,8 @@ HTTP API:
 * ``GET /stats``: counters as JSON (``storage``: the engine, its schema version and what it tells cheaply), on the
   separate ops listener only (``GET /healthz`` too); on the ingest port it is ``404``.
 
-The HTTP front (uvicorn, its limits, the ops listener) is ``backend.httpd``. The verify-and-store core (``Receiver.process``) is shared with the MQTT consumer.
+The HTTP front (uvicorn, its limits, the ops listener) is ``backend.httpd``. The verify-and-store core
+(``Receiver.process``) is shared with the MQTT consumer.
 """
 
 import hashlib

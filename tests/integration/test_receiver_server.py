@@ -247,7 +247,8 @@ def test_malformed_requests_get_a_4xx_and_the_server_goes_on(server, signing_key
 def test_routes_ingest_and_ops_apart(server, signing_key):
     assert get(server.url, "/stats") == (404, {"error": "not_found"})  # not on the ingest port
     assert get(server.url, "/healthz")[0] == 404 and get(server.url, "/")[0] == 404
-    assert get(server.url, "/v1/batches")[0] == 405
+    assert get(server.url, "/v1/batches")[0] == 404  # GET is 404 everywhere on the ingest port, as before
+    assert raw_request(server.url, b"DELETE /v1/batches HTTP/1.1\r\nHost: x\r\n\r\n") == 405
     assert post(server.url, batch(signing_key, 1))[0] == 201
     assert get(server.ops_url, "/healthz") == (200, {"status": "ok"})
     status, stats = get(server.ops_url, "/stats")
