@@ -297,8 +297,19 @@ def _protocol(receiver, limits):
 
 
 def _listen(host, port, backlog):
+    """A listening TCP socket. Made with ``IPPROTO_TCP`` explicitly: asyncio sets ``TCP_NODELAY`` on accepted
+    sockets only when their ``proto`` says TCP, and without it the answer's head and body (two writes) wait out
+    the peer's 40 ms delayed ACK (``socket.create_server`` leaves ``proto`` 0)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, port), family=family, backlog=backlog)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _url(sock, path):

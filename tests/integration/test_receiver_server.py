@@ -340,3 +340,9 @@ def test_sigterm_lets_an_in_flight_request_finish_then_exits_0(receive_process, 
         s.close()
     assert rx.proc.wait(30) == 0
     assert rx.stored() == [("gw-test", 1, 7)]
+
+
+def test_listeners_are_tcp_sockets_so_answers_are_not_held_by_nagle(server):
+    # asyncio sets TCP_NODELAY on an accepted socket only when its proto says TCP; without it every answer (head
+    # and body are two writes) waited out the client's 40 ms delayed ACK (found by test_store's timing).
+    assert server._sock.proto == socket.IPPROTO_TCP and server._ops_sock.proto == socket.IPPROTO_TCP
