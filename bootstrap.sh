@@ -39,8 +39,9 @@ if [ "$job" = test ]; then
 fi
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-extras=""
-[ "$job" = test ] && extras="[test]"
+# The demo runs the reference receiver in-process: it needs the backend's extra (the HTTP server).
+extras="[backend]"
+[ "$job" = test ] && extras="[backend,test]"
 stamp=".venv/.installed-$job-$(sha256sum setup.cfg pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -e "$stamp" ]; then
   echo "bootstrap: installing Python packages into .venv"

@@ -13,7 +13,7 @@ HTTP API:
   ``backend.receiver_db``), ``400`` malformed (also a body with bytes after the COSE_Sign1, and a bad
   ``Content-Length``), ``403`` unknown key / bad signature / wrong gateway, ``411`` no length, ``413`` too large,
   ``415`` wrong content type, ``422`` verified but unstorable (an integer beyond 64 bits, NaN), ``500`` an
-  internal error (a bug: counted in ``http_errors``), ``503`` storage failed or in maintenance (with
+  internal error (a bug: counted in ``http_errors``), ``503`` storage failed, in maintenance or busy (with
   ``Retry-After``).
 * ``OPTIONS /v1/batches``: ``204`` with ``Allow: POST, OPTIONS`` and ``Accept-Post: application/cose``: "this is
   a batch endpoint". ``doctor`` and the console's ``uplink test`` probe with it; a ``404`` means a wrong path.
@@ -22,48 +22,34 @@ HTTP API:
   truncated stream or bytes after it is ``400 malformed``; any other coding is ``415 content_encoding``. The
   inflated bytes are the signed COSE_Sign1, verified and stored as if they had come plain (the compression is
   hop-by-hop). Every answer carries ``Accept-Encoding: deflate`` (RFC 7694).
-* ``GET /stats``: counters as JSON (``storage``: the engine, its schema version and what it tells cheaply).
+* ``GET /stats``: counters as JSON (``storage``: the engine, its schema version and what it tells cheaply), on the
+  separate ops listener only (``GET /healthz`` too); on the ingest port it is ``404``.
 
-The verify-and-store core (``Receiver.process``) is shared with the MQTT consumer.
+The HTTP front (uvicorn, its limits, the ops listener) is ``backend.httpd``. The verify-and-store core
+(``Receiver.process``) is shared with the MQTT consumer.
 """
 
 import hashlib
 import io
-import json
 import logging
 import threading
 import time
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cbor2
 
 from gateway.core.errors import VerifyError
 from backend.engines import open_storage
 from backend.storage import CONFLICT, DUPLICATE, STORED, StorageError, UnstorableError, redact
-from gateway.core.wire import HTTP_CONTENT_TYPE, MAX_BATCH_BYTES, verify
+from gateway.core.wire import MAX_BATCH_BYTES, verify
+from backend.api import (ACCEPTED_TYPES, BATCH_PATH, CODINGS, DEFLATE, IDENTITY, MEDIA_TYPE,  # noqa: F401 (API)
+                         is_batch_path)
 
 log = logging.getLogger(__name__)
 
-#: the body's media type: the one the HTTP uplink sends (``gateway.core.wire.HTTP_CONTENT_TYPE``), without parameters;
-#: plain CBOR and octet-stream are accepted too (curl, older gateways).
-MEDIA_TYPE = HTTP_CONTENT_TYPE.split(";")[0].strip()
-ACCEPTED_TYPES = (MEDIA_TYPE, "application/cbor", "application/octet-stream")
-
 _STATUS = {"oversize": 413, "unknown_kid": 403, "bad_signature": 403, "gw_mismatch": 403, "bad_alg": 403,
            "unstorable": 422, "content_encoding": 415}
-#: content codings a body may come in (HTTP ``Content-Encoding``, the MQTT v5 user property ``content-encoding``)
-IDENTITY, DEFLATE = "identity", "deflate"
-CODINGS = (IDENTITY, DEFLATE)
 _OUTCOMES = {STORED: (201, "stored"), DUPLICATE: (200, "duplicates"), CONFLICT: (409, "conflicts")}
-_MAX_LENGTH_DIGITS = 10
-#: where batches are accepted (``ReceiverServer.url``); every other path is 404
-BATCH_PATH = "/v1/batches"
-
-
-def is_batch_path(target):
-    """The request target names the batch endpoint (a trailing slash and a query string are ignored)."""
-    return target.split("?", 1)[0].rstrip("/") == BATCH_PATH
 
 
 def content_digest(data):
@@ -129,7 +115,7 @@ class Receiver:
         self._store = open_storage(db_path, busy_timeout)
         self._lock = threading.Lock()
         self.counters = {"received": 0, "stored": 0, "duplicates": 0, "conflicts": 0, "rejected": 0, "records": 0,
-                         "store_failures": 0, "internal_errors": 0, "http_errors": 0, "deflated": 0,
+                         "store_failures": 0, "internal_errors": 0, "http_errors": 0, "busy": 0, "deflated": 0,
                          "deflated_bytes_in": 0, "deflated_bytes_out": 0}
         self.rejections = {}
         self.maintenance_until = 0.0
@@ -218,139 +204,10 @@ class Receiver:
             self._store.close()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body are separate writes: without this, 40 ms delayed-ACK stalls
-    server_version = "edge-gateway-receiver"
-    _answered = False
-
-    def log_message(self, fmt, *args):
-        log.debug("%s " + fmt, self.address_string(), *args)
-
-    def _answer(self, status, body, headers=None):
-        data = (json.dumps(body, sort_keys=True) + "\n").encode()
-        self._answered = True  # from here on, bytes may be on the wire: no second answer
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Accept-Encoding", DEFLATE)  # RFC 7694: the codings a request body may come in
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _guarded(self, handle):
-        """Run one request so that nothing escapes into the server thread: every failure is counted."""
-        self._answered = False
-        try:
-            handle(self.server.receiver)
-        except OSError as exc:  # the peer went away (reset, timeout) while we read or answered: nobody to tell
-            self.close_connection = True
-            log.warning("%s: connection failed mid-request: %s", self.address_string(), exc)
-        except Exception as exc:  # deliberate catch-all: the last line of the request path (reason below)
-            # A bug in this module must cost one request (a 500, counted, logged at ERROR with the traceback),
-            # not the handler thread with a half-written answer and nothing in the counters.
-            self.close_connection = True
-            self.server.receiver.count("http_errors")
-            log.error("internal error answering %s %s: %s", self.command, self.path[:200], exc, exc_info=True)
-            if not self._answered:
-                try:
-                    self._answer(500, {"error": "internal"})
-                except OSError:
-                    pass
-
-    def do_GET(self):
-        self._guarded(self._get)
-
-    def do_POST(self):
-        self._guarded(self._post)
-
-    def do_OPTIONS(self):
-        self._guarded(self._options)
-
-    def _options(self, receiver):
-        if not is_batch_path(self.path):
-            return self._answer(404, {"error": "not_found"})
-        self._answered = True
-        self.send_response(204)
-        self.send_header("Allow", "POST, OPTIONS")
-        self.send_header("Accept-Post", MEDIA_TYPE)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-        return None
-
-    def _get(self, receiver):
-        if self.path.rstrip("/") == "/stats":
-            self._answer(200, dict(receiver.stats(), storage=receiver.storage_stats()))
-        else:
-            self._answer(404, {"error": "not_found"})
-
-    def _refuse(self, status, reason, detail):
-        self.close_connection = True  # the body (if any) was not read: the connection cannot be reused
-        self._answer(status, self.server.receiver.reject(reason, detail)[1])
-
-    def _post(self, receiver):
-        if not is_batch_path(self.path):
-            return self._refuse(404, "not_found", "no batch endpoint at %s; POST batches to %s"
-                                % (self.path[:200], BATCH_PATH))
-        lengths = self.headers.get_all("Content-Length") or []
-        if self.headers.get("Transfer-Encoding") is not None:
-            return self._refuse(411, "no_length", "Transfer-Encoding is not accepted; send Content-Length")
-        if not lengths:
-            return self._refuse(411, "no_length", "Content-Length is required")
-        length = lengths[0].strip()
-        # Strict ASCII digits: str.isdigit() alone accepts '²' and other Unicode digits int() then rejects.
-        if len(set(lengths)) != 1 or not (length.isascii() and length.isdigit()) or len(length) > _MAX_LENGTH_DIGITS:
-            return self._refuse(400, "bad_length", "Content-Length must be one decimal number")
-        length = int(length)
-        if length > receiver.max_bytes:
-            return self._refuse(413, "oversize", "body of %d bytes is over the limit" % length)
-        data = self.rfile.read(length)
-        if len(data) != length:  # the peer closed early: nothing to answer on a connection that is gone
-            self.close_connection = True
-            return None
-        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if ctype not in ACCEPTED_TYPES:
-            return self._answer(415, receiver.reject("content_type", "Content-Type must be " + MEDIA_TYPE)[1])
-        wait = receiver.maintenance_until - time.monotonic()
-        if wait > 0:
-            return self._answer(503, {"error": "maintenance"}, {"Retry-After": str(max(1, int(wait + 0.999)))})
-        encodings = self.headers.get_all("Content-Encoding") or []
-        if len(encodings) > 1:
-            return self._answer(415, receiver.reject("content_encoding", "one Content-Encoding header at most")[1])
-        status, body = receiver.process(data, encodings[0] if encodings else None)
-        headers = {"Retry-After": "1"} if status >= 500 else None
-        return self._answer(status, body, headers)
-
-
-class ReceiverServer:
-    """The HTTP front of a ``Receiver`` on its own thread. ``port=0`` picks a free port."""
-
-    def __init__(self, receiver, host="127.0.0.1", port=0):
-        self.receiver = receiver
-        self.httpd = ThreadingHTTPServer((host, port), _Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.receiver = receiver
-        self.thread = None
-
-    @property
-    def url(self):
-        host, port = self.httpd.server_address[:2]
-        if ":" in host:
-            host = "[%s]" % host
-        return "http://%s:%d%s" % (host, port, BATCH_PATH)
-
-    def start(self):
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="receiver", daemon=True)
-        self.thread.start()
-        return self
-
-    def maintenance(self, seconds):
-        """Answer 503 with Retry-After for ``seconds`` (an outage drill without stopping the process)."""
-        self.receiver.maintenance_until = time.monotonic() + seconds
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        if self.thread:
-            self.thread.join(5)
+def __getattr__(name):
+    """``ReceiverServer`` lives in ``backend.httpd`` (it needs uvicorn, the ``backend`` extra); imported from here
+    on first use, so the MQTT consumer and the tools import this module without it."""
+    if name == "ReceiverServer":
+        from backend.httpd import ReceiverServer
+        return ReceiverServer
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

@@ -64,15 +64,33 @@ def cmd_record_stop(args):
     return record_stop_from_config(args.config)
 
 
+def _host_port(text):
+    """``HOST:PORT`` (``[v6]:PORT`` too) as ``(host, port)``, or None."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
 def cmd_receive(args):
     from gateway.core.errors import KeyFileError
     from gateway.adapters.keys import TrustStore
-    from backend.receiver import Receiver, ReceiverServer
+    from backend.receiver import Receiver
     from backend.storage import StorageError, redact
     _setup_logging(args.log_level)
-    host, _, port = args.listen.rpartition(":")
-    if not host or not port.isdigit():
+    listen = _host_port(args.listen)
+    if listen is None:
         print("edge-gateway: --listen must be HOST:PORT, e.g. 127.0.0.1:8080", file=sys.stderr)
+        return 2
+    ops = None if args.ops_listen == "off" else _host_port(args.ops_listen)
+    if ops is None and args.ops_listen != "off":
+        print("edge-gateway: --ops-listen must be HOST:PORT or off, e.g. 127.0.0.1:8081", file=sys.stderr)
+        return 2
+    try:
+        from backend.httpd import Limits, ReceiverServer
+    except ImportError as exc:
+        print("edge-gateway: the receiver needs its HTTP server (%s): pip install -e '.[backend]'" % exc,
+              file=sys.stderr)
         return 2
     try:
         trust = TrustStore.load(args.trust)
@@ -84,13 +102,17 @@ def cmd_receive(args):
     except (StorageError, ValueError) as exc:
         print("edge-gateway: cannot open the receiver database %s: %s" % (redact(args.db), exc), file=sys.stderr)
         return 2
+    limits = Limits(read_timeout=args.read_timeout, max_connections=args.max_connections, workers=args.workers)
     try:
-        server = ReceiverServer(receiver, host.strip("[]"), int(port)).start()
+        server = ReceiverServer(receiver, listen[0], listen[1], ops=ops, limits=limits).start()
     except OSError as exc:
-        print("edge-gateway: cannot listen on %s: %s" % (args.listen, exc.strerror or exc), file=sys.stderr)
+        print("edge-gateway: cannot listen on %s: %s" % (args.listen if not ops else "%s or %s" % (
+            args.listen, args.ops_listen), exc.strerror or exc), file=sys.stderr)
+        receiver.close()
         return 2
     print("receiving on %s (trust store %s: %d keys, database %s)" % (server.url, args.trust, len(trust.keys),
                                                                      redact(args.db)), flush=True)
+    print("ops (GET /stats, /healthz) on %s" % (server.ops_url or "none (--ops-listen off)"), flush=True)
     consumer = None
     if args.mqtt:
         from backend.mqtt_consumer import MqttConsumer
@@ -105,7 +127,7 @@ def cmd_receive(args):
     finally:
         if consumer:
             consumer.stop()
-        server.stop()
+        server.stop()  # graceful: stop accepting, finish the requests in flight
         print(json.dumps(receiver.stats(), sort_keys=True), flush=True)
         receiver.close()
     return 0
@@ -274,6 +296,15 @@ def _add_receive(sub):
                     "'provision' writes): the gateways' public keys")
     rc.add_argument("--db", required=True, metavar="FILE|URL", help="where the records go: a SQLite file "
                     "(created if missing) or postgresql://USER@HOST:PORT/DB[?retention_days=N] (docs/backend.md)")
+    rc.add_argument("--ops-listen", default="127.0.0.1:0", metavar="HOST:PORT|off", help="where GET /stats and "
+                    "/healthz are served, apart from the batches (default 127.0.0.1:0: loopback, a free port, "
+                    "printed at start; 'off': nowhere)")
+    rc.add_argument("--read-timeout", type=float, default=10.0, metavar="S", help="seconds a connection has to "
+                    "deliver a whole request, headers and body (default 10)")
+    rc.add_argument("--max-connections", type=int, default=4096, metavar="N", help="open connections beyond "
+                    "which a new one is answered 503 (default 4096)")
+    rc.add_argument("--workers", type=int, default=8, metavar="N", help="threads verifying and storing "
+                    "batches (default 8)")
     rc.add_argument("--mqtt", metavar="URL", help="also consume mqtt://HOST:PORT/PREFIX with a shared subscription")
     rc.add_argument("--mqtt-group", default="receivers", help="shared subscription group (default receivers)")
     rc.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),

@@ -102,30 +102,17 @@ def _http_requests(corpus):
 
 
 def _http_target(rx, checked):
-    """The receiver's request handler without a socket: the request bytes in, the answer bytes out."""
-    import io
+    """The receiver's HTTP front without a socket (``backend.httpd.MemoryFront``): request bytes in, answer out."""
     import re
 
-    from backend.receiver import _Handler
-
-    class Server:
-        receiver = rx
+    from backend.httpd import MemoryFront
+    front = MemoryFront(rx)
 
     def http(raw):
-        handler = _Handler.__new__(_Handler)
-        handler.rfile, handler.wfile = io.BytesIO(raw), io.BytesIO()
-        handler.server, handler.client_address, handler.request = Server, ("fuzz", 0), None
-        handler.close_connection = True
-
-        def serve():
-            for _ in range(4):  # keep-alive: a few requests per input at most
-                handler.handle_one_request()
-                if handler.close_connection:
-                    break
-        checked(serve)
-        for status in re.findall(rb"^HTTP/1\.[01] (\d{3}) ", handler.wfile.getvalue(), re.M):
-            # 501 (unknown method) and 505 (HTTP version) are the protocol's own answers, not our failures.
-            if status[:1] == b"5" and status not in (b"501", b"505"):
+        answer = checked(lambda: front.answer(raw))
+        for status in re.findall(rb"^HTTP/1\.[01] (\d{3}) ", answer, re.M):
+            # 505 (HTTP version) is the protocol's own answer, not our failure.
+            if status[:1] == b"5" and status != b"505":
                 raise ReceiverFinding("the HTTP path answered %s to input" % status.decode())
     return http
 
@@ -145,15 +132,17 @@ def _receiver_targets():
     key = SigningKey.from_seed(bytes(range(32)))
     rx = Receiver(":memory:", TrustStore({"keys": [key.jwk("gw-fuzz")]}))
     corpus, payloads = _receiver_corpus(key)
-    quiet = logging.getLogger("backend.receiver")
+    quiet = [logging.getLogger(name) for name in ("backend.receiver", "backend.httpd", "uvicorn.error")]
 
     def checked(call):
         before = rx.counters["internal_errors"], rx.counters["http_errors"]
-        quiet.disabled = True  # a rejection logs a WARNING: millions of them are not the point of a fuzz run
+        for logger in quiet:  # a rejection logs a WARNING: millions of them are not the point of a fuzz run
+            logger.disabled = True
         try:
             result = call()
         finally:
-            quiet.disabled = False
+            for logger in quiet:
+                logger.disabled = False
         if (rx.counters["internal_errors"], rx.counters["http_errors"]) != before:
             raise ReceiverFinding("the receiver counted an internal error")
         return result

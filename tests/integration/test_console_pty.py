@@ -9,6 +9,7 @@ import random
 import re
 import select
 import time
+import urllib.parse
 
 import cbor2
 import pytest
@@ -75,7 +76,7 @@ def test_byte_at_a_time_backspace_and_real_status(config_path, pty_pair, receive
 def test_uplink_test_is_a_real_round_trip(config_path, pty_pair, receiver):
     rig, term = start(config_path, pty_pair)
     try:
-        port = receiver[0].httpd.server_address[1]
+        port = urllib.parse.urlsplit(receiver[0].url).port
         lines = term.cmd("uplink test")
         assert re.match(r"uplink ok in \d+\.\d ms: 127\.0\.0\.1:%d answered HTTP 204" % port, lines[0]), lines
         receiver[0].stop()

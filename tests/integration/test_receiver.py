@@ -91,7 +91,7 @@ def test_maintenance_answers_503_with_retry_after(server, signing_key):
 
 def test_stats_endpoint(server, signing_key):
     post(server.url, batch(signing_key, 5))
-    u = urllib.parse.urlsplit(server.url)
+    u = urllib.parse.urlsplit(server.ops_url)  # /stats is on the ops listener, not on the ingest port
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=5)
     conn.request("GET", "/stats")
     stats = json.loads(conn.getresponse().read())

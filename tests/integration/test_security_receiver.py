@@ -288,7 +288,7 @@ def test_a_bug_in_the_request_path_is_a_counted_500_and_the_server_goes_on(serve
     monkeypatch.setattr(server.receiver, "process", bug)
     assert post(server.url, batch(other_key, 1, gw="gw-other")) == (500, {"error": "internal"})
     monkeypatch.setattr(server.receiver, "stats", lambda: {"x": object()})  # not JSON: the GET path fails too
-    assert raw_request(server.url, b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n") == 500
+    assert raw_request(server.ops_url, b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n") == 500  # the ops listener
     monkeypatch.undo()
     still_stores(server, other_key, seq=2)
     assert server.receiver.stats()["http_errors"] == 2
