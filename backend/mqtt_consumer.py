@@ -65,12 +65,7 @@ class MqttConsumer:
         self.client_id = client_id or consumer_client_id(group, receiver.db_path)
         self._conn = Connection(host, port, self.client_id, username, password, tls, ca_file, cert_file, key_file,
                                  keepalive, "5", manual_ack=True, reconnect=reconnect, session_expiry=session_expiry)
-        c = self._conn.client
-        c.on_connect = self._on_connect
-        c.on_disconnect = lambda client, userdata, flags, rc, props: self._conn.on_disconnect(rc)
-        c.on_connect_fail = lambda client, userdata: self._conn.on_connect_fail()
-        c.on_message = self._on_message
-        c.on_subscribe = self._on_subscribe
+        self._conn.subscriber(self._on_connect, self._on_message, self._on_subscribe)
         self.counters = {"messages": 0, "acked": 0, "not_acked": 0, "consumer_errors": 0, "ack_failures": 0,
                          "redeliveries": 0, "subscribed": 0}
         self._subscribed = threading.Event()

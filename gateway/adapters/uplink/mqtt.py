@@ -163,6 +163,16 @@ class Connection:
             self.cond.notify_all()
         return was
 
+    def subscriber(self, on_connect, on_message, on_subscribe):
+        """Wire paho's callbacks for a subscribing client (the backend's consumer, the gateway's downlink): the
+        connection keeps its own state on disconnects and failed connects; the owner handles the rest."""
+        c = self.client
+        c.on_connect = on_connect
+        c.on_disconnect = lambda client, userdata, flags, rc, props: self.on_disconnect(rc)
+        c.on_connect_fail = lambda client, userdata: self.on_connect_fail()
+        c.on_message = on_message
+        c.on_subscribe = on_subscribe
+
     def on_connect_fail(self):
         with self.cond:
             self.last_error = "cannot connect to %s:%d" % (self.host, self.port)
