@@ -13,6 +13,7 @@ from gateway.core.clock import FakeClock
 from gateway.core.errors import UplinkError
 from gateway.core.model import Event, Reading
 from gateway.core.rules import RuleEngine
+from tests.support import run_agent as run
 
 GW = "gw-fake"
 
@@ -42,18 +43,6 @@ def agent_on(tmp_path, clock, uplink, **options):
     options.setdefault("batch", BatchSection(max_readings=1000, max_age_s=60.0, time_quantum_s=1.0))
     return Agent(gw=GW, key=keys.SigningKey.generate(), store=store, uplink=uplink, clock=clock,
                  health_interval=1e9, **options), store
-
-
-def run(agent, driver):
-    async def main():
-        stop = asyncio.Event()
-        task = asyncio.create_task(agent.run(stop))
-        try:
-            await driver()
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 20)
-    asyncio.run(main())
 
 
 def test_max_age_cut_happens_when_the_clock_moves_and_only_then(tmp_path):

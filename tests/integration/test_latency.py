@@ -20,6 +20,7 @@ from gateway.core.batcher import Batcher
 from gateway.core.clock import FakeClock
 from gateway.core.model import EncodedBatch, Event, Reading
 from gateway.core.pipeline import Pipeline
+from tests.support import run_agent as run
 
 GW = "gw-lat"
 
@@ -127,18 +128,6 @@ async def until(predicate, timeout=10.0):
     while not predicate():
         assert time.monotonic() < deadline, "condition not met"
         await asyncio.sleep(0.005)
-
-
-def run(agent, driver):
-    async def main():
-        stop = asyncio.Event()
-        task = asyncio.create_task(agent.run(stop))
-        try:
-            await driver()
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 20)
-    asyncio.run(main())
 
 
 def test_agent_cuts_after_linger_when_idle_and_lets_the_batch_grow_while_a_send_is_in_flight(tmp_path):

@@ -94,3 +94,16 @@ def find_micropython():
 
 
 MICROPYTHON = find_micropython()
+
+
+def run_agent(agent, driver):
+    """Run ``agent`` on a fresh event loop until the coroutine function ``driver`` returns, then stop it (bounded)."""
+    async def main():
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        try:
+            await driver()
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 20)
+    asyncio.run(main())
