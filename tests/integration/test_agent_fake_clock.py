@@ -48,7 +48,7 @@ def agent_on(tmp_path, clock, uplink, **options):
 def test_max_age_cut_happens_when_the_clock_moves_and_only_then(tmp_path):
     clock = FakeClock()
     uplink = Recorder()
-    # linger and hold as long as max_age: this test is about max_age (tests/test_latency.py has the short ones)
+    # linger and hold as long as max_age: this test is about max_age (tests/integration/test_latency.py has the short ones)
     agent, store = agent_on(tmp_path, clock, uplink, batch=BatchSection(
         max_readings=1000, max_age_s=60.0, linger_s=60.0, hold_s=60.0, time_quantum_s=1.0))
 
