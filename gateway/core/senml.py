@@ -18,6 +18,7 @@ float with no decimal resolution (a Modbus float32, an NMEA coordinate in degree
 the shortest of half, single or double precision that holds it; ``be_`` never scales a float.
 """
 
+import functools
 import math
 import re
 import struct
@@ -108,16 +109,13 @@ def event_value(event):
 EXP_MIN, EXP_MAX = -18, 18
 #: mantissas the encoder makes stay below 2^53, where a double still holds every integer
 _MANTISSA_LIMIT = float(1 << 53)
-_EXPONENTS = {}  # resolution -> decimal exponent or None; a handful of distinct resolutions per agent
 
 
+@functools.lru_cache(maxsize=256)  # a handful of distinct resolutions per agent
 def decimal_exponent(resolution):
     """The decimal exponent ``e`` of a published resolution: the largest ``e <= 0`` such that the resolution is a
     whole multiple of ``10^e`` (0.01 -> -2, 0.5 -> -1, 0.00980665 -> -8, 1 or 10 -> 0). None when the resolution
     has no short decimal form (1/60, an NMEA minute in degrees) or needs more than 18 decimals."""
-    e = _EXPONENTS.get(resolution, _EXPONENTS)
-    if e is not _EXPONENTS:
-        return e
     e = None
     if resolution.__class__ in (int, float) and 0 < resolution < 1e18:
         text = repr(float(resolution))  # the shortest decimal that reads back as this double
@@ -127,8 +125,6 @@ def decimal_exponent(resolution):
         e = min(0, int(power or 0) - len(frac))
         if e < EXP_MIN or len(whole.lstrip("0") + frac) > 15:
             e = None
-    if len(_EXPONENTS) < 256:
-        _EXPONENTS[resolution] = e
     return e
 
 
