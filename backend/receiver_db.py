@@ -18,8 +18,8 @@ digest existed (``digest IS NULL``) cannot be compared and count as duplicates.
 import logging
 import sqlite3
 
-from backend.storage import (CONFLICT, CONFLICT_REASON, DUPLICATE, STORED, Storage, StorageError, UnstorableError,
-                             batch_rows)
+from backend.storage import (CONFLICT, CONFLICT_REASON, DUPLICATE, RECORD_COLUMNS, STORED, Storage, StorageError,
+                             UnstorableError, batch_rows)
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,12 @@ MIGRATIONS = (
             UNIQUE (gw, boot, seq, digest))""")),
     # "everything from one gateway in the last hour" is an index lookup too
     (2, ("CREATE INDEX IF NOT EXISTS records_by_gw ON records (gw, t)",)),
+    # wire format 2: the exact decimal of each value as text ("21.50"), beside the nearest double in v
+    (3, ("ALTER TABLE records ADD COLUMN v_exact TEXT",)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+_INSERT_RECORDS = "INSERT INTO records (%s) VALUES (%s)" % (", ".join(RECORD_COLUMNS),
+                                                            ", ".join("?" * len(RECORD_COLUMNS)))
 
 
 
@@ -130,8 +134,7 @@ class SqliteStorage(Storage):
                     db.execute("INSERT INTO batches (gw, boot, seq, kid, clock, anchor_mono, anchor_wall, received, "
                                "records, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                head + meta + (received, len(rows), digest))
-                    db.executemany("INSERT INTO records (gw, boot, seq, n, t, u, v, vs, vb) "
-                                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    db.executemany(_INSERT_RECORDS, rows)
                     outcome = STORED
                 elif known[0] is None or bytes(known[0]) == digest:
                     outcome = DUPLICATE

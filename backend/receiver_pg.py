@@ -25,8 +25,8 @@ import urllib.parse
 
 import psycopg
 
-from backend.storage import (CONFLICT, CONFLICT_REASON, DUPLICATE, STORED, Storage, StorageError, UnstorableError,
-                             batch_rows, redact)
+from backend.storage import (CONFLICT, CONFLICT_REASON, DUPLICATE, RECORD_COLUMNS, STORED, Storage, StorageError,
+                             UnstorableError, batch_rows, redact)
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,12 @@ MIGRATIONS = (
             id bigserial PRIMARY KEY, gw text NOT NULL, boot bigint NOT NULL, seq bigint NOT NULL, kid text NOT NULL,
             received double precision NOT NULL, reason text NOT NULL, digest bytea NOT NULL, data bytea NOT NULL,
             UNIQUE (gw, boot, seq, digest))""")),
+    # wire format 2: the exact decimal of each value ("21.50" keeps its scale in numeric), beside the double in v
+    (2, ("ALTER TABLE records ADD COLUMN v_exact numeric",)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+_INSERT_RECORDS = "INSERT INTO records (%s) VALUES (%s)" % (", ".join(RECORD_COLUMNS),
+                                                            ", ".join(["%s"] * len(RECORD_COLUMNS)))
 
 
 def partition_name(day):
@@ -236,8 +240,7 @@ class PostgresStorage(Storage):
                     head + meta + (received, len(rows), digest)).rowcount
                 if inserted:
                     with conn.cursor() as cur:
-                        cur.executemany("INSERT INTO records (gw, boot, seq, n, t, u, v, vs, vb) "
-                                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+                        cur.executemany(_INSERT_RECORDS, rows)
                     outcome = STORED
                 else:
                     known = conn.execute("SELECT digest FROM batches WHERE gw = %s AND boot = %s AND seq = %s",

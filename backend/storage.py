@@ -76,8 +76,14 @@ def _text(value, what):
     return str(value)
 
 
+#: the ``records`` columns of one row of ``batch_rows``, in order (``v_exact``: the exact decimal text of a format-2
+#: value, NULL for format 1, which carried none; docs/backend.md "Exact values")
+RECORD_COLUMNS = ("gw", "boot", "seq", "n", "t", "u", "v", "vs", "vb", "v_exact")
+
+
 def batch_rows(batch):
-    """``(head, rows)``: the ``batches`` key columns and the ``records`` rows, converted or ``UnstorableError``."""
+    """``(head, rows)``: the ``batches`` key columns and the ``records`` rows (``RECORD_COLUMNS``), converted or
+    ``UnstorableError``."""
     head = (_text(batch.gw, "gw"), _int(batch.boot, "boot"), _int(batch.seq, "seq"))
     rows = []
     for i, r in enumerate(batch.records):
@@ -86,7 +92,8 @@ def batch_rows(batch):
             raise UnstorableError("record %d: vb must be a boolean" % i)
         rows.append(head + (_text(r.get("n"), "record %d: n" % i) or "", _real(r.get("t"), "record %d: t" % i),
                             _text(r.get("u"), "record %d: u" % i), _real(r.get("v"), "record %d: v" % i),
-                            _text(r.get("vs"), "record %d: vs" % i), None if vb is None else int(vb)))
+                            _text(r.get("vs"), "record %d: vs" % i), None if vb is None else int(vb),
+                            _text(r.get("exact"), "record %d: exact" % i)))
         if rows[-1][4] is None:
             raise UnstorableError("record %d has no time" % i)
     anchor = batch.anchor or (None, None)

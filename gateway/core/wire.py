@@ -10,8 +10,11 @@ This module is the verify library for backends: it needs no running agent, only 
 Layout (``docs/wire-format.md`` has the CDDL, examples and test vectors)::
 
     18([ << {1: -8, 3: 60, 4: kid} >>, {}, << payload >>, signature ])
-    payload = {"v": 1, "gw": tstr, "boot": uint63, "seq": uint63, "clock": bool, "senml": [* record],
+    payload = {"v": 2, "gw": tstr, "boot": uint63, "seq": uint63, "clock": bool, "senml": [* record],
                ? "anchor": [mono, wall]}
+
+Version 2 (what ``encode_payload`` writes) carries decimal readings exactly, as integers under a decimal exponent
+(``be_``, ``gateway.core.senml``); ``verify`` accepts versions 1 and 2 (``VERSIONS``).
 
 Verifying trusts nothing before it is checked: ``gateway.core.cbor_strict`` passes the bytes (one item, the CBOR subset
 the CDDL uses) before ``cbor2`` decodes them, integers are bounded to int64 and floats must be finite, and a key
@@ -30,7 +33,9 @@ from gateway.core import cbor_strict, senml
 from gateway.core.algorithms import SIGNING
 from gateway.core.errors import VerifyError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: the format versions ``verify`` accepts: 1 (values as resolution-rounded floats) and 2 (exact decimals)
+VERSIONS = (1, 2)
 COSE_SIGN1_TAG = 18
 ALG_EDDSA = SIGNING.cose_alg  # -8, from gateway/core/algorithms.py
 CT_CBOR = 60  # CoAP Content-Format for application/cbor
@@ -99,6 +104,7 @@ class VerifiedBatch:
     records: list
     anchor: tuple = None
     payload: dict = None
+    version: int = FORMAT_VERSION
 
     @property
     def key(self):
@@ -212,9 +218,9 @@ def _payload(body, kid, trust):
     if not isinstance(body, dict):
         raise VerifyError("payload is not a map", reason="bad_payload")
     version = body.get("v")
-    if version != FORMAT_VERSION or version.__class__ is not int:
-        raise VerifyError("unsupported format version %r (this verifier knows %d)" % (version, FORMAT_VERSION),
-                          reason="bad_version")
+    if version not in VERSIONS or version.__class__ is not int:
+        raise VerifyError("unsupported format version %r (this verifier knows %s)"
+                          % (version, " and ".join(map(str, VERSIONS))), reason="bad_version")
     gw, clock = body.get("gw"), body.get("clock")
     if not isinstance(gw, str) or not senml.NAME_RE.match(gw):
         raise VerifyError("payload gw must be a SenML-safe text", reason="bad_payload")
@@ -230,8 +236,8 @@ def _payload(body, kid, trust):
         if not isinstance(anchor, (list, tuple)) or len(anchor) != 2 or not all(_finite(a) for a in anchor):
             raise VerifyError("anchor must be [mono, wall], two finite numbers", reason="bad_payload")
         anchor = tuple(anchor)
-    records = senml.resolve(body.get("senml"))
-    return VerifiedBatch(kid.decode("ascii", "replace"), gw, boot, seq, clock, records, anchor, body)
+    records = senml.resolve(body.get("senml"), version)
+    return VerifiedBatch(kid.decode("ascii", "replace"), gw, boot, seq, clock, records, anchor, body, version)
 
 
 def split_batches(data):

@@ -73,6 +73,49 @@ def batch(key, seq, gw=GW, values=(4.0, 4.25, 4.5), t0=1_700_000_000.0, boot=1, 
 
 
 # -- the same answers on both engines ----------------------------------------------------------------------------
+
+def test_the_exact_decimal_is_stored_for_sql_users(server, signing_key):
+    """Format 2 batches keep the decimal the sensor reported (v_exact, text on SQLite, numeric on PostgreSQL);
+    format 1 batches are still accepted, with no exact value (NULL): they carried none."""
+    from drivers.serial.lines import LineDecoder
+    _, ms = LineDecoder().decode(b"temp[Cel]=21.50 hum[%RH]=47.4 t2[Cel]=-0.5 n=0 big=9007199254740993")
+    readings = [Reading("board-1", m.name, m.value, m.unit, 1_700_000_000.0, m.resolution) for m in ms]
+    readings += [Reading("fridge-3", "temp", v, "Cel", 1_700_000_001.0 + i, 0.01) for i, v in
+                 enumerate((3.95, 16.02, 0.0))]
+    data = wire.sign(wire.encode_payload(GW, 1, 1, True, senml.encode_records(readings, (), GW + "/")), signing_key)
+    old = wire.sign(__import__("cbor2").dumps({"v": 1, "gw": GW, "boot": 1, "seq": 2, "clock": True, "senml": [
+        {-2: GW + "/old/temp", -3: 1_700_000_000, 2: 3.94921875}]}, canonical=True), signing_key)
+    assert post(server.url, data)[0] == 201 and post(server.url, old)[0] == 201
+    rows = sorted(server.receiver.query("SELECT n, t, CAST(v_exact AS TEXT), v FROM records"))
+    assert [(n.split("/", 1)[1], x) for n, _, x, _ in rows] == [
+        ("board-1/big", "9007199254740993"), ("board-1/hum", "47.4"), ("board-1/n", "0"), ("board-1/t2", "-0.5"),
+        ("board-1/temp", "21.50"), ("fridge-3/temp", "3.95"), ("fridge-3/temp", "16.02"), ("fridge-3/temp", "0.00"),
+        ("old/temp", None)]
+    assert [v for _, _, _, v in rows][-4:] == [3.95, 16.02, 0.0, 3.94921875]  # v: the nearest double, as before
+
+
+def test_a_database_from_before_exact_values_is_migrated_and_keeps_its_rows(tmp_path, two_gw_trust, signing_key):
+    import sqlite3
+    from backend.receiver_db import MIGRATIONS
+    path = str(tmp_path / "rx.sqlite")
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied REAL NOT NULL)")
+    for version, statements in MIGRATIONS[:2]:  # the schema a receiver before format 2 made
+        for statement in statements:
+            db.execute(statement)
+        db.execute("INSERT INTO schema_version VALUES (?, 0)", (version,))
+    db.execute("INSERT INTO records (gw, boot, seq, n, t, v) VALUES ('gw-test', 1, 0, 'gw-test/s/x', 5, 4.25)")
+    db.commit()
+    db.close()
+    srv = ReceiverServer(Receiver(path, two_gw_trust)).start()
+    try:
+        assert post(srv.url, batch(signing_key, 1, values=(4.25,)))[0] == 201
+        assert srv.receiver.query("SELECT n, v, v_exact FROM records ORDER BY t") == [
+            ("gw-test/s/x", 4.25, None), (GW + "/s1/temp", 4.25, "4.25")]
+    finally:
+        srv.stop()
+        srv.receiver.close()
+
 def test_stores_answers_duplicates_and_keeps_conflicts_apart(server, signing_key):
     first, reused = batch(signing_key, 7), batch(signing_key, 7, values=(9.0, 9.5, 10.0))
     status, body, _ = post(server.url, first)
@@ -193,13 +236,13 @@ def test_schema_is_built_from_an_empty_database_and_left_alone_at_a_second_start
         tables, indexes, partitioned = _catalog(first.conn)
         assert {"schema_version", "batches", "records_other", "conflicts"} <= tables
         assert indexes == {"records_by_name", "records_by_gw"} and partitioned == {"records"}
-        versions = first.query("SELECT version FROM schema_version")
-        assert versions == [(1,)] and first.stats()["schema_version"] == 1
+        versions = first.query("SELECT version FROM schema_version ORDER BY version")
+        assert versions == [(1,), (2,)] and first.stats()["schema_version"] == 2
     finally:
         first.close()
     again = PostgresStorage.from_target(pg_url)
     try:
-        assert again.query("SELECT version FROM schema_version") == versions  # nothing applied twice
+        assert again.query("SELECT version FROM schema_version ORDER BY version") == versions  # nothing twice
         assert _catalog(again.conn) == (tables, indexes, partitioned)
     finally:
         again.close()
@@ -228,7 +271,7 @@ def test_sqlite_schema_is_versioned_too(tmp_path):
     for _ in range(2):
         s = SqliteStorage(path)
         try:
-            assert s.query("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,)]
+            assert s.query("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,)]
             assert s.stats() == {"engine": "sqlite", "schema_version": SCHEMA_VERSION}
             plan = " ".join(str(r) for r in s.query(
                 "EXPLAIN QUERY PLAN SELECT * FROM records WHERE gw = ? AND t >= ?", (GW, 0)))
