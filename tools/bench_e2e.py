@@ -9,6 +9,7 @@ Everything is bounded: each run has a fixed duration and a bounded wait for the 
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -140,6 +141,9 @@ class Feeder:
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name="feeder")
         self.n = 0
+        rng = random.Random(21)
+        self.values = [4.0 + rng.random() for _ in range(sensors)]
+        self.rng = rng
 
     def start(self):
         self.thread.start()
@@ -152,9 +156,12 @@ class Feeder:
             lines = []
             now = time.time()
             for k in range(self.n, due):
-                sid = "s%d" % (k % self.sensors)
-                # a fridge-like random walk at 0.01 °C: what real boards send, so the bytes are honest
-                lines.append(b"id=%s temp=%.2f\n" % (sid.encode(), 4.0 + ((k * 37) % 97) / 100.0))
+                i = k % self.sensors
+                sid = "s%d" % i
+                # a fridge-like seeded random walk at 0.01 °C: what real boards send, so deflate finds no pattern
+                # in the values that real data would not have
+                self.values[i] = min(8.0, max(2.0, self.values[i] + self.rng.choice((-0.02, -0.01, 0, 0.01, 0.02))))
+                lines.append(b"id=%s temp=%.2f\n" % (sid.encode(), self.values[i]))
                 self.written.setdefault(sid, []).append(now)
             self.n = due
             if lines:
