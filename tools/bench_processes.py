@@ -124,7 +124,9 @@ def bench_idle_cpu(workdir, window):
         agent.stop()
 
 
-def _receiver_process(workdir, jwks, name):
+def _receiver_process(workdir, jwks, name, extra=()):
+    """A real ``edge-gateway receive`` (SQLite) on a free loopback port, trusting ``jwks``; ``extra``: more
+    arguments (``--mqtt URL``). Returns the process, its batches URL and its database path."""
     path = os.path.join(workdir, name)
     os.makedirs(path)
     keys.write_jwks(os.path.join(path, "jwks.json"), jwks)
@@ -134,7 +136,7 @@ def _receiver_process(workdir, jwks, name):
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "receive", "--listen", "127.0.0.1:%d" % port,
                              "--trust", os.path.join(path, "jwks.json"), "--db", os.path.join(path, "rx.sqlite"),
-                             "--log-level", "error"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                             "--log-level", "error"] + list(extra), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     proc.stdout.readline()  # "receiving on ..." once it listens
     return proc, "http://127.0.0.1:%d/v1/batches" % port, os.path.join(path, "rx.sqlite")
 
