@@ -29,18 +29,17 @@ class ProgramRunner:
         self.last_exit = {}
         self.recent = collections.deque(maxlen=16)  # (name, status, first output line) of finished runs
         self._slots = None
-        self._waiting = 0
         self._tasks = set()
 
     def start(self, argv, env, timeout, name):
         """Queue one run of ``argv`` (a tuple, the program first) with ``env`` added to a minimal environment."""
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_running)
-        if self._waiting >= self.max_waiting:
+        if len(self._tasks) >= self.max_running + self.max_waiting:
             self.counters["%s.dropped_busy" % name] += 1
-            log.error("program for action %s: %d runs already waiting; this one is dropped", name, self._waiting)
+            log.error("program for action %s: %d runs under way or waiting; this one is dropped", name,
+                      len(self._tasks))
             return None
-        self._waiting += 1
         task = asyncio.get_running_loop().create_task(self._run(argv, env, timeout, name), name="program:" + name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -48,7 +47,6 @@ class ProgramRunner:
 
     async def _run(self, argv, env, timeout, name):
         async with self._slots:
-            self._waiting -= 1
             self.counters["%s.runs" % name] += 1
             full = {k: os.environ[k] for k in INHERIT if k in os.environ}
             full.update(env)
