@@ -186,7 +186,7 @@ class ActuatorBoard:
             self._alive()
             return reply
         self.counters["error.no_ack"] += 1
-        log.error("actuator %s: %s %s: no reply after %d tries", self.name, verb, " ".join(args),
+        log.error("actuator %s: %s: no reply after %d tries", self.name, " ".join((verb,) + tuple(args)),
                   self.config.retries + 1)
         self._dead("no reply to %s after %d tries" % (verb, self.config.retries + 1))
         return None

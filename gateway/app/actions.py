@@ -6,7 +6,8 @@ The pipeline hands every event it produces to ``ActionRunner.submit`` (the agent
 ``on_event``), on the event loop, right after the event's batch was sealed: an action never delays the signed
 uplink, and a board's command is queued, not awaited. ``run()`` is one more task of the agent: the boards' link
 tasks and a ticker that gives the gates' deferred changes their time (on the agent's clock, so a fake clock drives
-it in tests and scenarios). Each order is logged, counted and kept in ``orders`` (the last 64) for the status.
+it in tests and scenarios). Each order is logged and kept in ``orders`` (the last 64, with the loop's time it was
+given) for the status and the scenarios.
 """
 
 import asyncio
@@ -38,7 +39,7 @@ class ActionRunner:
         self.clock = clock
         self.gw = gw
         self.programs = programs or ProgramRunner()
-        self.orders = collections.deque(maxlen=64)  # (clock time, order) as given
+        self.orders = collections.deque(maxlen=64)  # (loop time, Order) as given
         self._wake = None
 
     def connect(self, emit):
@@ -55,7 +56,7 @@ class ActionRunner:
             self._wake.set()  # a deferred change may be due sooner than the ticker sleeps
 
     def _give(self, order):
-        self.orders.append(order)
+        self.orders.append((asyncio.get_running_loop().time(), order))
         if order.board is not None:
             log.info("action %s: %s/%s %s", order.action, order.board, order.channel, "on" if order.on else "off")
             self.boards[order.board].set(order.channel, order.on)
