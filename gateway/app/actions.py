@@ -19,6 +19,10 @@ from gateway.core.actions import Planner, quantity_of
 
 log = logging.getLogger(__name__)
 
+#: the health records local actions add (docs/wire-format.md, "Health records"; the pipeline sends the names with
+#: ``error`` or ``dropped`` in them)
+HEALTH = ("actuator.<board>.error.<reason>", "program.<action>.error.<reason>", "program.<action>.dropped_busy")
+
 
 def event_env(event, action, gw):
     """The environment a program gets: the event, as ``EDGE_*`` variables (docs/configuration.md)."""
