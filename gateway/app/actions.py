@@ -15,6 +15,7 @@ import collections
 import logging
 
 from gateway.adapters.programs import ProgramRunner
+from gateway.app.agent import sleep_or_wake
 from gateway.core.actions import Planner, quantity_of
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class ActionRunner:
                 now = self.clock.monotonic()
                 deadline = self.planner.deadline()
                 wait = period if deadline is None else max(0.0, min(period, deadline - now))
-                await self._sleep(wait)
+                await sleep_or_wake(self.clock, wait, self._wake)
                 for order in self.planner.tick(self.clock.monotonic()):
                     self._give(order)
         finally:
@@ -87,15 +88,6 @@ class ActionRunner:
                 task.cancel()
             await asyncio.gather(*boards, return_exceptions=True)
             await self.programs.close()
-
-    async def _sleep(self, seconds):
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
 
     # -- what the agent reports -------------------------------------------------------------------------------
     def health_values(self):

@@ -57,6 +57,18 @@ AGENT_HEALTH = ("memory_dropped_batches", "memory_dropped_readings", "store_erro
 LIVE = ("max_age_s", "max_readings", "linger_s", "hold_s", "backoff_min_s", "backoff_max_s")
 
 
+async def sleep_or_wake(clock, seconds, wake):
+    """Sleep ``seconds`` on ``clock`` (a fake clock in tests and scenarios), or less if the asyncio.Event ``wake``
+    is set meanwhile."""
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    waker = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        waker.cancel()
+
+
 async def _cancel(tasks, again_after=1.0, timeout=20.0):
     """Cancel ``tasks`` and wait until they end, cancelling again one that swallowed it: on Python 3.11,
     ``asyncio.wait_for`` drops a cancellation that arrives in the loop iteration where what it awaits completes (a
@@ -268,13 +280,7 @@ class Agent(Delivery, CommitTask):
 
     async def _tick_sleep(self, seconds):
         """Sleep on the injected clock, or less if ``_tick_wake`` is set (a batch began, the link went idle)."""
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._tick_wake.wait())
-        try:
-            await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
+        await sleep_or_wake(self.clock, seconds, self._tick_wake)
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     async def run(self, stop, drain_timeout=0.0):

@@ -26,7 +26,7 @@ GATE_FINE_S = 300.0      # ... and every 5 minutes around the outage
 HIGH, DELAY_ON, RISE = 8.0, 900.0, 0.25 / 60  # fridge limit (degC), alarm delay (s), failure rise (degC/s)
 OUTAGE = (165 * 60.0, 195 * 60.0)   # the uplink is cut for 30 simulated minutes in the middle
 HOURS = 6.0
-REPAIR_AFTER, COOL_BACK = (110 * 60.0, OUTAGE[0] + 22 * 60.0), 1.0 / 60  # compressors repaired; degC/s back down
+REPAIR_AFTER, COOL_BACK = (110 * 60.0, OUTAGE[1] + 5 * 60.0), 1.0 / 60  # compressors repaired; degC/s back down
 KILL_BOARD = 5 * 3600.0  # the buzzer board dies (its process killed) 5 simulated hours in
 BUZZER_BOARD = {"name": "ward-buzzer", "keepalive_s": 0.5, "ack_timeout_s": 0.3, "retries": 2}
 BUZZER_ACTION = {"name": "fridge-buzzer", "on": "alarm", "match": {"sensor": "fridge-*", "quantity": "temp",
@@ -156,6 +156,11 @@ async def run(args, workdir):
                 marks["down"] = time.time()
             if t >= OUTAGE[1] and "up" not in marks:
                 await clock.parked()
+                # 30 simulated minutes can pass in a few real milliseconds: before the link returns, give the agent
+                # the real time to find it dead (a send refused), bounded, so the lane check sees a real backlog
+                waited = time.monotonic()
+                while agent.counters["uplink_failures"] == 0 and time.monotonic() - waited < 5.0:
+                    await asyncio.sleep(0.02)
                 env.relay.set_up(True)
                 marks["up"] = time.time()
             if t >= KILL_BOARD and "board_killed" not in marks:
