@@ -28,6 +28,44 @@ class PortGone(Exception):
     pass
 
 
+def open_port(port, **settings):
+    """Open ``port`` non-blocking and exclusive (pyserial's settings: ``baudrate``, ``bytesize``, ...); the
+    sources and the actuator boards (``drivers/serial/actuator.py``) open their ports here. Raises ``OSError``
+    (pyserial's ``SerialException`` is one) or ``ValueError`` for a setting the port refuses."""
+    return serial.Serial(port, timeout=0, write_timeout=0, exclusive=True, **settings)
+
+
+def write_port(ser, data):
+    """Write ``data``; ``PortGone`` when the device went away or does not drain its buffer."""
+    try:
+        ser.write(data)
+    except serial.SerialTimeoutException as exc:
+        raise PortGone("write timed out") from exc
+    except (serial.SerialException, OSError) as exc:
+        raise PortGone(exc) from exc
+
+
+def read_port(fd):
+    """Bytes that arrived, None after a spurious wake-up, ``PortGone`` when the device went away.
+
+    pyserial opened the fd non-blocking; reading it directly tells a spurious wake-up (EAGAIN) from a device
+    that went away (EIO or end of file). A raw tty with VMIN=0 also reads 0 bytes when nothing is there, and
+    the loop's reader callback can fire after we drained it, so gone means: readable, yet empty twice.
+    """
+    for attempt in (1, 2):
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise PortGone(exc) from exc
+        if data:
+            return data
+        if attempt == 1 and not select.select([fd], [], [], 0)[0]:
+            return None
+    raise PortGone("end of file")
+
+
 class SerialSource(Source):
     def __init__(self, name, port, protocol, clock, baud=9600, bytesize=8, parity="N", stopbits=1,
                  backoff_min=0.2, backoff_max=30.0, silent_after=60.0, opener=None, rng=None):
@@ -46,7 +84,7 @@ class SerialSource(Source):
         self.last_data = None
 
     def _open(self):
-        return serial.Serial(self.port, timeout=0, write_timeout=0, exclusive=True, **self.settings)
+        return open_port(self.port, **self.settings)
 
     async def run(self, emit):
         while True:
@@ -120,24 +158,7 @@ class SerialSource(Source):
 
     @staticmethod
     def _read(fd):
-        """Bytes that arrived, None after a spurious wake-up, ``PortGone`` when the device went away.
-
-        pyserial opened the fd non-blocking; reading it directly tells a spurious wake-up (EAGAIN) from a device
-        that went away (EIO or end of file). A raw tty with VMIN=0 also reads 0 bytes when nothing is there, and
-        the loop's reader callback can fire after we drained it, so gone means: readable, yet empty twice.
-        """
-        for attempt in (1, 2):
-            try:
-                data = os.read(fd, 4096)
-            except BlockingIOError:
-                return None
-            except OSError as exc:
-                raise PortGone(exc) from exc
-            if data:
-                return data
-            if attempt == 1 and not select.select([fd], [], [], 0)[0]:
-                return None
-        raise PortGone("end of file")
+        return read_port(fd)
 
     def _deliver(self, decoded, now, emit):
         for sensor, measurements in decoded:

@@ -57,6 +57,18 @@ AGENT_HEALTH = ("memory_dropped_batches", "memory_dropped_readings", "store_erro
 LIVE = ("max_age_s", "max_readings", "linger_s", "hold_s", "backoff_min_s", "backoff_max_s")
 
 
+async def sleep_or_wake(clock, seconds, wake):
+    """Sleep ``seconds`` on ``clock`` (a fake clock in tests and scenarios), or less if the asyncio.Event ``wake``
+    is set meanwhile."""
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    waker = asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        waker.cancel()
+
+
 async def _cancel(tasks, again_after=1.0, timeout=20.0):
     """Cancel ``tasks`` and wait until they end, cancelling again one that swallowed it: on Python 3.11,
     ``asyncio.wait_for`` drops a cancellation that arrives in the loop iteration where what it awaits completes (a
@@ -79,7 +91,7 @@ async def _cancel(tasks, again_after=1.0, timeout=20.0):
 class Agent(Delivery, CommitTask):
     def __init__(self, *, gw, key, store, uplink, sources=(), clock, batch=None, rules=None, rng=None,
                  backoff=(0.5, 300.0), max_pending=256, health_interval=60.0, on_commit=None, on_sent=None,
-                 retry_every=60.0, poison=(3, 5, 600.0), deliver_first=False):
+                 retry_every=60.0, poison=(3, 5, 600.0), deliver_first=False, actions=None):
         self.gw = gw
         self.store = store
         self.uplink = uplink
@@ -98,9 +110,14 @@ class Agent(Delivery, CommitTask):
         self.boot = store.next_boot()
         self.started = clock.monotonic()
         self.counters = collections.Counter()  # shared with the pipeline: one set of counters for the status
+        # local actions (gateway/app/actions.py): they see every event the pipeline makes, and their boards'
+        # events (a dead actuator board) come back through emit, upstream like any other
+        self.actions = actions
+        if actions is not None:
+            actions.connect(self.emit)
         self.pipeline = Pipeline(gw=gw, boot=self.boot, signer=wire.Signer(key), clock=clock, batch=batch,
                                  rules=rules, health_interval=health_interval, health_values=self._health_values,
-                                 counters=self.counters)
+                                 counters=self.counters, on_event=actions.submit if actions is not None else None)
         self.uplink_state = "starting"
         self.last_ack = None
         self.last_error = None
@@ -199,6 +216,8 @@ class Agent(Delivery, CommitTask):
             for key, n in src.counters.items():
                 if key.startswith("error.") or key in SOURCE_HEALTH:
                     values["%s.%s" % (src.name, key)] = n
+        if self.actions is not None:
+            values.update(self.actions.health_values())
         return values
 
     # -- live settings (the console calls these from its worker thread) ----------------------------------------
@@ -261,13 +280,7 @@ class Agent(Delivery, CommitTask):
 
     async def _tick_sleep(self, seconds):
         """Sleep on the injected clock, or less if ``_tick_wake`` is set (a batch began, the link went idle)."""
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._tick_wake.wait())
-        try:
-            await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
+        await sleep_or_wake(self.clock, seconds, self._tick_wake)
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     async def run(self, stop, drain_timeout=0.0):
@@ -285,6 +298,8 @@ class Agent(Delivery, CommitTask):
         core = [asyncio.create_task(self._commit_loop(), name="commit"),
                 asyncio.create_task(self._uplink_loop(), name="uplink"),
                 asyncio.create_task(self._tick_loop(), name="tick")]
+        if self.actions is not None:
+            core.append(asyncio.create_task(self.actions.run(), name="actions"))
         try:
             waiter = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([waiter] + core + source_tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -336,4 +351,5 @@ class Agent(Delivery, CommitTask):
                 "queue_readings": readings, "queue_bytes": size, "queue_alarms": alarms,
                 "memory_batches": len(self._pending), "counters": dict(self.counters),
                 "store_counters": dict(self.store.snapshot.counters),
-                "sources": [s.status() for s in self.sources], "last_stop": self.last_stop}
+                "sources": [s.status() for s in self.sources], "last_stop": self.last_stop,
+                "actions": self.actions.status() if self.actions is not None else None}

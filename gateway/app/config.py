@@ -23,7 +23,7 @@ from gateway.core.fields import DAY, check_number, unknown_key
 EX_CONFIG = 78
 
 #: attributes of ``Config`` that are not keys of the file
-_NOT_KEYS = ("file", "source_configs")
+_NOT_KEYS = ("file", "source_configs", "actuator_configs", "action_configs")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:._-]{0,63}$")
 
 
@@ -114,6 +114,10 @@ class Config:
     rules: list = field(default_factory=list)
     file: str = None
     source_configs: list = field(default_factory=list)  # the same, parsed once: typed, from drivers/sources.py
+    actuators: list = field(default_factory=list)  # [[actuators]]: actuator boards on serial lines
+    actions: list = field(default_factory=list)  # [[actions]]: events -> outputs (see _check_actions)
+    actuator_configs: tuple = ()  # the same two, parsed once (gateway/core/actions.py)
+    action_configs: tuple = ()
 
     def state_path(self, value):
         return value if os.path.isabs(value) else os.path.join(self.gateway.state_dir, value)
@@ -228,7 +232,18 @@ def from_dict(data, file=None):
                           "downlink.operators empty", file, "downlink.operators")
     cfg.source_configs = [parse_source(src, i, file) for i, src in enumerate(cfg.sources)]
     _check_rules(cfg.rules, file)
+    _check_actions(cfg, file)
     return cfg
+
+
+def _check_actions(cfg, file):
+    """``[[actuators]]`` and ``[[actions]]`` (local actions, docs/configuration.md): typed and cross-checked by
+    ``gateway.core.actions.parse_actions``; errors name the key (``actions[1].channel``) and the fix."""
+    from gateway.core.actions import parse_actions
+    if cfg.actuators and not cfg.actions:
+        raise ConfigError("a board no action drives; add an [[actions]] table naming it, or remove the board", file,
+                          "actuators[0]")
+    cfg.actuator_configs, cfg.action_configs = parse_actions(cfg.actuators, cfg.actions, file)
 
 
 def loads(text, file="<text>"):

@@ -15,6 +15,7 @@ import signal
 from drivers.sources import build_source
 from gateway.adapters import keys
 from gateway.adapters.restart_reason import RunMarker, record_stop
+from gateway.app.actions import build_actions
 from gateway.app.agent import Agent
 from gateway.app.watchdog import Notifier, supervise
 from gateway.app.downlink import start_downlink, stop_downlink
@@ -60,7 +61,8 @@ def build_agent(cfg, clock=None, **extra):
                   store.path, store.recovered_from, store.salvage.summary() if store.salvage else "nothing salvaged")
     return Agent(gw=cfg.gateway.id, key=key, store=store, uplink=uplink, sources=sources, clock=clock,
                  batch=cfg.batch, rules=build_rules(cfg), backoff=(cfg.uplink.backoff_min_s, cfg.uplink.backoff_max_s),
-                 max_pending=cfg.store.memory_batches, deliver_first=cfg.store.deliver_first, **extra)
+                 max_pending=cfg.store.memory_batches, deliver_first=cfg.store.deliver_first,
+                 actions=build_actions(cfg, clock), **extra)
 
 
 def report_last_stop(agent, previous):

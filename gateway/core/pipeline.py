@@ -11,6 +11,9 @@
 4. health records (``health/<counter>``) whenever a counter changed, at most every ``health_interval`` seconds;
 5. sealing: SenML records, the payload ``{v, gw, boot, seq, clock, senml}``, signed by the injected ``signer``.
 
+Every event (the rules' and the sources') is also handed to the injected ``on_event(event, now)`` once it is in the
+batcher or sealed (the local actions, ``gateway/app/actions.py``): the signed uplink never waits for an action.
+
 ``accept(item, now)``, ``tick(now)``, ``set_idle(idle, now)`` and ``flush(now)`` return the list of ``EncodedBatch`` they sealed, in order.
 ``now`` is the monotonic time; the injected clock is read only through ``TimeBase`` (sync state and wall offset
 at a cut) and for the batch's ``created`` stamp. The health values come from an injected callable, so the
@@ -50,7 +53,7 @@ def _reported(key):
 
 class Pipeline:
     def __init__(self, *, gw, boot, signer, clock, batch=None, rules=None, health_interval=60.0,
-                 health_values=None, counters=None):
+                 health_values=None, counters=None, on_event=None):
         self.gw = gw
         self.prefix = gw + "/"
         self.boot = boot
@@ -69,6 +72,7 @@ class Pipeline:
         self.health_interval = health_interval
         self.health_values = health_values  # () -> {name: int}: store, shell and source counters
         self.counters = collections.Counter() if counters is None else counters
+        self.on_event = on_event
         self.first_cut = False
         self.last_health = None
         self._health_sent = {}
@@ -166,6 +170,8 @@ class Pipeline:
             self._seal([], [event], priority=1, commit_by=now)
         else:
             self._add(event, now)
+        if self.on_event is not None:
+            self.on_event(event, now)
 
     def _cut(self, now):
         oldest = self.batcher.oldest

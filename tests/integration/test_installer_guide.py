@@ -199,6 +199,9 @@ def test_the_documented_health_records_are_the_ones_the_gateway_sends():
     assert _reported("src.error.bad_checksum")
     sent.add("<source>.error.<reason>")
     sent.add("last_stop.<kind>")  # one record per run, from gateway/adapters/restart_reason.py
+    from gateway.app.actions import HEALTH  # local actions: boards and programs (gateway/app/actions.py)
+    assert all(_reported(k) for k in ("actuator.b.error.no_ack", "program.a.error.exit", "program.a.dropped_busy"))
+    sent |= set(HEALTH)
     assert set(documented) == sent
     from gateway.adapters.restart_reason import KINDS
     text = open(os.path.join(ROOT, "docs", "wire-format.md")).read()

@@ -9,7 +9,7 @@ PURE = ["gateway.core.senml", "gateway.core.wire", "gateway.core.commands", "gat
         "drivers.ble.adverts", "drivers.ble.selection", "drivers.bounds", "gateway.core.redact", "gateway.core.cbor_strict", "gateway.core.poison", "gateway.core.pipeline", "gateway.core.clock",
         "drivers.ble.bthome", "drivers.ble.ruuvi", "drivers.ble.atc", "drivers.ble.ess",
         "drivers.serial.nmea", "drivers.serial.modbus", "drivers.serial.lines", "drivers.serial.protocols",
-        "gateway.core.backoff", "gateway.core.algorithms", "gateway.core.fields", "drivers.ble.formats",
+        "gateway.core.backoff", "gateway.core.algorithms", "gateway.core.fields", "gateway.core.actions", "gateway.core.actuator_link", "gateway.core.output_gate", "drivers.ble.formats",
         "drivers.ble.config", "drivers.serial.config", "drivers.sources", "drivers.serial.nmea_framer",
         "drivers.serial.modbus_schedule"]
 IO = ["asyncio", "serial", "bleak", "socket", "sqlite3", "http", "paho", "dbus_fast"]

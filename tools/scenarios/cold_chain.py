@@ -1,12 +1,22 @@
-"""cold-chain (smart hospital): fridges, freezers and blood-bag coolers on BLE; see docs/scenarios.md."""
+"""cold-chain (smart hospital): fridges, freezers and blood-bag coolers on BLE; see docs/scenarios.md.
 
+The ward has a buzzer board (firmware_sim/actuator_board.py under MicroPython, on a pty): a local action sounds it
+while a fridge's high alarm is raised, with the uplink up or down, and the board's death is reported upstream.
+"""
+
+import asyncio
+import os
 import time
 
 from firmware_sim import ble_nodes
 from firmware_sim.fridge import XorShift32, samples
+from tools.sim.harness import PtyNode
 from tools.sim.radio import SimulatedRadio
+from gateway.core.actions import parse_actions
 from gateway.core.clock import FakeClock
+from gateway.app.actions import ActionRunner
 from gateway.app.config import BatchSection
+from drivers.serial.actuator import DEAD, ActuatorBoard
 from tools.scenarios.runner import Env, checks, rule_engine
 
 ADVERT_S = 30.0          # each sensor advertises every 30 simulated seconds
@@ -16,6 +26,11 @@ GATE_FINE_S = 300.0      # ... and every 5 minutes around the outage
 HIGH, DELAY_ON, RISE = 8.0, 900.0, 0.25 / 60  # fridge limit (degC), alarm delay (s), failure rise (degC/s)
 OUTAGE = (165 * 60.0, 195 * 60.0)   # the uplink is cut for 30 simulated minutes in the middle
 HOURS = 6.0
+REPAIR_AFTER, COOL_BACK = (110 * 60.0, OUTAGE[1] + 5 * 60.0), 1.0 / 60  # compressors repaired; degC/s back down
+KILL_BOARD = 5 * 3600.0  # the buzzer board dies (its process killed) 5 simulated hours in
+BUZZER_BOARD = {"name": "ward-buzzer", "keepalive_s": 0.5, "ack_timeout_s": 0.3, "retries": 2}
+BUZZER_ACTION = {"name": "fridge-buzzer", "on": "alarm", "match": {"sensor": "fridge-*", "quantity": "temp",
+                 "level": "high*"}, "actuator": "ward-buzzer", "channel": "buzzer", "min_interval_s": 1.0}
 
 RULES = [
     {"match": {"sensor": "cooler-*", "name": "temp"}, "low": 2.0, "high": 6.0, "hysteresis": 0.3,
@@ -45,12 +60,16 @@ def _series(seed, n):
     return [v for k, (_, v) in enumerate(samples(seed, n * ADVERT_S, GEN_DT)) if k % step == 0]
 
 
-def _fail(series, t_fail):
-    """A compressor failure at ``t_fail``: from then on a steady rise of RISE degC/s towards the room."""
-    k0 = int(t_fail / ADVERT_S)
+def _fail(series, t_fail, t_repair):
+    """A compressor failure at ``t_fail``: a steady rise of RISE degC/s towards the room; repaired at ``t_repair``,
+    it cools back at COOL_BACK degC/s until the thermostat's own series takes over again."""
+    k0, kr = int(t_fail / ADVERT_S), int(t_repair / ADVERT_S)
     v0 = series[k0]
     for k in range(k0, len(series)):
-        series[k] = round(min(21.0, v0 + RISE * (k - k0) * ADVERT_S), 2)
+        if k < kr:
+            series[k] = round(min(21.0, v0 + RISE * (k - k0) * ADVERT_S), 2)
+        else:
+            series[k] = round(max(series[k], series[kr - 1] - COOL_BACK * (k - kr + 1) * ADVERT_S), 2)
     return series
 
 
@@ -90,12 +109,12 @@ def _build(n_sensors, seed, steps):
                         "offset": 0.0, "away": (leave, back)})
     # two compressor failures: one while the link is up, one whose alarm falls inside the outage
     first, second = sensors[1], sensors[2]
-    _fail(first["values"], 60 * 60.0)
+    _fail(first["values"], 60 * 60.0, REPAIR_AFTER[0])
     target = OUTAGE[0] + 20 * 60.0   # the second alarm lands 20 minutes into the outage
     candidates = [target - DELAY_ON - k * ADVERT_S for k in range(1, 120)]
     t_fail = min((c for c in candidates if c > ADVERT_S), key=lambda c: abs(
         c + (HIGH - second["values"][int(c / ADVERT_S)]) / RISE + DELAY_ON - target))
-    _fail(second["values"], t_fail)
+    _fail(second["values"], t_fail, REPAIR_AFTER[1])
     first["failed"], second["failed"] = 60 * 60.0, t_fail
     return sensors
 
@@ -117,8 +136,13 @@ async def run(args, workdir):
     t0 = clock.monotonic()
     radio = SimulatedRadio("ble", clock, [(":".join("%02X" % b for b in s["mac"]), s["name"]) for s in sensors])
     rules = rule_engine(RULES)
+    node = PtyNode("actuator_board", ["--log", os.path.join(workdir, "buzzer.log"), "--timeout-ms", "5000"],
+                   link=os.path.join(workdir, "ttyACM-buzzer")).start()
+    boards, actions = parse_actions([dict(BUZZER_BOARD, port=node.link)], [BUZZER_ACTION])
+    board = ActuatorBoard(boards[0], stamp=clock.monotonic, backoff=(0.1, 1.0))
+    runner = ActionRunner(actions, [board], clock, env.gw)
     agent = env.agent(clock, [radio], rules, BatchSection(max_readings=1000, max_age_s=300.0, time_quantum_s=1.0),
-                      seed=args.seed)
+                      seed=args.seed, actions=runner)
     marks = {}
     excursions = {}
 
@@ -132,8 +156,20 @@ async def run(args, workdir):
                 marks["down"] = time.time()
             if t >= OUTAGE[1] and "up" not in marks:
                 await clock.parked()
+                # 30 simulated minutes can pass in a few real milliseconds: before the link returns, give the agent
+                # the real time to find it dead (a send refused), bounded, so the lane check sees a real backlog
+                waited = time.monotonic()
+                while agent.counters["uplink_failures"] == 0 and time.monotonic() - waited < 5.0:
+                    await asyncio.sleep(0.02)
                 env.relay.set_up(True)
                 marks["up"] = time.time()
+            if t >= KILL_BOARD and "board_killed" not in marks:
+                await clock.parked()
+                node.proc.kill()  # the buzzer board dies; the agent must notice with no help from the clock
+                marks["board_killed"] = time.monotonic()
+                while board.alive is not False and time.monotonic() - marks["board_killed"] < 10.0:
+                    await asyncio.sleep(0.05)
+                marks["board_dead_after_s"] = time.monotonic() - marks["board_killed"]
             clock.mono = t0 + t
             for s in sensors:
                 away = s.get("away")
@@ -152,14 +188,49 @@ async def run(args, workdir):
 
     try:
         await env.run(agent, drive, ready=[radio.running])
-        summary = _outcome(env, agent, radio, sensors, marks, excursions, t0, clock)
-        summary.update(sensors=n_sensors, simulated_hours=hours, ble_path="simulated-radio")
+        buzzer = _buzzer(env, runner, board, sensors, marks, t0, os.path.join(workdir, "buzzer.log"))
+        summary = _outcome(env, agent, radio, sensors, marks, excursions, t0, clock, buzzer.pop("checks"))
+        summary.update(sensors=n_sensors, simulated_hours=hours, ble_path="simulated-radio", buzzer=buzzer)
         return summary
     finally:
+        node.stop()
         env.close()
 
 
-def _outcome(env, agent, radio, sensors, marks, excursions, t0, clock):
+def _buzzer(env, runner, board, sensors, marks, t0, log_path):
+    """The buzzer's story: each order (scenario clock), the board's ack (real time), the board's own log, the dead
+    board's event as the backend stored it."""
+    failed = [s["name"] for s in sensors if "failed" in s]
+    orders = [(real, o) for real, o in runner.orders if o.board == board.name]
+    story = []
+    for real, o in orders:
+        acked = next((e["acked"] - real for e in board.history if e["channel"] == o.channel and e["on"] == o.on
+                      and e["queued"] is not None and e["queued"] >= real and e["acked"]), None)
+        story.append({"on": o.on, "sensor": o.event.sensor, "state": o.event.state, "sim_t": o.t - t0,
+                      "after_event_sim_s": o.t - o.event.t, "ack_real_s": None if acked is None else round(acked, 3)})
+    with open(log_path) as f:
+        board_log = [line.split()[1] for line in f]
+    dead = [(n, vs) for _, n, _, _, vs in env.records(board.name + "/" + DEAD)]
+    during_outage = [x for x in story if x["on"] and OUTAGE[0] <= x["sim_t"] <= OUTAGE[1]]
+    out = {"orders": story, "board_log": board_log, "dead_records": dead,
+           "dead_detected_real_s": round(marks.get("board_dead_after_s", -1), 2),
+           "board_counters": dict(board.counters)}
+    out["checks"] = [
+        ("buzzer on at each fridge alarm, off when it cleared",
+         [(x["on"], x["sensor"], x["state"]) for x in story] == [(True, failed[0], "raised"), (False, failed[0],
+          "cleared"), (True, failed[1], "raised"), (False, failed[1], "cleared")]),
+        ("buzzer switched within 1 s of the event (scenario clock), acknowledged within 5 s (real)",
+         bool(story) and all(0 <= x["after_event_sim_s"] <= 1.0 and x["ack_real_s"] is not None
+                             and x["ack_real_s"] < 5.0 for x in story)),
+        ("buzzer sounded with the uplink down", len(during_outage) == 1 and during_outage[0]["sensor"] == failed[1]),
+        ("the board's own log agrees", board_log == ["buzzer=1", "buzzer=0", "buzzer=1", "buzzer=0"]),
+        ("the dead board reported upstream", 0 <= out["dead_detected_real_s"] < 10.0
+         and any(vs.startswith("raised") for _, vs in dead)),
+    ]
+    return out
+
+
+def _outcome(env, agent, radio, sensors, marks, excursions, t0, clock, more_checks=()):
     wall0 = clock.offset + t0  # wire time of simulated t = 0
     events = env.records("%/alarm.%") + env.records("%/silent")
     raised = [(n.split("/")[0], n.split("/")[1], t - wall0) for s, n, t, v, vs in events
@@ -216,7 +287,7 @@ def _outcome(env, agent, radio, sensors, marks, excursions, t0, clock):
          and 4 * 3600 <= silent_after[0] <= 4 * 3600 + GATE_S + ADVERT_S and summary["silent_events"] == ["cooler-B"]),
         ("no reading lost, none twice", delivery["batches_missing"] == 0 and delivery["batches_unexpected"] == 0
          and delivery["batches_wrong_count"] == 0 and delivery["records_stored"] == delivery["records_committed"]),
-    ])
+    ] + list(more_checks))
 
 
 def lines(s):
@@ -234,4 +305,8 @@ def lines(s):
         "  silent events: %s (cooler-B after %s s away)" % (s["silent_events"], s["cooler_B_silent_after_s"]),
         "  delivery: %(batches_committed)d batches committed, %(batches_stored)d stored, %(batches_missing)d missing, "
         "%(records_committed)d records committed = %(records_stored)d stored" % s["delivery"],
+        "  buzzer board: %s; orders %s; dead board detected after %.2f real s, reported: %s"
+        % (" ".join(s["buzzer"]["board_log"]), ["%s %s %.0f s after, ack %s s" % (
+            "on" if o["on"] else "off", o["sensor"], o["after_event_sim_s"], o["ack_real_s"])
+            for o in s["buzzer"]["orders"]], s["buzzer"]["dead_detected_real_s"], s["buzzer"]["dead_records"]),
     ]

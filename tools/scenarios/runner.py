@@ -174,7 +174,8 @@ class Env:
         self.store = None
         self.clock = None
 
-    def agent(self, clock, sources, rules, batch=None, backoff=(0.05, 0.5), seed=1, health_interval=3600.0):
+    def agent(self, clock, sources, rules, batch=None, backoff=(0.05, 0.5), seed=1, health_interval=3600.0,
+              actions=None):
         import random
         self.clock = clock
         self.store = Store(os.path.join(self.workdir, "queue.sqlite"), clock=clock)
@@ -182,7 +183,7 @@ class Env:
                      sources=sources, clock=clock, rules=rules,
                      batch=batch or BatchSection(max_readings=500, max_age_s=60.0, time_quantum_s=1.0),
                      rng=random.Random(seed), backoff=backoff, health_interval=health_interval,
-                     on_commit=self.ledger.on_commit, on_sent=self.ledger.on_sent)
+                     on_commit=self.ledger.on_commit, on_sent=self.ledger.on_sent, actions=actions)
 
     async def run(self, agent, driver, ready=(), drain_timeout=20.0):
         """Run the agent until ``driver()`` returns, then drain the queue; returns the driver's result."""
