@@ -158,8 +158,12 @@ async def run(args, workdir):
                 await clock.parked()
                 # 30 simulated minutes can pass in a few real milliseconds: before the link returns, give the agent
                 # the real time to find it dead (a send refused), bounded, so the lane check sees a real backlog
+                # and to commit the alarm batch cut in the outage (sent from memory first, it is written when that
+                # send fails), so the lane check has an outage alarm to look at
                 waited = time.monotonic()
-                while agent.counters["uplink_failures"] == 0 and time.monotonic() - waited < 5.0:
+                while (agent.counters["uplink_failures"] == 0 or not any(
+                        b["prio"] and b["t_commit"] >= marks["down"] for b in env.ledger.batches.values())) \
+                        and time.monotonic() - waited < 5.0:
                     await asyncio.sleep(0.02)
                 env.relay.set_up(True)
                 marks["up"] = time.time()
