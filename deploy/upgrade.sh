@@ -1,5 +1,6 @@
 #!/bin/sh
-# Upgrade the agent OFFLINE from a new wheelhouse, keeping the previous virtualenv for rollback.
+# Upgrade the agent OFFLINE from a new wheelhouse, keeping the previous virtualenv for rollback. (The signed,
+# staged path with its automatic rollback is `edge-gateway update BUNDLE`: docs/operations.md, "Updating gateways".)
 #
 #   upgrade.sh --wheelhouse DIR [--root DIR] [--python PY]      install the new version, switch, check
 #   upgrade.sh --rollback [--root DIR]                          switch back to the previous venv
@@ -18,7 +19,7 @@ while [ $# -gt 0 ]; do
         --root) ROOT=$2; shift 2 ;;
         --python) PYTHON=$2; shift 2 ;;
         --rollback) ROLLBACK=1; shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "upgrade.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -92,8 +93,9 @@ if ! healthy; then
     exit 1
 fi
 # Keep only current and previous.
-for v in "$BASE"/venvs/*; do
-    n=venvs/$(basename "$v")
+for v in "$BASE"/venvs/* "$BASE"/versions/*; do
+    [ -d "$v" ] || continue
+    n=$(basename "$(dirname "$v")")/$(basename "$v")
     [ "$n" = "venvs/$NAME" ] || [ "$n" = "$CURRENT" ] && continue
     rm -rf "$v"
     grep -v "	/opt/edge-gateway/$n\$" "$MANIFEST" >"$MANIFEST.tmp" && mv "$MANIFEST.tmp" "$MANIFEST"
