@@ -121,7 +121,8 @@ def install(bundle, cfg, python=None, user=None, say=print):
             shutil.rmtree(layout.path("versions", manifest.version), ignore_errors=True)
             shutil.rmtree(layout.path("staging"), ignore_errors=True)
             err = exc if isinstance(exc, UpdateError) else UpdateError(str(exc), "install")
-            record(layout, "failed", manifest.version, previous, err)
+            refused = err.reason in ("digest", "missing_file", "extra_file")  # the bundle, not the gateway
+            record(layout, "refused" if refused else "failed", manifest.version, previous, err)
             raise err from None
         target = "versions/" + manifest.version
         _step("trial", say)
