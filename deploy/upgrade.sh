@@ -71,6 +71,9 @@ PIPWHL=$(ls "$WHEELHOUSE"/pip-*.whl 2>/dev/null | head -n 1)
 [ -n "$PIPWHL" ] || { echo "upgrade.sh: $WHEELHOUSE has no pip-*.whl" >&2; exit 2; }
 NAME=v-$(date +%Y%m%d%H%M%S)-$$
 NEW=$BASE/venvs/$NAME
+if [ ! -d "$BASE/venvs" ]; then  # installs since versions/ have no venvs/: recorded before the venv, removed after it
+    mkdir -m 0755 "$BASE/venvs" && printf 'd\t%s\n' /opt/edge-gateway/venvs >>"$MANIFEST"
+fi
 "$PYTHON" -m venv --without-pip "$NEW"
 if ! PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$NEW/bin/python" "$PIPWHL/pip" install --quiet --no-index \
         --find-links "$WHEELHOUSE" --no-cache-dir --disable-pip-version-check edge-gateway \

@@ -80,6 +80,7 @@ def _download(url, part, have, max_bytes, timeout, ca_file):
                 raise UpdateError("bundle %s: the server resumed at the wrong offset" % _safe(url), "fetch")
         else:
             mode, have = "wb", 0  # 200: the whole file again
+        length = response.headers.get("Content-Length")
         got = 0
         try:
             with open(part, mode) as out:
@@ -96,4 +97,7 @@ def _download(url, part, have, max_bytes, timeout, ca_file):
         except (OSError, ValueError, http.client.HTTPException) as exc:  # a dropped connection mid-body
             raise UpdateError("bundle %s: %s after %d bytes (kept; the next try resumes)"
                               % (_safe(url), exc, have + got), "fetch") from None
+        if length is not None and length.isdigit() and got != int(length):  # read(n) takes a cut body silently
+            raise UpdateError("bundle %s: connection closed after %d of %d bytes (kept; the next try resumes)"
+                              % (_safe(url), have + got, have + int(length)), "fetch")
     return got

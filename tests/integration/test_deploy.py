@@ -105,8 +105,11 @@ def test_unit_hardening_settings_present():
     assert settings["Type"] == ["notify"] and settings["NotifyAccess"] == ["main"]
     assert settings["WatchdogSec"] == ["30s"]
     # After every stop, systemd's verdict is kept for the next start's "last stop" (restart_reason.py).
+    # Then the update supervisor, as root and independent of every installed version (deploy/supervise.sh).
     assert settings["ExecStopPost"] == ["-/opt/edge-gateway/current/bin/edge-gateway record-stop --config "
-                                        "/etc/edge-gateway/config.toml"]
+                                        "/etc/edge-gateway/config.toml",
+                                        "-+/bin/sh /opt/edge-gateway/supervise.sh stopped"]
+    assert settings["ExecStartPre"] == ["-+/bin/sh /opt/edge-gateway/supervise.sh start"]
     # A config error exits 78 (EX_CONFIG), a bad key 2: systemd must not restart either in a loop.
     assert {"2", "78"} <= set(settings["RestartPreventExitStatus"][0].split())
 

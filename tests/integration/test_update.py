@@ -283,3 +283,81 @@ def test_sigkill_at_each_step_leaves_a_startable_install(site, bundles):
     site.update(bundles["0.1.1"])  # and after all that, an update goes through, leftovers cleaned
     assert sorted(os.listdir(site.base / "versions")) == ["0.1.0", "0.1.1"]
     assert not (site.base / "staging").exists()
+
+
+class RangeServer:
+    """A bundle over HTTP on loopback that honours Range, and cuts its first answer off half-way (a dropped link)."""
+
+    def __init__(self, data):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        import threading
+        self.ranges = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                rng = self.headers.get("Range")
+                server.ranges.append(rng)
+                start = int(rng.split("=")[1].rstrip("-")) if rng else 0
+                self.send_response(206 if rng else 200)
+                if rng:
+                    self.send_header("Content-Range", "bytes %d-%d/%d" % (start, len(data) - 1, len(data)))
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                body = data[start:] if len(server.ranges) > 1 else data[:len(data) // 2]
+                self.wfile.write(body)
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d/edge-gateway-0.1.1.bundle" % self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_the_signed_update_command_fetches_resumes_stages_and_the_updater_installs(site, bundles):
+    """The downlink path through its applier: a signed ``update`` command names the bundle's URL and digest; the
+    first fetch is cut off (failed, reported), the next command resumes with Range, verifies and stages; the
+    updater (``update --staged``, the path unit's job) installs it, and the new agent reports the switch."""
+    import asyncio
+    import collections
+
+    from gateway.adapters.operators import SeqState
+    from gateway.app.downlink import Downlink, update_action
+    from gateway.core.clock import FakeClock
+    from gateway.core.commands import sign_command
+
+    class Agent:  # what Downlink uses of the agent: id, clock, counters, emit, cut
+        gw, clock, counters, events = GW, FakeClock(synced=True), collections.Counter(), []
+        emit, cut = events.append, staticmethod(lambda: None)
+
+    data = open(bundles["0.1.1"], "rb").read()
+    server = RangeServer(data)
+    try:
+        op = bundles["key"]
+        downlink = Downlink(Agent, {op.kid_bytes: op.public}, SeqState(str(site.tmp / "seq.json")),
+                            {"update": update_action(site.cfg)})
+        args = {"url": server.url, "sha256": hashlib.sha256(data).hexdigest()}
+
+        async def send(seq):
+            return await downlink.handle(sign_command(op, GW, seq, int(Agent.clock.wall()) + 600, "update", args))
+        assert asyncio.run(send(1)) == "failed"
+        assert "the next try resumes" in Agent.events[-1].reason
+        assert asyncio.run(send(2)) == "applied"
+        assert server.ranges == [None, "bytes=%d-" % (len(data) // 2)]
+        assert "fetched %d bytes; bundle 0.1.1 verified (replaces 0.1.0" % (len(data) - len(data) // 2) \
+            in Agent.events[-1].reason
+    finally:
+        server.close()
+    assert (site.state / "update/request").read_text().strip() == "bundle-0.1.1.tar"
+    out = site.cli("update", "--staged", "--config", site.cfg).stdout
+    assert "switched to 0.1.1" in out and site.current() == "versions/0.1.1"
+    assert not (site.state / "update/request").exists()
+    assert site.cli("update", "--staged", "--config", site.cfg).stdout.strip() == "nothing staged"
+    site.start()
+    wait_until(lambda: site.records(GW + "/update/0.1.1"), 20, "the switch reported by the new agent")
+    assert site.records(GW + "/update/0.1.1")[0][1].startswith("switched: switched 0.1.1 (from 0.1.0)")
