@@ -49,10 +49,28 @@ IMPORTS = "import gateway.app.service, gateway.app.agent, gateway.app.downlink, 
 
 
 def operators_for(cfg):
-    """The operator keys that sign bundles: ``update.operators``, else ``downlink.operators``; {} when neither."""
+    """The operator keys that sign bundles: ``update.operators``, else ``downlink.operators``; {} when neither.
+
+    As root, the file must be root's and writable by root alone: the config is the service user's (the console
+    rewrites it), and a trust root that user could swap would let a compromised agent get code installed as root."""
     from gateway.adapters.operators import load_operators
     path = cfg.update.operators or cfg.downlink.operators
+    if path:
+        root_only(path, "update.operators")
     return load_operators(path) if path else {}
+
+
+def root_only(path, key):
+    """As root: refuse ``path`` unless root owns it and neither group nor others may write it."""
+    if os.geteuid() != 0:
+        return
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise UpdateError("%s %s: %s" % (key, path, exc.strerror), "no_operators") from None
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        raise UpdateError("%s %s must be owned by root and writable by root only (chown root: %s; chmod go-w %s)"
+                          % (key, path, path, path), "no_operators")
 
 
 def running_version(layout):
@@ -102,6 +120,7 @@ def install(bundle, cfg, python=None, user=None, say=print):
     """Install ``bundle`` for the gateway configured by ``cfg``; returns the new version. Raises ``UpdateError``
     (the reason says which check refused it); the outcome is also written to ``update-outcome``."""
     layout = Layout(cfg.update.base, cfg.gateway.state_dir)
+    root_only(layout.base, "update.base")
     if not layout.installed():
         raise UpdateError("%s holds no installed agent (no 'current' link): install with deploy/install.sh first, "
                           "or set update.base" % layout.base, "install")
