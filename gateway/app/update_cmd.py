@@ -8,7 +8,7 @@
                                                       gateway/cli.py, since the tools do not ship on a gateway)
 
 Installing runs as root (the versions under ``update.base`` are root's); the checks of the new version run as the
-service user when there is one. Exit 0: installed (or nothing staged); 1: refused or failed, with the reason.
+service user when there is one. Exit 0: installed (or nothing staged); 1: refused or failed, with the reason; 2: usage.
 """
 
 import argparse
@@ -36,18 +36,17 @@ def register(sub):
     p.add_argument("--no-restart", action="store_true", help="do not restart the service (it runs the new version "
                    "at its next start)")
     p.add_argument("file", nargs="?", metavar="FILE", help="the bundle to install ('build' makes one)")
-    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_update)
 
 
-def _fail(message):
+def _fail(message, status=1):
     print("edge-gateway: update: %s" % message, file=sys.stderr)
-    return 1
+    return status
 
 
 def cmd_update(args):
-    if args.rest or sum(bool(x) for x in (args.file, args.staged, args.rollback)) != 1:
-        return _fail("give one of FILE, --staged, --rollback (see --help)")
+    if sum(bool(x) for x in (args.file, args.staged, args.rollback)) != 1:
+        return _fail("give one of FILE, --staged, --rollback (see --help)", 2)
     from gateway.app.config import load
     from gateway.app.update_install import install, rollback
     try:
