@@ -102,10 +102,3 @@ def _write_checked(src, entry, dest):
     os.replace(tmp, target)
     return target
 
-
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
