@@ -8,13 +8,16 @@
 # other than /, no user is created, nothing is chowned and systemd/udev are not touched.
 #
 # Layout (relative to the root):
-#   opt/edge-gateway/venvs/<version>-<stamp>/    the virtualenv (upgrade.sh adds the next one beside it)
-#   opt/edge-gateway/current -> venvs/...        the active venv; the unit runs current/bin/edge-gateway
+#   opt/edge-gateway/versions/<version>/         the virtualenv (`edge-gateway update` adds the next one beside it;
+#                                                installs before versions/ used venvs/<stamp>/, still understood)
+#   opt/edge-gateway/current -> versions/...     the active venv; the unit runs current/bin/edge-gateway
+#   opt/edge-gateway/supervise.sh                the update supervisor (the unit's ExecStartPre=/ExecStopPost=)
 #   usr/local/bin/edge-gateway -> ../../../opt/edge-gateway/current/bin/edge-gateway
 #   etc/edge-gateway/config.toml                 0600, owned by edge-gateway (it holds the console PIN hash and any
 #                                                broker password; the console rewrites it); not replaced if present
 #   var/lib/edge-gateway/key.pem                 0600, owned by edge-gateway (not replaced if present)
-#   etc/systemd/system/edge-gateway.service, etc/udev/rules.d/99-edge-gateway-serial.rules
+#   etc/systemd/system/edge-gateway.service, edge-gateway-update.path and .service (installs staged updates),
+#   etc/udev/rules.d/99-edge-gateway-serial.rules
 #   opt/edge-gateway/install-manifest            every path this script created; uninstall.sh removes exactly those
 set -eu
 
@@ -67,19 +70,26 @@ PIPWHL=$(ls "$WHEELHOUSE"/pip-*.whl 2>/dev/null | head -n 1)
 
 # 1. The virtualenv, offline. pip runs from its own wheel, so python3-venv's ensurepip is not needed.
 mkdirs /opt/edge-gateway
-mkdirs /opt/edge-gateway/venvs
-NAME=v-$(date +%Y%m%d%H%M%S)-$$
-VENV=$BASE/venvs/$NAME
+mkdirs /opt/edge-gateway/versions
+# The venv is built under its final name (its scripts name their interpreter by absolute path, so it cannot be
+# moved); `.complete` inside it says it was finished and checked (edge-gateway update removes unfinished ones).
+WHL=$(ls "$WHEELHOUSE"/edge_gateway-*.whl 2>/dev/null | sort -V | tail -n 1)
+[ -n "$WHL" ] || { echo "install.sh: $WHEELHOUSE has no edge_gateway-*.whl" >&2; exit 2; }
+NAME=$(basename "$WHL" | cut -d- -f2)
+VENV=$BASE/versions/$NAME
+rm -rf "$VENV"  # a leftover of an interrupted install of this very version
 "$PYTHON" -m venv --without-pip "$VENV"
-note t "/opt/edge-gateway/venvs/$NAME"
+note t "/opt/edge-gateway/versions/$NAME"
 if ! PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$VENV/bin/python" "$PIPWHL/pip" install --quiet --no-index \
-        --find-links "$WHEELHOUSE" --no-cache-dir --disable-pip-version-check edge-gateway; then
-    echo "install.sh: pip could not install edge-gateway from $WHEELHOUSE" >&2
+        --find-links "$WHEELHOUSE" --no-cache-dir --disable-pip-version-check "edge-gateway==$NAME" \
+   || ! "$VENV/bin/edge-gateway" --version; then
+    echo "install.sh: pip could not install edge-gateway $NAME from $WHEELHOUSE" >&2
     rm -rf "$VENV"; exit 1
 fi
-"$VENV/bin/edge-gateway" --version
-ln -s "venvs/$NAME" "$BASE/current"
+: >"$VENV/.complete"
+ln -s "versions/$NAME" "$BASE/current"
 note l /opt/edge-gateway/current
+put "$HERE/supervise.sh" /opt/edge-gateway/supervise.sh 0755 || true
 mkdirs /usr/local/bin
 if [ ! -e "$R/usr/local/bin/edge-gateway" ] && [ ! -L "$R/usr/local/bin/edge-gateway" ]; then
     ln -s ../../../opt/edge-gateway/current/bin/edge-gateway "$R/usr/local/bin/edge-gateway"
@@ -113,6 +123,8 @@ fi
 
 # 4. systemd unit and udev rules.
 put "$HERE/systemd/edge-gateway.service" /etc/systemd/system/edge-gateway.service 0644 || true
+put "$HERE/systemd/edge-gateway-update.path" /etc/systemd/system/edge-gateway-update.path 0644 || true
+put "$HERE/systemd/edge-gateway-update.service" /etc/systemd/system/edge-gateway-update.service 0644 || true
 put "$HERE/udev/99-edge-gateway-serial.rules" /etc/udev/rules.d/99-edge-gateway-serial.rules 0644 || true
 
 # 5. The manifest (written last: its presence means "installed").
@@ -122,11 +134,12 @@ cp "$ENTRIES" "$MANIFEST.tmp" && mv "$MANIFEST.tmp" "$MANIFEST"
 if [ "$REAL" = 1 ]; then
     udevadm control --reload 2>/dev/null && udevadm trigger --subsystem-match=tty 2>/dev/null || true
     systemctl daemon-reload
-    systemctl enable edge-gateway.service
+    systemctl enable edge-gateway.service edge-gateway-update.path
+    systemctl start edge-gateway-update.path || true
     if [ "$START" = 1 ]; then
         systemctl restart edge-gateway.service
         runuser -u edge-gateway -- /opt/edge-gateway/current/bin/python -m gateway.cli doctor --config /etc/edge-gateway/config.toml || \
             echo "install.sh: doctor reported problems (see above); the service is installed" >&2
     fi
 fi
-echo "installed edge-gateway into ${R:-/} (venv $NAME)"
+echo "installed edge-gateway into ${R:-/} (versions/$NAME)"

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Upgrade the agent OFFLINE from a new wheelhouse, keeping the previous virtualenv for rollback.
+# Upgrade the agent OFFLINE from a new wheelhouse, keeping the previous virtualenv for rollback. (The signed,
+# staged path with its automatic rollback is `edge-gateway update BUNDLE`: docs/operations.md, "Updating gateways".)
 #
 #   upgrade.sh --wheelhouse DIR [--root DIR] [--python PY]      install the new version, switch, check
 #   upgrade.sh --rollback [--root DIR]                          switch back to the previous venv
@@ -18,7 +19,7 @@ while [ $# -gt 0 ]; do
         --root) ROOT=$2; shift 2 ;;
         --python) PYTHON=$2; shift 2 ;;
         --rollback) ROLLBACK=1; shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "upgrade.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -70,6 +71,9 @@ PIPWHL=$(ls "$WHEELHOUSE"/pip-*.whl 2>/dev/null | head -n 1)
 [ -n "$PIPWHL" ] || { echo "upgrade.sh: $WHEELHOUSE has no pip-*.whl" >&2; exit 2; }
 NAME=v-$(date +%Y%m%d%H%M%S)-$$
 NEW=$BASE/venvs/$NAME
+if [ ! -d "$BASE/venvs" ]; then  # installs since versions/ have no venvs/: recorded before the venv, removed after it
+    mkdir -m 0755 "$BASE/venvs" && printf 'd\t%s\n' /opt/edge-gateway/venvs >>"$MANIFEST"
+fi
 "$PYTHON" -m venv --without-pip "$NEW"
 if ! PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= "$NEW/bin/python" "$PIPWHL/pip" install --quiet --no-index \
         --find-links "$WHEELHOUSE" --no-cache-dir --disable-pip-version-check edge-gateway \
@@ -92,8 +96,9 @@ if ! healthy; then
     exit 1
 fi
 # Keep only current and previous.
-for v in "$BASE"/venvs/*; do
-    n=venvs/$(basename "$v")
+for v in "$BASE"/venvs/* "$BASE"/versions/*; do
+    [ -d "$v" ] || continue
+    n=$(basename "$(dirname "$v")")/$(basename "$v")
     [ "$n" = "venvs/$NAME" ] || [ "$n" = "$CURRENT" ] && continue
     rm -rf "$v"
     grep -v "	/opt/edge-gateway/$n\$" "$MANIFEST" >"$MANIFEST.tmp" && mv "$MANIFEST.tmp" "$MANIFEST"

@@ -226,7 +226,7 @@ def cmd_decode(args):
 #: (``run``) does not carry the installer's, the bench's or the console's code in its memory.
 EXTRA_COMMANDS = {"provision": "tools.provision", "doctor": "gateway.app.doctor", "console": "gateway.app.console.command",
                   "bench": "tools.bench", "fuzz": "tools.fuzz_cmd", "operator": "tools.operator_cmd",
-                  "command": "tools.command_cmd"}
+                  "command": "tools.command_cmd", "update": "gateway.app.update_cmd"}
 
 
 #: ``run --config`` default, as ``doctor``'s and docs/configuration.md's
@@ -388,6 +388,14 @@ def main(argv=None):
     except (ValueError, OSError, AttributeError):  # stderr is no file (called from Python with it captured)
         pass
     command = next((a for a in argv if not a.startswith("-")), None)
+    if argv[:2] == ["update", "build"]:  # the operator's bundle builder, a tools command beside the gateway's update
+        try:
+            from tools.update_build import main as build_update
+        except ModuleNotFoundError as exc:
+            if not _not_shipped(exc):
+                raise
+            return _missing(argparse.Namespace(command="update build"))
+        return build_update(argv[2:])
     core = command in ("demo", "run", "record-stop", "receive", "verify", "decode")
     args = build_parser(command if core else None).parse_args(argv)
     try:

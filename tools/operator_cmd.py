@@ -42,7 +42,7 @@ def register_command(sub):
                    help="valid for this long from now (default %d)" % DEFAULT_TTL_S)
     s.add_argument("--out", required=True, metavar="FILE", help="the signed command (one COSE_Sign1)")
     s.add_argument("action", choices=sorted(ACTIONS), help="what the gateway is to do")
-    s.add_argument("args", nargs="*", metavar="ARG", help="config_set: KEY VALUE")
+    s.add_argument("args", nargs="*", metavar="ARG", help="config_set: KEY VALUE; update: URL SHA256 (of the bundle)")
     s.set_defaults(func=cmd_sign)
     d = ops.add_parser("send", help="publish signed commands (QoS 1) to <prefix>/<gw>/commands")
     d.add_argument("--mqtt", required=True, metavar="URL", help="mqtt://[user:pass@]HOST[:PORT]/PREFIX or mqtts://")

@@ -8,7 +8,8 @@
   the variables systemd sets there: ``$SERVICE_RESULT`` (``success``, ``exit-code``, ``signal``, ``core-dump``,
   ``watchdog``, ``oom-kill``, ``timeout``, ...), ``$EXIT_CODE`` and ``$EXIT_STATUS``. It tells a watchdog kill and
   the kernel's OOM killer apart from power loss, which leaves no such file.
-* ``update-pending``: written by ``deploy/upgrade.sh`` before it restarts the service on a new version.
+* ``update-pending``: written by ``deploy/upgrade.sh`` before it restarts the service on a new version. (An update
+  by ``edge-gateway update`` or its rollback says so in ``update-outcome`` instead: ``RunMarker.start(update=)``.)
 
 ``RunMarker.start()`` reads all three, removes the last two, writes the new ``running`` marker and returns the
 ``StopReason``. ``classify`` is the pure decision table.
@@ -109,10 +110,11 @@ class RunMarker:
         except FileNotFoundError:
             return None
 
-    def start(self):
-        """Find why the previous run ended, then mark this one running. Raises ``OSError`` if the state directory
-        cannot be written (the store opened there already, so that is rare)."""
-        reason = classify(self._read_json(MARKER), self._read_json(STOP_RESULT), self._read_update())
+    def start(self, update=None):
+        """Find why the previous run ended, then mark this one running. ``update``: the text of an update outcome
+        that is why this start happens (``update-outcome``, read by ``gateway.app.update_agent``), if any. Raises
+        ``OSError`` if the state directory cannot be written (the store opened there already, so that is rare)."""
+        reason = classify(self._read_json(MARKER), self._read_json(STOP_RESULT), self._read_update() or update)
         self._write({"state": "running", "pid": os.getpid()})
         for name in (STOP_RESULT, UPDATE):
             try:

@@ -145,6 +145,7 @@ class Agent(Delivery, CommitTask):
         self._loop = None
         self.observers = []  # callables that see every reading and event first (the console's SensorBoard)
         self.last_stop = None  # why the previous run ended, for the status (service.py sets it; None: not known)
+        self.update_info = None  # versions and the last update's outcome (gateway/app/update_agent.py), or None
 
     # -- input side (runs on the event loop, must be fast and must not raise for bad data) ---------------------
     def emit(self, item):
@@ -352,4 +353,5 @@ class Agent(Delivery, CommitTask):
                 "memory_batches": len(self._pending), "counters": dict(self.counters),
                 "store_counters": dict(self.store.snapshot.counters),
                 "sources": [s.status() for s in self.sources], "last_stop": self.last_stop,
-                "actions": self.actions.status() if self.actions is not None else None}
+                "actions": self.actions.status() if self.actions is not None else None,
+                "update": self.update_info}

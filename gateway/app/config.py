@@ -102,6 +102,15 @@ class DownlinkSection:
 
 
 @dataclass
+class UpdateSection:
+    base: str = "/opt/edge-gateway"  # the installed versions (docs/operations.md, "Updating gateways")
+    pin: str = ""  # a version: only a bundle of exactly this version is installed; empty: any newer one
+    operators: str = ""  # the JWK Set whose keys sign bundles; empty: downlink.operators
+    prove_s: float = 600.0  # a new version must deliver a batch within this, or it is rolled back
+    max_starts: int = 3  # starts a new version gets to prove itself before it is rolled back
+
+
+@dataclass
 class Config:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     store: StoreSection = field(default_factory=StoreSection)
@@ -110,6 +119,7 @@ class Config:
     clock: ClockSection = field(default_factory=ClockSection)
     console: ConsoleSection = field(default_factory=ConsoleSection)
     downlink: DownlinkSection = field(default_factory=DownlinkSection)
+    update: UpdateSection = field(default_factory=UpdateSection)
     sources: list = field(default_factory=list)  # the [[sources]] tables as written (the console edits them)
     rules: list = field(default_factory=list)
     file: str = None
@@ -146,6 +156,8 @@ RANGES = {
     "uplink.mqtt.keepalive_s": (1, 65535),
     "console.baud": (50, 4_000_000),
     "console.idle_lock_s": (1.0, DAY),
+    "update.prove_s": (1.0, DAY),
+    "update.max_starts": (1, 100),
 }
 # The [[sources]] tables are typed by the drivers (drivers/sources.py: one config class per source type, declared
 # next to its driver with its ranges) and parsed there, once, by ``from_dict``.
@@ -230,6 +242,12 @@ def from_dict(data, file=None):
     if cfg.downlink.operators and cfg.uplink.kind != "mqtt":
         raise ConfigError("commands arrive over MQTT only so far: set uplink.kind = \"mqtt\" or leave "
                           "downlink.operators empty", file, "downlink.operators")
+    if cfg.update.pin:
+        from gateway.core.update import parse_version
+        try:
+            parse_version(cfg.update.pin)
+        except ValueError as exc:
+            raise ConfigError(str(exc), file, "update.pin") from None
     cfg.source_configs = [parse_source(src, i, file) for i, src in enumerate(cfg.sources)]
     _check_rules(cfg.rules, file)
     _check_actions(cfg, file)

@@ -6,7 +6,8 @@ key, transport); ``upgrade.sh`` gates a new virtualenv on it. URLs are shown wit
 (``gateway.core.redact``), in every line.
 
 Checks: config valid (any config error is a FAIL: the agent would exit 78 and systemd would not restart it); key
-present, 0600 and owned by the running user; a config holding the PIN hash or a broker password readable by
+present, 0600 and owned by the running user; the running and previous versions and the last update (a WARN while a
+new version is on trial or after a rollback); a config holding the PIN hash or a broker password readable by
 others (WARN); transport (a WARN when the uplink is plain text (``http://`` or MQTT
 without TLS) to a host other than this machine); clock synchronised (kernel adjtimex);
 the state directory is writable (a probe file is written, fsynced and removed there, as the store and the
@@ -91,6 +92,25 @@ _PROBE_STATUS = {PROBE_OK: PASS, PROBE_FAIL: FAIL}
 
 def _from_probe(name, probe):
     return Check(_PROBE_STATUS.get(probe.status, WARN), name, probe.message, probe.fix)
+
+
+def check_update(cfg):
+    """Offline: the running version, the previous one and the last update (gateway/app/update_agent.py)."""
+    from gateway.adapters.versions import Layout
+    from gateway.app.update_agent import summary
+    layout = Layout(cfg.update.base, cfg.gateway.state_dir)
+    info = summary(layout)
+    if not layout.installed():
+        return Check(PASS, "update", "running %s (no installed versions under %s: updates need install.sh's "
+                     "layout)" % (info["running"], layout.base))
+    detail = "running %s, previous %s, last: %s" % (info["running"], info["previous"] or "none",
+                                                    info["last"] or "none")
+    if info["on_trial"] and not info["proven"]:
+        return Check(WARN, "update", detail + " (ON TRIAL)", "it must deliver a batch within update.prove_s, or "
+                     "the previous version comes back at the next start")
+    if (layout.outcome() or {}).get("outcome") in ("rolled_back", "failed", "refused"):
+        return Check(WARN, "update", detail, "see docs/operations.md, \"Updating gateways\"")
+    return Check(PASS, "update", detail)
 
 
 def check_transport(cfg):
@@ -230,7 +250,8 @@ def run_checks(config_path, quick=False):
     except ConfigError as exc:
         return [Check(FAIL, "config", str(exc), "fix the named key (docs/configuration.md)")]
     checks = [Check(PASS, "config", "%s valid (gateway %s)" % (config_path, cfg.gateway.id))]
-    checks += [c for c in (check_config_mode(cfg),) if c] + [check_key(cfg), check_transport(cfg)]
+    checks += [c for c in (check_config_mode(cfg),) if c] + [check_key(cfg), check_transport(cfg),
+                                                              check_update(cfg)]
     if quick:
         return checks
     checks += [check_clock(), check_state_dir(cfg), check_disk(cfg)] + check_serial(cfg) + [check_ble(cfg), check_uplink(cfg)]
@@ -241,7 +262,8 @@ def register(subparsers):
     p = subparsers.add_parser("doctor", help="check this gateway: config, key, clock, state directory, disk, serial, BLE, uplink")
     p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE", help="the config to check (default %s)"
                    % DEFAULT_CONFIG)
-    p.add_argument("--quick", action="store_true", help="config, key and transport only (no network, no hardware)")
+    p.add_argument("--quick", action="store_true", help="config, key, transport and versions only (no network, "
+                   "no hardware)")
     p.set_defaults(func=cmd_doctor)
     return p
 

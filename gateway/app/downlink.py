@@ -59,7 +59,20 @@ def build_actions(view, config_path):
     def restart(cmd):
         return "restarting", view.restart
 
-    return {"config_set": config_set, "store_requeue": store_requeue, "diagnose": diagnose, "restart": restart}
+    return {"config_set": config_set, "store_requeue": store_requeue, "diagnose": diagnose, "restart": restart,
+            "update": update_action(config_path)}
+
+
+def update_action(config_path):
+    """``update URL SHA256``: fetch the bundle (resuming an earlier try), check its digest and its signed manifest,
+    and stage it for the root updater (gateway/app/update_agent.py); the install's own outcome follows as an
+    ``<gw>/update/<version>`` record."""
+    def update(cmd):
+        from gateway.app.update_agent import fetch_and_stage
+        if not config_path:
+            raise ConfigError("no config file: nothing to update")
+        return fetch_and_stage(config_path, cmd.arg("url"), cmd.arg("sha256")), None
+    return update
 
 
 class Downlink:

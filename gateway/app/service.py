@@ -16,9 +16,11 @@ from drivers.sources import build_source
 from gateway.adapters import keys
 from gateway.adapters.restart_reason import RunMarker, record_stop
 from gateway.app.actions import build_actions
+from gateway.adapters.versions import Layout
 from gateway.app.agent import Agent
 from gateway.app.watchdog import Notifier, supervise
 from gateway.app.downlink import start_downlink, stop_downlink
+from gateway.app.update_agent import restart_note, start_update_watch
 from gateway.core.clock import SystemClock
 from gateway.core.errors import ConfigError, KeyFileError, StoreError
 from gateway.core.model import Reading
@@ -91,7 +93,7 @@ async def run_service(cfg, console_port=None):
     agent = build_agent(cfg)
     marker = RunMarker(cfg.gateway.state_dir)
     try:
-        previous = marker.start()
+        previous = marker.start(update=restart_note(Layout(cfg.update.base, cfg.gateway.state_dir)))
     except OSError as exc:
         raise StoreError("cannot write the run marker %s: %s" % (marker.path, exc)) from exc
     report_last_stop(agent, previous)
@@ -110,6 +112,7 @@ async def run_service(cfg, console_port=None):
         restart.append(1)
         loop.call_soon_threadsafe(stop.set)
     downlink = start_downlink(agent, cfg, request_restart)  # None unless [downlink] operators is set
+    update = start_update_watch(agent, cfg, request_restart)  # None unless update.base holds an install
     if port:
         from gateway.app.console.serve import serve_console
         console = serve_console(agent, port, cfg.file, request_restart=request_restart)
@@ -121,8 +124,10 @@ async def run_service(cfg, console_port=None):
         _mark(marker.crash, exc)
         raise
     finally:
-        supervisor.cancel()
-        await asyncio.gather(supervisor, return_exceptions=True)
+        for task in (supervisor, update):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (supervisor, update) if t is not None), return_exceptions=True)
         notifier.close()
         await stop_downlink(downlink)
         if console is not None:

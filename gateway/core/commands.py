@@ -40,6 +40,7 @@ ACTIONS = {
     "store_requeue": (),
     "diagnose": (),
     "restart": (),
+    "update": ("url", "sha256"),  # fetch the bundle (sha256: its hex digest), verify, stage (app/update_agent.py)
 }
 
 #: every reason ``CommandError`` carries (a stable token: counters, the outcome record, the docs)

@@ -22,3 +22,10 @@ def http_receiver(tmp_path, trust):
     yield server
     server.stop()
     server.receiver.close()
+
+
+@pytest.fixture(scope="session")
+def wheels(tmp_path_factory):
+    """The offline wheelhouse of this machine's platform, built once per session (tests.support.update)."""
+    from tests.support.update import offline_wheelhouse
+    return offline_wheelhouse(str(tmp_path_factory.getbasetemp() / "wheelhouse"))

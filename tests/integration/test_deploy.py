@@ -1,7 +1,7 @@
 """deploy/: the hardened systemd unit, udev rules, and install/upgrade/uninstall into a temporary root.
 
-The wheelhouse is built once per session with ``tools.wheelhouse.from_environment`` (offline: this machine's
-installed wheels repacked), and install.sh makes a real virtualenv from it with ``pip install --no-index``. That
+The wheelhouse is built once per session (the ``wheels`` fixture) with ``tools.wheelhouse.from_environment``
+(offline: this machine's installed wheels repacked), and install.sh makes a real virtualenv from it with ``pip install --no-index``. That
 is the path a gateway takes, minus the network, and costs ~3 s; ``--system-site-packages`` + ``--no-deps`` would be
 faster but would not prove that the wheelhouse is complete.
 """
@@ -28,16 +28,6 @@ UNIT = os.path.join(DEPLOY, "systemd", "edge-gateway.service")
 BASE_PYTHON = getattr(sys, "_base_executable", sys.executable)
 PY = sys.executable
 needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
-
-
-@pytest.fixture(scope="session")
-def wheels(tmp_path_factory):
-    dest = tmp_path_factory.getbasetemp() / "wheelhouse"
-    if not dest.exists():
-        tmp = tmp_path_factory.getbasetemp() / "wheelhouse.tmp"
-        wheelhouse.from_environment(str(tmp))
-        tmp.rename(dest)
-    return str(dest)
 
 
 def tree(root):
@@ -115,8 +105,11 @@ def test_unit_hardening_settings_present():
     assert settings["Type"] == ["notify"] and settings["NotifyAccess"] == ["main"]
     assert settings["WatchdogSec"] == ["30s"]
     # After every stop, systemd's verdict is kept for the next start's "last stop" (restart_reason.py).
+    # Then the update supervisor, as root and independent of every installed version (deploy/supervise.sh).
     assert settings["ExecStopPost"] == ["-/opt/edge-gateway/current/bin/edge-gateway record-stop --config "
-                                        "/etc/edge-gateway/config.toml"]
+                                        "/etc/edge-gateway/config.toml",
+                                        "-+/bin/sh /opt/edge-gateway/supervise.sh stopped"]
+    assert settings["ExecStartPre"] == ["-+/bin/sh /opt/edge-gateway/supervise.sh start"]
     # A config error exits 78 (EX_CONFIG), a bad key 2: systemd must not restart either in a loop.
     assert {"2", "78"} <= set(settings["RestartPreventExitStatus"][0].split())
 
@@ -321,6 +314,10 @@ def fake_broken_wheel(dest, version="0.1.1"):
     return wheelhouse.write_wheel(dest, "edge-gateway", version, "py3-none-any", files, info)
 
 
+def installed_venvs(base):
+    return sorted("%s/%s" % (d, n) for d in ("versions", "venvs") if (base / d).is_dir() for n in os.listdir(base / d))
+
+
 def test_upgrade_keeps_previous_and_rolls_back(tmp_path, wheels):
     root = tmp_path / "root"
     root.mkdir()
@@ -336,7 +333,8 @@ def test_upgrade_keeps_previous_and_rolls_back(tmp_path, wheels):
     sh("upgrade.sh", "--root", str(root), "--wheelhouse", wheels, "--python", BASE_PYTHON)
     second = os.readlink(base / "current")
     assert second != first and (base / "previous").read_text().strip() == first
-    assert sorted(os.listdir(base / "venvs")) == sorted([first.split("/")[1], second.split("/")[1]])
+    # install.sh's versions/<version> and upgrade.sh's venvs/<stamp> side by side; older ones pruned
+    assert first == "versions/0.1.0" and installed_venvs(base) == sorted([first, second])
 
     broken = tmp_path / "broken"
     shutil.copytree(wheels, broken)
@@ -344,7 +342,7 @@ def test_upgrade_keeps_previous_and_rolls_back(tmp_path, wheels):
     r = sh("upgrade.sh", "--root", str(root), "--wheelhouse", str(broken), "--python", BASE_PYTHON, check=False)
     assert r.returncode != 0 and "still running" in r.stderr
     assert os.readlink(base / "current") == second  # untouched
-    assert len(os.listdir(base / "venvs")) == 2  # the failed venv was removed
+    assert len(installed_venvs(base)) == 2  # the failed venv was removed
     ok = subprocess.run([str(base / "current/bin/edge-gateway"), "--version"], capture_output=True, text=True)
     assert "0.1.0" in ok.stdout
 

@@ -40,7 +40,9 @@ class FakeView(GatewayView):
                 "counters": {"readings_in": 500, "readings_sent": 160, "batches_sent": 4, "uplink_failures": 9,
                              "memory_dropped_batches": 0, "memory_dropped_readings": 0},
                 "store_counters": {"dropped_batches": 2, "dropped_readings": 50, "quarantined": 1},
-                "sources": [{"name": "board", "counters": {"lines": 77, "error.checksum": 2}}]}
+                "sources": [{"name": "board", "counters": {"lines": 77, "error.checksum": 2}}],
+                "update": {"running": "0.1.1", "previous": "0.1.0", "on_trial": False, "proven": False,
+                           "last": "rolled_back 0.1.2 -> 0.1.1: not proven after 3 starts (crash loop) " + LONG}}
 
     def sensor_rows(self): return self.board.rows()
     def sensor_latest(self, sensor): return self.board.latest(sensor)
@@ -79,6 +81,10 @@ class FakeView(GatewayView):
     def restart(self):
         self.calls.append(("restart",))
         return "restarting"
+
+    def update(self, path):
+        self.calls.append(("update", path))
+        return "bundle 0.2.0 verified (replaces 0.1.0, key AbCdEfGhIjK); staged for the updater"
 
 
 @pytest.fixture

@@ -47,6 +47,19 @@ def test_status_reports_the_view_and_fits(rig):
     assert "drops     store 2 batches/50 readings" in text
     assert "quarantined 1" in text
     assert "errors 2" in text
+    assert "update    0.1.1 (prev 0.1.0), last rolled_back 0.1.2 -> 0.1.1: not proven after" in text
+    assert all(len(line) <= 80 for line in lines)
+
+
+def test_update_needs_unlock_then_stages_the_bundle_and_is_audited(rig):
+    _, view, _, audit, console = rig
+    say(console, "unlock " + PIN)
+    assert say(console, "update") == ("usage: update FILE",)
+    lines = say(console, "update /media/usb/edge-gateway-0.2.0.bundle")
+    assert lines == ("bundle 0.2.0 verified (replaces 0.1.0, key AbCdEfGhIjK); staged for the updater",)
+    assert view.calls == [("update", "/media/usb/edge-gateway-0.2.0.bundle")]
+    assert audit.entries[-1].endswith("console update /media/usb/edge-gateway-0.2.0.bundle -> ok: bundle 0.2.0 "
+                                      "verified (replaces 0.1.0, key AbCdEfGhIjK); staged for the updater")
 
 
 def test_sensors_and_read_from_the_board(rig):
@@ -103,7 +116,7 @@ def test_keys_shows_public_identity_only(rig):
 def test_write_commands_need_unlock_and_do_not_touch_the_view(rig):
     _, view, lock, _, console = rig
     for text in ("config set batch.max_age_s 5", "sensor add x serial port=/dev/x", "sensor remove x",
-                 "store flush-to-file /tmp/q", "store requeue", "restart"):
+                 "store flush-to-file /tmp/q", "store requeue", "restart", "update /media/usb/b.bundle"):
         lines = say(console, text)
         assert "type 'unlock' first" in lines[0]
     assert view.calls == []

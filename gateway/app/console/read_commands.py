@@ -14,6 +14,18 @@ REJECTION_HINTS = {400: "backend refuses the format", 422: "backend refuses the 
 DEFAULT_HINT = "see 'log'"
 
 
+def update_line(up):
+    """``update    0.1.1 (prev 0.1.0), last kept 0.1.1 ...``: the versions and the last update (79 columns)."""
+    text = "update    %s" % up.get("running")
+    if up.get("previous"):
+        text += " (prev %s)" % up["previous"]
+    if up.get("on_trial") and not up.get("proven"):
+        text += ", ON TRIAL until it delivers"
+    elif up.get("last"):
+        text += ", last " + up["last"]
+    return text[:79]
+
+
 def rejection(s):
     """The upstream's refusal still in force (no acknowledgement since), from a status dict, or None:
     ``(what, reason, hint)``, e.g. ``("HTTP 404 on 11 batches", "... answered 404 Not Found", "check uplink.url")``."""
@@ -71,6 +83,8 @@ class ReadCommands:
         ]
         if s.get("last_stop"):
             lines.append("last stop %s" % s["last_stop"])
+        if s.get("update"):
+            lines.append(update_line(s["update"]))
         rejected = rejection(s)
         if rejected:  # reachable or not, the upstream refuses what it gets: say so, and why, first
             lines += ["uplink    REJECTING: %s  -> %s" % (rejected[0], rejected[2]),

@@ -52,6 +52,10 @@ COMMANDS = (
             write=True, detail="Batches the backend refused with a 4xx (e.g. before it knew this gateway's key) "
                                "are kept aside; once the backend is fixed, this puts them back in the queue."),
     Command(("restart",), "", "stop the agent so systemd starts it again", write=True),
+    Command(("update",), "FILE", "check a signed update bundle and install it", write=True,
+            detail="FILE: an absolute path, e.g. on a USB stick. The bundle's signature and version are checked "
+                   "here; the updater installs it beside the running version and switches. If the new version "
+                   "delivers nothing in time, the old one comes back by itself."),
 )
 BY_WORDS = {c.words: c for c in COMMANDS}
 GROUPS = sorted({c.words[0] for c in COMMANDS if len(c.words) > 1})

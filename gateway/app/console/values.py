@@ -52,6 +52,10 @@ class GatewayView(abc.ABC):
     def uplink_test(self): """Blocking. ``Probe``."""
 
     @abc.abstractmethod
+    def update(self, path):
+        """Blocking. Check a signed update bundle and stage it for the updater; returns what was done."""
+
+    @abc.abstractmethod
     def config_set(self, key, text): """Blocking. Validate, persist; returns a sentence saying when it applies."""
 
     @abc.abstractmethod

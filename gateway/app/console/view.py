@@ -184,6 +184,15 @@ class AgentView(GatewayView):
         n = self.agent.store.requeue_quarantined()
         return "put %d quarantined batches back in the queue" % n if n else "nothing is quarantined"
 
+    def update(self, path):
+        from gateway.app.config import load
+        from gateway.app.update_agent import stage
+        if not self.config_path:
+            raise ValueError("no config file: updates need one (update.base, the operator keys)")
+        if not os.path.isabs(path):
+            raise ValueError("give an absolute path, e.g. /media/usb/edge-gateway-0.2.0.bundle")
+        return stage(load(self.config_path), path)
+
     def restart(self):
         if self.request_restart is None:
             raise ValueError("restart is not available here")

@@ -111,3 +111,8 @@ class WriteCommands:
             return self._usage(("restart",))
         return self._write("restart", self.view.restart)
 
+
+    def do_update(self, args, text):
+        if len(args) != 1:
+            return self._usage(("update",))
+        return self._write("update %s" % args[0], lambda: self.view.update(args[0]))
