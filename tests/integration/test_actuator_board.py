@@ -120,7 +120,8 @@ def test_the_board_goes_safe_when_the_keepalive_stops_and_is_restored(tmp_path):
         await async_wait_until(lambda: ("relay", 0, "safe keepalive") in board_log(rig.log), 5, "the safe state")
         rig.start()  # the gateway is back: it hears SAFE (or opens a fresh port) and restores the relay
         await async_wait_until(lambda: board_log(rig.log)[-1][:2] == ("relay", 1), 5, "the relay restored")
-        assert rig.board.states["relay"] == 1
+        # the board logs the switch before its ACK reaches the gateway: wait for the gateway's view too
+        await async_wait_until(lambda: rig.board.states["relay"] == 1, 5, "the gateway's view of the relay")
     run(rig, steps)
 
 
