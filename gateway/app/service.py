@@ -17,7 +17,7 @@ from gateway.adapters import keys
 from gateway.adapters.restart_reason import RunMarker, record_stop
 from gateway.app.agent import Agent
 from gateway.app.watchdog import Notifier, supervise
-from gateway.app.downlink import start_downlink, stop_downlink
+from gateway.app.downlink import recover_check, report_recovered_check, start_downlink, stop_downlink
 from gateway.core.clock import SystemClock
 from gateway.core.errors import ConfigError, KeyFileError, StoreError
 from gateway.core.model import Reading
@@ -86,6 +86,7 @@ EXIT_RESTART = 75  # the console's `restart`: exit non-zero so systemd's Restart
 
 async def run_service(cfg, console_port=None):
     """Run the agent until SIGTERM/SIGINT, serving the technician console when a port is configured."""
+    cfg, interrupted_check = recover_check(cfg)  # an uplink change a stop interrupted: the previous config is back
     agent = build_agent(cfg)
     marker = RunMarker(cfg.gateway.state_dir)
     try:
@@ -108,6 +109,7 @@ async def run_service(cfg, console_port=None):
         restart.append(1)
         loop.call_soon_threadsafe(stop.set)
     downlink = start_downlink(agent, cfg, request_restart)  # None unless [downlink] operators is set
+    report_recovered_check(agent, interrupted_check)
     if port:
         from gateway.app.console.serve import serve_console
         console = serve_console(agent, port, cfg.file, request_restart=request_restart)

@@ -121,7 +121,8 @@ class AgentView(GatewayView):
         found = self.agent.uplink.probe(self.probe_timeout, self.agent.clock.monotonic)
         return Probe(found.ok, found.latency_s, found.message)
 
-    def _persist(self, raw):
+    def persist(self, raw):
+        """Write ``raw`` (a plain dict) as the config file, atomically; the old file stays as ``FILE.bak``."""
         path = self.config_path
         mode = os.stat(path).st_mode & 0o777
         with open(path, "rb") as f:
@@ -132,7 +133,7 @@ class AgentView(GatewayView):
     def config_set(self, key, text):
         raw = self.config_data()
         new, value = settings.set_key(raw, key, text, self.config_path)
-        self._persist(new)
+        self.persist(new)
         shown = settings.REDACTED if settings.is_secret(key) else value
         if key in settings.LIVE_KEYS:
             self._apply_live(key, value)
@@ -160,12 +161,12 @@ class AgentView(GatewayView):
                     busy[str(port)] = "the console"
             _check_port(str(spec["port"]), busy, self.config_path, "sources[%d].port" % index)
         _check_source(spec, self.agent.clock, self.config_path, index)
-        self._persist(new)
+        self.persist(new)
         return "added source %s (%s); takes effect after 'restart'" % (name, kind)
 
     def sensor_remove(self, name):
         new = settings.remove_source(self.config_data(), name, self.config_path)
-        self._persist(new)
+        self.persist(new)
         return "removed source %s; takes effect after 'restart'" % name
 
     def store_dump(self, path):
