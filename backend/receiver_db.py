@@ -15,9 +15,11 @@ new bytes are kept apart in ``conflicts`` for an operator, never merged into ``r
 digest existed (``digest IS NULL``) cannot be compared and count as duplicates.
 """
 
+import contextlib
 import logging
 import sqlite3
 
+from backend.command_queue import outcome_rows, record_outcomes
 from backend.storage import (CONFLICT, CONFLICT_REASON, DUPLICATE, STORED, Storage, StorageError, UnstorableError,
                              batch_rows)
 
@@ -41,6 +43,17 @@ MIGRATIONS = (
             UNIQUE (gw, boot, seq, digest))""")),
     # "everything from one gateway in the last hour" is an index lookup too
     (2, ("CREATE INDEX IF NOT EXISTS records_by_gw ON records (gw, t)",)),
+    # the command queue and the commands' outcomes (backend.command_queue)
+    (3, ("""CREATE TABLE IF NOT EXISTS commands (
+            gw TEXT NOT NULL, kid TEXT NOT NULL, op_seq INTEGER NOT NULL, digest TEXT NOT NULL, exp INTEGER NOT NULL,
+            action TEXT NOT NULL, data BLOB NOT NULL, queued REAL NOT NULL, handed INTEGER NOT NULL,
+            last_handed REAL, state TEXT NOT NULL, outcome TEXT, done REAL, PRIMARY KEY (gw, kid, op_seq))""",
+         "CREATE INDEX IF NOT EXISTS commands_by_state ON commands (gw, state)",
+         "CREATE INDEX IF NOT EXISTS commands_by_digest ON commands (gw, digest)",
+         """CREATE TABLE IF NOT EXISTS command_outcomes (
+            gw TEXT NOT NULL, op_seq INTEGER, kid TEXT, digest TEXT, state TEXT NOT NULL, text TEXT NOT NULL,
+            t REAL, received REAL NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL)""",
+         "CREATE INDEX IF NOT EXISTS command_outcomes_by_gw ON command_outcomes (gw, received)")),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -120,6 +133,7 @@ class SqliteStorage(Storage):
         rollback); any other exception also rolls back first.
         """
         head, meta, rows = batch_rows(batch)
+        outcomes = outcome_rows(batch)
         db = self.db
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -132,6 +146,8 @@ class SqliteStorage(Storage):
                                head + meta + (received, len(rows), digest))
                     db.executemany("INSERT INTO records (gw, boot, seq, n, t, u, v, vs, vb) "
                                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    if outcomes:
+                        record_outcomes(db.execute, outcomes, head, received)
                     outcome = STORED
                 elif known[0] is None or bytes(known[0]) == digest:
                     outcome = DUPLICATE
@@ -147,6 +163,20 @@ class SqliteStorage(Storage):
         except sqlite3.Error as exc:
             raise StorageError("receiver database %s: %s" % (self.path, exc)) from exc
         return outcome, len(rows)
+
+    @contextlib.contextmanager
+    def transaction(self):
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db.execute
+                db.execute("COMMIT")
+            except BaseException:
+                self.rollback()
+                raise
+        except sqlite3.Error as exc:
+            raise StorageError("receiver database %s: %s" % (self.path, exc)) from exc
 
     def stats(self):
         return {"engine": self.engine, "schema_version": self.schema_version()}
