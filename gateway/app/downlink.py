@@ -51,7 +51,7 @@ RECENT = 16  # commands the console's ``commands`` shows
 #: config sections a command may not change: the downlink's own settings (its trust root) stay with the installer.
 #: ``uplink.*`` keys are applied, checked, kept or reverted (``gateway.app.uplink_check``).
 REMOTE_REFUSED = ("downlink",)
-REPEAT_WINDOW_S = 120.0  # an HTTP answer's command seen again within this is the same one still in hand
+REPEAT_WINDOW_S = 10.0  # an HTTP answer's command seen again within this is the same one, its outcome on the way
 REPEAT_MEMORY = 64
 POLL_HEALTH = "downlink_poll"
 

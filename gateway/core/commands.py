@@ -255,8 +255,10 @@ def commands_from_answer(body):
     """The commands a receiver's 2xx answer (``body``: bytes, JSON) hands over; ``[]`` when it has none.
 
     An answer that is not JSON, or has no ``commands`` key, holds none (older receivers, other backends). A
-    ``commands`` value that is not a list of at most ``MAX_ANSWER_COMMANDS`` base64url texts of at most
-    ``MAX_COMMAND_BYTES`` bytes each raises ``CommandError`` (``malformed``): the batch was still delivered."""
+    ``commands`` value that is not a list of at most ``MAX_ANSWER_COMMANDS`` base64url texts raises
+    ``CommandError`` (``malformed``): the batch was still delivered. Sizes are bounded by the answer (the uplink
+    reads at most ``MAX_ANSWER_BYTES``); an oversized command is handed on, so the gateway refuses it as
+    ``oversize`` and says so upstream."""
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -268,7 +270,7 @@ def commands_from_answer(body):
         raise CommandError("answer's commands must be a list of at most %d" % MAX_ANSWER_COMMANDS, "malformed")
     out = []
     for item in items:
-        if not isinstance(item, str) or len(item) > (MAX_COMMAND_BYTES * 4 + 2) // 3 or not item.isascii():
+        if not isinstance(item, str) or not item.isascii():
             raise CommandError("answer's commands must be base64url texts of commands", "malformed")
         try:
             out.append(base64.urlsafe_b64decode(item + "=" * (-len(item) % 4)))
