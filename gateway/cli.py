@@ -281,6 +281,9 @@ def _add_demo(sub):
     d.add_argument("--uplink", metavar="URL", help="send to this HTTP receiver instead of the built-in one")
     d.add_argument("--store", metavar="DIR", help="keep key, jwks.json, boot epoch and queue in DIR")
     d.add_argument("--console", metavar="DEVICE", help="serve the technician console on DEVICE")
+    d.add_argument("--clock", choices=("auto", "synced", "unsynced"), default="auto", help="is the wall clock "
+                   "synchronised: ask the kernel (auto, the default), or take it as given; signed commands need a "
+                   "synchronised clock (--store makes an operator key)")
     d.add_argument("--json", action="store_true", help="print one JSON summary at the end")
     d.add_argument("--verbose", action="store_true", help="log at INFO")
     d.set_defaults(func=cmd_demo, parser=d)

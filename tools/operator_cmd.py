@@ -74,16 +74,31 @@ def _fail(message, status=1):
 
 
 def cmd_keygen(args):
-    os.makedirs(args.out, mode=0o700, exist_ok=True)
-    path = os.path.join(args.out, KEY_NAME)
-    key = keys.SigningKey.generate()
     try:
-        keys.write_private(path, key)
+        key, path, jwks = write_operator_key(args.out)
     except KeyFileError as exc:
         return _fail(str(exc))
-    keys.write_jwks(os.path.join(args.out, JWKS_NAME), {"keys": [key.jwk()]})
-    print("operator key %s (kid %s); give the gateways %s" % (path, key.kid, os.path.join(args.out, JWKS_NAME)))
+    print("operator key %s (kid %s); give the gateways %s" % (path, key.kid, jwks))
     return 0
+
+
+def write_operator_key(directory):
+    """A new operator key: ``(key, DIR/operator.pem, DIR/operator.jwks.json)``; ``KeyFileError``."""
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    path = os.path.join(directory, KEY_NAME)
+    key = keys.SigningKey.generate()
+    keys.write_private(path, key)
+    jwks = os.path.join(directory, JWKS_NAME)
+    keys.write_jwks(jwks, {"keys": [key.jwk()]})
+    return key, path, jwks
+
+
+def ensure_operator_key(directory):
+    """``demo --store DIR``: the operator key kept in DIR, made the first time. ``(key, pem, jwks, created)``."""
+    path, jwks = os.path.join(directory, KEY_NAME), os.path.join(directory, JWKS_NAME)
+    if os.path.exists(path) and os.path.exists(jwks):
+        return keys.load_private(path), path, jwks, False
+    return write_operator_key(directory) + (True,)
 
 
 def next_seq(key_path):

@@ -26,7 +26,7 @@ from gateway.app.config import to_toml
 from gateway.core import commands, wire
 from tests.support import closed_port, reserve_port, wait_until
 from tests.support.downlink import Gateway, cli
-from tests.support.faults import GW, Receiver, prepare_store
+from tests.support.faults import GW, Receiver, killpg, prepare_store, spawn
 from tools.sim.harness import PtyNode
 
 pytestmark = pytest.mark.integration
@@ -234,3 +234,32 @@ def test_commands_over_http_through_the_reference_receiver(tmp_path):
         assert "command rejected (%s)" % reason in first_run, reason
     print("command latency %.2f s (send to outcome listed), revert after %.2f s (check_s %g)"
           % (latency, reverted_after, CHECK_S))
+
+
+@pytest.mark.timeout(120)
+def test_a_script_drives_the_demo_through_edge_gateway_receive(tmp_path):
+    """``demo --store DIR`` trusts the operator key in DIR (made by ``operator keygen`` here, or by the demo)."""
+    work, store = str(tmp_path), str(tmp_path / "demo")
+    prepare_store(store)
+    cli("operator", "keygen", "--out", store)
+    receiver = Receiver(work, os.path.join(store, "jwks.json"), reserve_port(),
+                        operators=os.path.join(store, "operator.jwks.json")).start()
+    with open(os.path.join(work, "demo.log"), "ab") as log:
+        demo = spawn(["demo", "--store", store, "--uplink", receiver.url, "--duration", "60", "--clock", "synced"],
+                     log)
+    try:
+        path = os.path.join(work, "requeue.cose")
+        cli("command", "sign", "--key", os.path.join(store, "operator.pem"), "--gw", GW, "--out", path,
+            "store_requeue")
+        assert "queued" in cli("command", "send", "--http", receiver.url, path)
+        wait_until(lambda: "applied" in cli("command", "status", "--db", receiver.db, "--gw", GW), 30,
+                   "the demo's outcome")
+        rows = [json.loads(x) for x in cli("command", "status", "--db", receiver.db, "--gw", GW,
+                                           "--json").splitlines()]
+        assert [(r["action"], r["state"]) for r in rows] == [("store_requeue", "applied")]
+        assert rows[0]["outcome"].endswith("nothing is quarantined [cmd %s]" % rows[0]["digest"])
+    finally:
+        killpg(demo, signal.SIGTERM)
+        receiver.stop()
+    with open(os.path.join(work, "demo.log")) as f:
+        assert "operator key %s" % os.path.join(store, "operator.pem") in f.read()
