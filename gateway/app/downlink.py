@@ -200,8 +200,8 @@ class Downlink:
 
     # -- the record of recent commands (the console's ``commands``) ----------------------------------------------
     def _remember(self, data, digest):
-        self.recent.append({"digest": digest, "size": len(data) if isinstance(data, (bytes, bytearray)) else 0,
-                            "wall": self.agent.clock.wall(), "op_seq": None, "state": "verifying", "text": ""})
+        self.recent.append({"digest": digest, "t": self.agent.clock.monotonic(), "op_seq": None,
+                            "state": "verifying", "text": ""})
 
     def _report(self, op_seq, state, reason, digest=None, limited=False):
         now = self.agent.clock.monotonic()
@@ -221,7 +221,7 @@ class Downlink:
     def _note(self, op_seq, state, text, digest):
         entry = next((e for e in reversed(self.recent) if digest and e["digest"] == digest), None)
         if entry is None:
-            entry = {"digest": digest, "size": 0, "wall": self.agent.clock.wall()}
+            entry = {"digest": digest, "t": self.agent.clock.monotonic()}
             self.recent.append(entry)
         entry.update(op_seq=op_seq, state=state, text=text)
 

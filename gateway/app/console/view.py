@@ -104,6 +104,13 @@ class AgentView(GatewayView):
         return {"kid": self.agent.kid, "alg": "%s (%s)" % (SIGNING.cose_name, SIGNING.name),
                 "fingerprint": keys.fingerprint(public), "x": keys.public_jwk(public)["x"]}
 
+    def commands(self):
+        downlink = self.agent.downlink
+        if downlink is None:
+            return None
+        counters = {k[len("downlink."):]: v for k, v in self.agent.counters.items() if k.startswith("downlink.")}
+        return [dict(e) for e in downlink.recent], counters
+
     def config_data(self):
         if not self.config_path:
             raise ConfigError("this agent runs without a config file (demo): nothing to show or change")
