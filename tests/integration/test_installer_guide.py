@@ -199,6 +199,8 @@ def test_the_documented_health_records_are_the_ones_the_gateway_sends():
     assert _reported("src.error.bad_checksum")
     sent.add("<source>.error.<reason>")
     sent.add("last_stop.<kind>")  # one record per run, from gateway/adapters/restart_reason.py
+    from gateway.app.downlink import POLL_HEALTH
+    sent.add(POLL_HEALTH)  # the HTTP downlink's poll (gateway/app/downlink.py)
     assert set(documented) == sent
     from gateway.adapters.restart_reason import KINDS
     text = open(os.path.join(ROOT, "docs", "wire-format.md")).read()
