@@ -134,38 +134,30 @@ class SqliteStorage(Storage):
         """
         head, meta, rows = batch_rows(batch)
         outcomes = outcome_rows(batch)
-        db = self.db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                known = db.execute("SELECT digest FROM batches WHERE gw = ? AND boot = ? AND seq = ?",
-                                   head).fetchone()
-                if known is None:
-                    db.execute("INSERT INTO batches (gw, boot, seq, kid, clock, anchor_mono, anchor_wall, received, "
-                               "records, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                               head + meta + (received, len(rows), digest))
-                    db.executemany("INSERT INTO records (gw, boot, seq, n, t, u, v, vs, vb) "
-                                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                    if outcomes:
-                        record_outcomes(db.execute, outcomes, head, received)
-                    outcome = STORED
-                elif known[0] is None or bytes(known[0]) == digest:
-                    outcome = DUPLICATE
-                else:
-                    db.execute("INSERT OR IGNORE INTO conflicts (gw, boot, seq, kid, received, reason, digest, "
-                               "data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                               head + (meta[0], received, CONFLICT_REASON, digest, bytes(data)))
-                    outcome = CONFLICT
-                db.execute("COMMIT")
-            except BaseException:
-                self.rollback()
-                raise
-        except sqlite3.Error as exc:
-            raise StorageError("receiver database %s: %s" % (self.path, exc)) from exc
+        with self.transaction() as execute:
+            known = execute("SELECT digest FROM batches WHERE gw = ? AND boot = ? AND seq = ?", head).fetchone()
+            if known is None:
+                execute("INSERT INTO batches (gw, boot, seq, kid, clock, anchor_mono, anchor_wall, received, "
+                        "records, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        head + meta + (received, len(rows), digest))
+                self.db.executemany("INSERT INTO records (gw, boot, seq, n, t, u, v, vs, vb) "
+                                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                if outcomes:
+                    record_outcomes(execute, outcomes, head, received)
+                outcome = STORED
+            elif known[0] is None or bytes(known[0]) == digest:
+                outcome = DUPLICATE
+            else:
+                execute("INSERT OR IGNORE INTO conflicts (gw, boot, seq, kid, received, reason, digest, data) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        head + (meta[0], received, CONFLICT_REASON, digest, bytes(data)))
+                outcome = CONFLICT
         return outcome, len(rows)
 
     @contextlib.contextmanager
     def transaction(self):
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; any exception rolls back first (the connection is shared by every
+        HTTP thread and the MQTT consumer: a transaction left open would fail every later call)."""
         db = self.db
         try:
             db.execute("BEGIN IMMEDIATE")

@@ -25,7 +25,7 @@ from gateway.adapters import keys
 from gateway.app.config import to_toml
 from gateway.core import commands, wire
 from tests.support import closed_port, reserve_port, wait_until
-from tests.support.downlink import Gateway, cli
+from tests.support.downlink import Gateway, cli, operator_setup
 from tests.support.faults import GW, Receiver, killpg, prepare_store, spawn
 from tools.sim.harness import PtyNode
 
@@ -63,11 +63,7 @@ def records(db, suffix):
 @pytest.mark.timeout(240)
 def test_commands_over_http_through_the_reference_receiver(tmp_path):
     work = str(tmp_path)
-    store = os.path.join(work, "state")
-    prepare_store(store)
-    cli("operator", "keygen", "--out", os.path.join(work, "ops"))
-    op_key = os.path.join(work, "ops", "operator.pem")
-    operator = keys.load_private(op_key)
+    store, op_key, operator = operator_setup(work)
     revoked = keys.SigningKey.generate()  # still in the receiver's operator file, no longer in the gateway's
     forger = keys.SigningKey.generate()  # in neither
     receiver_ops = os.path.join(work, "receiver-operators.json")

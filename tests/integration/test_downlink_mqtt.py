@@ -16,9 +16,9 @@ from gateway.adapters import keys
 from gateway.app.config import to_toml
 from gateway.core import commands, wire
 from tests.support import reserve_port
-from tests.support.downlink import Gateway, cli, op_seq_of
+from tests.support.downlink import Gateway, cli, operator_setup, op_seq_of
 from tests.support.downlink import await_outcomes as await_stored
-from tests.support.faults import GW, Receiver, prepare_store
+from tests.support.faults import GW, Receiver
 from tests.support.mosquitto import Broker, have_mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed")]
@@ -42,11 +42,7 @@ def publish_raw(port, topic, data):
 @pytest.mark.timeout(120)
 def test_commands_over_mqtt_applied_once_rejections_reported(tmp_path):
     work = str(tmp_path)
-    store = os.path.join(work, "state")
-    prepare_store(store)
-    cli("operator", "keygen", "--out", os.path.join(work, "ops"))
-    op_key = os.path.join(work, "ops", "operator.pem")
-    operator = keys.load_private(op_key)
+    store, op_key, operator = operator_setup(work)
     other = keys.SigningKey.generate()  # not in the gateway's operator file: a forger
     broker = Broker(tmp_path / "broker").start()
     url = broker.url + "/edge"

@@ -40,14 +40,6 @@ def two_gw_trust(signing_key, other_key):
     return TrustStore({"keys": [signing_key.jwk(GW), other_key.jwk("gw-other")]})
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_target(request, tmp_path):
-    """Where the receiver stores: a SQLite file, or a fresh PostgreSQL database (the same tests run on both)."""
-    if request.param == "sqlite":
-        return str(tmp_path / "rx.sqlite")
-    return request.getfixturevalue("pg_url")
-
-
 @pytest.fixture
 def server(db_target, two_gw_trust):
     srv = ReceiverServer(Receiver(db_target, two_gw_trust)).start()

@@ -8,8 +8,9 @@ import subprocess
 
 import cbor2
 
+from gateway.adapters import keys
 from tests.support import wait_until
-from tests.support.faults import BIN, GW
+from tests.support.faults import BIN, GW, prepare_store
 
 
 def outcomes(db, gw=GW):
@@ -45,6 +46,16 @@ def cli(*args, ok=True):
         return proc
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
+
+
+def operator_setup(work):
+    """A gateway's state directory (key and trust store) in ``work/state`` and an operator key made by
+    ``operator keygen`` in ``work/ops``: ``(state dir, operator.pem path, operator SigningKey)``."""
+    store = os.path.join(work, "state")
+    prepare_store(store)
+    cli("operator", "keygen", "--out", os.path.join(work, "ops"))
+    op_key = os.path.join(work, "ops", "operator.pem")
+    return store, op_key, keys.load_private(op_key)
 
 
 def op_seq_of(path):
