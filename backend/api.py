@@ -21,3 +21,10 @@ BATCH_PATH = "/v1/batches"
 def is_batch_path(target):
     """The request target names the batch endpoint (a trailing slash and a query string are ignored)."""
     return target.split("?", 1)[0].rstrip("/") == BATCH_PATH
+
+#: where signed commands are queued for a gateway (``POST``, one command per request)
+COMMANDS_PATH = "/v1/commands"
+
+
+def is_commands_path(target):
+    return target.split("?", 1)[0].rstrip("/") == COMMANDS_PATH

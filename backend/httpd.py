@@ -2,8 +2,9 @@
 
 Two listeners, one event loop on one thread:
 
-* **ingest** (``--listen``): ``POST`` and ``OPTIONS`` on ``/v1/batches`` only; every other path is ``404``. Its
-  statuses and bodies are those of docs/wire-format.md ("The reference receiver's answers").
+* **ingest** (``--listen``): ``POST`` and ``OPTIONS`` on ``/v1/batches``, ``POST`` on ``/v1/commands`` (the
+  command queue); every other path is ``404``. Its statuses and bodies are those of docs/wire-format.md ("The
+  reference receiver's answers", "Delivery (HTTP)").
 * **ops** (``--ops-listen``, loopback by default, or off): ``GET /stats`` (the counters) and ``GET /healthz``.
 
 The limits live in ``Limits``. A connection must deliver a whole request (headers and body) within
@@ -30,7 +31,9 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from backend.api import ACCEPTED_TYPES, BATCH_PATH, DEFLATE, MAX_LENGTH_DIGITS, MEDIA_TYPE, is_batch_path
+from backend.api import (ACCEPTED_TYPES, BATCH_PATH, DEFLATE, MAX_LENGTH_DIGITS, MEDIA_TYPE, is_batch_path,
+                         is_commands_path)
+from gateway.core.commands import MAX_COMMAND_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +193,8 @@ class IngestApp:
 
     async def _route(self, scope, receive, send):
         method, target = scope["method"], _target(scope)
+        if method == "POST" and is_commands_path(target):
+            return await self._post(scope, receive, send, commands=True)
         if method == "GET" or (method != "POST" and not is_batch_path(target)):
             # as before the front moved: a GET is 404 on every path of this port (/stats is on the ops listener)
             return await _send(send, 404, {"error": "not_found"}, [("Connection", "close")])
@@ -209,8 +214,11 @@ class IngestApp:
         # the body (if any) is not read: the connection cannot be reused
         await _send(send, status, self.receiver.reject(reason, detail)[1], [("Connection", "close")])
 
-    async def _post(self, scope, receive, send):
+    async def _post(self, scope, receive, send, commands=False):
+        """A batch (``commands=False``) or a signed command for the queue: the same framing and limits, a command
+        at most ``MAX_COMMAND_BYTES``."""
         receiver = self.receiver
+        limit = MAX_COMMAND_BYTES if commands else receiver.max_bytes
         if _header(scope, b"transfer-encoding"):
             return await self._refuse(send, 411, "no_length", "Transfer-Encoding is not accepted; send Content-Length")
         lengths = _header(scope, b"content-length")
@@ -220,7 +228,7 @@ class IngestApp:
         if len(set(lengths)) != 1 or not (length.isascii() and length.isdigit()) or len(length) > MAX_LENGTH_DIGITS:
             return await self._refuse(send, 400, "bad_length", "Content-Length must be one decimal number")
         length = int(length)
-        if length > receiver.max_bytes:
+        if length > limit:
             return await self._refuse(send, 413, "oversize", "body of %d bytes is over the limit" % length)
         chunks, got = [], 0
         while True:  # bounded: h11 delivers exactly Content-Length bytes, and the read deadline closes a slow peer
@@ -241,21 +249,25 @@ class IngestApp:
         if wait > 0:
             return await _send(send, 503, {"error": "maintenance"}, [("Retry-After", str(max(1, int(wait + 0.999))))])
         encodings = _header(scope, b"content-encoding")
-        if len(encodings) > 1:
-            return await _send(send, 415, receiver.reject("content_encoding", "one Content-Encoding header at most")[1])
+        if len(encodings) > 1 or (commands and encodings):
+            return await _send(send, 415, receiver.reject("content_encoding", "one Content-Encoding header at most"
+                                                          if not commands else "a command is sent plain")[1])
         if self.in_pool >= self.limits.workers + self.limits.queue:
             receiver.count("busy")
-            log.warning("%d batches in the store pool: answering busy", self.in_pool)
+            log.warning("%d requests in the store pool: answering busy", self.in_pool)
             return await _send(send, 503, {"error": "busy", "detail": "the receiver is busy; retry"},
                                [("Retry-After", "1")])
         self.in_pool += 1
         try:
             loop = asyncio.get_running_loop()
-            status, body = await loop.run_in_executor(self.pool, receiver.process, data,
-                                                      encodings[0] if encodings else None)
+            if commands:
+                status, body = await loop.run_in_executor(self.pool, receiver.queue_command, data)
+            else:
+                status, body = await loop.run_in_executor(self.pool, receiver.process, data,
+                                                          encodings[0] if encodings else None, True)
         finally:
             self.in_pool -= 1
-        return await _send(send, status, body, [("Retry-After", "1")] if status >= 500 else ())
+        return await _send(send, status, body, [("Retry-After", "1")] if status >= 500 or status == 429 else ())
 
 
 class OpsApp:

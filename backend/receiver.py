@@ -22,6 +22,14 @@ HTTP API:
   truncated stream or bytes after it is ``400 malformed``; any other coding is ``415 content_encoding``. The
   inflated bytes are the signed COSE_Sign1, verified and stored as if they had come plain (the compression is
   hop-by-hop). Every answer carries ``Accept-Encoding: deflate`` (RFC 7694).
+* Commands (docs/wire-format.md, "Delivery (HTTP)"): with ``--operators JWKS`` the receiver keeps a queue of
+  signed commands per gateway. ``POST /v1/commands``, body = one signed command (at most 4096 bytes): verified
+  against the operator keys (the same checks a gateway makes, but for the target and the sequence): ``201``
+  queued, ``200`` already queued (same bytes), ``400 malformed``, ``403 unknown_key``/``bad_signature``/
+  ``no_operators`` (started without ``--operators``), ``409 conflict`` (another command of that key holds the
+  op_seq), ``410 expired``, ``413 oversize``, ``422 unknown_action``, ``429 full`` (the gateway's queue is at its
+  bound, ``backend.command_queue``). A 2xx answer to a batch carries ``"commands": [base64url, ...]``: the queued
+  commands of the batch's (verified) gateway, until their outcome comes back in its records.
 * ``GET /stats``: counters as JSON (``storage``: the engine, its schema version and what it tells cheaply), on the
   separate ops listener only (``GET /healthz`` too); on the ingest port it is ``404``.
 
@@ -39,8 +47,11 @@ import zlib
 import cbor2
 
 from gateway.core.errors import VerifyError
+from backend.command_queue import QueueRefused
 from backend.engines import open_storage
 from backend.storage import CONFLICT, DUPLICATE, STORED, StorageError, UnstorableError, redact
+from gateway.core.commands import (CommandError, MAX_COMMAND_BYTES, command_digest, encode_answer, peek_gw,
+                                   verify_command)
 from gateway.core.wire import MAX_BATCH_BYTES, verify
 from backend.api import (ACCEPTED_TYPES, BATCH_PATH, CODINGS, DEFLATE, IDENTITY, MEDIA_TYPE,  # noqa: F401 (API)
                          is_batch_path)
@@ -50,6 +61,9 @@ log = logging.getLogger(__name__)
 _STATUS = {"oversize": 413, "unknown_kid": 403, "bad_signature": 403, "gw_mismatch": 403, "bad_alg": 403,
            "unstorable": 422, "content_encoding": 415}
 _OUTCOMES = {STORED: (201, "stored"), DUPLICATE: (200, "duplicates"), CONFLICT: (409, "conflicts")}
+#: ``POST /v1/commands``: the status of each refusal reason
+_COMMAND_STATUS = {"oversize": 413, "malformed": 400, "unknown_key": 403, "bad_signature": 403, "no_operators": 403,
+                   "expired": 410, "clock_unsynced": 503, "unknown_action": 422, "conflict": 409, "full": 429}
 
 
 def content_digest(data):
@@ -105,10 +119,13 @@ def coding_of(value):
 class Receiver:
     """Verify and store. Thread-safe: HTTP handler threads and MQTT callbacks call ``process``."""
 
-    def __init__(self, db_path, trust, max_bytes=MAX_BATCH_BYTES, clock=time.time, busy_timeout=5.0):
+    def __init__(self, db_path, trust, max_bytes=MAX_BATCH_BYTES, clock=time.time, busy_timeout=5.0,
+                 operators=None):
         """``db_path``: a SQLite file or a ``postgresql://`` URL (``backend.engines.open_storage``; raises
-        ``StorageError`` when it cannot be opened)."""
+        ``StorageError`` when it cannot be opened). ``operators``: kid bytes -> Ed25519 public key (the operator
+        JWK Set, ``gateway.adapters.operators``) whose commands may be queued; None: no command queue."""
         self.trust = trust
+        self.operators = operators
         self.max_bytes = max_bytes
         self.db_path = db_path
         self.clock = clock
@@ -116,7 +133,8 @@ class Receiver:
         self._lock = threading.Lock()
         self.counters = {"received": 0, "stored": 0, "duplicates": 0, "conflicts": 0, "rejected": 0, "records": 0,
                          "store_failures": 0, "internal_errors": 0, "http_errors": 0, "busy": 0, "deflated": 0,
-                         "deflated_bytes_in": 0, "deflated_bytes_out": 0}
+                         "deflated_bytes_in": 0, "deflated_bytes_out": 0,
+                         "commands_queued": 0, "commands_refused": 0, "commands_handed": 0}
         self.rejections = {}
         self.maintenance_until = 0.0
 
@@ -124,10 +142,10 @@ class Receiver:
         with self._lock:
             self.counters[name] = self.counters.get(name, 0) + n
 
-    def process(self, data, encoding=None):
+    def process(self, data, encoding=None, hand_over=False):
         """Verify and store one batch, sent in ``encoding`` (``Content-Encoding``: None or ``identity`` for the
         signed bytes themselves, ``deflate`` for them in a zlib stream). Returns ``(status, body_dict)`` with an
-        HTTP-style status.
+        HTTP-style status. ``hand_over`` (HTTP): a 2xx body carries the gateway's queued commands.
 
         Input never raises: every batch gets a status. An exception that escapes is a bug in this module.
         """
@@ -152,7 +170,68 @@ class Receiver:
             log.error("verify raised %s on a %d-byte batch (a verifier bug): %s", type(exc).__name__, len(data),
                       exc, exc_info=True)
             return self.reject("unverifiable", "the batch could not be verified (%s)" % type(exc).__name__)
-        return self.store(batch, digest, data)
+        status, body = self.store(batch, digest, data)
+        if hand_over and status in (200, 201):
+            self._hand_over(batch.gw, body)
+        return status, body
+
+    def _hand_over(self, gw, body):
+        """Put ``gw``'s queued commands in the answer. A storage failure here costs the commands this answer, not
+        the batch (it is stored): they go in a later one."""
+        try:
+            with self._lock:
+                found = self._store.commands_for(gw, self.clock())
+        except StorageError as exc:
+            self.count("store_failures")
+            log.error("cannot read the command queue of %s: %s", gw, exc)
+            return
+        if found:
+            body["commands"] = encode_answer(found)
+            self.count("commands_handed", len(found))
+
+    def queue_command(self, data):
+        """``POST /v1/commands``: verify one signed command against the operator keys and queue it for its
+        gateway. Returns ``(status, body_dict)``; never raises for input."""
+        try:
+            if self.operators is None:
+                raise CommandError("this receiver queues no commands: start it with --operators JWKS",
+                                   "no_operators")
+            if len(data) > MAX_COMMAND_BYTES:
+                raise CommandError("command is %d bytes, over the %d limit" % (len(data), MAX_COMMAND_BYTES),
+                                   "oversize")
+            gw = peek_gw(data)
+            cmd = verify_command(data, self.operators, gw, {}, self.clock())
+        except CommandError as exc:
+            return self._refuse_command(exc.reason, str(exc))
+        digest = command_digest(data)
+        try:
+            with self._lock:
+                state = self._store.queue_command(cmd, digest, data, self.clock())
+        except QueueRefused as exc:
+            return self._refuse_command(exc.reason, str(exc))
+        except StorageError as exc:
+            self.count("store_failures")
+            log.error("cannot queue a command for %s: %s", cmd.gw, exc)
+            return 503, {"error": "store_failed", "detail": str(exc)}
+        if state == "queued":
+            self.count("commands_queued")
+            log.info("command queued for %s: %s op_seq %d (key %s, cmd %s)", cmd.gw, cmd.action, cmd.op_seq,
+                     cmd.kid, digest)
+        return (201 if state == "queued" else 200), {"gw": cmd.gw, "kid": cmd.kid, "op_seq": cmd.op_seq,
+                                                       "action": cmd.action, "digest": digest, "status": state}
+
+    def _refuse_command(self, reason, detail):
+        with self._lock:
+            self.counters["commands_refused"] += 1
+            key = "command." + reason
+            self.rejections[key] = self.rejections.get(key, 0) + 1
+        log.warning("refused command: %s", detail)
+        return _COMMAND_STATUS.get(reason, 400), {"error": reason, "detail": detail}
+
+    def command_status(self, gw):
+        """``gw``'s commands and outcomes (``backend.command_queue.status``)."""
+        with self._lock:
+            return self._store.command_status(gw, self.clock())
 
     def store(self, batch, digest, data):
         """Store a ``VerifiedBatch`` whose payload hashes to ``digest``; ``data`` is kept if it conflicts."""

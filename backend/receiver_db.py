@@ -15,9 +15,11 @@ new bytes are kept apart in ``conflicts`` for an operator, never merged into ``r
 digest existed (``digest IS NULL``) cannot be compared and count as duplicates.
 """
 
+import contextlib
 import logging
 import sqlite3
 
+from backend.command_queue import outcome_rows, record_outcomes
 from backend.storage import (CONFLICT, CONFLICT_REASON, DUPLICATE, RECORD_COLUMNS, STORED, Storage, StorageError,
                              UnstorableError, batch_rows)
 
@@ -43,6 +45,17 @@ MIGRATIONS = (
     (2, ("CREATE INDEX IF NOT EXISTS records_by_gw ON records (gw, t)",)),
     # wire format 2: the exact decimal of each value as text ("21.50"), beside the nearest double in v
     (3, ("ALTER TABLE records ADD COLUMN v_exact TEXT",)),
+    # the command queue and the commands' outcomes (backend.command_queue)
+    (4, ("""CREATE TABLE IF NOT EXISTS commands (
+            gw TEXT NOT NULL, kid TEXT NOT NULL, op_seq INTEGER NOT NULL, digest TEXT NOT NULL, exp INTEGER NOT NULL,
+            action TEXT NOT NULL, data BLOB NOT NULL, queued REAL NOT NULL, handed INTEGER NOT NULL,
+            last_handed REAL, state TEXT NOT NULL, outcome TEXT, done REAL, PRIMARY KEY (gw, kid, op_seq))""",
+         "CREATE INDEX IF NOT EXISTS commands_by_state ON commands (gw, state)",
+         "CREATE INDEX IF NOT EXISTS commands_by_digest ON commands (gw, digest)",
+         """CREATE TABLE IF NOT EXISTS command_outcomes (
+            gw TEXT NOT NULL, op_seq INTEGER, kid TEXT, digest TEXT, state TEXT NOT NULL, text TEXT NOT NULL,
+            t REAL, received REAL NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL)""",
+         "CREATE INDEX IF NOT EXISTS command_outcomes_by_gw ON command_outcomes (gw, received)")),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _INSERT_RECORDS = "INSERT INTO records (%s) VALUES (%s)" % (", ".join(RECORD_COLUMNS),
@@ -124,32 +137,41 @@ class SqliteStorage(Storage):
         rollback); any other exception also rolls back first.
         """
         head, meta, rows = batch_rows(batch)
+        outcomes = outcome_rows(batch)
+        with self.transaction() as execute:
+            known = execute("SELECT digest FROM batches WHERE gw = ? AND boot = ? AND seq = ?", head).fetchone()
+            if known is None:
+                execute("INSERT INTO batches (gw, boot, seq, kid, clock, anchor_mono, anchor_wall, received, "
+                        "records, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        head + meta + (received, len(rows), digest))
+                self.db.executemany(_INSERT_RECORDS, rows)
+                if outcomes:
+                    record_outcomes(execute, outcomes, head, received)
+                outcome = STORED
+            elif known[0] is None or bytes(known[0]) == digest:
+                outcome = DUPLICATE
+            else:
+                execute("INSERT OR IGNORE INTO conflicts (gw, boot, seq, kid, received, reason, digest, data) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        head + (meta[0], received, CONFLICT_REASON, digest, bytes(data)))
+                outcome = CONFLICT
+        return outcome, len(rows)
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; any exception rolls back first (the connection is shared by every
+        HTTP thread and the MQTT consumer: a transaction left open would fail every later call)."""
         db = self.db
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                known = db.execute("SELECT digest FROM batches WHERE gw = ? AND boot = ? AND seq = ?",
-                                   head).fetchone()
-                if known is None:
-                    db.execute("INSERT INTO batches (gw, boot, seq, kid, clock, anchor_mono, anchor_wall, received, "
-                               "records, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                               head + meta + (received, len(rows), digest))
-                    db.executemany(_INSERT_RECORDS, rows)
-                    outcome = STORED
-                elif known[0] is None or bytes(known[0]) == digest:
-                    outcome = DUPLICATE
-                else:
-                    db.execute("INSERT OR IGNORE INTO conflicts (gw, boot, seq, kid, received, reason, digest, "
-                               "data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                               head + (meta[0], received, CONFLICT_REASON, digest, bytes(data)))
-                    outcome = CONFLICT
+                yield db.execute
                 db.execute("COMMIT")
             except BaseException:
                 self.rollback()
                 raise
         except sqlite3.Error as exc:
             raise StorageError("receiver database %s: %s" % (self.path, exc)) from exc
-        return outcome, len(rows)
 
     def stats(self):
         return {"engine": self.engine, "schema_version": self.schema_version()}

@@ -19,12 +19,14 @@ Indexes: ``records (n, t)`` ("one sensor over a day") and ``records (gw, t)`` ("
 declared on the parent, so every partition has them.
 """
 
+import contextlib
 import datetime
 import logging
 import urllib.parse
 
 import psycopg
 
+from backend.command_queue import outcome_rows, record_outcomes
 from backend.storage import (CONFLICT, CONFLICT_REASON, DUPLICATE, RECORD_COLUMNS, STORED, Storage, StorageError,
                              UnstorableError, batch_rows, redact)
 
@@ -57,6 +59,18 @@ MIGRATIONS = (
             UNIQUE (gw, boot, seq, digest))""")),
     # wire format 2: the exact decimal of each value ("21.50" keeps its scale in numeric), beside the double in v
     (2, ("ALTER TABLE records ADD COLUMN v_exact numeric",)),
+    # the command queue and the commands' outcomes (backend.command_queue)
+    (3, ("""CREATE TABLE commands (
+            gw text NOT NULL, kid text NOT NULL, op_seq bigint NOT NULL, digest text NOT NULL, exp bigint NOT NULL,
+            action text NOT NULL, data bytea NOT NULL, queued double precision NOT NULL, handed integer NOT NULL,
+            last_handed double precision, state text NOT NULL, outcome text, done double precision,
+            PRIMARY KEY (gw, kid, op_seq))""",
+         "CREATE INDEX commands_by_state ON commands (gw, state)",
+         "CREATE INDEX commands_by_digest ON commands (gw, digest)",
+         """CREATE TABLE command_outcomes (
+            gw text NOT NULL, op_seq bigint, kid text, digest text, state text NOT NULL, text text NOT NULL,
+            t double precision, received double precision NOT NULL, boot bigint NOT NULL, seq bigint NOT NULL)""",
+         "CREATE INDEX command_outcomes_by_gw ON command_outcomes (gw, received)")),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _INSERT_RECORDS = "INSERT INTO records (%s) VALUES (%s)" % (", ".join(RECORD_COLUMNS),
@@ -66,6 +80,11 @@ _INSERT_RECORDS = "INSERT INTO records (%s) VALUES (%s)" % (", ".join(RECORD_COL
 def partition_name(day):
     """``records_YYYYMMDD`` for a day number (days since 1970-01-01)."""
     return "records_" + (EPOCH + datetime.timedelta(days=day)).strftime("%Y%m%d")
+
+
+def _placeholders(conn):
+    """``execute(sql, args)`` with ``?`` placeholders (``backend.command_queue``'s SQL has no literal ``%``)."""
+    return lambda sql, args=(): conn.execute(sql.replace("?", "%s"), args)
 
 
 def _no_nul(rows):
@@ -227,6 +246,7 @@ class PostgresStorage(Storage):
     def store(self, batch, digest, data, received):
         head, meta, rows = batch_rows(batch)
         _no_nul(rows)
+        outcomes = outcome_rows(batch)
         try:
             conn = self._usable()
             if self._maintained_day != int(received // DAY):
@@ -241,6 +261,8 @@ class PostgresStorage(Storage):
                 if inserted:
                     with conn.cursor() as cur:
                         cur.executemany(_INSERT_RECORDS, rows)
+                    if outcomes:
+                        record_outcomes(_placeholders(conn), outcomes, head, received)
                     outcome = STORED
                 else:
                     known = conn.execute("SELECT digest FROM batches WHERE gw = %s AND boot = %s AND seq = %s",
@@ -255,6 +277,15 @@ class PostgresStorage(Storage):
         except psycopg.Error as exc:
             raise StorageError("receiver database %s: %s" % (self.name, exc)) from exc
         return outcome, len(rows)
+
+    @contextlib.contextmanager
+    def transaction(self):
+        try:
+            conn = self._usable()
+            with conn.transaction():
+                yield _placeholders(conn)
+        except psycopg.Error as exc:
+            raise StorageError("receiver database %s: %s" % (self.name, exc)) from exc
 
     def stats(self):
         return {"engine": self.engine, "schema_version": SCHEMA_VERSION, "partitions": len(self._partitions),

@@ -13,9 +13,12 @@ Both keep the same promises (docs/wire-format.md, "The reference receiver's answ
 * a failure of the database itself raises ``StorageError`` (the receiver answers 503 with ``Retry-After``; the
   gateway keeps the batch and retries). Any other exception is a bug, after the transaction was rolled back.
 * the schema is versioned (table ``schema_version``) and migrated when the storage opens.
+* the command queue and the commands' outcomes (``backend.command_queue``: the SQL once, each engine's
+  ``transaction`` runs it); a stored batch's outcome records are recorded in its own transaction.
 """
 
 import abc
+import contextlib
 import math
 import urllib.parse
 
@@ -121,6 +124,27 @@ class Storage(abc.ABC):
         """Store one verified batch whose signed payload hashes to ``digest``; ``data`` (the signed bytes) is kept
         if it conflicts; ``received`` is the receiver's clock. Returns ``(outcome, records)``, ``outcome`` one of
         ``STORED``, ``DUPLICATE``, ``CONFLICT``, after the commit. Raises ``UnstorableError`` or ``StorageError``."""
+
+    @abc.abstractmethod
+    def transaction(self):
+        """A context manager: one transaction, yielding ``execute(sql, args)`` (``?`` placeholders) that returns a
+        cursor; committed at the end, rolled back on any exception; database errors raise ``StorageError``."""
+
+    # -- the command queue (backend.command_queue), the same on every engine ---------------------------------------
+    def queue_command(self, cmd, digest, data, now):
+        from backend import command_queue
+        with self.transaction() as execute:
+            return command_queue.queue(execute, cmd, digest, data, now)
+
+    def commands_for(self, gw, now):
+        from backend import command_queue
+        with self.transaction() as execute:
+            return command_queue.hand_over(execute, gw, now)
+
+    def command_status(self, gw, now):
+        from backend import command_queue
+        with self.transaction() as execute:
+            return command_queue.status(execute, gw, now)
 
     @abc.abstractmethod
     def stats(self):

@@ -97,8 +97,16 @@ def cmd_receive(args):
     except KeyFileError as exc:
         print("edge-gateway: %s" % exc, file=sys.stderr)
         return 2
+    operators = None
+    if args.operators:
+        from gateway.adapters.operators import load_operators
+        try:
+            operators = load_operators(args.operators)
+        except KeyFileError as exc:
+            print("edge-gateway: %s" % exc, file=sys.stderr)
+            return 2
     try:
-        receiver = Receiver(args.db, trust)
+        receiver = Receiver(args.db, trust, operators=operators)
     except (StorageError, ValueError) as exc:
         print("edge-gateway: cannot open the receiver database %s: %s" % (redact(args.db), exc), file=sys.stderr)
         return 2
@@ -113,6 +121,9 @@ def cmd_receive(args):
     print("receiving on %s (trust store %s: %d keys, database %s)" % (server.url, args.trust, len(trust.keys),
                                                                      redact(args.db)), flush=True)
     print("ops (GET /stats, /healthz) on %s" % (server.ops_url or "none (--ops-listen off)"), flush=True)
+    if operators is not None:
+        print("commands queued at %s (operator keys %s: %d)" % (server.url.replace("/v1/batches", "/v1/commands"),
+                                                                args.operators, len(operators)), flush=True)
     consumer = None
     if args.mqtt:
         from backend.mqtt_consumer import MqttConsumer
@@ -270,6 +281,9 @@ def _add_demo(sub):
     d.add_argument("--uplink", metavar="URL", help="send to this HTTP receiver instead of the built-in one")
     d.add_argument("--store", metavar="DIR", help="keep key, jwks.json, boot epoch and queue in DIR")
     d.add_argument("--console", metavar="DEVICE", help="serve the technician console on DEVICE")
+    d.add_argument("--clock", choices=("auto", "synced", "unsynced"), default="auto", help="is the wall clock "
+                   "synchronised: ask the kernel (auto, the default), or take it as given; signed commands need a "
+                   "synchronised clock (--store makes an operator key)")
     d.add_argument("--json", action="store_true", help="print one JSON summary at the end")
     d.add_argument("--verbose", action="store_true", help="log at INFO")
     d.set_defaults(func=cmd_demo, parser=d)
@@ -296,6 +310,9 @@ def _add_receive(sub):
                     "'provision' writes): the gateways' public keys")
     rc.add_argument("--db", required=True, metavar="FILE|URL", help="where the records go: a SQLite file "
                     "(created if missing) or postgresql://USER@HOST:PORT/DB[?retention_days=N] (docs/backend.md)")
+    rc.add_argument("--operators", metavar="JWKS", help="the operator keys (operator.jwks.json) whose signed commands "
+                    "are queued at /v1/commands and handed to each gateway in the answers to its batches "
+                    "(default: no command queue)")
     rc.add_argument("--ops-listen", default="127.0.0.1:0", metavar="HOST:PORT|off", help="where GET /stats and "
                     "/healthz are served, apart from the batches (default 127.0.0.1:0: loopback, a free port, "
                     "printed at start; 'off': nowhere)")

@@ -3,7 +3,10 @@
 One simulated sensor board with ``--sensors`` sensors (``firmware_sim/line_node.py`` under MicroPython when
 installed) talks to the agent over a real pseudo-terminal through pyserial; the agent batches, signs and commits to a SQLite store, and delivers to a
 loopback reference receiver that verifies every batch (or to ``--uplink URL``). ``--store DIR`` keeps the key, the
-trust store, the boot epoch and the queue in DIR, so a demo killed with SIGKILL resumes where it stopped.
+trust store, the boot epoch and the queue in DIR, so a demo killed with SIGKILL resumes where it stopped; it also
+makes and trusts an operator key there (``DIR/operator.pem``, ``DIR/operator.jwks.json``), so a script can sign
+commands for the demo gateway and queue them at ``edge-gateway receive --operators DIR/operator.jwks.json`` (or the
+built-in receiver) or publish them to a broker (README, "Driving the demo with commands").
 """
 
 import asyncio
@@ -123,16 +126,42 @@ def _stop_event(duration):
     return stop
 
 
+def _operators(store_dir):
+    """``--store DIR``: the demo's operator key in DIR, trusted by the demo gateway (and its built-in receiver).
+    ``(jwks path, operators, line to print)``, or ``(None, None, None)`` without ``--store``."""
+    if not store_dir:
+        return None, None, None
+    from gateway.adapters.operators import load_operators
+    from tools.operator_cmd import ensure_operator_key
+    key, pem, jwks, created = ensure_operator_key(store_dir)
+    return jwks, load_operators(jwks), "operator key %s (kid %s%s): commands signed with it are applied" % (
+        pem, key.kid, ", new" if created else "")
+
+
+def _downlink_config(workdir, url, operators_file):
+    """A config for the demo's downlink (there is no file: ``config_set`` answers so), or None when the uplink
+    carries no commands (a ``dir://`` spool)."""
+    from gateway.adapters.uplink import uplink_class_for_url
+    from gateway.app.config import from_dict
+    cls = uplink_class_for_url(url)
+    if not operators_file or not cls.downlink:
+        return None
+    return from_dict({"gateway": {"id": GATEWAY_ID, "state_dir": workdir}, "uplink": cls.config_from_url(url),
+                      "downlink": {"operators": operators_file, "poll_s": 5.0}})
+
+
 async def _demo(args, workdir, out):
     key, created, jwks, trust = _identity(workdir)
     say = (lambda *a: None) if args.json else (lambda text: print(text, file=out, flush=True))
+    operators_file, operators, operators_line = _operators(args.store)
     server = None
     if args.uplink:
         url = args.uplink
     else:
-        server = ReceiverServer(Receiver(os.path.join(workdir, "receiver.sqlite"), trust)).start()
+        server = ReceiverServer(Receiver(os.path.join(workdir, "receiver.sqlite"), trust,
+                                         operators=operators)).start()
         url = server.url
-    clock = SystemClock("auto")
+    clock = SystemClock(getattr(args, "clock", "auto"))
     store = Store(os.path.join(workdir, "queue.sqlite"), clock=clock)
     if store.recovered_from:
         say("store was corrupt; moved aside to %s" % store.recovered_from)
@@ -156,6 +185,14 @@ async def _demo(args, workdir, out):
     say("boot epoch %d: the batches below are numbered by seq in it" % agent.boot)
     stop = _stop_event(args.duration)
     announcer = asyncio.create_task(_announce_stop(stop, say))
+    downlink = None
+    downlink_cfg = _downlink_config(workdir, url, operators_file)
+    if downlink_cfg is not None:
+        from gateway.app.downlink import start_downlink
+        downlink = start_downlink(agent, downlink_cfg, stop.set)
+        say(operators_line)
+        if server:
+            say("        queue them: edge-gateway command send --http %s FILE" % url)
     console = None
     if args.console:
         from gateway.app.console.serve import serve_console
@@ -165,6 +202,9 @@ async def _demo(args, workdir, out):
         await agent.run(stop, drain_timeout=DRAIN_S)
     finally:
         announcer.cancel()
+        if downlink is not None:
+            from gateway.app.downlink import stop_downlink
+            await stop_downlink(downlink)
         if console is not None:
             console.cancel()
             await asyncio.gather(console, return_exceptions=True)

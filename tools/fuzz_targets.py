@@ -4,6 +4,7 @@ One function per area builds its targets; ``targets()`` collects them. A target'
 project's typed errors for that entry point: anything else escaping is a bug.
 """
 
+import json
 import os
 
 from tools.fuzz import Target
@@ -67,9 +68,12 @@ def _command_targets():
 
     def verify(data):
         return commands.verify_command(data, operators, "gw-fuzz", last, 1_900_000_000)
+    answers = tuple(json.dumps({"status": "stored", "commands": commands.encode_answer(corpus[:n])}).encode()
+                    for n in (1, 2))
     return [Target("commands.verify", verify, corpus, (commands.CommandError,)),
             Target("commands.payload", lambda data: verify(wire.sign(data, key, protected)), payloads,
-                   (commands.CommandError,))]
+                   (commands.CommandError,)),
+            Target("commands.answer", commands.commands_from_answer, answers, (commands.CommandError,))]
 
 
 class ReceiverFinding(AssertionError):
@@ -130,7 +134,9 @@ def _receiver_targets():
     from gateway.core.errors import VerifyError
     from gateway.core.wire import sign
     key = SigningKey.from_seed(bytes(range(32)))
-    rx = Receiver(":memory:", TrustStore({"keys": [key.jwk("gw-fuzz")]}))
+    operator = SigningKey.from_seed(bytes(range(1, 33)))
+    rx = Receiver(":memory:", TrustStore({"keys": [key.jwk("gw-fuzz")]}),
+                  operators={operator.kid_bytes: operator.public})
     corpus, payloads = _receiver_corpus(key)
     quiet = [logging.getLogger(name) for name in ("backend.receiver", "backend.httpd", "uvicorn.error")]
 
@@ -171,7 +177,17 @@ def _receiver_targets():
         if status >= 500 or not isinstance(body, dict):
             raise ReceiverFinding("process answered %d %r to a deflated body" % (status, body))
 
-    return [Target("receiver.process", process, corpus, ()),
+    def queue(data):
+        """``POST /v1/commands``: any bytes; only a 4xx or a 2xx may come back."""
+        status, body = checked(lambda: rx.queue_command(data))
+        if status >= 500 or not isinstance(body, dict):
+            raise ReceiverFinding("queue_command answered %d %r to input" % (status, body))
+
+    from gateway.core.commands import sign_command
+    commands_corpus = tuple(sign_command(operator, "gw-fuzz", n, 2_000_000_000, action)
+                            for n, action in ((1, "restart"), (2, "store_requeue")))
+    return [Target("receiver.commands", queue, commands_corpus, ()),
+            Target("receiver.process", process, corpus, ()),
             Target("receiver.signed_payload", signed_payload, payloads, ()),
             Target("receiver.deflate", deflated, tuple(zlib.compress(c, 6) for c in corpus[:4])
                    + (zlib.compress(bytes(8192)),), ()),

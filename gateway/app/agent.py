@@ -133,6 +133,7 @@ class Agent(Delivery, CommitTask):
         self._alarm_waiting = False
         self._tick_wake = None
         self._sending = False  # a round of sends is under way
+        self._uplink_replaced = False  # replace_uplink woke the backoff (not an alarm)
         # Deliver first (issue 21): a sealed batch is sent from memory at once and written to the store only if it
         # is not acknowledged by its ``commit_by`` time (its oldest reading + hold_s), so a link that keeps up
         # costs no disk write at all, and the kill window holds either way.
@@ -144,6 +145,7 @@ class Agent(Delivery, CommitTask):
         self._flushing = False
         self._loop = None
         self.observers = []  # callables that see every reading and event first (the console's SensorBoard)
+        self.downlink = None  # the signed commands' handler (gateway.app.downlink), when [downlink] is on
         self.last_stop = None  # why the previous run ended, for the status (service.py sets it; None: not known)
         self.update_info = None  # versions and the last update's outcome (gateway/app/update_agent.py), or None
 
@@ -237,6 +239,23 @@ class Agent(Delivery, CommitTask):
         batcher.hold = settings.get("hold_s", batcher.hold)
         self.backoff.low = settings.get("backoff_min_s", self.backoff.low)
         self.backoff.high = settings.get("backoff_max_s", self.backoff.high)
+
+    def replace_uplink(self, uplink):
+        """Send through ``uplink`` from the next batch on (on the loop); returns the one it replaces, which the
+        caller closes (``close_uplink``). The backoff restarts, and a backoff under way ends now: the new uplink
+        is tried at once (an uplink change checked by the downlink, ``gateway.app.uplink_check``)."""
+        old, self.uplink = self.uplink, uplink
+        self.backoff.reset()
+        if self._alarm_wake is not None:
+            self._uplink_replaced = True
+            self._alarm_wake.set()
+            self._uplink_wake.set()
+        log.info("uplink: now %s (was %s)", uplink.describe(), old.describe())
+        return old
+
+    async def close_uplink(self, uplink):
+        """Close a replaced uplink on the uplink thread, after the send it may still be in."""
+        await asyncio.get_running_loop().run_in_executor(self._uplink_thread, uplink.close)
 
     def call_on_loop(self, fn, *args, timeout=10.0):
         """Run ``fn(*args)`` on the agent's event loop and return its result. Called from another thread it is

@@ -99,6 +99,8 @@ class DownlinkSection:
     operators: str = ""  # the operator JWK Set; empty: no downlink (docs/security.md, "Downlink")
     state: str = "downlink-seq.json"  # last applied op_seq per operator key; relative to state_dir unless absolute
     client_id: str = ""  # the commands subscriber's MQTT client id (default edge-gateway-cmd-<gw>)
+    check_s: float = 60.0  # an uplink change from afar must deliver within this, or it is reverted
+    poll_s: float = 30.0  # HTTP: after this long without a delivery, one small batch asks for commands
 
 
 @dataclass
@@ -158,6 +160,8 @@ RANGES = {
     "console.idle_lock_s": (1.0, DAY),
     "update.prove_s": (1.0, DAY),
     "update.max_starts": (1, 100),
+    "downlink.check_s": (5.0, 3600.0),
+    "downlink.poll_s": (5.0, DAY),
 }
 # The [[sources]] tables are typed by the drivers (drivers/sources.py: one config class per source type, declared
 # next to its driver with its ranges) and parsed there, once, by ``from_dict``.
@@ -239,9 +243,11 @@ def from_dict(data, file=None):
         raise ConfigError(str(exc), file, exc.key) from None
     if cfg.uplink.backoff_min_s > cfg.uplink.backoff_max_s:
         raise ConfigError("must not exceed uplink.backoff_max_s", file, "uplink.backoff_min_s")
-    if cfg.downlink.operators and cfg.uplink.kind != "mqtt":
-        raise ConfigError("commands arrive over MQTT only so far: set uplink.kind = \"mqtt\" or leave "
-                          "downlink.operators empty", file, "downlink.operators")
+    if cfg.downlink.operators and not uplink_class(cfg.uplink.kind).downlink:
+        carriers = [kind for kind in UPLINKS if uplink_class(kind).downlink]
+        raise ConfigError("commands cannot arrive over the %s uplink: use uplink.kind %s, or leave "
+                          "downlink.operators empty" % (cfg.uplink.kind, " or ".join(carriers)), file,
+                          "downlink.operators")
     if cfg.update.pin:
         from gateway.core.update import parse_version
         try:

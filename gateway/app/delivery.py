@@ -149,11 +149,17 @@ class Delivery:
     async def _backoff_sleep(self, delay):
         """Sleep out the backoff, but wake at once when an alarm is cut: each new alarm earns one immediate attempt,
         even against a server's Retry-After, because a fridge alarm must not wait for the backoff to expire."""
+        if self._uplink_replaced:  # replaced while this round was failing: try the new uplink at once
+            self._uplink_replaced = False
+            return
         self._alarm_wake.clear()
         try:
             async with asyncio.timeout(delay):
                 await self._alarm_wake.wait()
         except TimeoutError:
+            return
+        if self._uplink_replaced:
+            self._uplink_replaced = False
             return
         self.counters["alarm_wakeups"] += 1
 

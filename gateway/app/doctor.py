@@ -14,7 +14,10 @@ the state directory is writable (a probe file is written, fsynced and removed th
 boot epoch will); free disk for the store bound; serial ports present and read/write; BLE adapter present and powered (BlueZ over
 D-Bus, ``org.bluez.Adapter1.Powered``; only a WARN when no BLE source is configured); uplink reachable with a
 valid TLS certificate (HTTP: an ``OPTIONS`` request to the batch URL, which a batch endpoint answers 2xx and a
-wrong path 404, a FAIL; MQTT: TCP and, with ``tls``, a verified TLS handshake).
+wrong path 404, a FAIL; MQTT: TCP and, with ``tls``, a verified TLS handshake). With ``[downlink] operators``:
+the operator trust store (present, a JWK Set of valid public Ed25519 keys, none bound to a gateway with ``gw``,
+not writable by group or others, since whoever can write it can command the gateway), the applied-sequence state
+readable, and no uplink check left pending (``downlink-check.json``).
 """
 
 import asyncio
@@ -244,6 +247,39 @@ def check_uplink(cfg):
         uplink.close()
 
 
+def check_operators(cfg):
+    """The downlink's trust root (None when the downlink is off)."""
+    path = cfg.downlink.operators
+    if not path:
+        return None
+    from gateway.adapters.operators import SeqState, load_operators
+    from gateway.app.uplink_check import marker_path
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return Check(FAIL, "operators", "%s does not exist (downlink.operators)" % path,
+                     "copy the operators' operator.jwks.json there, or empty downlink.operators")
+    except OSError as exc:
+        return Check(FAIL, "operators", "cannot stat %s: %s" % (path, exc.strerror), "check the path and its mode")
+    if st.st_mode & 0o022:
+        return Check(FAIL, "operators", "%s has mode %04o: whoever can write it can command this gateway"
+                     % (path, st.st_mode & 0o777), "chmod 644 %s (owned by root)" % path)
+    try:
+        operators = load_operators(path)
+        SeqState(cfg.state_path(cfg.downlink.state))
+    except KeyFileError as exc:
+        return Check(FAIL, "operators", str(exc), "fix the file (edge-gateway operator keygen writes a good one)")
+    if not operators:
+        return Check(WARN, "operators", "%s lists no key: every command will be refused" % path,
+                     "add the operators' public keys, or empty downlink.operators")
+    if os.path.exists(marker_path(cfg.gateway.state_dir)):
+        return Check(WARN, "operators", "an uplink change from afar is being checked (%s): the next start restores "
+                     "the previous config" % marker_path(cfg.gateway.state_dir), "wait for the check, or restart")
+    return Check(PASS, "operators", "%s: %d operator key%s (%s)" % (path, len(operators), "" if len(operators) == 1
+                                                                    else "s", ", ".join(k.decode() for k in
+                                                                                        sorted(operators))))
+
+
 def run_checks(config_path, quick=False):
     try:
         cfg = load(config_path)
@@ -252,6 +288,7 @@ def run_checks(config_path, quick=False):
     checks = [Check(PASS, "config", "%s valid (gateway %s)" % (config_path, cfg.gateway.id))]
     checks += [c for c in (check_config_mode(cfg),) if c] + [check_key(cfg), check_transport(cfg),
                                                               check_update(cfg)]
+    checks += [c for c in (check_operators(cfg),) if c]
     if quick:
         return checks
     checks += [check_clock(), check_state_dir(cfg), check_disk(cfg)] + check_serial(cfg) + [check_ble(cfg), check_uplink(cfg)]

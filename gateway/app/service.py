@@ -19,7 +19,7 @@ from gateway.app.actions import build_actions
 from gateway.adapters.versions import Layout
 from gateway.app.agent import Agent
 from gateway.app.watchdog import Notifier, supervise
-from gateway.app.downlink import start_downlink, stop_downlink
+from gateway.app.downlink import recover_check, report_recovered_check, start_downlink, stop_downlink
 from gateway.app.update_agent import restart_note, start_update_watch
 from gateway.core.clock import SystemClock
 from gateway.core.errors import ConfigError, KeyFileError, StoreError
@@ -90,6 +90,7 @@ EXIT_RESTART = 75  # the console's `restart`: exit non-zero so systemd's Restart
 
 async def run_service(cfg, console_port=None):
     """Run the agent until SIGTERM/SIGINT, serving the technician console when a port is configured."""
+    cfg, interrupted_check = recover_check(cfg)  # an uplink change a stop interrupted: the previous config is back
     agent = build_agent(cfg)
     marker = RunMarker(cfg.gateway.state_dir)
     try:
@@ -113,6 +114,7 @@ async def run_service(cfg, console_port=None):
         loop.call_soon_threadsafe(stop.set)
     downlink = start_downlink(agent, cfg, request_restart)  # None unless [downlink] operators is set
     update = start_update_watch(agent, cfg, request_restart)  # None unless update.base holds an install
+    report_recovered_check(agent, interrupted_check)
     if port:
         from gateway.app.console.serve import serve_console
         console = serve_console(agent, port, cfg.file, request_restart=request_restart)

@@ -15,6 +15,9 @@ Operator keys are a trust root of their own (``operators``: kid bytes -> Ed25519
 ``[downlink] operators`` JWK Set); a gateway's own trust store never signs commands.
 """
 
+import base64
+import hashlib
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -42,6 +45,20 @@ ACTIONS = {
     "restart": (),
     "update": ("url", "sha256"),  # fetch the bundle (sha256: its hex digest), verify, stage (app/update_agent.py)
 }
+
+#: the states of an outcome record (``<gw>/downlink/<op_seq>``, ``vs`` = ``"<state>: <text>"``); ``checking`` is
+#: the one that is not final (an uplink change waiting for its check, docs/wire-format.md "Apply, check, keep or
+#: revert")
+OUTCOME_STATES = ("applied", "failed", "rejected", "reverted", "checking")
+#: HTTP delivery (docs/wire-format.md, "Delivery (HTTP)"): the JSON key of the receiver's 2xx answer that holds
+#: commands for the gateway, at most this many per answer, the answer read at most this far
+ANSWER_KEY = "commands"
+MAX_ANSWER_COMMANDS = 8
+MAX_ANSWER_BYTES = 65536
+DIGEST_HEX = 16  # the command id in outcome texts: the first 16 hex digits of SHA-256 over the signed bytes
+_OUTCOME_NAME = re.compile(r"/downlink/(\d{1,19}|unverified)$")
+_OUTCOME_DIGEST = re.compile(r"\[cmd ([0-9a-f]{%d})\]" % DIGEST_HEX)
+_OUTCOME_KID = re.compile(r"\(key ([A-Za-z0-9_-]{1,64}), seq \d+\)")
 
 #: every reason ``CommandError`` carries (a stable token: counters, the outcome record, the docs)
 REASONS = ("oversize", "malformed", "unknown_key", "bad_signature", "wrong_gateway", "replayed", "clock_unsynced",
@@ -203,3 +220,90 @@ def _arg_value(value):
     if cls is int:
         return -INT64_MAX - 1 <= value <= INT64_MAX
     return cls is float and math.isfinite(value)
+
+
+# -- HTTP delivery and outcomes: shared by the gateway and the reference receiver ----------------------------------
+def command_digest(data):
+    """The id an outcome text carries for the command it answers (``[cmd <16 hex>]``): the first 16 hex digits of
+    SHA-256 over the command's bytes as they arrived, signed or not, so the receiver can match even an outcome of a
+    command whose signature did not verify."""
+    return hashlib.sha256(bytes(data)).hexdigest()[:DIGEST_HEX]
+
+
+def peek_gw(data, max_bytes=MAX_COMMAND_BYTES):
+    """The ``gw`` a command names, read **without** verifying it (routing only: the queue or topic it goes to);
+    then ``verify_command`` against that id checks everything. ``CommandError`` (``malformed``/``oversize``).
+    ``max_bytes``: the operator's tools route even an oversized one (the gateway refuses it, a test shows)."""
+    if not isinstance(data, (bytes, bytearray)) or len(data) > max_bytes:
+        raise CommandError("a command is at most %d bytes" % max_bytes, "oversize")
+    try:
+        _, _, payload, _ = wire._envelope(bytes(data), max_bytes)
+        body = wire._strict_loads(payload, "payload")
+    except VerifyError as exc:
+        raise CommandError("not a command: %s" % exc, "malformed") from None
+    gw = body.get("gw") if isinstance(body, dict) else None
+    if not isinstance(gw, str) or not GW_RE.match(gw):
+        raise CommandError("the payload names no gateway id", "malformed")
+    return gw
+
+
+def encode_answer(commands):
+    """The ``commands`` value of a receiver's answer: each command's bytes in base64url without padding."""
+    return [base64.urlsafe_b64encode(bytes(c)).rstrip(b"=").decode("ascii") for c in commands]
+
+
+def commands_from_answer(body):
+    """The commands a receiver's 2xx answer (``body``: bytes, JSON) hands over; ``[]`` when it has none.
+
+    An answer that is not JSON, or has no ``commands`` key, holds none (older receivers, other backends). A
+    ``commands`` value that is not a list of at most ``MAX_ANSWER_COMMANDS`` base64url texts raises
+    ``CommandError`` (``malformed``): the batch was still delivered. Sizes are bounded by the answer (the uplink
+    reads at most ``MAX_ANSWER_BYTES``); an oversized command is handed on, so the gateway refuses it as
+    ``oversize`` and says so upstream."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return []
+    if not isinstance(doc, dict) or ANSWER_KEY not in doc:
+        return []
+    items = doc[ANSWER_KEY]
+    if not isinstance(items, list) or len(items) > MAX_ANSWER_COMMANDS:
+        raise CommandError("answer's commands must be a list of at most %d" % MAX_ANSWER_COMMANDS, "malformed")
+    out = []
+    for item in items:
+        if not isinstance(item, str) or not item.isascii():
+            raise CommandError("answer's commands must be base64url texts of commands", "malformed")
+        try:
+            out.append(base64.urlsafe_b64decode(item + "=" * (-len(item) % 4)))
+        except ValueError:
+            raise CommandError("answer's commands must be base64url texts of commands", "malformed") from None
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One outcome record as a backend reads it: ``op_seq`` (None for ``unverified``), its state, the text after
+    the state, and what the text names: the command's digest (``[cmd ...]``) and operator kid (``(key ..., seq
+    n)``), each None when absent."""
+    op_seq: object
+    state: str
+    text: str
+    digest: object
+    kid: object
+
+
+def parse_outcome(name, vs):
+    """An ``Outcome`` for a record named ``<gw>/downlink/<op_seq|unverified>`` whose ``vs`` starts with one of
+    ``OUTCOME_STATES``; None for any other record."""
+    m = _OUTCOME_NAME.search(name or "")
+    if m is None or not isinstance(vs, str):
+        return None
+    state, sep, text = vs.partition(": ")
+    if not sep or state not in OUTCOME_STATES:
+        return None
+    op_seq = None if m.group(1) == "unverified" else int(m.group(1))
+    if op_seq is not None and op_seq > INT64_MAX:
+        return None
+    digest = _OUTCOME_DIGEST.search(text)
+    kid = _OUTCOME_KID.search(text)
+    return Outcome(op_seq, state, text, digest and digest.group(1), kid and kid.group(1))

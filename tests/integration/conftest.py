@@ -29,3 +29,11 @@ def wheels(tmp_path_factory):
     """The offline wheelhouse of this machine's platform, built once per session (tests.support.update)."""
     from tests.support.update import offline_wheelhouse
     return offline_wheelhouse(str(tmp_path_factory.getbasetemp() / "wheelhouse"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request, tmp_path):
+    """Where a receiver stores: a SQLite file, or a fresh PostgreSQL database (the same tests run on both)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "rx.sqlite")
+    return request.getfixturevalue("pg_url")

@@ -4,6 +4,7 @@ import argparse
 import datetime
 import http.server
 import io
+import json
 import ipaddress
 import os
 import shutil
@@ -185,3 +186,32 @@ def test_ble_adapter_powered_over_dbus(tmp_path):
         bt._obj(bt._adapter_path()).UpdateProperties("org.bluez.Adapter1", {"Powered": dbus.Boolean(False)})
         off = doctor.check_ble(c)
         assert off.status == "FAIL" and "powered off" in off.detail
+
+
+def test_operators_trust_store(tmp_path):
+    """Doctor checks the downlink's trust root: present, valid public keys, none bound to a gateway, not writable
+    by others; quick, so it also runs before an upgrade."""
+    from gateway.adapters.keys import SigningKey
+    cfg, _ = make_gateway(tmp_path)
+    assert not [l for l in doctor_run(cfg, quick=True)[1] if l.split()[1:2] == ["operators"]]  # downlink off
+    ops = tmp_path / "operators.jwks.json"
+    with open(cfg, "a") as f:
+        f.write('\n[downlink]\noperators = "%s"\n' % ops)
+    rc, lines = doctor_run(cfg, quick=True)
+    assert rc == 1 and "does not exist" in line(lines, "operators")
+    key = SigningKey.generate()
+    keys.write_jwks(str(ops), {"keys": [key.jwk()]})
+    os.chmod(ops, 0o644)
+    rc, lines = doctor_run(cfg, quick=True)
+    assert rc == 0 and line(lines, "operators").startswith("PASS") and key.kid in line(lines, "operators")
+    os.chmod(ops, 0o666)
+    rc, lines = doctor_run(cfg, quick=True)
+    assert rc == 1 and "chmod 644" in line(lines, "operators")
+    os.chmod(ops, 0o644)
+    for doc, words in (({"keys": [key.jwk("gw-doc")]}, "bound to gateway"), ({"nokeys": []}, "not a JWK Set"),
+                       ({"keys": [dict(key.jwk(), x="AAAA")]}, "invalid x")):
+        ops.write_text(json.dumps(doc))
+        rc, lines = doctor_run(cfg, quick=True)
+        assert rc == 1 and words in line(lines, "operators"), lines
+    ops.write_text("{")
+    assert "not valid JSON" in line(doctor_run(cfg, quick=True)[1], "operators")

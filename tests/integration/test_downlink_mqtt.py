@@ -7,9 +7,6 @@ nothing. Commands published while the agent is down wait in its persistent sessi
 """
 
 import os
-import signal
-import sqlite3
-import subprocess
 import time
 
 import cbor2
@@ -18,56 +15,13 @@ import pytest
 from gateway.adapters import keys
 from gateway.app.config import to_toml
 from gateway.core import commands, wire
-from tests.support import reserve_port, wait_until
-from tests.support.faults import BIN, GW, Receiver, prepare_store
+from tests.support import reserve_port
+from tests.support.downlink import Gateway, cli, operator_setup, op_seq_of
+from tests.support.downlink import await_outcomes as await_stored
+from tests.support.faults import GW, Receiver
 from tests.support.mosquitto import Broker, have_mosquitto
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed")]
-
-
-def outcomes(db):
-    """``{record name suffix: [vs, ...]}`` of the downlink records the receiver stored (in arrival order)."""
-    if not os.path.exists(db):
-        return {}
-    con = sqlite3.connect(db)
-    try:
-        rows = con.execute("SELECT n, vs FROM records WHERE n LIKE ? ORDER BY rowid", (GW + "/downlink/%",)).fetchall()
-    except sqlite3.OperationalError:  # the receiver has not created its tables yet
-        return {}
-    finally:
-        con.close()
-    out = {}
-    for n, vs in rows:
-        out.setdefault(n.rsplit("/", 1)[1], []).append(vs)
-    return out
-
-
-class Gateway:
-    def __init__(self, work, cfg_path):
-        self.cfg = cfg_path
-        self.log_path = os.path.join(work, "agent.log")
-        self.proc = None
-
-    def start(self):
-        self.log = open(self.log_path, "ab")
-        self.mark = os.path.getsize(self.log_path)
-        self.proc = subprocess.Popen([BIN, "run", "--config", self.cfg], stdout=self.log, stderr=subprocess.STDOUT)
-        wait_until(lambda: "downlink: subscribed" in self.text() or self.proc.poll() is not None, 20,
-                   "the agent's downlink subscription")
-        assert self.proc.poll() is None, self.text()
-        return self
-
-    def text(self):
-        with open(self.log_path, "rb") as f:
-            f.seek(self.mark)
-            return f.read().decode("utf-8", "replace")
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(30)
-        self.log.close()
-        return self.proc.returncode
 
 
 def publish_raw(port, topic, data):
@@ -85,20 +39,10 @@ def publish_raw(port, topic, data):
         conn.stop()
 
 
-def cli(*args):
-    proc = subprocess.run([BIN] + list(args), capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
 @pytest.mark.timeout(120)
 def test_commands_over_mqtt_applied_once_rejections_reported(tmp_path):
     work = str(tmp_path)
-    store = os.path.join(work, "state")
-    prepare_store(store)
-    cli("operator", "keygen", "--out", os.path.join(work, "ops"))
-    op_key = os.path.join(work, "ops", "operator.pem")
-    operator = keys.load_private(op_key)
+    store, op_key, operator = operator_setup(work)
     other = keys.SigningKey.generate()  # not in the gateway's operator file: a forger
     broker = Broker(tmp_path / "broker").start()
     url = broker.url + "/edge"
@@ -125,21 +69,12 @@ def test_commands_over_mqtt_applied_once_rejections_reported(tmp_path):
             f.write(data)
         return path
 
-    def seq_of(path):
-        with open(path, "rb") as f:
-            return cbor2.loads(cbor2.loads(f.read()).value[2])["op_seq"]
-
     def config_text():
         with open(cfg_path) as f:
             return f.read()
 
     def await_outcomes(expected, what):
-        try:
-            wait_until(lambda: all(len(outcomes(receiver.db).get(k, ())) >= n for k, n in expected.items()), 30,
-                       what)
-        except AssertionError as exc:
-            raise AssertionError("%s; the receiver holds %r" % (exc, outcomes(receiver.db))) from None
-        return outcomes(receiver.db)
+        return await_stored(receiver.db, expected, what)
 
     try:
         gateway.start()
@@ -161,7 +96,7 @@ def test_commands_over_mqtt_applied_once_rejections_reported(tmp_path):
             return wire.sign(payload, operator, commands.protected_header(operator.kid_bytes))
         oversize = raw("oversize.cose", by_hand(9, "config_set", {"key": "gateway.log_level", "value": "x" * 5000}))
         unknown = raw("unknown.cose", by_hand(4, "reboot", {}))
-        assert seq_of(wrong_gw) == 2
+        assert op_seq_of(wrong_gw) == 2
         cli("command", "send", "--mqtt", url, good, forged, expired, oversize, unknown)
         with open(wrong_gw, "rb") as f:  # send routes it to gw-other's topic; a replayer puts it on ours
             publish_raw(broker.port, "edge/%s/commands" % GW, f.read())

@@ -202,6 +202,8 @@ def test_the_documented_health_records_are_the_ones_the_gateway_sends():
     from gateway.app.actions import HEALTH  # local actions: boards and programs (gateway/app/actions.py)
     assert all(_reported(k) for k in ("actuator.b.error.no_ack", "program.a.error.exit", "program.a.dropped_busy"))
     sent |= set(HEALTH)
+    from gateway.app.downlink import POLL_HEALTH
+    sent.add(POLL_HEALTH)  # the HTTP downlink's poll (gateway/app/downlink.py)
     assert set(documented) == sent
     from gateway.adapters.restart_reason import KINDS
     text = open(os.path.join(ROOT, "docs", "wire-format.md")).read()

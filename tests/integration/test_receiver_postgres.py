@@ -40,14 +40,6 @@ def two_gw_trust(signing_key, other_key):
     return TrustStore({"keys": [signing_key.jwk(GW), other_key.jwk("gw-other")]})
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_target(request, tmp_path):
-    """Where the receiver stores: a SQLite file, or a fresh PostgreSQL database (the same tests run on both)."""
-    if request.param == "sqlite":
-        return str(tmp_path / "rx.sqlite")
-    return request.getfixturevalue("pg_url")
-
-
 @pytest.fixture
 def server(db_target, two_gw_trust):
     srv = ReceiverServer(Receiver(db_target, two_gw_trust)).start()
@@ -234,7 +226,7 @@ def test_schema_is_built_from_an_empty_database_and_left_alone_at_a_second_start
     first = PostgresStorage.from_target(pg_url)
     try:
         tables, indexes, partitioned = _catalog(first.conn)
-        assert {"schema_version", "batches", "records_other", "conflicts"} <= tables
+        assert {"schema_version", "batches", "records_other", "conflicts", "commands", "command_outcomes"} <= tables
         assert indexes == {"records_by_name", "records_by_gw"} and partitioned == {"records"}
         versions = first.query("SELECT version FROM schema_version ORDER BY version")
         assert versions == [(1,), (2,)] and first.stats()["schema_version"] == 2

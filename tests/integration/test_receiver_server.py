@@ -286,10 +286,10 @@ def test_a_full_store_pool_answers_503_busy_with_retry_after(server, signing_key
     entered, release = threading.Event(), threading.Event()
     real = server.receiver.process
 
-    def slow_process(data, encoding=None):
+    def slow_process(data, encoding=None, hand_over=False):
         entered.set()
         release.wait(10)
-        return real(data, encoding)
+        return real(data, encoding, hand_over)
 
     monkeypatch.setattr(server.receiver, "process", slow_process)
     first = []

@@ -21,6 +21,7 @@ class FakeView(GatewayView):
         self.board = SensorBoard()
         self.calls = []
         self.alarm_list = None
+        self.downlink = None  # (recent commands, downlink counters) once a test turns the downlink on
         self.probe = Probe(True, 0.0042, "127.0.0.1:8080 answered HTTP 404 Not Found")
         self.config = {"gateway": {"id": "gw-7"}, "uplink": {"url": "http://h/x", "mqtt": {"password": "hunter2"}},
                        "console": {"pin_hash": PIN_HASH},
@@ -52,6 +53,9 @@ class FakeView(GatewayView):
     def config_data(self): return self.config
     def keys(self): return {"kid": "AbCdEfGhIjK", "alg": "EdDSA (Ed25519)", "fingerprint": "SHA256:" + "f" * 43,
                             "x": "x" * 43}
+    def commands(self):
+        return self.downlink
+
     def uplink_test(self):
         self.calls.append(("uplink_test",))
         return self.probe

@@ -51,14 +51,17 @@ def prepare_store(store):
 class Receiver:
     """``edge-gateway receive`` as a separate process on a fixed loopback port."""
 
-    def __init__(self, workdir, trust_file, port, mqtt=None, group="receivers"):
+    def __init__(self, workdir, trust_file, port, mqtt=None, group="receivers", operators=None):
         self.args = ["receive", "--listen", "127.0.0.1:%d" % port, "--trust", trust_file,
                      "--db", os.path.join(workdir, "receiver.sqlite"), "--log-level", "warning"]
         if mqtt:
             self.args += ["--mqtt", mqtt, "--mqtt-group", group]
+        if operators:
+            self.args += ["--operators", operators]  # a command queue (POST /v1/commands)
         self.db = os.path.join(workdir, "receiver.sqlite")
         self.log = open(os.path.join(workdir, "receiver.log"), "ab")
         self.port = port
+        self.url = "http://127.0.0.1:%d/v1/batches" % port
         self.proc = None
         self.starts = 0
 

@@ -213,10 +213,14 @@ def test_source_errors_name_file_index_and_key_in_one_syntax(text, key):
     assert str(err.value).startswith("gw.toml: %s: " % key)
 
 
-def test_downlink_needs_the_mqtt_uplink():
-    """Commands arrive over MQTT only so far: operators with the HTTP uplink would silently never see one."""
+def test_downlink_needs_an_uplink_that_carries_commands():
+    """Commands come over MQTT (a subscription) or HTTP (the receiver's answers); with the directory uplink the
+    operators would silently never see one."""
     with pytest.raises(ConfigError) as err:
-        config.loads('[downlink]\noperators = "/etc/edge-gateway/operators.jwks.json"\n')
-    assert err.value.key == "downlink.operators" and "mqtt" in str(err.value)
-    cfg = config.loads('[uplink]\nkind = "mqtt"\n[downlink]\noperators = "/x/ops.json"\n')
-    assert cfg.downlink.operators == "/x/ops.json" and cfg.downlink.state == "downlink-seq.json"
+        config.loads('[uplink]\nkind = "directory"\nurl = "dir:///tmp/x"\n'
+                     '[downlink]\noperators = "/etc/edge-gateway/operators.jwks.json"\n')
+    assert err.value.key == "downlink.operators" and "http or mqtt" in str(err.value)
+    for kind in ("mqtt", "http"):
+        cfg = config.loads('[uplink]\nkind = "%s"\n[downlink]\noperators = "/x/ops.json"\n' % kind)
+        assert cfg.downlink.operators == "/x/ops.json" and cfg.downlink.state == "downlink-seq.json"
+        assert (cfg.downlink.check_s, cfg.downlink.poll_s) == (60.0, 30.0)

@@ -297,3 +297,22 @@ def test_board_is_bounded_and_never_raises():
     for i in range(5):
         board.observe(Reading("s0", "temp", 10 + i, "Cel", t=10.0 + i))
     assert [r.value for r in board.recent("s0", 10)] == [12, 13, 14]
+
+
+def test_commands_shows_the_last_signed_commands_in_80_columns(rig):
+    clock, view, _, _, console = rig
+    assert "the downlink is off" in say(console, "commands")[0]
+    view.downlink = ([], {})
+    assert say(console, "commands")[1] == "no command received since the start"
+    view.downlink = ([
+        {"t": 700.0, "op_seq": 12, "state": "applied", "digest": "ab" * 8,
+         "text": "config_set key=batch.max_age_s value=5 (key FtIu-VbGrfe, seq 12): saved " + LONG},
+        {"t": 940.0, "op_seq": None, "state": "rejected", "digest": "cd" * 8, "text": "unknown_key: kid 'x'"},
+        {"t": 990.0, "op_seq": 13, "state": "checking", "digest": "ef" * 8, "text": "config_set key=uplink.url"}],
+        {"applied": 1, "rejected.unknown_key": 1, "rejected.replayed": 2, "repeats": 3})
+    lines = say(console, "commands")
+    assert lines[0] == "downlink  1 applied, 0 failed, 3 rejected, 0 reverted; 3 repeats, 0 polls"
+    assert lines[1].split() == ["AGE", "OP_SEQ", "OUTCOME", "WHAT"]
+    assert lines[2].split()[:4] == ["5m", "12", "applied", "config_set"] and len(lines) == 5
+    assert lines[3].split()[1:3] == ["-", "rejected"] and lines[4].split()[1:3] == ["13", "checking"]
+    assert "commands" in "\n".join(say(console, "help"))

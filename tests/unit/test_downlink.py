@@ -115,3 +115,24 @@ def test_rejection_reports_are_bounded_every_rejection_is_counted(tmp_path):
     agent.clock.advance(61)  # the window passed: reports resume
     run(downlink, b"junk")
     assert len(agent.events) == REPORT_BURST + 1
+
+
+@pytest.mark.parametrize("key", ["downlink.operators", "update.operators", "update.base"])
+def test_trust_roots_and_the_install_base_are_not_settable_from_afar(tmp_path, key):
+    # An operator key may change the config, but not which keys it trusts for updates or where versions are
+    # installed: that would let a command become code running as root. The view must never be reached.
+    from gateway.app.downlink import build_actions
+
+    class View:
+        calls = []
+
+        def config_set(self, key, text):
+            self.calls.append(key)
+            return "set"
+    view = View()
+    actions = build_actions(view, str(tmp_path / "config.toml"))
+    agent = FakeAgent()
+    downlink = Downlink(agent, OPS, SeqState(str(tmp_path / "seq.json")), actions)
+    outcome, = run(downlink, command(agent, 1, "config_set", {"key": key, "value": "/tmp/evil"}))
+    assert outcome.startswith("failed") and view.calls == []
+    assert "stay with the installer" in agent.events[0].reason

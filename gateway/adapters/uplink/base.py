@@ -10,6 +10,9 @@ nothing else in the gateway names a kind. What a subclass provides:
   ``config_from_url(url)``: the ``[uplink]`` table ``provision`` writes for a URL;
 * ``send(batch)``: deliver one ``EncodedBatch``; returns on acknowledgement, raises ``UplinkError(retryable=...)``;
 * ``close()``; ``describe()``: where it sends, credentials redacted (``gateway.core.redact``);
+* ``downlink`` and ``set_command_sink(sink)``: how signed commands reach the gateway over this uplink, if at all
+  (``""`` none; ``"answer"``: in the answers to its sends, handed to ``sink(list of bytes)``; ``"subscribe"``: a
+  subscriber of its own, ``gateway.adapters.downlink_mqtt``);
 * ``transport(section)``: the offline check (plain text to a host off this machine is a WARN) that doctor,
   provision and the daemon share; ``probe(timeout)``: one real round trip for doctor and the console.
 Both answer a ``Probe``.
@@ -59,6 +62,15 @@ class Uplink(abc.ABC):
 
     kind = "uplink"
     schemes = ()  # URL schemes ``from_url`` takes
+    #: how commands come down this uplink: "" (they cannot), "answer" (in the answers to ``send``, given to the
+    #: sink), "subscribe" (a subscriber of its own on the same broker: ``gateway.adapters.downlink_mqtt``)
+    downlink = ""
+    command_sink = None
+
+    def set_command_sink(self, sink):
+        """``sink(commands)`` (a list of bytes, called on the sending thread, must not block) gets the commands
+        the upstream hands over in its answers; only an uplink whose ``downlink`` is ``"answer"`` calls it."""
+        self.command_sink = sink
 
     @classmethod
     def check_section(cls, section):

@@ -13,6 +13,9 @@
   ignores the header, 400 to bytes it cannot parse: the same batch is then sent again plain at once, and when the
   plain body is taken (or the answer was 415) the uplink sends plain bodies from then on, so older backends keep
   working. ``counters`` has the bytes written to the socket (request line, headers and body, before TLS).
+* Commands: a 2xx answer may hand over signed commands for this gateway (docs/wire-format.md, "Delivery
+  (HTTP)"); they go to the command sink (``set_command_sink``, the downlink), unverified: the downlink verifies
+  them. An answer whose ``commands`` cannot be read is counted (``answer_malformed``); the batch was delivered.
 """
 
 import email.utils
@@ -25,6 +28,7 @@ import time
 import urllib.parse
 
 from gateway.adapters.uplink.base import FAIL, OK, WARN, Probe, SectionError, Uplink, deflated
+from gateway.core.commands import MAX_ANSWER_BYTES, CommandError, commands_from_answer
 from gateway.core.errors import UplinkError
 from gateway.core.redact import plaintext_uplink, redact_url
 from gateway.core.wire import HTTP_CONTENT_TYPE
@@ -73,6 +77,7 @@ def parse_retry_after(value, now=None):
 class HttpUplink(Uplink):
     kind = "http"
     schemes = ("http", "https")
+    downlink = "answer"
 
     def __init__(self, url, ca_file=None, timeout=10.0, headers=None, compress=True):
         parts = urllib.parse.urlsplit(url)
@@ -93,7 +98,8 @@ class HttpUplink(Uplink):
         self.compress = compress
         self.plain_only = False  # set for good once the receiver showed it cannot read a deflated body
         self.counters = {"requests": 0, "bytes_sent": 0, "body_bytes": 0, "signed_bytes": 0, "deflated": 0,
-                         "coding_fallbacks": 0}
+                         "coding_fallbacks": 0,
+                         "commands_received": 0, "answer_malformed": 0}
 
     @classmethod
     def check_section(cls, section):
@@ -209,8 +215,8 @@ class HttpUplink(Uplink):
             finally:
                 self.counters["bytes_sent"] += conn.bytes_sent - before
             resp = conn.getresponse()
-            body = resp.read(4096)
-            if resp.will_close:
+            body = resp.read(MAX_ANSWER_BYTES if 200 <= resp.status < 300 else 4096)
+            if resp.will_close or not resp.isclosed():  # an answer longer than we read: the connection is spent
                 self.close()
         except ssl.SSLCertVerificationError as exc:
             self.close()
@@ -226,6 +232,7 @@ class HttpUplink(Uplink):
         self.counters["signed_bytes"] += signed
         self.counters["deflated"] += coding is not None
         if 200 <= status < 300:
+            self._hand_over(body)
             return status
         if status == 415 and coding:
             self.close()  # the receiver may not have read the body: start the next request on a fresh connection
@@ -234,6 +241,20 @@ class HttpUplink(Uplink):
         retryable = status >= 500 or status in _RETRYABLE_4XX or status < 200 or 300 <= status < 400
         raise UplinkError("%s answered %d %s%s" % (self.url, status, resp.reason, ": " + detail if detail else ""),
                           retryable=retryable, retry_after=retry_after, status=status)
+
+    def _hand_over(self, body):
+        sink = self.command_sink
+        if sink is None or not body:
+            return
+        try:
+            found = commands_from_answer(body)
+        except CommandError as exc:
+            self.counters["answer_malformed"] += 1
+            log.warning("http uplink: %s answered with unreadable commands: %s", self.describe(), exc)
+            return
+        if found:
+            self.counters["commands_received"] += len(found)
+            sink(found)
 
     def close(self):
         if self._conn is not None:

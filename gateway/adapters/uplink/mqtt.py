@@ -204,6 +204,7 @@ class Connection:
 class MqttUplink(Uplink):
     kind = "mqtt"
     schemes = ("mqtt", "mqtts")
+    downlink = "subscribe"
 
     def __init__(self, host="127.0.0.1", port=1883, topic_prefix="edge", gw=None, client_id="", username="",
                  password="", tls=False, ca_file=None, cert_file=None, key_file=None, keepalive=30, timeout=10.0,

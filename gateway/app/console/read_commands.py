@@ -207,3 +207,22 @@ class ReadCommands:
         return self._reply(["kid          %s" % k.get("kid"), "algorithm    %s" % k.get("alg"),
                             "fingerprint  %s" % k.get("fingerprint"), "public x     %s" % k.get("x"),
                             "(the private key never leaves the gateway and is never shown)"])
+
+    def do_commands(self, args, text):
+        found = self.view.commands()
+        if found is None:
+            return self._reply(["the downlink is off: no [downlink] operators in the config"])
+        recent, counters = found
+        rejected = sum(v for k, v in counters.items() if k.startswith("rejected."))
+        lines = ["downlink  %d applied, %d failed, %d rejected, %d reverted; %d repeats, %d polls" % (
+            counters.get("applied", 0), counters.get("failed", 0), rejected, counters.get("reverted", 0),
+            counters.get("repeats", 0), counters.get("polls", 0))]
+        if not recent:
+            return self._reply(lines + ["no command received since the start"])
+        now = self.view.now()
+        lines.append("%8s %7s %-9s %s" % ("AGE", "OP_SEQ", "OUTCOME", "WHAT"))
+        for e in recent:
+            seq = "-" if e.get("op_seq") is None else str(e["op_seq"])
+            what = sanitize(str(e.get("text") or ""))
+            lines.append(("%8s %7s %-9s %s" % (age(now - e["t"]), seq[-7:], str(e.get("state"))[:9], what))[:79])
+        return self._reply(lines)

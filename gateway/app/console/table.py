@@ -34,6 +34,9 @@ COMMANDS = (
     Command(("log",), "[N]", "the last N log lines (default 20, up to 200)"),
     Command(("config", "show"), "[SECTION]", "the config file, secrets redacted"),
     Command(("keys",), "", "the signing key's kid and public fingerprint"),
+    Command(("commands",), "", "the last signed commands received and their outcomes",
+            detail="Newest last: when, op_seq, outcome (applied, failed, rejected, reverted, checking) and what. "
+                   "Sent by an operator over MQTT or in the receiver's answers (docs/operations.md)."),
     Command(("version",), "", "software version"),
     Command(("unlock",), "[PIN]", "enter the technician PIN to allow write commands",
             detail="Without PIN you are prompted and the PIN is echoed as '*'. Wrong PINs back off "

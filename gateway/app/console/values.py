@@ -49,6 +49,11 @@ class GatewayView(abc.ABC):
     def keys(self): """``{"kid", "fingerprint", "alg", "x"}``: public identity only."""
 
     @abc.abstractmethod
+    def commands(self):
+        """The last signed commands (oldest first): dicts of ``t`` (monotonic), ``op_seq`` (or None), ``state``,
+        ``text``, ``digest``; and the downlink counters. ``(list, counters)``, or None when the downlink is off."""
+
+    @abc.abstractmethod
     def uplink_test(self): """Blocking. ``Probe``."""
 
     @abc.abstractmethod

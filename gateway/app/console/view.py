@@ -104,6 +104,13 @@ class AgentView(GatewayView):
         return {"kid": self.agent.kid, "alg": "%s (%s)" % (SIGNING.cose_name, SIGNING.name),
                 "fingerprint": keys.fingerprint(public), "x": keys.public_jwk(public)["x"]}
 
+    def commands(self):
+        downlink = self.agent.downlink
+        if downlink is None:
+            return None
+        counters = {k[len("downlink."):]: v for k, v in self.agent.counters.items() if k.startswith("downlink.")}
+        return [dict(e) for e in downlink.recent], counters
+
     def config_data(self):
         if not self.config_path:
             raise ConfigError("this agent runs without a config file (demo): nothing to show or change")
@@ -121,7 +128,8 @@ class AgentView(GatewayView):
         found = self.agent.uplink.probe(self.probe_timeout, self.agent.clock.monotonic)
         return Probe(found.ok, found.latency_s, found.message)
 
-    def _persist(self, raw):
+    def persist(self, raw):
+        """Write ``raw`` (a plain dict) as the config file, atomically; the old file stays as ``FILE.bak``."""
         path = self.config_path
         mode = os.stat(path).st_mode & 0o777
         with open(path, "rb") as f:
@@ -132,7 +140,7 @@ class AgentView(GatewayView):
     def config_set(self, key, text):
         raw = self.config_data()
         new, value = settings.set_key(raw, key, text, self.config_path)
-        self._persist(new)
+        self.persist(new)
         shown = settings.REDACTED if settings.is_secret(key) else value
         if key in settings.LIVE_KEYS:
             self._apply_live(key, value)
@@ -160,12 +168,12 @@ class AgentView(GatewayView):
                     busy[str(port)] = "the console"
             _check_port(str(spec["port"]), busy, self.config_path, "sources[%d].port" % index)
         _check_source(spec, self.agent.clock, self.config_path, index)
-        self._persist(new)
+        self.persist(new)
         return "added source %s (%s); takes effect after 'restart'" % (name, kind)
 
     def sensor_remove(self, name):
         new = settings.remove_source(self.config_data(), name, self.config_path)
-        self._persist(new)
+        self.persist(new)
         return "removed source %s; takes effect after 'restart'" % name
 
     def store_dump(self, path):
