@@ -229,7 +229,9 @@ def test_schema_is_built_from_an_empty_database_and_left_alone_at_a_second_start
         assert {"schema_version", "batches", "records_other", "conflicts", "commands", "command_outcomes"} <= tables
         assert indexes == {"records_by_name", "records_by_gw"} and partitioned == {"records"}
         versions = first.query("SELECT version FROM schema_version ORDER BY version")
-        assert versions == [(1,), (2,)] and first.stats()["schema_version"] == 2
+        from backend.receiver_pg import SCHEMA_VERSION
+        assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)] and SCHEMA_VERSION >= 3
+        assert first.stats()["schema_version"] == SCHEMA_VERSION
     finally:
         first.close()
     again = PostgresStorage.from_target(pg_url)
@@ -263,7 +265,8 @@ def test_sqlite_schema_is_versioned_too(tmp_path):
     for _ in range(2):
         s = SqliteStorage(path)
         try:
-            assert s.query("SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,)]
+            assert s.query("SELECT version FROM schema_version ORDER BY version") == [
+                (v,) for v in range(1, SCHEMA_VERSION + 1)]
             assert s.stats() == {"engine": "sqlite", "schema_version": SCHEMA_VERSION}
             plan = " ".join(str(r) for r in s.query(
                 "EXPLAIN QUERY PLAN SELECT * FROM records WHERE gw = ? AND t >= ?", (GW, 0)))
