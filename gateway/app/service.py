@@ -63,12 +63,15 @@ def build_agent(cfg, clock=None, **extra):
                  max_pending=cfg.store.memory_batches, deliver_first=cfg.store.deliver_first, **extra)
 
 
-def report_last_stop(agent, previous):
+def report_last_stop(agent, previous, counts=None):
     """Why the previous run ended: logged, shown by the console's ``status``, and sent upstream as the health record
-    ``health/last_stop.<kind>[.<detail>] = 1`` in the first batch of this run (docs/wire-format.md)."""
+    ``health/last_stop.<kind>[.<detail>] = 1`` in the first batch of this run (docs/wire-format.md); ``counts``
+    (stops by kind, from the run marker) become the health records ``restarts.<kind>`` and the metrics."""
     text = previous.describe()
     (log.info if previous.kind in ("clean", "first", "update") else log.warning)("previous run ended: %s", text)
     agent.last_stop = text
+    agent.last_stop_kind = previous.kind
+    agent.restarts = dict(counts or {})
     agent.emit(Reading(HEALTH_SENSOR, previous.health_name(), 1, None, agent.clock.monotonic()))
 
 
@@ -92,7 +95,7 @@ async def run_service(cfg, console_port=None):
         previous = marker.start()
     except OSError as exc:
         raise StoreError("cannot write the run marker %s: %s" % (marker.path, exc)) from exc
-    report_last_stop(agent, previous)
+    report_last_stop(agent, previous, marker.counts)
     transport = uplink_class(cfg.uplink.kind).transport(cfg.uplink)
     if transport.status == WARN:
         log.warning("%s", transport.message)  # the URL in it is redacted (gateway.core.redact)
