@@ -26,7 +26,8 @@ from gateway.core.clock import FakeClock
 from gateway.core.model import EncodedBatch, Event, Reading
 from gateway.core.pipeline import Pipeline
 from gateway.adapters.store import Store
-from tools.bench_processes import _p99, bench_drain, bench_idle_cpu, bench_latency, bench_rss, bench_startup
+from tools.bench_processes import (_p99, bench_drain, bench_idle_cpu, bench_latency, bench_metrics_scrape, bench_rss,
+                                   bench_startup)
 from tools.bench_wire import bench_compress_cpu, bench_socket_bytes, bench_wire_bytes
 
 TARGETS = {
@@ -37,6 +38,7 @@ TARGETS = {
     "alarm_latency_ms_p99": ("<=", 1000), "swinging_door_ratio": (">=", 20),
     "bthome_adverts_per_s": (">=", 200_000), "nmea_sentences_per_s": (">=", 100_000),
     "rule_evals_per_s": (">=", 500_000), "latency_p50_s": ("<=", 0.5), "latency_max_s": ("<=", 2.0),
+    "metrics_scrape_cpu_ms": ("<=", 1.0),
 }
 LATENCY_RATES = (20, 100, 1000)  # readings/s: the delivery latency figures are the worst of these
 GW = "gw-bench"
@@ -299,6 +301,10 @@ def _bench_processes(results, runs, quick, reps, workdir, say):
     runs["rss_accepted_readings"] = accepted
     say("idle CPU")
     results["idle_cpu_percent"] = round(bench_idle_cpu(workdir, 8 if quick else 60), 3)
+    say("metrics scrape")
+    scrape = bench_metrics_scrape(workdir, 300 if quick else 1000)
+    results["metrics_scrape_cpu_ms"] = round(scrape["cpu_ms"], 3)
+    runs["metrics_scrape"] = {"cpu_ms": [round(x, 3) for x in scrape["runs_ms"]], "bytes": scrape["bytes"]}
 
 
 def _met(value, op, target):

@@ -22,6 +22,42 @@ def _response(status, body, content_type="text/plain; charset=utf-8", head_only=
     return head if head_only else head + body
 
 
+class _Request(asyncio.Protocol):
+    """One connection: read the head, answer, close. A protocol, not streams: no task and no reader per scrape
+    (half the CPU of ``asyncio.start_server``'s streams, measured by ``edge-gateway bench``)."""
+
+    def __init__(self, server):
+        self.server = server
+        self.transport = None
+        self.head = b""
+        self.timer = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        if self.server.clients >= self.server.max_clients:
+            transport.abort()
+            return
+        self.server.clients += 1
+        self.timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT_S, transport.abort)
+
+    def data_received(self, data):
+        self.head += data
+        if b"\r\n\r\n" in self.head:
+            self._reply(self.server.answer(self.head))
+        elif len(self.head) > MAX_HEAD:
+            self._reply(_response("431 Request Header Fields Too Large", b"request head too large\n"))
+
+    def _reply(self, data):
+        self.transport.write(data)
+        self.transport.close()  # after the write is flushed
+        self.data_received = lambda data: None
+
+    def connection_lost(self, exc):
+        if self.timer is not None:
+            self.timer.cancel()
+            self.server.clients -= 1
+
+
 class MetricsServer:
     """``await MetricsServer(render, content_type).start(host, port)``; ``close()`` when the agent stops."""
 
@@ -30,40 +66,19 @@ class MetricsServer:
         self.content_type = content_type
         self.max_clients = max_clients
         self.scrapes = 0
-        self._clients = 0
+        self.clients = 0
         self._server = None
 
     async def start(self, host, port):
-        self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True, limit=MAX_HEAD)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Request(self), host, port, reuse_address=True)
         return self
 
     @property
     def port(self):
         return self._server.sockets[0].getsockname()[1]
 
-    async def _serve(self, reader, writer):
-        if self._clients >= self.max_clients:
-            writer.close()
-            return
-        self._clients += 1
-        try:
-            try:
-                async with asyncio.timeout(HEAD_TIMEOUT_S):
-                    head = await reader.readuntil(b"\r\n\r\n")
-            except (asyncio.LimitOverrunError, ValueError):
-                writer.write(_response("431 Request Header Fields Too Large", b"request head too large\n"))
-            except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-                return
-            else:
-                writer.write(self._answer(head))
-            await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            self._clients -= 1
-            writer.close()
-
-    def _answer(self, head):
+    def answer(self, head):
         parts = head.split(b"\r\n", 1)[0].split()
         if len(parts) != 3:
             return _response("400 Bad Request", b"bad request line\n")

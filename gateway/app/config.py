@@ -102,6 +102,13 @@ class DownlinkSection:
 
 
 @dataclass
+class MetricsSection:
+    """``[metrics]``: the Prometheus/OpenMetrics endpoint (gateway/app/metrics.py). Off unless ``listen`` is set."""
+    listen: str = ""  # HOST:PORT, e.g. "127.0.0.1:9108"; loopback only unless allow_remote
+    allow_remote: bool = False  # true: any address (the figures are not secret, but they tell an attacker a lot)
+
+
+@dataclass
 class Config:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     store: StoreSection = field(default_factory=StoreSection)
@@ -110,6 +117,7 @@ class Config:
     clock: ClockSection = field(default_factory=ClockSection)
     console: ConsoleSection = field(default_factory=ConsoleSection)
     downlink: DownlinkSection = field(default_factory=DownlinkSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
     sources: list = field(default_factory=list)  # the [[sources]] tables as written (the console edits them)
     rules: list = field(default_factory=list)
     file: str = None
@@ -228,7 +236,34 @@ def from_dict(data, file=None):
                           "downlink.operators empty", file, "downlink.operators")
     cfg.source_configs = [parse_source(src, i, file) for i, src in enumerate(cfg.sources)]
     _check_rules(cfg.rules, file)
+    _check_metrics(cfg.metrics, file)
     return cfg
+
+
+def parse_listen(text):
+    """``"127.0.0.1:9108"`` or ``"[::1]:9108"`` -> ``(host, port)``; raises ValueError."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT, e.g. \"127.0.0.1:9108\", got %r" % text)
+    return host.strip("[]"), int(port)
+
+
+def _check_metrics(section, file):
+    """``metrics.listen``: empty (off), or HOST:PORT on a loopback address unless ``allow_remote = true``."""
+    if not section.listen:
+        return
+    import ipaddress
+    try:
+        host, _ = parse_listen(section.listen)
+    except ValueError as exc:
+        raise ConfigError(str(exc), file, "metrics.listen") from None
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not section.allow_remote:
+        raise ConfigError("%s is not a loopback address: the metrics stay on this machine unless you also set "
+                          "metrics.allow_remote = true (then firewall the port)" % host, file, "metrics.listen")
 
 
 def loads(text, file="<text>"):

@@ -84,12 +84,26 @@ def _mark(write, *args):
         log.error("cannot update the run marker: %s (the next start will report power loss or kill -9)", exc)
 
 
+async def _start_metrics(agent, cfg):
+    """The ``[metrics]`` endpoint, when ``listen`` is set; a port already taken is a config error (exit 78)."""
+    if not cfg.metrics.listen:
+        return None
+    from gateway.app.metrics import start_metrics
+    try:
+        return await start_metrics(agent, cfg.metrics)
+    except OSError as exc:
+        agent.store.close()
+        raise ConfigError("cannot listen on %s: %s" % (cfg.metrics.listen, exc.strerror or exc), cfg.file,
+                          "metrics.listen") from exc
+
+
 EXIT_RESTART = 75  # the console's `restart`: exit non-zero so systemd's Restart=on-failure starts us again
 
 
 async def run_service(cfg, console_port=None):
     """Run the agent until SIGTERM/SIGINT, serving the technician console when a port is configured."""
     agent = build_agent(cfg)
+    metrics = await _start_metrics(agent, cfg)  # before the run marker: a port in use is like a config error
     marker = RunMarker(cfg.gateway.state_dir)
     try:
         previous = marker.start()
@@ -126,6 +140,8 @@ async def run_service(cfg, console_port=None):
         await asyncio.gather(supervisor, return_exceptions=True)
         notifier.close()
         await stop_downlink(downlink)
+        if metrics is not None:
+            await metrics.close()
         if console is not None:
             console.cancel()
             await asyncio.gather(console, return_exceptions=True)
