@@ -8,9 +8,6 @@ head is bounded (8 KiB, 5 s), at most ``max_clients`` connections are served at 
 """
 
 import asyncio
-import logging
-
-log = logging.getLogger(__name__)
 
 MAX_HEAD = 8192
 HEAD_TIMEOUT_S = 5.0

@@ -54,7 +54,8 @@ from gateway.core.poison import PoisonPolicy
 log = logging.getLogger(__name__)
 
 #: source counters that travel upstream in the health records (besides ``error.*``)
-SOURCE_HEALTH = ("reopen", "restarts", "open_failed", "silent", "power_cycles", "power_cycle_failed", "adapter_needs_reset")
+SOURCE_HEALTH = ("reopen", "restarts", "open_failed", "silent", "power_cycles", "power_cycle_failed",
+                 "adapter_needs_reset")
 #: the agent's own counters that travel upstream in the health records
 AGENT_HEALTH = ("memory_dropped_batches", "memory_dropped_readings", "store_errors", "readings_bad_value")
 #: seconds from a batch's cut to its acknowledgement: the buckets of ``edge_gateway_delivery_latency_seconds``
