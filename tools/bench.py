@@ -26,7 +26,8 @@ from gateway.core.clock import FakeClock
 from gateway.core.model import EncodedBatch, Event, Reading
 from gateway.core.pipeline import Pipeline
 from gateway.adapters.store import Store
-from tools.bench_processes import _p99, bench_drain, bench_idle_cpu, bench_latency, bench_rss, bench_startup
+from tools.bench_processes import (_p99, bench_drain, bench_idle_cpu, bench_latency, bench_metrics_scrape, bench_rss,
+                                   bench_startup)
 from tools.bench_wire import bench_compress_cpu, bench_socket_bytes, bench_wire_bytes
 
 TARGETS = {
@@ -41,6 +42,7 @@ TARGETS = {
     "e2e_latency_p50_s": ("<=", 0.5), "e2e_latency_max_s": ("<=", 2.0), "e2e_lost": ("<=", 0),
     "e2e_duplicates": ("<=", 0), "e2e_cpu_s_per_1k_at_1000": ("<=", 0.08),
     "e2e_socket_bytes_per_reading_100_plus": ("<=", 6), "rss_mb_1000_sensors": ("<=", 40),
+    "metrics_scrape_cpu_ms": ("<=", 1.0),
 }
 SECTIONS = ("core", "e2e", "curves", "ble")
 LATENCY_RATES = (20, 100, 1000)  # readings/s: the delivery latency figures are the worst of these
@@ -315,6 +317,10 @@ def _bench_processes(results, runs, quick, reps, workdir, say):
     runs["rss_accepted_readings"] = accepted
     say("idle CPU")
     results["idle_cpu_percent"] = round(bench_idle_cpu(workdir, 8 if quick else 60), 3)
+    say("metrics scrape")
+    scrape = bench_metrics_scrape(workdir, 300 if quick else 1000)
+    results["metrics_scrape_cpu_ms"] = round(scrape["cpu_ms"], 3)
+    runs["metrics_scrape"] = {"cpu_ms": [round(x, 3) for x in scrape["runs_ms"]], "bytes": scrape["bytes"]}
 
 
 def _met(value, op, target):

@@ -22,7 +22,7 @@ GW = "gw-bench"
 class AgentProcess:
     """``edge-gateway run`` on a line-protocol board over a pty, with its own state dir and config."""
 
-    def __init__(self, workdir, sensors, rate, uplink, name):
+    def __init__(self, workdir, sensors, rate, uplink, name, extra=""):
         from tools.sim.harness import PtyNode
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir)
@@ -35,7 +35,7 @@ class AgentProcess:
             f.write('[gateway]\nid = "%s"\nstate_dir = "%s"\nlog_level = "warning"\n[batch]\nmax_age_s = 10\n'
                     '[uplink]\nurl = "%s"\nbackoff_max_s = 5\n[clock]\nmode = "synced"\n'
                     '[[sources]]\ntype = "serial"\nname = "board"\nport = "%s"\nbaud = 115200\n'
-                    'units = {temp = "Cel", hum = "%%RH"}\n' % (GW, self.dir, uplink, self.node.path))
+                    'units = {temp = "Cel", hum = "%%RH"}\n%s' % (GW, self.dir, uplink, self.node.path, extra))
         self.proc = None
         self.started = None
 
@@ -120,6 +120,50 @@ def bench_idle_cpu(workdir, window):
         time.sleep(window)
         c1, t1 = agent.cpu_s(), time.perf_counter()
         return 100.0 * (c1 - c0) / (t1 - t0)
+    finally:
+        agent.stop()
+
+
+def bench_metrics_scrape(workdir, scrapes, rounds=3):
+    """Agent CPU per scrape of ``GET /metrics`` (the real ``edge-gateway run``, 20 readings/s, uplink down so the
+    queue grows): its CPU over a window with ``scrapes`` scrapes spread evenly, minus its CPU over an equal window
+    without, per scrape; the median of ``rounds`` such pairs. /proc's CPU ticks are 10 ms, hence many scrapes."""
+    import socket
+    import urllib.request
+    with socket.socket() as s:  # a free port: bound, read back, released (the agent binds it a moment later)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agent = AgentProcess(workdir, 20, 1, DEAD_UPLINK, "metrics",
+                         '[metrics]\nlisten = "127.0.0.1:%d"\n' % port).start()
+    url = "http://127.0.0.1:%d/metrics" % port
+
+    def scrape():
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return len(resp.read())
+    try:
+        deadline = time.perf_counter() + 15
+        while True:
+            try:
+                size = scrape()
+                break
+            except OSError:
+                if time.perf_counter() > deadline or agent.proc.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        time.sleep(2.0)  # start-up done
+        window = scrapes / 100.0  # 100 scrapes a second
+        per_scrape = []
+        for _ in range(rounds):
+            c0, t0 = agent.cpu_s(), time.perf_counter()
+            time.sleep(window)
+            idle = (agent.cpu_s() - c0) / (time.perf_counter() - t0)
+            c0, t0 = agent.cpu_s(), time.perf_counter()
+            for i in range(scrapes):
+                scrape()
+                time.sleep(max(0.0, t0 + (i + 1) / 100.0 - time.perf_counter()))
+            busy = agent.cpu_s() - c0 - idle * (time.perf_counter() - t0)
+            per_scrape.append(1000.0 * busy / scrapes)
+        return {"cpu_ms": sorted(per_scrape)[len(per_scrape) // 2], "runs_ms": per_scrape, "bytes": size}
     finally:
         agent.stop()
 

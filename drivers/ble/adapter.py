@@ -24,9 +24,16 @@ moved, and written once more when the source stops (``drivers/ble/replay_state.p
 (``state_write_failed``) and logged at ERROR; the source keeps running and tries again at the next interval.
 
 Watchdog: when no advertisement arrived for ``watchdog_s`` although some arrived before (so sensors are known to
-be around), or when bleak raises (adapter gone, D-Bus error), the scan is stopped and started again with capped
-exponential backoff; each restart is counted (``restarts``) and logged at WARNING. Every bleak call is bounded by
-``asyncio.wait_for``, so a wedged bluetoothd cannot hang the source.
+be around) or sensors are configured, or when bleak raises (adapter gone, D-Bus error), the scan is stopped and
+started again with capped exponential backoff; each restart is counted (``restarts``) and logged at WARNING. Every
+bleak call is bounded by ``asyncio.wait_for``, so a wedged bluetoothd cannot hang the source.
+
+Adapter recovery (``power_cycle = true``, the default): before the scan starts again the adapter is turned off
+and on through BlueZ (``drivers/ble/bluez_power.py``), at most ``max_power_cycles`` times until adverts flow
+again; after that the adapter ``needs_reset`` (logged at ERROR, counted once per episode) and only the scan is
+restarted, with the backoff, until adverts return (a replugged dongle). The policy is ``drivers/ble/recovery.py``;
+counted as ``power_cycles``, ``power_cycle_failed`` and ``adapter_needs_reset``; ``status()`` gives
+``adapter_state``.
 """
 
 import asyncio
@@ -42,9 +49,11 @@ from bleak.exc import BleakDeviceNotFoundError, BleakError
 from drivers.base import Source
 from drivers.ble import ess, replay_state
 from drivers.ble.adverts import DEFAULT_SKIP, AdvertDecoder
+from drivers.ble.bluez_power import PowerCycleError, power_cycle
 from drivers.ble.bthome import RESET_ADVERTS, RESET_GAP_S
 from drivers.ble.config import BleScanConfig, GattConfig
 from drivers.ble.formats import ADVERTISED, FORMATS
+from drivers.ble.recovery import AdapterRecovery
 from drivers.ble.selection import Selection, SensorSpec
 from gateway.core.backoff import Backoff
 from gateway.core.errors import DecodeError
@@ -68,7 +77,7 @@ class BleScanSource(Source):
     def __init__(self, name, clock, selection, adapter="hci0", passive=True, watchdog_s=120.0, rssi_interval_s=60.0,
                  dedup_window_s=30.0, skip=DEFAULT_SKIP, backoff_min_s=1.0, backoff_max_s=60.0, timeout_s=10.0,
                  replay_state_file=None, replay_flush_s=60.0, reset_adverts=RESET_ADVERTS, reset_gap_s=RESET_GAP_S,
-                 rng=None):
+                 rng=None, power_cycle=True, max_power_cycles=3):
         super().__init__()
         self.name = name
         self.clock = clock
@@ -90,12 +99,15 @@ class BleScanSource(Source):
         self.mode = None          # "passive" or "active" once a scan has started
         self.scanning = False
         self.last_advert = None   # clock.monotonic() of the last advertisement of any device
+        self.recovery = AdapterRecovery(power_cycle, max_power_cycles)
         self._emit = None
 
     # -- advertisements (called by bleak on the event loop; must not raise) ------------------------------------
     def _on_advert(self, device, adv):
         now = self.clock.monotonic()
         self.last_advert = now
+        if self.recovery.recovering and self.recovery.adverts():
+            log.warning("%s: adverts flow again on %s", self.name, self.adapter)
         for reading in self.adverts.readings(device.address, adv.service_data, adv.manufacturer_data, adv.rssi, now):
             self._emit(reading)
 
@@ -142,10 +154,30 @@ class BleScanSource(Source):
                     await self._stop(scanner)
             if healthy:
                 self.backoff.reset()
+            if self.recovery.failed() == "power_cycle":
+                await self._power_cycle()
+            elif self.recovery.needs_reset_now():
+                self.count("adapter_needs_reset")
+                log.error("%s: adapter %s needs a reset: %d power cycles did not bring adverts back; unplug and "
+                          "replug it or reboot (the scan keeps restarting until adverts return)", self.name,
+                          self.adapter, self.recovery.max_power_cycles)
             delay = self.backoff.next()
             self.count("restarts")
             log.warning("%s: %s on %s; restarting the scan in %.1f s", self.name, reason, self.adapter, delay)
             await asyncio.sleep(delay)
+
+    async def _power_cycle(self):
+        """Turn the adapter off and on through BlueZ; a failure is counted and logged, the scan restarts anyway."""
+        self.count("power_cycles")
+        try:
+            await power_cycle(self.adapter, self.timeout_s)
+        except PowerCycleError as exc:
+            self.count("power_cycle_failed")
+            log.warning("%s: power-cycling %s failed (%d of %d): %s", self.name, self.adapter,
+                        self.recovery.cycles, self.recovery.max_power_cycles, exc)
+        else:
+            log.warning("%s: adapter %s power-cycled (%d of %d)", self.name, self.adapter, self.recovery.cycles,
+                        self.recovery.max_power_cycles)
 
     def _patterns(self):
         return [OrPattern(0, *PATTERNS[f]) for f in sorted(self.selection.formats)]
@@ -171,6 +203,7 @@ class BleScanSource(Source):
 
     def _started(self, mode, passive_error):
         self.scanning = True
+        self.recovery.scanning()
         self.count("scans_started")
         if self.mode is None:
             if passive_error is not None:
@@ -187,10 +220,10 @@ class BleScanSource(Source):
         tick = max(0.05, min(1.0, self.watchdog_s / 4))
         while True:
             await asyncio.sleep(tick)
-            if self.last_advert is None:
-                continue  # nothing ever seen: nothing is known to be missing
+            if self.last_advert is None and not self.selection.sensors:
+                continue  # nothing ever seen and nothing expected: nothing is known to be missing
             now = self.clock.monotonic()
-            if now - max(self.last_advert, started) >= self.watchdog_s:
+            if now - max(self.last_advert or started, started) >= self.watchdog_s:
                 self.count("watchdog")
                 return self.counters.get("adverts", 0) > seen_before
 
@@ -205,7 +238,9 @@ class BleScanSource(Source):
 
     def status(self):
         s = super().status()
-        s.update(adapter=self.adapter, mode=self.mode, scanning=self.scanning)
+        s.update(adapter=self.adapter, mode=self.mode, scanning=self.scanning, adapter_state=self.recovery.state,
+                 last_advert_age_s=None if self.last_advert is None else round(
+                     self.clock.monotonic() - self.last_advert, 1))
         return s
 
 
@@ -374,4 +409,5 @@ def build_ble_source(config, clock, name=None, state_dir=None):
         skip=config.skip, backoff_min_s=config.backoff_min_s,
         backoff_max_s=max(config.backoff_max_s, config.backoff_min_s), timeout_s=config.timeout_s,
         replay_state_file=None if state_dir is None else replay_state.state_path(state_dir, name),
-        replay_flush_s=config.replay_flush_s, reset_adverts=config.reset_adverts, reset_gap_s=config.reset_gap_s)
+        replay_flush_s=config.replay_flush_s, reset_adverts=config.reset_adverts, reset_gap_s=config.reset_gap_s,
+        power_cycle=config.power_cycle, max_power_cycles=config.max_power_cycles)

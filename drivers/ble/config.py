@@ -150,6 +150,8 @@ class BleScanConfig(Table):
     replay_flush_s: float = setting(60.0, lo=1, hi=DAY)
     reset_adverts: int = setting(RESET_ADVERTS, lo=2, hi=1000)
     reset_gap_s: float = setting(RESET_GAP_S, lo=0, hi=DAY)
+    power_cycle: bool = True  # adapter recovery: turn the adapter off and on through BlueZ (drivers/ble/recovery.py)
+    max_power_cycles: int = setting(3, lo=1, hi=100)
 
     def check(self, error):
         for i, s in enumerate(self.sensors):

@@ -12,7 +12,13 @@
   by ``edge-gateway update`` or its rollback says so in ``update-outcome`` instead: ``RunMarker.start(update=)``.)
 
 ``RunMarker.start()`` reads all three, removes the last two, writes the new ``running`` marker and returns the
-``StopReason``. ``classify`` is the pure decision table.
+``StopReason``. ``classify`` is the pure decision table. The marker also carries ``counts``, how many times each
+kind ended a run since the state directory was made (``RunMarker.counts``: the health records
+``restarts.<kind>`` and the metric ``edge_gateway_restarts_total``).
+
+Adding a kind: one row in ``KINDS`` (or ``register_kind`` from the module that detects it) and its rule in
+``classify``; systemd verdicts are rows of ``SERVICE_RESULTS``. docs/operations.md, "Why it restarted", and the
+``last_stop`` row of docs/wire-format.md list the kinds (a test compares them).
 """
 
 import json
@@ -60,6 +66,17 @@ KINDS = {
     "power_loss": "power loss or kill -9",
     "update": "update",
 }
+#: systemd's ``$SERVICE_RESULT`` -> the kind it proves, whatever the marker says (systemd killed us)
+SERVICE_RESULTS = {"watchdog": "watchdog", "oom-kill": "oom"}
+#: exception types that end a run for want of memory: an out-of-memory stop, not a crash
+OUT_OF_MEMORY = ("MemoryError",)
+
+
+def register_kind(kind, words):
+    """Add a kind of stop (an identifier, as it travels in ``last_stop.<kind>``) with the console's words."""
+    if not kind.isidentifier() or not kind.isascii():
+        raise ValueError("a stop kind must be an ASCII identifier: %r" % (kind,))
+    KINDS[kind] = words
 
 
 def classify(marker, stop_result, update):
@@ -70,15 +87,14 @@ def classify(marker, stop_result, update):
     if marker is None:
         return StopReason("first")
     result = (stop_result or {}).get("service_result", "")
-    if result == "watchdog":
-        return StopReason("watchdog")
-    if result == "oom-kill":
-        return StopReason("oom")
+    if result in SERVICE_RESULTS:
+        return StopReason(SERVICE_RESULTS[result])
     state = marker.get("state")
     if state == "clean":
         return StopReason("clean")
     if state == "crash":
-        return StopReason("crash", str(marker.get("error", "")))
+        error = str(marker.get("error", ""))
+        return StopReason("oom" if error in OUT_OF_MEMORY else "crash", error)
     if result == "timeout":
         return StopReason("timeout")
     if result in ("signal", "core-dump"):
@@ -90,6 +106,7 @@ class RunMarker:
     def __init__(self, state_dir):
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, MARKER)
+        self.counts = {}  # kind -> runs it ended, since the state directory was made (``start`` reads them)
 
     def _read_json(self, name):
         path = os.path.join(self.state_dir, name)
@@ -114,7 +131,13 @@ class RunMarker:
         """Find why the previous run ended, then mark this one running. ``update``: the text of an update outcome
         that is why this start happens (``update-outcome``, read by ``gateway.app.update_agent``), if any. Raises
         ``OSError`` if the state directory cannot be written (the store opened there already, so that is rare)."""
-        reason = classify(self._read_json(MARKER), self._read_json(STOP_RESULT), self._read_update() or update)
+        marker = self._read_json(MARKER)
+        reason = classify(marker, self._read_json(STOP_RESULT), self._read_update() or update)
+        counts = (marker or {}).get("counts")
+        self.counts = {k: v for k, v in counts.items() if isinstance(k, str) and type(v) is int and v > 0
+                       and k.isidentifier()} if isinstance(counts, dict) else {}
+        if reason.kind != "first":
+            self.counts[reason.kind] = self.counts.get(reason.kind, 0) + 1
         self._write({"state": "running", "pid": os.getpid()})
         for name in (STOP_RESULT, UPDATE):
             try:
@@ -130,6 +153,7 @@ class RunMarker:
         self._write({"state": "crash", "error": type(exc).__name__})
 
     def _write(self, record):
+        record["counts"] = self.counts
         write_atomic(self.path, json.dumps(record, sort_keys=True) + "\n", mode=0o600)
 
 

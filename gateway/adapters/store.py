@@ -234,7 +234,8 @@ class Store(QueueBounds, Quarantine, Durability):
         """Publish ``snapshot`` (depth and counters) after a change, on the thread that made it, with the lock held.
         Readers on the event loop take ``store.snapshot`` (one immutable value) and never wait for the lock."""
         try:
-            self.snapshot = StoreSnapshot(self.depth(), self.counters())
+            *depth, oldest = self._depth_oldest()
+            self.snapshot = StoreSnapshot(tuple(depth), self.counters(), oldest)
         except sqlite3.Error as exc:  # the change itself committed: a stale snapshot is better than a failed one
             log.error("store: cannot read the depth of %s: %s", self.path, exc)
 
@@ -352,10 +353,15 @@ class Store(QueueBounds, Quarantine, Durability):
 
     def depth(self):
         """``(batches, readings, bytes, alarm_batches)`` waiting for delivery."""
+        return self._depth_oldest()[:4]
+
+    def _depth_oldest(self):
+        """``depth()`` and the wall time the oldest waiting batch was cut (``created``, None: none), in one scan."""
         with self._lock:
-            n, readings, alarms = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(readings), 0), COALESCE(SUM(prio > 0), 0) FROM batches").fetchone()
-        return n, readings, self._bytes, alarms
+            n, readings, alarms, oldest = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(readings), 0), COALESCE(SUM(prio > 0), 0), MIN(created) "
+                "FROM batches").fetchone()
+        return n, readings, self._bytes, alarms, oldest
 
     def dump(self, out):
         """Write every queued batch, then every quarantined one, to the file object ``out`` as a CBOR sequence

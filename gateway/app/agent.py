@@ -40,19 +40,26 @@ import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from gateway import __version__
+from gateway.adapters import procstats
 from gateway.app.commit import CommitTask
 from gateway.app.delivery import Delivery
 from gateway.core import wire
 from gateway.core.backoff import Backoff
+from gateway.core.openmetrics import Histogram
+from gateway.core.rates import DailyRate
 from gateway.core.pipeline import Pipeline
 from gateway.core.poison import PoisonPolicy
 
 log = logging.getLogger(__name__)
 
 #: source counters that travel upstream in the health records (besides ``error.*``)
-SOURCE_HEALTH = ("reopen", "restarts", "open_failed", "silent")
+SOURCE_HEALTH = ("reopen", "restarts", "open_failed", "silent", "power_cycles", "power_cycle_failed",
+                 "adapter_needs_reset")
 #: the agent's own counters that travel upstream in the health records
 AGENT_HEALTH = ("memory_dropped_batches", "memory_dropped_readings", "store_errors", "readings_bad_value")
+#: seconds from a batch's cut to its acknowledgement: the buckets of ``edge_gateway_delivery_latency_seconds``
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 #: what the console may change while the agent runs (``Agent.configure``)
 LIVE = ("max_age_s", "max_readings", "linger_s", "hold_s", "backoff_min_s", "backoff_max_s")
 
@@ -148,6 +155,11 @@ class Agent(Delivery, CommitTask):
         self.downlink = None  # the signed commands' handler (gateway.app.downlink), when [downlink] is on
         self.last_stop = None  # why the previous run ended, for the status (service.py sets it; None: not known)
         self.update_info = None  # versions and the last update's outcome (gateway/app/update_agent.py), or None
+        self.last_stop_kind = None
+        self.restarts = {}  # stop kind -> runs it ended, kept in the state directory (service.py sets it)
+        self.readings_in = collections.Counter()  # source name -> readings and events it emitted
+        self.latency = Histogram(LATENCY_BUCKETS)  # cut -> acknowledged, seconds (wall clock)
+        self._disk_rate = DailyRate()
 
     # -- input side (runs on the event loop, must be fast and must not raise for bad data) ---------------------
     def emit(self, item):
@@ -219,9 +231,30 @@ class Agent(Delivery, CommitTask):
             for key, n in src.counters.items():
                 if key.startswith("error.") or key in SOURCE_HEALTH:
                     values["%s.%s" % (src.name, key)] = n
+        now = self.clock.monotonic()
+        values["version"] = __version__
+        values["clock_synced"] = int(bool(self.pipeline.timebase.synced))
+        values["uptime_s"] = int(now - self.started)
+        written = procstats.write_bytes()
+        if written is not None:
+            values["disk_written_bytes"] = written
+            per_day = self._disk_rate.add(now, written)
+            if per_day is not None:
+                values["disk_written_bytes_per_day"] = per_day
+        for kind, n in self.restarts.items():
+            values["restarts." + kind] = n
         if self.actions is not None:
             values.update(self.actions.health_values())
         return values
+
+    def _emitter(self, source):
+        """``emit`` for one source: counts what it emits (``readings_in``, the metrics) and passes it on."""
+        counts, name, emit = self.readings_in, source.name, self.emit
+
+        def emit_from(item):
+            counts[name] += 1
+            emit(item)
+        return emit_from
 
     # -- live settings (the console calls these from its worker thread) ----------------------------------------
     def configure(self, **settings):
@@ -314,7 +347,8 @@ class Agent(Delivery, CommitTask):
             self._commit_wake.set()  # batches sealed before the loop started must not wait for the next one
         log.info("agent %s starting: boot epoch %d, kid %s, uplink %s", self.gw, self.boot, self.kid,
                  self.uplink.describe())
-        source_tasks = [asyncio.create_task(s.run(self.emit), name="source:" + s.name) for s in self.sources]
+        source_tasks = [asyncio.create_task(s.run(self._emitter(s)), name="source:" + s.name)
+                        for s in self.sources]
         core = [asyncio.create_task(self._commit_loop(), name="commit"),
                 asyncio.create_task(self._uplink_loop(), name="uplink"),
                 asyncio.create_task(self._tick_loop(), name="tick")]
@@ -371,6 +405,7 @@ class Agent(Delivery, CommitTask):
                 "queue_readings": readings, "queue_bytes": size, "queue_alarms": alarms,
                 "memory_batches": len(self._pending), "counters": dict(self.counters),
                 "store_counters": dict(self.store.snapshot.counters),
-                "sources": [s.status() for s in self.sources], "last_stop": self.last_stop,
+                "sources": [s.status() for s in self.sources], "last_stop": self.last_stop, "version": __version__,
+                "restarts": dict(self.restarts), "readings_in": dict(self.readings_in),
                 "actions": self.actions.status() if self.actions is not None else None,
                 "update": self.update_info}

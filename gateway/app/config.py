@@ -113,6 +113,13 @@ class UpdateSection:
 
 
 @dataclass
+class MetricsSection:
+    """``[metrics]``: the Prometheus/OpenMetrics endpoint (gateway/app/metrics.py). Off unless ``listen`` is set."""
+    listen: str = ""  # HOST:PORT, e.g. "127.0.0.1:9108"; loopback only unless allow_remote
+    allow_remote: bool = False  # true: any address (the figures are not secret, but they tell an attacker a lot)
+
+
+@dataclass
 class Config:
     gateway: GatewaySection = field(default_factory=GatewaySection)
     store: StoreSection = field(default_factory=StoreSection)
@@ -122,6 +129,7 @@ class Config:
     console: ConsoleSection = field(default_factory=ConsoleSection)
     downlink: DownlinkSection = field(default_factory=DownlinkSection)
     update: UpdateSection = field(default_factory=UpdateSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
     sources: list = field(default_factory=list)  # the [[sources]] tables as written (the console edits them)
     rules: list = field(default_factory=list)
     file: str = None
@@ -257,6 +265,7 @@ def from_dict(data, file=None):
     cfg.source_configs = [parse_source(src, i, file) for i, src in enumerate(cfg.sources)]
     _check_rules(cfg.rules, file)
     _check_actions(cfg, file)
+    _check_metrics(cfg.metrics, file)
     return cfg
 
 
@@ -268,6 +277,32 @@ def _check_actions(cfg, file):
         raise ConfigError("a board no action drives; add an [[actions]] table naming it, or remove the board", file,
                           "actuators[0]")
     cfg.actuator_configs, cfg.action_configs = parse_actions(cfg.actuators, cfg.actions, file)
+
+
+def parse_listen(text):
+    """``"127.0.0.1:9108"`` or ``"[::1]:9108"`` -> ``(host, port)``; raises ValueError."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be HOST:PORT, e.g. \"127.0.0.1:9108\", got %r" % text)
+    return host.strip("[]"), int(port)
+
+
+def _check_metrics(section, file):
+    """``metrics.listen``: empty (off), or HOST:PORT on a loopback address unless ``allow_remote = true``."""
+    if not section.listen:
+        return
+    import ipaddress
+    try:
+        host, _ = parse_listen(section.listen)
+    except ValueError as exc:
+        raise ConfigError(str(exc), file, "metrics.listen") from None
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not section.allow_remote:
+        raise ConfigError("%s is not a loopback address: the metrics stay on this machine unless you also set "
+                          "metrics.allow_remote = true (then firewall the port)" % host, file, "metrics.listen")
 
 
 def loads(text, file="<text>"):

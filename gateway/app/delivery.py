@@ -140,6 +140,8 @@ class Delivery:
             log.info("uplink: delivering again")
         self.uplink_state = "up"
         self.last_ack = self.clock.wall()
+        if batch.created:
+            self.latency.observe(max(0.0, self.last_ack - batch.created))
         self.counters["batches_sent"] += 1
         self.counters["readings_sent"] += batch.readings
         await self._ack(batch)

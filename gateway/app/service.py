@@ -67,12 +67,15 @@ def build_agent(cfg, clock=None, **extra):
                  actions=build_actions(cfg, clock), **extra)
 
 
-def report_last_stop(agent, previous):
+def report_last_stop(agent, previous, counts=None):
     """Why the previous run ended: logged, shown by the console's ``status``, and sent upstream as the health record
-    ``health/last_stop.<kind>[.<detail>] = 1`` in the first batch of this run (docs/wire-format.md)."""
+    ``health/last_stop.<kind>[.<detail>] = 1`` in the first batch of this run (docs/wire-format.md); ``counts``
+    (stops by kind, from the run marker) become the health records ``restarts.<kind>`` and the metrics."""
     text = previous.describe()
     (log.info if previous.kind in ("clean", "first", "update") else log.warning)("previous run ended: %s", text)
     agent.last_stop = text
+    agent.last_stop_kind = previous.kind
+    agent.restarts = dict(counts or {})
     agent.emit(Reading(HEALTH_SENSOR, previous.health_name(), 1, None, agent.clock.monotonic()))
 
 
@@ -85,6 +88,19 @@ def _mark(write, *args):
         log.error("cannot update the run marker: %s (the next start will report power loss or kill -9)", exc)
 
 
+async def _start_metrics(agent, cfg):
+    """The ``[metrics]`` endpoint, when ``listen`` is set; a port already taken is a config error (exit 78)."""
+    if not cfg.metrics.listen:
+        return None
+    from gateway.app.metrics import start_metrics
+    try:
+        return await start_metrics(agent, cfg.metrics)
+    except OSError as exc:
+        agent.store.close()
+        raise ConfigError("cannot listen on %s: %s" % (cfg.metrics.listen, exc.strerror or exc), cfg.file,
+                          "metrics.listen") from exc
+
+
 EXIT_RESTART = 75  # the console's `restart`: exit non-zero so systemd's Restart=on-failure starts us again
 
 
@@ -92,12 +108,13 @@ async def run_service(cfg, console_port=None):
     """Run the agent until SIGTERM/SIGINT, serving the technician console when a port is configured."""
     cfg, interrupted_check = recover_check(cfg)  # an uplink change a stop interrupted: the previous config is back
     agent = build_agent(cfg)
+    metrics = await _start_metrics(agent, cfg)  # before the run marker: a port in use is like a config error
     marker = RunMarker(cfg.gateway.state_dir)
     try:
         previous = marker.start(update=restart_note(Layout(cfg.update.base, cfg.gateway.state_dir)))
     except OSError as exc:
         raise StoreError("cannot write the run marker %s: %s" % (marker.path, exc)) from exc
-    report_last_stop(agent, previous)
+    report_last_stop(agent, previous, marker.counts)
     transport = uplink_class(cfg.uplink.kind).transport(cfg.uplink)
     if transport.status == WARN:
         log.warning("%s", transport.message)  # the URL in it is redacted (gateway.core.redact)
@@ -132,6 +149,8 @@ async def run_service(cfg, console_port=None):
         await asyncio.gather(*(t for t in (supervisor, update) if t is not None), return_exceptions=True)
         notifier.close()
         await stop_downlink(downlink)
+        if metrics is not None:
+            await metrics.close()
         if console is not None:
             console.cancel()
             await asyncio.gather(console, return_exceptions=True)

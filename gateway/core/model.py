@@ -75,6 +75,8 @@ class EncodedBatch:
 @dataclass(frozen=True, slots=True)
 class StoreSnapshot:
     """What the store published after its last change: ``depth`` is ``(batches, readings, bytes, alarm_batches)``
-    waiting for delivery, ``counters`` its drop/quarantine and session counters (``Store.counters``)."""
+    waiting for delivery, ``counters`` its drop/quarantine and session counters (``Store.counters``), ``oldest``
+    the ``created`` wall time of the oldest batch waiting (None: none)."""
     depth: tuple
     counters: dict
+    oldest: float = None

@@ -9,6 +9,9 @@
    (the kill window); an alarm event is sealed into a batch of its own at once (the priority lane), and the first
    reading after start is cut at once;
 4. health records (``health/<counter>``) whenever a counter changed, at most every ``health_interval`` seconds;
+   they join a cut, and when no reading is waiting and a counter changed (``HEALTH_RIDE_ALONG`` aside, which move
+   all the time) ``tick`` cuts a batch of health records alone, so trouble is reported while every sensor is
+   silent (checked at most once a second);
 5. sealing: SenML records, the payload ``{v, gw, boot, seq, clock, senml}``, signed by the injected ``signer``.
 
 Every event (the rules' and the sources') is also handed to the injected ``on_event(event, now)`` once it is in the
@@ -30,8 +33,12 @@ HEALTH_SENSOR = "health"
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 #: the health values that travel upstream (besides any name with error/dropped/... in it, see ``_reported``)
 HEALTH_KEEP = ("dropped_batches", "dropped_readings", "dropped_alarm_batches", "expired_batches", "quarantined",
-               "conflict_batches", "poison_batches", "salvaged_batches", "lost_batches")
-HEALTH_MARKS = ("error", "dropped", "reopen", "restarts", "silent", "open_failed", "bad_value")
+               "conflict_batches", "poison_batches", "salvaged_batches", "lost_batches", "version", "clock_synced",
+               "uptime_s", "disk_written_bytes", "disk_written_bytes_per_day")
+#: health values that change all the time: they travel with the others but never cut a batch on their own
+HEALTH_RIDE_ALONG = ("uptime_s", "disk_written_bytes", "disk_written_bytes_per_day")
+HEALTH_MARKS = ("error", "dropped", "reopen", "restarts", "silent", "open_failed", "bad_value", "power_cycle",
+                "needs_reset")
 _NONE = ()
 
 
@@ -76,6 +83,7 @@ class Pipeline:
         self.first_cut = False
         self.last_health = None
         self._health_sent = {}
+        self._health_checked = None  # when tick last looked for health news with nothing else to send
         self._out = []
 
     # -- the three entry points ------------------------------------------------------------------------------
@@ -125,7 +133,21 @@ class Pipeline:
                 self._event(e, now)
         if self.batcher.due(now, self.idle):
             self._cut(now)
+        elif self.batcher.oldest is None and self._health_news(now):
+            self._cut(now)
         return self._take()
+
+    def _health_news(self, now):
+        """True when health records are due and a counter (not a ride-along) changed since it was last sent."""
+        if self.health_values is None or (self.last_health is not None
+                                          and now - self.last_health < self.health_interval):
+            return False
+        if self._health_checked is not None and now - self._health_checked < 1.0:
+            return False
+        self._health_checked = now
+        sent = self._health_sent
+        return any(_reported(k) and k not in HEALTH_RIDE_ALONG and sent.get(k) != v
+                   for k, v in self.health_values().items())
 
     def set_idle(self, idle, now):
         """The shell says whether anything is in flight downstream. Going idle cuts a batch whose ``linger`` is

@@ -70,12 +70,13 @@ def receiver(tmp_path, trust):
 
 
 @contextlib.asynccontextmanager
-async def running_agent(tmp_path, key, receiver, sources):
+async def running_agent(tmp_path, key, receiver, sources, **agent_kwargs):
     server = ReceiverServer(receiver).start()
     clock = SystemClock("synced")
     store = Store(str(tmp_path / "queue.sqlite"), clock=clock)
     agent = Agent(gw=GW, key=key, store=store, uplink=HttpUplink(server.url, timeout=5.0), sources=sources,
-                  clock=clock, batch=BatchSection(max_age_s=0.5, time_quantum_s=0.01), backoff=(0.1, 1.0))
+                  clock=clock, batch=BatchSection(max_age_s=0.5, time_quantum_s=0.01), backoff=(0.1, 1.0),
+                  **agent_kwargs)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop, drain_timeout=5.0))
     try:
@@ -194,6 +195,96 @@ def test_scan_restarts_after_the_adapter_vanishes(bluez, tmp_path, signing_key, 
     restarts = [r for r in caplog.records
                 if r.name == "drivers.ble.adapter" and "restarting the scan" in r.getMessage()]
     assert restarts and all(r.levelno == logging.WARNING for r in restarts)
+
+
+async def advertise_until(bluez, predicate, timeout, what, pid=4):
+    """Advertise PLAIN every 0.1 s (packet ids from ``pid``) until ``predicate()``; returns the ids advertised
+    (a wedged adapter drops some: ``advertise`` says which got through)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delivered = []
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("timed out after %.1f s waiting for %s" % (timeout, what))
+        if bluez.advertise(PLAIN, service_data={BTHOME: ble_nodes.bthome_adv(pid, 20.0 + pid / 10, 40.0, 90)}):
+            delivered.append(pid)
+        pid += 1
+        await asyncio.sleep(0.1)
+    return delivered
+
+
+def recovery_source(**extra):
+    return build_ble_source(dict({
+        "type": "ble", "sensors": [{"mac": PLAIN}], "watchdog_s": 0.5, "backoff_min_s": 0.1,
+        "backoff_max_s": 0.4, "timeout_s": 2.0, "rssi_interval_s": False}, **extra), SystemClock(), "ble0")
+
+
+def test_a_wedged_adapter_is_power_cycled_through_bluez_and_readings_resume(bluez, tmp_path, signing_key, receiver,
+                                                                            caplog):
+    source = recovery_source()
+
+    async def scenario():
+        async with running_agent(tmp_path, signing_key, receiver, [source], health_interval=0.2) as agent:
+            await until(lambda: source.scanning, 5, "the scan to start")
+            bluez.add_device(PLAIN, service_data={BTHOME: ble_nodes.bthome_adv(1, 20.1, 40.0, 90)})
+            for pid in (2, 3):
+                bluez.advertise(PLAIN, service_data={BTHOME: ble_nodes.bthome_adv(pid, 20.0 + pid / 10, 40.0, 90)})
+            await until(lambda: len(values(receiver, PLAIN.lower(), "temp")) >= 3, 5, "the first three readings")
+            bluez.wedge()  # the adapter hangs: adverts stop although the sensor keeps sending
+            delivered = await advertise_until(
+                bluez, lambda: len(values(receiver, PLAIN.lower(), "temp")) >= 5, 15, "readings after the wedge")
+            await until(lambda: values(receiver, "health", "ble0.power_cycles"), 5, "the power_cycles record")
+            return delivered, agent.status()
+
+    delivered, status = asyncio.run(scenario())
+    temps = values(receiver, PLAIN.lower(), "temp")
+    assert temps[:3] == pytest.approx([20.1, 20.2, 20.3], abs=0.005)
+    assert delivered and delivered[0] > 4, "adverts sent while wedged must be lost, or the wedge did nothing"
+    # after the wedge: only adverts the unwedged adapter delivered (those before the scan restarted are missed)
+    assert {round(t, 1) for t in temps[3:]} <= {round(20.0 + p / 10, 1) for p in delivered}
+    assert temps[3:] == sorted(temps[3:]) and len(temps[3:]) >= 2
+    assert bluez.power_log()[:2] == [False, True]  # Powered off, then on, through org.bluez.Adapter1
+    c = source.counters
+    assert c["power_cycles"] >= 1 and "power_cycle_failed" not in c and "adapter_needs_reset" not in c
+    assert source.recovery.state == "scanning" and source.recovery.cycles == 0
+    assert values(receiver, "health", "ble0.power_cycles")[-1] >= 1
+    ble = [s for s in status["sources"] if s["name"] == "ble0"][0]
+    assert ble["adapter_state"] == "scanning"
+    assert any("power-cycled" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_a_failing_power_cycle_reports_the_adapter_needs_a_reset(bluez, tmp_path, signing_key, receiver, caplog):
+    source = recovery_source(max_power_cycles=2)
+
+    async def scenario():
+        async with running_agent(tmp_path, signing_key, receiver, [source], health_interval=0.2) as agent:
+            await until(lambda: source.scanning, 5, "the scan to start")
+            bluez.add_device(PLAIN, service_data={BTHOME: ble_nodes.bthome_adv(1, 20.1, 40.0, 90)})
+            await until(lambda: values(receiver, PLAIN.lower(), "temp"), 5, "the first reading")
+            bluez.fail_power()  # bluetoothd refuses to turn the adapter off
+            bluez.wedge()
+            await advertise_until(bluez, lambda: source.counters.get("adapter_needs_reset"), 15, "needs a reset",
+                                  pid=2)
+            await until(lambda: values(receiver, "health", "ble0.adapter_needs_reset"), 5, "the health record")
+            reported = agent.status()
+            cycles_then = source.counters["power_cycles"]
+            bluez.remove_adapter()  # the technician replugs the dongle: a new, working adapter
+            bluez.restore_adapter()
+            await advertise_until(bluez, lambda: source.recovery.state == "scanning" and len(
+                values(receiver, PLAIN.lower(), "temp")) >= 2, 15, "readings after the replug", pid=100)
+            return reported, cycles_then
+
+    reported, cycles_then = asyncio.run(scenario())
+    c = source.counters
+    assert cycles_then == c["power_cycle_failed"] == 2  # bounded: no third attempt while it needs a reset
+    assert c["adapter_needs_reset"] == 1
+    assert bluez.power_log() == []  # the new adapter object was never power-cycled
+    assert values(receiver, "health", "ble0.adapter_needs_reset") == [1]
+    assert values(receiver, "health", "ble0.power_cycle_failed")[-1] == 2
+    ble = [s for s in reported["sources"] if s["name"] == "ble0"][0]
+    assert ble["adapter_state"] == "needs_reset"
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name == "drivers.ble.adapter"]
+    assert len(errors) == 1 and "hci0 needs a reset" in errors[0]
 
 
 def test_falls_back_to_active_scanning_without_the_monitor_api(caplog):

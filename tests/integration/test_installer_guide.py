@@ -187,23 +187,51 @@ def documented_health():
     return re.findall(r"^\| `health/([^`]+)` \|", section, re.M)
 
 
-def test_the_documented_health_records_are_the_ones_the_gateway_sends():
-    from gateway.adapters.store import COUNTERS, SESSION_COUNTERS
-    from gateway.app.agent import AGENT_HEALTH, SOURCE_HEALTH
-    from gateway.core.pipeline import _reported
+class _CountingSource:
+    """A source that has counted one of everything a driver counts (what the agent may forward)."""
+    name = "src"
+
+    def __init__(self, keys):
+        self.counters = dict.fromkeys(keys, 1)
+
+
+def emitted_health_names(tmp_path):
+    """The names of the health records a real Agent hands its pipeline, as the pipeline puts them in a batch (the
+    first round sends every value; the second, an hour later, the daily rate), written as the doc's patterns."""
+    from gateway.adapters import keys
+    from gateway.adapters.store import Store
+    from gateway.app.agent import Agent, SOURCE_HEALTH
+    from gateway.core.clock import FakeClock
+    clock = FakeClock()
+    store = Store(str(tmp_path / "health.sqlite"), clock=clock)
+    try:
+        agent = Agent(gw="gw-doc", key=keys.SigningKey.generate(), store=store, uplink=None, clock=clock,
+                      sources=[_CountingSource(SOURCE_HEALTH + ("error.bad_checksum", "adverts", "scans_started"))])
+        agent.restarts = {"clean": 2, "power_loss": 1}
+        names = [r.name for r in agent.pipeline.health_readings(clock.monotonic())]
+        clock.mono += 3600.0
+        names += [r.name for r in agent.pipeline.health_readings(clock.monotonic())]
+    finally:
+        store.close()
+    patterns = {"src.error.bad_checksum": "<source>.error.<reason>", "restarts.clean": "restarts.<kind>",
+                "restarts.power_loss": "restarts.<kind>"}
+    return {patterns.get(n, n.replace("src.", "<source>.", 1)) for n in names}
+
+
+def test_the_documented_health_records_are_the_ones_the_gateway_sends(tmp_path):
+    from gateway.adapters.store import SESSION_COUNTERS
+    from gateway.app.agent import SOURCE_HEALTH
     documented = documented_health()
     assert len(documented) == len(set(documented))
-    # What the agent hands the pipeline (Agent._health_values) and the pipeline puts in batches (_reported).
-    sent = {k for k in COUNTERS + SESSION_COUNTERS + AGENT_HEALTH if _reported(k)}
-    sent |= {"<source>." + k for k in SOURCE_HEALTH if _reported("src." + k)}
-    assert _reported("src.error.bad_checksum")
-    sent.add("<source>.error.<reason>")
-    sent.add("last_stop.<kind>")  # one record per run, from gateway/adapters/restart_reason.py
+    sent = emitted_health_names(tmp_path)
+    assert "disk_written_bytes_per_day" in sent and "version" in sent and "<source>.power_cycles" in sent
+    sent.add("last_stop.<kind>")  # one record per run, from gateway/adapters/restart_reason.py (service.py)
     from gateway.app.actions import HEALTH  # local actions: boards and programs (gateway/app/actions.py)
     assert all(_reported(k) for k in ("actuator.b.error.no_ack", "program.a.error.exit", "program.a.dropped_busy"))
     sent |= set(HEALTH)
     from gateway.app.downlink import POLL_HEALTH
     sent.add(POLL_HEALTH)  # the HTTP downlink's poll (gateway/app/downlink.py)
+    sent |= {"update.running", "update.previous", "update.outcome"}  # once per start (gateway/app/update_agent.py)
     assert set(documented) == sent
     from gateway.adapters.restart_reason import KINDS
     text = open(os.path.join(ROOT, "docs", "wire-format.md")).read()

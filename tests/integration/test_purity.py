@@ -11,7 +11,7 @@ PURE = ["gateway.core.senml", "gateway.core.wire", "gateway.core.commands", "gat
         "drivers.serial.nmea", "drivers.serial.modbus", "drivers.serial.lines", "drivers.serial.protocols",
         "gateway.core.backoff", "gateway.core.algorithms", "gateway.core.fields", "gateway.core.actions", "gateway.core.actuator_link", "gateway.core.output_gate", "drivers.ble.formats",
         "drivers.ble.config", "drivers.serial.config", "drivers.sources", "drivers.serial.nmea_framer",
-        "drivers.serial.modbus_schedule"]
+        "drivers.serial.modbus_schedule", "gateway.core.openmetrics", "drivers.ble.recovery"]
 IO = ["asyncio", "serial", "bleak", "socket", "sqlite3", "http", "paho", "dbus_fast"]
 
 

@@ -14,7 +14,7 @@ import pytest
 FIGURES = ["pipeline_readings_per_s", "wire_bytes_per_reading", "rss_mb_200_sensors", "idle_cpu_percent",
            "startup_s", "drain_readings_per_s", "fsyncs_per_1k_readings", "disk_bytes_per_reading",
            "alarm_latency_ms_p99", "swinging_door_ratio", "bthome_adverts_per_s", "nmea_sentences_per_s",
-           "rule_evals_per_s"]
+           "rule_evals_per_s", "metrics_scrape_cpu_ms"]
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -69,7 +69,7 @@ def test_the_bench_reports_progress_on_stderr_with_json_too(bench):
     # the fixture showed each step as it came; stdout held nothing but the JSON object (parsed there)
     results, _, steps = bench
     assert results["quick"] is True
-    assert len(steps) >= 8 and steps[0] == "wire bytes" and steps[-1] == "idle CPU", steps
+    assert len(steps) >= 8 and steps[0] == "wire bytes" and steps[-1] == "metrics scrape", steps
 
 
 def test_every_figure_is_reported(bench):
@@ -94,6 +94,7 @@ def test_figures_are_physically_sane(bench):
     assert r["swinging_door_ratio"] > 1
     # the rules engine's throughput (threshold + hysteresis + deadband) is measured here, not asserted in a unit test
     assert 0 < r["rule_evals_per_s"] < 50_000_000 and r["runs"]["rule_evals_per_s"]
+    assert 0 < r["metrics_scrape_cpu_ms"] < 100 and r["runs"]["metrics_scrape"]["bytes"] > 1000
     assert r["disk_bytes_per_reading"] > 0 and r["fsyncs_per_1k_readings"] > 0
     assert all(isinstance(v, list) and v for k, v in r["runs"].items() if k.endswith("_per_s"))
     assert elapsed < 120  # --quick is meant to finish in under 60 s on a quiet machine

@@ -235,4 +235,5 @@ def test_each_restart_reason_is_found_and_reported(gateway):
                   "WARNING gateway.app.service: previous run ended: power loss or kill -9",
                   "previous run ended: crash (ValueError)", "previous run ended: watchdog (event loop stalled)"):
         assert words in log
-    assert json.loads((gateway.state / "run-marker.json").read_text()) == {"state": "clean"}
+    assert json.loads((gateway.state / "run-marker.json").read_text()) == {
+        "state": "clean", "counts": {"clean": 2, "crash": 1, "power_loss": 1, "watchdog": 1}}  # each stop counted

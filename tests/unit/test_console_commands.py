@@ -62,6 +62,23 @@ def test_update_needs_unlock_then_stages_the_bundle_and_is_audited(rig):
                                       "verified (replaces 0.1.0, key AbCdEfGhIjK); staged for the updater")
 
 
+def test_status_shows_restarts_and_a_ble_adapter_that_needs_a_reset(rig):
+    view, console = rig[1], rig[4]
+    status = view.status()
+    status.update(restarts={"power_loss": 3, "clean": 12}, sources=[
+        {"name": "ble0", "adapter": "hci0", "adapter_state": "needs_reset",
+         "counters": {"power_cycles": 3, "power_cycle_failed": 3, "adapter_needs_reset": 1}},
+        {"name": "ble1", "adapter": "hci1", "adapter_state": "power_cycling", "counters": {"power_cycles": 1}},
+        {"name": "ble2", "adapter": "hci2", "adapter_state": "scanning", "counters": {}}])
+    view.status = lambda: status
+    lines = say(console, "status")
+    assert "restarts  clean 12, power_loss 3" in lines
+    assert "          adapter hci0 NEEDS A RESET: unplug and replug it, or reboot" in lines
+    assert "          adapter hci1 power cycling" in lines
+    assert not any("hci2" in ln for ln in lines)  # scanning: nothing to say
+    assert all(len(ln) <= 80 for ln in lines)
+
+
 def test_sensors_and_read_from_the_board(rig):
     clock, view, _, _, console = rig
     assert say(console, "sensors") == ("no readings yet",)

@@ -94,3 +94,39 @@ def test_status_shows_the_last_stop(rig, monkeypatch):
     lines = say(console, "status")
     assert "last stop crash (ValueError)" in lines
     assert lines.index("last stop crash (ValueError)") == 3  # right after the clock line
+
+
+def test_memory_error_is_an_out_of_memory_stop_and_new_kinds_can_be_registered():
+    from gateway.adapters import restart_reason
+    assert classify({"state": "crash", "error": "MemoryError"}, None, None) == StopReason("oom", "MemoryError")
+    assert StopReason("oom", "MemoryError").health_name() == "last_stop.oom.MemoryError"
+    with pytest.raises(ValueError):
+        restart_reason.register_kind("not a name", "x")
+    restart_reason.register_kind("test_kind", "a kind added by a test")
+    try:
+        assert StopReason("test_kind").describe() == "a kind added by a test"
+    finally:
+        del KINDS["test_kind"]
+
+
+def test_the_marker_counts_the_stops_by_kind_across_runs(tmp_path):
+    marker = RunMarker(str(tmp_path))
+    marker.start()
+    assert marker.counts == {}  # a first start ends nothing
+    marker.clean()
+    for end in ("clean", "crash", None, "crash"):  # None: the process vanished (power loss)
+        marker = RunMarker(str(tmp_path))
+        marker.start()
+        if end == "clean":
+            marker.clean()
+        elif end == "crash":
+            marker.crash(ValueError("x"))
+    marker = RunMarker(str(tmp_path))
+    marker.start()
+    assert marker.counts == {"clean": 2, "crash": 2, "power_loss": 1}
+    raw = json.loads((tmp_path / MARKER).read_text())
+    assert raw["counts"] == marker.counts and raw["state"] == "running"
+    (tmp_path / MARKER).write_text(json.dumps({"state": "clean", "counts": {"clean": "many", "x y": 3, "oom": -1}}))
+    marker = RunMarker(str(tmp_path))
+    marker.start()
+    assert marker.counts == {"clean": 1}  # hostile or damaged counts are dropped, not trusted

@@ -13,7 +13,10 @@ python-dbusmock's ``bluez5`` template (docs/architecture.md, "BLE without hardwa
 * adds GATT service/characteristic/descriptor objects (``ReadValue``/``StartNotify``/``StopNotify``); ``Connect``
   sets ``Connected`` and then ``ServicesResolved``; ``Disconnect`` clears both;
 * breaks the adapter on purpose: ``remove_adapter`` (the adapter and its devices vanish, as when a USB dongle is
-  pulled) and ``restore_adapter``; ``fail_scans`` makes ``StartDiscovery`` and ``RegisterMonitor`` fail.
+  pulled) and ``restore_adapter``; ``fail_scans`` makes ``StartDiscovery`` and ``RegisterMonitor`` fail;
+  ``wedge`` makes it stop delivering adverts (``advertise`` is dropped, as by a firmware that hangs) until it is
+  power-cycled (``Powered`` set false, then true, over D-Bus); ``fail_power`` makes setting ``Powered`` fail
+  (``org.bluez.Error.Failed``); ``power_log`` lists the ``Powered`` values clients set.
 
 Usage (the calls are blocking D-Bus calls of a few milliseconds; calling them from a coroutine is fine)::
 
@@ -23,6 +26,7 @@ Usage (the calls are blocking D-Bus calls of a few milliseconds; calling them fr
         bt.add_gatt_device("A4:C1:38:00:00:09", {0x2A6E: b"\\xca\\x09"})
         bt.set_characteristic("A4:C1:38:00:00:09", 0x2A6E, b"\\xcb\\x09")   # a notification
         bt.remove_adapter(); bt.restore_adapter()    # adapter gone and back (devices re-added, last advert)
+        bt.wedge(); bt.fail_power()                   # adverts stop until a power cycle; the power cycle fails
 
 Devices must advertise after the scanner started (bleak only reports signals it sees, not objects that exist).
 Keys of ``service_data`` may be 16-bit ints or full UUID strings; keys of ``manufacturer_data`` are company ids.
@@ -63,6 +67,19 @@ _STOP_NOTIFY = "self.UpdateProperties('org.bluez.GattCharacteristic1', {'Notifyi
 _SCAN_FAILS = "raise dbus.exceptions.DBusException('adapter failed (mock)', name='org.bluez.Error.Failed')"
 _START_DISCOVERY = "self.UpdateProperties('org.bluez.Adapter1', {'Discovering': dbus.Boolean(True)})"
 _STOP_DISCOVERY = "self.UpdateProperties('org.bluez.Adapter1', {'Discovering': dbus.Boolean(False)})"
+MOCK_ADAPTER_IFACE = "org.bluez.Mock.Adapter"  # the harness's own questions to the adapter object
+# Properties.Set on the adapter, as bluetoothd does it, plus the harness's switches: a wedged adapter is unwedged
+# by turning it on again; with ``power_fails`` setting Powered raises.
+_ADAPTER_SET = (
+    "if args[0] == 'org.bluez.Adapter1' and args[1] == 'Powered':\n"
+    "    self.power_log = getattr(self, 'power_log', []) + [bool(args[2])]\n"
+    "    if getattr(self, 'power_fails', False):\n"
+    "        raise dbus.exceptions.DBusException('Failed (mock)', name='org.bluez.Error.Failed')\n"
+    "    if args[2]:\n"
+    "        self.wedged = False\n"
+    "    else:\n"
+    "        self.UpdateProperties('org.bluez.Adapter1', {'Discovering': dbus.Boolean(False)})\n"
+    "self.UpdateProperties(args[0], {args[1]: args[2]})\n")
 
 
 def uuid_text(uuid):
@@ -101,6 +118,8 @@ class BluezMock:
         self._log = None
         self._saved_env = None
         self._devices = {}  # MAC -> dict(kind, kwargs, last advert) so restore_adapter can bring them back
+        self._switches = False  # the adapter's Set override and Mock.Adapter methods are installed
+        self._wedged = False
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     def start(self):
@@ -181,6 +200,7 @@ class BluezMock:
     # -- adapter ----------------------------------------------------------------------------------------------
     def add_adapter(self):
         dbus.Interface(self.bus.get_object(BUS_NAME, "/"), MOCK_IFACE).AddAdapter(self.adapter, "edge-gw-test")
+        self._switches = self._wedged = False  # a new adapter object: a working one
 
     def remove_adapter(self):
         """The adapter disappears with all its devices (what bluetoothd reports when a dongle is pulled)."""
@@ -204,6 +224,36 @@ class BluezMock:
         if self.monitor_api:
             adapter.AddMethod(MONITOR_MANAGER_IFACE, "RegisterMonitor", "o", "", _SCAN_FAILS if failing else "")
             adapter.AddMethod(MONITOR_MANAGER_IFACE, "UnregisterMonitor", "o", "", "")
+
+    def _adapter_switches(self):
+        adapter = self._obj(self._adapter_path())
+        if not self._switches:
+            adapter.AddMethod(dbus.PROPERTIES_IFACE, "Set", "ssv", "", _ADAPTER_SET)
+            adapter.AddMethod(MOCK_ADAPTER_IFACE, "Wedged", "", "b", "ret = getattr(self, 'wedged', False)")
+            adapter.AddMethod(MOCK_ADAPTER_IFACE, "PowerLog", "", "ab", "ret = getattr(self, 'power_log', [])")
+            adapter.AddMethod(MOCK_ADAPTER_IFACE, "SetSwitch", "sb", "", "setattr(self, args[0], bool(args[1]))")
+            self._switches = True
+        return dbus.Interface(adapter, MOCK_ADAPTER_IFACE)
+
+    def wedge(self):
+        """The adapter stops delivering adverts (``advertise`` calls are dropped) until a client turns it off and
+        on again through ``org.bluez.Adapter1.Powered``."""
+        self._adapter_switches().SetSwitch("wedged", True)
+        self._wedged = True
+
+    def wedged(self):
+        """True while the adapter drops adverts (asks the mock: a power cycle unwedges it)."""
+        if self._wedged:
+            self._wedged = bool(self._adapter_switches().Wedged())
+        return self._wedged
+
+    def fail_power(self, failing=True):
+        """Make setting ``Powered`` raise ``org.bluez.Error.Failed`` (or work again)."""
+        self._adapter_switches().SetSwitch("power_fails", failing)
+
+    def power_log(self):
+        """The ``Powered`` values clients tried to set, in order (failed attempts included)."""
+        return [bool(v) for v in self._adapter_switches().PowerLog()] if self._switches else []
 
     def discovering(self):
         props = dbus.Interface(self.bus.get_object(BUS_NAME, self._adapter_path()), dbus.PROPERTIES_IFACE)
@@ -258,8 +308,11 @@ class BluezMock:
         """A new advertisement from a known device (one ``PropertiesChanged`` carrying what changed).
 
         Only the given fields change; BlueZ merges service data by UUID and manufacturer data by company id, and
-        so does bleak, so pass the whole new value for each UUID/company id you advertise.
+        so does bleak, so pass the whole new value for each UUID/company id you advertise. A wedged adapter drops
+        it (returns False).
         """
+        if self.wedged():
+            return False
         changed = {}
         if service_data is not None:
             changed["ServiceData"] = _service_data(service_data)
@@ -276,6 +329,7 @@ class BluezMock:
             spec["kwargs"].update({k: v for k, v in (("service_data", service_data),
                                                      ("manufacturer_data", manufacturer_data),
                                                      ("rssi", rssi), ("name", name)) if v is not None})
+        return True
 
     def remove_device(self, mac):
         path = device_path(self.adapter, mac)

@@ -85,6 +85,8 @@ class ReadCommands:
             lines.append("last stop %s" % s["last_stop"])
         if s.get("update"):
             lines.append(update_line(s["update"]))
+        if s.get("restarts"):  # stops by kind since the state directory was made
+            lines.append("restarts  %s" % ", ".join("%s %d" % kv for kv in sorted(s["restarts"].items())))
         rejected = rejection(s)
         if rejected:  # reachable or not, the upstream refuses what it gets: say so, and why, first
             lines += ["uplink    REJECTING: %s  -> %s" % (rejected[0], rejected[2]),
@@ -122,6 +124,11 @@ class ReadCommands:
             lines.append("source    %s: %s" % (src.get("name"), ", ".join(
                 "%s %s" % (k, v) for k, v in sorted(src.get("counters", {}).items())
                 if not k.startswith("error.")) + (", errors %d" % errs if errs else "") or "no counters yet"))
+            state = src.get("adapter_state")  # a BLE scanner's adapter (drivers/ble/recovery.py)
+            if state == "needs_reset":
+                lines.append("          adapter %s NEEDS A RESET: unplug and replug it, or reboot" % src.get("adapter"))
+            elif state not in (None, "scanning"):
+                lines.append("          adapter %s %s" % (src.get("adapter"), state.replace("_", " ")))
         return self._reply(lines)
 
     def do_sensors(self, args, text):
