@@ -41,6 +41,9 @@ MIGRATIONS = (
             UNIQUE (gw, boot, seq, digest))""")),
     # "everything from one gateway in the last hour" is an index lookup too
     (2, ("CREATE INDEX IF NOT EXISTS records_by_gw ON records (gw, t)",)),
+    # the read API (backend.readapi): a gateway's names and each name's newest record, a gateway's last batch
+    (3, ("CREATE INDEX IF NOT EXISTS records_by_gw_name ON records (gw, n, t)",
+         "CREATE INDEX IF NOT EXISTS batches_by_received ON batches (gw, received)")),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -153,6 +156,12 @@ class SqliteStorage(Storage):
 
     def query(self, sql, args=()):
         return self.db.execute(sql, args).fetchall()
+
+    def _rows(self, sql, args=()):
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError("receiver database %s: %s" % (self.path, exc)) from exc
 
     def close(self):
         self.db.close()
