@@ -281,9 +281,10 @@ class OpsApp:
             loop = asyncio.get_running_loop()
             client = (scope.get("client") or ("",))[0]
             auth = (_header(scope, b"authorization") or [None])[0]
-            answer = await loop.run_in_executor(self.pool, self.read.handle, scope["method"], scope["path"],
-                                                scope["query_string"].decode("latin-1"), client, auth)
-            return await _send_bytes(send, *answer)
+            status, headers, body = await loop.run_in_executor(
+                self.pool, self.read.handle, scope["method"], scope["path"], scope["query_string"].decode("latin-1"),
+                client, auth)
+            return await _send_bytes(send, status, body, headers)
         path = scope["path"].rstrip("/")
         if scope["method"] != "GET" or path not in ("/stats", "/healthz"):
             return await _send(send, 404, {"error": "not_found"})

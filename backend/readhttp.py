@@ -240,7 +240,7 @@ class ReadFront:
         return {"endpoints": {
             API_PREFIX + "/gateways": "gateways: last seen, boot, clock, health counters, version [days]",
             API_PREFIX + "/sensors": "sensors of one gateway: last values, battery, signal, open events gw [days]",
-            API_PREFIX + "/readings": "one name over a time range, at most max_points: gw name [from to max_points]",
+            API_PREFIX + "/readings": "one name over a time range, at most max_points: gw name [from to span max_points]",
             API_PREFIX + "/alarms": "open events (raised, not cleared since) [gw]",
             API_PREFIX + "/attention": "sensors needing attention, ranked [silent_after_s battery_below rssi_below "
                                        "margin days]"}}
@@ -261,14 +261,14 @@ class ReadFront:
         return out
 
     def _readings(self, query):
-        p = Params(query, ("gw", "name", "from", "to", "max_points"))
+        p = Params(query, ("gw", "name", "from", "to", "span", "max_points"))
         gw = self._gw(p)
         name = p.text("name", NAME, "<sensor>/<quantity>, e.g. fridge-1/temp (no control characters)")
         api = self._api()
         newest = api.storage.latest(gw, gw + "/" + name)
         end = newest[0][0] if newest else self.clock()
         t1 = p.number("to", end, -1e12, 1e12)
-        t0 = p.number("from", t1 - DAY, -1e12, 1e12)
+        t0 = p.number("from", t1 - p.number("span", DAY, 1, 3660 * DAY), -1e12, 1e12)
         if t0 > t1:
             raise ApiError(400, "bad_parameter", "from must not be after to")
         max_points = int(p.number("max_points", 1000, 2, MAX_POINTS))
