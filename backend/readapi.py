@@ -219,7 +219,7 @@ class ReadApi:
                              for t, v, vs, vb in rows if v is not None or vb is not None]
             out["downsampled"] = False
         else:
-            width = (t1 - t0) / max_points or 1.0
+            width = (t1 - t0) / (max_points - 1) or 1.0  # t1 itself falls in bucket max_points - 1
             rows = self.storage.buckets(gw, full, t0, t1, width)
             out["points"] = [[(lo + hi) / 2.0, avg] for b, n, lo, hi, avg, vmin, vmax in rows]
             out["envelope"] = [[(lo + hi) / 2.0, vmin, vmax] for b, n, lo, hi, avg, vmin, vmax in rows]

@@ -22,3 +22,11 @@ def http_receiver(tmp_path, trust):
     yield server
     server.stop()
     server.receiver.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request, tmp_path):
+    """Where the receiver stores: a SQLite file, or a fresh PostgreSQL database (the same tests run on both)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "rx.sqlite")
+    return request.getfixturevalue("pg_url")
