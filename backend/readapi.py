@@ -35,6 +35,7 @@ PLAUSIBLE = {"Cel": (-60.0, 130.0), "%RH": (0.0, 100.0), "%EL": (0.0, 100.0), "d
 #: why a sensor needs attention: kind -> weight (the rank is the sum of a sensor's weights)
 WEIGHTS = {"silent": 50, "alarm": 40, "battery_low": 30, "out_of_range": 25, "weak_signal": 20, "drifting": 15,
            "gateway_silent": 60}
+_BELOW = re.compile(r"below (-?\d+(?:\.\d+)?)")
 _THRESHOLD = re.compile(r"(?:above|below|beyond) (low_low|low|high|high_high) (-?\d+(?:\.\d+)?)")
 
 #: bounds of what one request may ask for
@@ -226,18 +227,25 @@ class ReadApi:
             out["bucket_s"] = width
             out["downsampled"] = True
         sensor, quantity = split(gw, full)
-        events, reasons = [], []
+        events, reasons, health_limits = [], [], {}
         for event in EVENTS:
             rows = self.storage.series(gw, "%s/%s/%s" % (gw, sensor, event), t0, t1, MAX_EVENTS)
             for t, v, vs, vb in rows:
                 state, reason = event_state(vs)
                 events.append({"t": t, "event": event, "state": state, "reason": reason})
-            if event.startswith(ALARM_PREFIX):  # the thresholds: from the range, and from the newest of each level
-                texts = [vs for t, v, vs, vb in rows] + [row[3] for row in self.storage.latest(
-                    gw, "%s/%s/%s" % (gw, sensor, event))]
-                reasons += [r for r in (event_state(vs)[1] for vs in texts) if r.split(" ", 1)[0] == quantity]
+            # the thresholds: from the events in the range, and from the newest of each kind
+            texts = [vs for t, v, vs, vb in rows] + [row[3] for row in self.storage.latest(
+                gw, "%s/%s/%s" % (gw, sensor, event))]
+            mine = [r for r in (event_state(vs)[1] for vs in texts) if r.split(" ", 1)[0] == quantity]
+            if event.startswith(ALARM_PREFIX):
+                reasons += mine
+            else:  # battery_low, weak_signal: "batt 14.00 below 15.00"
+                for r in mine:
+                    found = _BELOW.search(r)
+                    if found:
+                        health_limits[event] = float(found.group(1))
         out["events"] = sorted(events, key=lambda e: e["t"])
-        out["thresholds"] = thresholds_of(reasons)
+        out["thresholds"] = dict(thresholds_of(reasons), **health_limits)
         return out
 
     # -- alarms and attention ---------------------------------------------------------------------------------
