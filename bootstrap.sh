@@ -21,9 +21,11 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
 fi
 
 # Debian packages: a real Mosquitto broker, picocom and tmux for the console test, a D-Bus daemon for the mocked
-# BlueZ, the headers dbus-python builds against, and PostgreSQL for the receiver's second storage engine (the tests
-# run their own initdb cluster; tests/support/postgres.py). The demo needs none of them.
-APT_PACKAGES=(mosquitto picocom socat tmux dbus dbus-daemon libdbus-1-dev libglib2.0-dev pkg-config strace postgresql)
+# BlueZ, the headers dbus-python builds against, PostgreSQL for the receiver's second storage engine (the tests
+# run their own initdb cluster; tests/support/postgres.py), and chromium with its WebDriver for the fleet page's
+# browser test (tests/system/test_fleet_page.py). The demo needs none of them.
+APT_PACKAGES=(mosquitto picocom socat tmux dbus dbus-daemon libdbus-1-dev libglib2.0-dev pkg-config strace postgresql
+              chromium chromium-driver)
 if [ "$job" = test ]; then
   missing=()
   for p in "${APT_PACKAGES[@]}"; do

@@ -5,7 +5,8 @@ Two listeners, one event loop on one thread:
 * **ingest** (``--listen``): ``POST`` and ``OPTIONS`` on ``/v1/batches``, ``POST`` on ``/v1/commands`` (the
   command queue); every other path is ``404``. Its statuses and bodies are those of docs/wire-format.md ("The
   reference receiver's answers", "Delivery (HTTP)").
-* **ops** (``--ops-listen``, loopback by default, or off): ``GET /stats`` (the counters) and ``GET /healthz``.
+* **ops** (``--ops-listen``, loopback by default, or off): ``GET /stats`` (the counters) and ``GET /healthz``, and
+  the read API (``/api/v1/...``) and the fleet page (``/fleet/``) of ``backend.readhttp``, as ``--api`` allows.
 
 The limits live in ``Limits``. A connection must deliver a whole request (headers and body) within
 ``read_timeout`` of its first byte (of being accepted, for the first request), or it is closed unanswered; uvicorn
@@ -34,6 +35,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from backend.api import (ACCEPTED_TYPES, BATCH_PATH, DEFLATE, MAX_LENGTH_DIGITS, MEDIA_TYPE, is_batch_path,
                          is_commands_path)
 from gateway.core.commands import MAX_COMMAND_BYTES
+from backend.readhttp import PAGE_PREFIX, ApiAccess, ReadFront
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +151,12 @@ def _target(scope):
 
 
 async def _send(send, status, body, headers=()):
-    data = _json(body)
-    out = [(b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(data)),
-           (b"Accept-Encoding", DEFLATE.encode())]
-    out += [(k.encode(), v.encode()) for k, v in headers]
+    await _send_bytes(send, status, _json(body), [("Content-Type", "application/json"),
+                                                  ("Accept-Encoding", DEFLATE)] + list(headers))
+
+
+async def _send_bytes(send, status, data, headers):
+    out = [(b"Content-Length", b"%d" % len(data))] + [(k.encode(), v.encode()) for k, v in headers]
     await send({"type": "http.response.start", "status": status, "headers": out})
     await send({"type": "http.response.body", "body": data})
 
@@ -271,11 +275,13 @@ class IngestApp:
 
 
 class OpsApp:
-    """The ASGI app of the ops listener: ``GET /stats`` and ``GET /healthz``."""
+    """The ASGI app of the ops listener: ``GET /stats`` and ``GET /healthz``; the read API and the fleet page
+    (``read``, a ``backend.readhttp.ReadFront``) when given."""
 
-    def __init__(self, receiver, pool):
+    def __init__(self, receiver, pool, read=None):
         self.receiver = receiver
         self.pool = pool
+        self.read = read
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -283,6 +289,14 @@ class OpsApp:
         await _guarded(self.receiver, scope, send, lambda s: self._route(scope, s))
 
     async def _route(self, scope, send):
+        if self.read is not None and self.read.claims(scope["path"]):
+            loop = asyncio.get_running_loop()
+            client = (scope.get("client") or ("",))[0]
+            auth = (_header(scope, b"authorization") or [None])[0]
+            status, headers, body = await loop.run_in_executor(
+                self.pool, self.read.handle, scope["method"], scope["path"], scope["query_string"].decode("latin-1"),
+                client, auth)
+            return await _send_bytes(send, status, body, headers)
         path = scope["path"].rstrip("/")
         if scope["method"] != "GET" or path not in ("/stats", "/healthz"):
             return await _send(send, 404, {"error": "not_found"})
@@ -335,12 +349,14 @@ class ReceiverServer:
     """The HTTP front of a ``Receiver`` on its own thread. ``port=0`` picks a free port (``url`` tells which).
 
     ``ops``: ``(host, port)`` of the ops listener (``/stats``, ``/healthz``; ``ops_url``), or None for none.
+    ``api``: who may use the read API and the fleet page on it (``backend.readhttp.ApiAccess``; default loopback).
     The sockets are bound in the constructor (``OSError`` if they cannot be), so ``url`` is right at once.
     """
 
-    def __init__(self, receiver, host="127.0.0.1", port=0, ops=("127.0.0.1", 0), limits=Limits()):
+    def __init__(self, receiver, host="127.0.0.1", port=0, ops=("127.0.0.1", 0), limits=Limits(), api=None):
         self.receiver = receiver
         self.limits = limits
+        self.read = ReadFront(receiver.db_path, api or ApiAccess(), receiver.clock) if ops else None
         self._sock = _listen(host, port, limits.backlog)
         try:
             self._ops_sock = _listen(ops[0], ops[1], 64) if ops else None
@@ -348,7 +364,8 @@ class ReceiverServer:
             self._sock.close()
             raise
         self._pool = concurrent.futures.ThreadPoolExecutor(limits.workers, thread_name_prefix="receiver-store")
-        self._ops_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="receiver-ops")
+        # two: /healthz and /stats answer while a read API query runs (the read API serialises its own calls)
+        self._ops_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="receiver-ops")
         self._servers = []
         self._started = threading.Event()
         self._failed = []
@@ -363,12 +380,20 @@ class ReceiverServer:
         """``http://host:port`` of the ops listener (None when it is off)."""
         return _url(self._ops_sock, "") if self._ops_sock else None
 
+    @property
+    def fleet_url(self):
+        """The fleet page (``http://host:port/fleet/``), None when the ops listener or the read API is off."""
+        if not self._ops_sock or self.read.access.mode == "off":
+            return None
+        return _url(self._ops_sock, PAGE_PREFIX + "/")
+
     async def _serve(self):
         protocol = _protocol(self.receiver, self.limits)
         pairs = [(uvicorn.Server(_config(IngestApp(self.receiver, self.limits, self._pool), self.limits, protocol)),
                   self._sock)]
         if self._ops_sock:
-            pairs.append((uvicorn.Server(_config(OpsApp(self.receiver, self._ops_pool), self.limits, protocol)),
+            pairs.append((uvicorn.Server(_config(OpsApp(self.receiver, self._ops_pool, self.read), self.limits,
+                                                 protocol)),
                           self._ops_sock))
         self._servers = [server for server, _ in pairs]
         tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in pairs]
@@ -411,6 +436,8 @@ class ReceiverServer:
         for sock in (self._sock, self._ops_sock):
             if sock:
                 sock.close()
+        if self.read is not None:
+            self.read.close()
 
 
 class _MemoryTransport(asyncio.Transport):

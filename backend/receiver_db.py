@@ -56,6 +56,9 @@ MIGRATIONS = (
             gw TEXT NOT NULL, op_seq INTEGER, kid TEXT, digest TEXT, state TEXT NOT NULL, text TEXT NOT NULL,
             t REAL, received REAL NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL)""",
          "CREATE INDEX IF NOT EXISTS command_outcomes_by_gw ON command_outcomes (gw, received)")),
+    # the read API (backend.readapi): a gateway's names and each name's newest record, a gateway's last batch
+    (5, ("CREATE INDEX IF NOT EXISTS records_by_gw_name ON records (gw, n, t)",
+         "CREATE INDEX IF NOT EXISTS batches_by_received ON batches (gw, received)")),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _INSERT_RECORDS = "INSERT INTO records (%s) VALUES (%s)" % (", ".join(RECORD_COLUMNS),
@@ -178,6 +181,12 @@ class SqliteStorage(Storage):
 
     def query(self, sql, args=()):
         return self.db.execute(sql, args).fetchall()
+
+    def _rows(self, sql, args=()):
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError("receiver database %s: %s" % (self.path, exc)) from exc
 
     def close(self):
         self.db.close()

@@ -15,6 +15,11 @@ Both keep the same promises (docs/wire-format.md, "The reference receiver's answ
 * the schema is versioned (table ``schema_version``) and migrated when the storage opens.
 * the command queue and the commands' outcomes (``backend.command_queue``: the SQL once, each engine's
   ``transaction`` runs it); a stored batch's outcome records are recorded in its own transaction.
+
+The read side (``gateway_ids`` ... ``buckets``) is what the read API (``backend.readapi``) builds on. Each query is
+an index lookup (a seek, or a "loose index scan": a recursive query that seeks to the next distinct key) or a range
+of one name's readings bounded by time; the SQL is shared here (``?`` placeholders, run through ``_rows``) and an
+engine overrides a query only where its planner wants another form (PostgreSQL prunes day partitions by time).
 """
 
 import abc
@@ -157,6 +162,83 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def close(self):
         """Release the connection."""
+
+    # -- the read side (backend.readapi): lookups on the indexes, never a scan of the tables ----------------------
+    #: the SQL expression of a reading's bucket number ``floor((t - t0) / width)`` (two ``?``: t0, width)
+    BUCKET = "CAST((t - ?) / ? AS INTEGER)"
+
+    @abc.abstractmethod
+    def _rows(self, sql, args=()):
+        """Rows of one read query (``?`` placeholders); the engine's errors become ``StorageError``."""
+
+    def gateway_ids(self, limit):
+        """The gateways that sent a stored batch, sorted, at most ``limit``: one seek per gateway on the primary key
+        of ``batches`` (a loose index scan)."""
+        return [gw for (gw,) in self._rows(
+            "WITH RECURSIVE g(gw, k) AS (SELECT MIN(gw), 1 FROM batches UNION ALL "
+            "SELECT (SELECT MIN(gw) FROM batches WHERE gw > g.gw), g.k + 1 FROM g WHERE g.gw IS NOT NULL AND g.k < ?)"
+            " SELECT gw FROM g WHERE gw IS NOT NULL", (int(limit),))]
+
+    def gateway_head(self, gw):
+        """``{boot, seq, clock, kid, received, last_seen}`` of ``gw``'s newest batch (highest ``(boot, seq)``), and
+        ``last_seen``: the latest time the receiver stored one of its batches (index ``batches_by_received``). None
+        for a gateway without batches."""
+        row = self._rows("SELECT boot, seq, clock, kid, received FROM batches WHERE gw = ? "
+                         "ORDER BY boot DESC, seq DESC LIMIT 1", (gw,))
+        if not row:
+            return None
+        (last,) = self._rows("SELECT MAX(received) FROM batches WHERE gw = ?", (gw,))[0]
+        boot, seq, clock, kid, received = row[0]
+        return {"boot": boot, "seq": seq, "clock": bool(clock), "kid": kid, "received": received, "last_seen": last}
+
+    def latest_time(self, gw):
+        """The newest record time of ``gw`` (index ``records_by_gw``), None without records."""
+        return self._rows("SELECT MAX(t) FROM records WHERE gw = ?", (gw,))[0][0]
+
+    def boots(self, gw, limit):
+        """How many boot epochs of ``gw`` have a stored batch (counted up to ``limit``): a seek per boot."""
+        (n,) = self._rows(
+            "WITH RECURSIVE b(boot, k) AS (SELECT MIN(boot), 1 FROM batches WHERE gw = ? UNION ALL "
+            "SELECT (SELECT MIN(boot) FROM batches WHERE gw = ? AND boot > b.boot), b.k + 1 FROM b "
+            "WHERE b.boot IS NOT NULL AND b.k < ?) SELECT COUNT(boot) FROM b", (gw, gw, int(limit)))[0]
+        return n
+
+    def names(self, gw, since, limit):
+        """The record names of ``gw`` with a record at ``t >= since``, sorted, at most ``limit``: a loose index scan
+        of ``records_by_gw_name (gw, n, t)`` for the names, then one seek per name for its newest time."""
+        found = [n for (n,) in self._rows(
+            "WITH RECURSIVE s(n, k) AS (SELECT MIN(n), 1 FROM records WHERE gw = ? UNION ALL "
+            "SELECT (SELECT MIN(n) FROM records WHERE gw = ? AND n > s.n), s.k + 1 FROM s "
+            "WHERE s.n IS NOT NULL AND s.k < ?) SELECT n FROM s WHERE n IS NOT NULL", (gw, gw, int(limit)))]
+        if since is None:
+            return found
+        return [n for n in found if self._rows("SELECT 1 FROM records WHERE gw = ? AND n = ? AND t >= ? LIMIT 1",
+                                               (gw, n, since))]
+
+    def latest(self, gw, name, count=1):
+        """The newest ``count`` records of one name, newest first: ``(t, u, v, vs, vb, boot, seq)`` (one seek)."""
+        return self._rows("SELECT t, u, v, vs, vb, boot, seq FROM records WHERE gw = ? AND n = ? "
+                          "ORDER BY t DESC LIMIT ?", (gw, name, int(count)))
+
+    def count(self, gw, name, t0, t1):
+        """How many records of one name have ``t0 <= t <= t1`` (an index range)."""
+        return self._rows("SELECT COUNT(*) FROM records WHERE gw = ? AND n = ? AND t >= ? AND t <= ?",
+                          (gw, name, t0, t1))[0][0]
+
+    def series(self, gw, name, t0, t1, limit):
+        """Records of one name with ``t0 <= t <= t1``, oldest first, at most ``limit``: ``(t, v, vs, vb)``."""
+        return self._rows("SELECT t, v, vs, vb FROM records WHERE gw = ? AND n = ? AND t >= ? AND t <= ? "
+                          "ORDER BY t LIMIT ?", (gw, name, t0, t1, int(limit)))
+
+    def buckets(self, gw, name, t0, t1, width):
+        """One name's numeric readings with ``t0 <= t <= t1`` in buckets of ``width`` seconds, oldest first:
+        ``(bucket, n, t_min, t_max, v_avg, v_min, v_max)`` (one pass over the index range)."""
+        value = "COALESCE(v, vb)"
+        return self._rows(
+            "SELECT %s AS b, COUNT(*), MIN(t), MAX(t), AVG(%s), MIN(%s), MAX(%s) FROM records WHERE gw = ? AND n = ? "
+            "AND t >= ? AND t <= ? AND %s IS NOT NULL GROUP BY b ORDER BY b" % (self.BUCKET, value, value, value,
+                                                                                value),
+            (t0, width, gw, name, t0, t1))
 
 
 def is_postgres_url(target):

@@ -31,6 +31,8 @@ def cmd_demo(args):
                           "--json; it does not take %s" % ", ".join("--" + n.replace("_", "-") for n in given))
     if args.quick and not args.scenario:
         args.parser.error("--quick goes with --scenario NAME")
+    if args.serve and args.uplink:
+        args.parser.error("--serve keeps the built-in receiver's fleet page up; with --uplink there is none")
     for name, default in DEMO_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
@@ -88,9 +90,15 @@ def cmd_receive(args):
         return 2
     try:
         from backend.httpd import Limits, ReceiverServer
+        from backend.readhttp import ApiAccess
     except ImportError as exc:
         print("edge-gateway: the receiver needs its HTTP server (%s): pip install -e '.[backend]'" % exc,
               file=sys.stderr)
+        return 2
+    try:
+        api = ApiAccess.from_args(args.api, args.api_token_file)
+    except ValueError as exc:
+        print("edge-gateway: %s" % exc, file=sys.stderr)
         return 2
     try:
         trust = TrustStore.load(args.trust)
@@ -112,7 +120,7 @@ def cmd_receive(args):
         return 2
     limits = Limits(read_timeout=args.read_timeout, max_connections=args.max_connections, workers=args.workers)
     try:
-        server = ReceiverServer(receiver, listen[0], listen[1], ops=ops, limits=limits).start()
+        server = ReceiverServer(receiver, listen[0], listen[1], ops=ops, limits=limits, api=api).start()
     except OSError as exc:
         print("edge-gateway: cannot listen on %s: %s" % (args.listen if not ops else "%s or %s" % (
             args.listen, args.ops_listen), exc.strerror or exc), file=sys.stderr)
@@ -124,6 +132,9 @@ def cmd_receive(args):
     if operators is not None:
         print("commands queued at %s (operator keys %s: %d)" % (server.url.replace("/v1/batches", "/v1/commands"),
                                                                 args.operators, len(operators)), flush=True)
+    if server.fleet_url:
+        print("read API on %sapi/v1 and fleet page on %s (--api %s)" % (server.ops_url + "/", server.fleet_url,
+                                                                         args.api), flush=True)
     consumer = None
     if args.mqtt:
         from backend.mqtt_consumer import MqttConsumer
@@ -284,6 +295,8 @@ def _add_demo(sub):
     d.add_argument("--clock", choices=("auto", "synced", "unsynced"), default="auto", help="is the wall clock "
                    "synchronised: ask the kernel (auto, the default), or take it as given; signed commands need a "
                    "synchronised clock (--store makes an operator key)")
+    d.add_argument("--serve", action="store_true", help="after the run, keep the loopback receiver and its fleet "
+                   "page up until Ctrl-C")
     d.add_argument("--json", action="store_true", help="print one JSON summary at the end")
     d.add_argument("--verbose", action="store_true", help="log at INFO")
     d.set_defaults(func=cmd_demo, parser=d)
@@ -316,6 +329,11 @@ def _add_receive(sub):
     rc.add_argument("--ops-listen", default="127.0.0.1:0", metavar="HOST:PORT|off", help="where GET /stats and "
                     "/healthz are served, apart from the batches (default 127.0.0.1:0: loopback, a free port, "
                     "printed at start; 'off': nowhere)")
+    rc.add_argument("--api", default="loopback", choices=("off", "loopback", "token"), help="who may use the read "
+                    "API (/api/v1) and the fleet page (/fleet/) on the ops listener: off, loopback (default: peers "
+                    "on 127.0.0.0/8 and ::1) or token (Authorization: Bearer, see --api-token-file)")
+    rc.add_argument("--api-token-file", metavar="FILE", help="the bearer token for --api token (one word, at least "
+                    "16 characters; read from a file so that ps does not show it)")
     rc.add_argument("--read-timeout", type=float, default=10.0, metavar="S", help="seconds a connection has to "
                     "deliver a whole request, headers and body (default 10)")
     rc.add_argument("--max-connections", type=int, default=4096, metavar="N", help="open connections beyond "
@@ -377,7 +395,7 @@ def _positive(kind):
 
 
 #: demo flags a scenario does not take (it builds its own world): refused with --scenario, not ignored
-DEMO_ONLY = ("duration", "sensors", "rate", "tick_counter", "save_batches", "uplink", "store", "console")
+DEMO_ONLY = ("duration", "sensors", "rate", "tick_counter", "save_batches", "uplink", "store", "console", "serve")
 #: the demo's defaults for the flags above whose absence must be told apart from a value (see ``DEMO_ONLY``)
 DEMO_DEFAULTS = {"duration": 10.0, "sensors": 3, "rate": 2.0}
 

@@ -30,7 +30,7 @@ def trust(signing_key):
 #: (set by ``bootstrap.sh test``, so by CI) such a skip fails the run: a green suite that silently skipped every
 #: MQTT, MicroPython or BLE end-to-end test would be a lie.
 REQUIRED_TOOLS = ("mosquitto", "micropython", "dbus", "dbusmock", "picocom", "tmux", "bleak", "pycose",
-                  "postgresql", "initdb", "psycopg")
+                  "postgresql", "initdb", "psycopg", "chromium", "selenium")
 
 
 def _required_skips(terminalreporter):

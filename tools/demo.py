@@ -7,6 +7,10 @@ trust store, the boot epoch and the queue in DIR, so a demo killed with SIGKILL 
 makes and trusts an operator key there (``DIR/operator.pem``, ``DIR/operator.jwks.json``), so a script can sign
 commands for the demo gateway and queue them at ``edge-gateway receive --operators DIR/operator.jwks.json`` (or the
 built-in receiver) or publish them to a broker (README, "Driving the demo with commands").
+
+
+The loopback receiver serves the fleet page (``backend/fleet``) on its ops listener; the demo prints its URL, and
+with ``--serve`` keeps the receiver and the page up after the run until Ctrl-C.
 """
 
 import asyncio
@@ -118,12 +122,26 @@ def _verifier(trust, say):
 
 
 def _stop_event(duration):
+    """``(stop, interrupted)``: ``stop`` is set after ``duration`` or at SIGINT/SIGTERM; ``interrupted`` (a list)
+    holds the signal when one came."""
     stop = asyncio.Event()
+    interrupted = []
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, lambda sig=sig: (interrupted.append(sig), stop.set()))
     loop.call_later(duration, stop.set)
-    return stop
+    return stop, interrupted
+
+
+async def _serve(server, say):
+    """``--serve``: keep the receiver and its fleet page up until SIGINT or SIGTERM."""
+    say("the run is over; the fleet page stays up until Ctrl-C:")
+    say("  %s" % server.fleet_url)
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
+    await done.wait()
 
 
 def _operators(store_dir):
@@ -182,8 +200,10 @@ async def _demo(args, workdir, out):
         args.sensors, "" if args.sensors == 1 else "s", quantities, args.rate))
     say("       %s on %s" % (os.path.basename(node.python), node.slave_path))
     say("uplink: %s%s" % (url, "" if args.uplink else " (the built-in receiver)"))
+    if server and server.fleet_url:
+        say("fleet page: %s" % server.fleet_url)
     say("boot epoch %d: the batches below are numbered by seq in it" % agent.boot)
-    stop = _stop_event(args.duration)
+    stop, interrupted = _stop_event(args.duration)
     announcer = asyncio.create_task(_announce_stop(stop, say))
     downlink = None
     downlink_cfg = _downlink_config(workdir, url, operators_file)
@@ -199,21 +219,27 @@ async def _demo(args, workdir, out):
         console = serve_console(agent, args.console, None, request_restart=stop.set)
         say("technician console on %s (115200 8N1; read-only: the demo has no config file)" % args.console)
     try:
-        await agent.run(stop, drain_timeout=DRAIN_S)
+        try:
+            await agent.run(stop, drain_timeout=DRAIN_S)
+        finally:
+            announcer.cancel()
+            if downlink is not None:
+                from gateway.app.downlink import stop_downlink
+                await stop_downlink(downlink)
+            if console is not None:
+                console.cancel()
+                await asyncio.gather(console, return_exceptions=True)
+            node.stop()
+            store_depth = agent.depth()
+            store.close()
+        summary = _summary(args, out, say, agent, source, node, server, verified, store_depth, workdir, url)
+        if server and args.serve and not interrupted:  # Ctrl-C during the run stops everything
+            await _serve(server, say)
+        return summary
     finally:
-        announcer.cancel()
-        if downlink is not None:
-            from gateway.app.downlink import stop_downlink
-            await stop_downlink(downlink)
-        if console is not None:
-            console.cancel()
-            await asyncio.gather(console, return_exceptions=True)
-        node.stop()
-        store_depth = agent.depth()
-        store.close()
         if server:
             server.stop()
-    return _summary(args, out, say, agent, source, node, server, verified, store_depth, workdir, url)
+            server.receiver.close()
 
 
 async def _announce_stop(stop, say):
@@ -255,7 +281,6 @@ def _summary(args, out, say, agent, source, node, server, verified, store_depth,
         summary["receiver"] = stats
         summary["batches_verified"] = stats["stored"] + stats["duplicates"]
         summary["batches_rejected"] = stats["rejected"]
-        server.receiver.close()
     if args.save_batches:
         summary["saved_to"] = os.path.abspath(args.save_batches)
     if args.json:

@@ -227,7 +227,7 @@ def test_schema_is_built_from_an_empty_database_and_left_alone_at_a_second_start
     try:
         tables, indexes, partitioned = _catalog(first.conn)
         assert {"schema_version", "batches", "records_other", "conflicts", "commands", "command_outcomes"} <= tables
-        assert indexes == {"records_by_name", "records_by_gw"} and partitioned == {"records"}
+        assert indexes == {"records_by_name", "records_by_gw", "records_by_gw_name"} and partitioned == {"records"}
         versions = first.query("SELECT version FROM schema_version ORDER BY version")
         from backend.receiver_pg import SCHEMA_VERSION
         assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)] and SCHEMA_VERSION >= 3

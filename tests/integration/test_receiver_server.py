@@ -24,6 +24,7 @@ from backend.httpd import Limits, ReceiverServer
 from backend.receiver import Receiver
 from gateway.core import senml, wire
 from gateway.core.model import Reading
+from tests.support import get_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = pytest.mark.timeout(120)
@@ -47,15 +48,7 @@ def post(url, body, timeout=5):
         conn.close()
 
 
-def get(base, path):
-    u = urllib.parse.urlsplit(base)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=5)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read() or b"{}")
-    finally:
-        conn.close()
+get = get_json  # (status, JSON body) of a GET
 
 
 def raw_request(url, data):

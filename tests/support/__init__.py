@@ -69,6 +69,27 @@ def receiver_server(db_path, trust, **kw):
     return ReceiverServer(Receiver(os.fspath(db_path), trust, **kw)).start()
 
 
+def http_get(base, path, headers=None, timeout=5):
+    """``GET path`` from the server at ``base`` (any URL of it): ``(status, headers, body bytes)``."""
+    import http.client
+    import urllib.parse
+    u = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def get_json(base, path, headers=None):
+    """``GET path`` answered in JSON: ``(status, body)`` (an empty body is ``{}``)."""
+    import json
+    status, _, body = http_get(base, path, headers)
+    return status, json.loads(body or b"{}")
+
+
 def reserve_port(host="127.0.0.1"):
     """A free loopback port for a server that runs as a separate process and must come back on the SAME port after
     a SIGKILL (``edge-gateway receive`` in the fault tests, Mosquitto). Such a process cannot hand a kernel-chosen

@@ -207,3 +207,41 @@ def test_the_agent_stops_although_a_source_swallowed_its_cancellation(tmp_path):
     finally:
         store.close()
     assert source.swallowed == 1
+
+
+def test_demo_serve_keeps_the_fleet_page_up_with_its_data_until_ctrl_c(tmp_path):
+    """`demo --serve` (issue 19 point 7): the fleet page's URL is printed at the start, and after the run the
+    receiver and the page stay up with the run's data until Ctrl-C, which still stops everything cleanly."""
+    from tests.support import get_json, http_get
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    proc = subprocess.Popen(EG + ["demo", "--duration", "3", "--rate", "5", "--serve"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True,
+                            env=dict(os.environ, TMPDIR=str(tmpdir)))
+    lines = []
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and not (lines and lines[-1].startswith("  http://")):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip("\n"))
+        assert lines and lines[-1].startswith("  http://") and "the fleet page stays up until Ctrl-C:" in lines[-2], (
+            lines, proc.stderr.read() if proc.poll() is not None else "")
+        url = lines[-1].strip()
+        assert "fleet page: " + url in lines  # the same URL, printed at the start too
+        assert http_get(url, "/fleet/")[0] == 200
+        status, body = get_json(url, "/api/v1/sensors?gw=gw-demo")
+        assert status == 200 and len(body["sensors"]) == 3
+        name = body["sensors"][0]["sensor"] + "/temp"
+        status, series = get_json(url, "/api/v1/readings?gw=gw-demo&name=" + name)
+        assert status == 200 and series["total"] == len(series["points"]) > 0
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert proc.returncode == 0, err[-3000:]
+    assert _group_gone(proc.pid, 5) and list(tmpdir.iterdir()) == []
+    assert all(len(line) <= 80 for line in lines + out.splitlines())
