@@ -227,6 +227,7 @@ def test_the_documented_health_records_are_the_ones_the_gateway_sends(tmp_path):
     assert "disk_written_bytes_per_day" in sent and "version" in sent and "<source>.power_cycles" in sent
     sent.add("last_stop.<kind>")  # one record per run, from gateway/adapters/restart_reason.py (service.py)
     from gateway.app.actions import HEALTH  # local actions: boards and programs (gateway/app/actions.py)
+    from gateway.core.pipeline import _reported  # what the pipeline puts in batches
     assert all(_reported(k) for k in ("actuator.b.error.no_ack", "program.a.error.exit", "program.a.dropped_busy"))
     sent |= set(HEALTH)
     from gateway.app.downlink import POLL_HEALTH

@@ -51,7 +51,8 @@ def test_every_batch_verifies_with_pycose_and_decodes_as_senml(demo_run):
         assert pycose_verify(data, jwk) is True
         payload = cbor2.loads(cbor2.loads(data).value[2])
         for rec in payload["senml"]:
-            assert set(rec) <= set(senml.LABELS), rec  # RFC 8428 integer labels only
+            # RFC 8428 integer labels, plus format 2's two must-understand extensions (docs/wire-format.md)
+            assert set(rec) <= set(senml.LABELS) | {senml.BE, senml.DT}, rec
         names = {r["n"] for r in senml.resolve(payload["senml"])}
         assert names and all(n.startswith("gw-demo/") for n in names)
 

@@ -110,7 +110,8 @@ def _check_output(lines, saved):
                                                                                          trust).records]
     assert len(records) == readings + health
     names = {r["n"].split("/", 2)[2] for r in records if "/health/" not in r["n"]}
-    assert names == {"temp", "hum"}
+    # a Ctrl-C right after the first batch may find only health records delivered (a health-only batch)
+    assert names <= {"temp", "hum"} and bool(names) == bool(readings)
 
 
 def test_json_counts_agree_and_the_tick_counter_is_there_when_asked_for(tmp_path):
