@@ -29,14 +29,33 @@ log = logging.getLogger(__name__)
 
 
 def build_rules(cfg):
-    if not cfg.rules:
-        return None
-    from gateway.core.model import Event
-    from gateway.core.rules import RuleEngine
-    try:
-        return RuleEngine(cfg.rules, event_factory=Event)
-    except ValueError as exc:
-        raise ConfigError(str(exc), cfg.file, "rules") from exc
+    """The pipeline's rules stage: the rules engine (None without ``[[rules]]``), behind presence when
+    ``[presence]`` gives this gateway zones."""
+    rules = None
+    if cfg.rules:
+        from gateway.core.model import Event
+        from gateway.core.rules import RuleEngine
+        try:
+            rules = RuleEngine(cfg.rules, event_factory=Event)
+        except ValueError as exc:
+            raise ConfigError(str(exc), cfg.file, "rules") from exc
+    if cfg.presence is not None:
+        return presence_stage(cfg.presence, cfg.gateway.id, rules)
+    return rules
+
+
+def presence_stage(section, gw, rules=None):
+    """A ``PresenceStage`` for the zones of ``section`` (a ``PresenceSection``) that gateway ``gw`` tracks, in
+    front of ``rules``; just ``rules`` when none of the zones is this gateway's."""
+    from gateway.core.presence import PresenceStage, PresenceTracker
+    zones = section.zones_for(gw)
+    if not zones:
+        log.warning("[presence]: no zone is for gateway %s (each names another gateway); presence is off", gw)
+        return rules
+    tracker = PresenceTracker([{"name": z.name, "beacons": z.beacons, "sensors": z.sensors, "enter_dbm": z.enter_dbm,
+                                "leave_dbm": z.leave_dbm, "timeout_s": z.timeout_s or None} for z in zones],
+                              alpha=section.alpha, timeout_s=section.timeout_s, mode=section.mode)
+    return PresenceStage(tracker, rules, report_s=section.report_s)
 
 
 def build_agent(cfg, clock=None, **extra):
