@@ -114,6 +114,7 @@ class Config:
     sources: list = field(default_factory=list)  # the [[sources]] tables as written (the console edits them)
     rules: list = field(default_factory=list)
     presence: object = None  # PresenceSection, or None: no [presence] table (parse_presence)
+    homeassistant: object = None  # HomeAssistantSection, or None: no [homeassistant] table
     file: str = None
     source_configs: list = field(default_factory=list)  # the same, parsed once: typed, from drivers/sources.py
 
@@ -281,12 +282,51 @@ def parse_presence(table, file=None):
     return dataclasses.replace(section, zones=tuple(zones))
 
 
+def _topic(value, error):
+    if not isinstance(value, str) or not value.strip("/") or any(c in value for c in "+#\0"):
+        error("must be an MQTT topic without wildcards, got %r" % (value,))
+    return value.strip("/")
+
+
+def _broker(value, error):
+    from gateway.adapters.uplink.mqtt import parse_url
+    try:
+        parse_url(value)
+    except (ValueError, TypeError, AttributeError) as exc:
+        error(str(exc))
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class HomeAssistantSection(Table):
+    """``[homeassistant]``: the optional local publisher with MQTT discovery (gateway/app/homeassistant.py)."""
+    enabled: bool = False
+    broker: str = setting("mqtt://127.0.0.1:1883", parse=_broker)  # mqtt[s]://[user:pass@]host[:port]
+    discovery_prefix: str = setting("homeassistant", parse=_topic)
+    base_topic: str = setting("edge-gateway", parse=_topic)  # state and availability: <base>/<gw>/...
+    client_id: str = ""
+    ca_file: str = ""
+    keepalive_s: int = setting(30, lo=5, hi=3600)
+    queue: int = setting(1000, lo=1, hi=100_000)  # items waiting for the local broker; more are dropped, counted
+    status_s: float = setting(30.0, lo=1.0, hi=DAY)  # the gateway's own entities, this often
+
+
+def parse_homeassistant(table, file=None):
+    """The ``[homeassistant]`` table -> ``HomeAssistantSection`` (None when absent)."""
+    if table is None:
+        return None
+    return parse(HomeAssistantSection, table, file, "homeassistant", "[homeassistant]")
+
+
 def from_dict(data, file=None):
     _check_finite(data, file)
     cfg = Config(file=file)
     if isinstance(data, dict) and "presence" in data:
         data = dict(data)
         cfg.presence = parse_presence(data.pop("presence"), file)
+    if isinstance(data, dict) and "homeassistant" in data:
+        data = dict(data)
+        cfg.homeassistant = parse_homeassistant(data.pop("homeassistant"), file)
     _fill(cfg, data, file, "")
     if not ID_RE.match(cfg.gateway.id):
         raise ConfigError("must be 1-64 letters, digits, '-', '_', '.' or ':', starting with a letter or digit",

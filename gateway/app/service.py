@@ -58,8 +58,9 @@ def presence_stage(section, gw, rules=None):
     return PresenceStage(tracker, rules, report_s=section.report_s)
 
 
-def build_agent(cfg, clock=None, **extra):
-    """Build an ``Agent`` (not started) from a validated ``Config``."""
+def build_agent(cfg, clock=None, homeassistant=None, **extra):
+    """Build an ``Agent`` (not started) from a validated ``Config``. ``homeassistant``: a Home Assistant publisher
+    that sees what the rules stage forwards (``gateway/app/homeassistant.py``), or None."""
     clock = clock or SystemClock(cfg.clock.mode)
     os.makedirs(cfg.gateway.state_dir, mode=0o700, exist_ok=True)
     key = keys.load_private(cfg.state_path(cfg.gateway.key))
@@ -77,8 +78,12 @@ def build_agent(cfg, clock=None, **extra):
     if store.recovered_from:  # the store logged what it salvaged and lost; this line is for the start-up summary
         log.error("store %s was corrupt; moved aside to %s (delete it once inspected) and started a new one: %s",
                   store.path, store.recovered_from, store.salvage.summary() if store.salvage else "nothing salvaged")
+    rules = build_rules(cfg)
+    if homeassistant is not None:
+        from gateway.app.homeassistant import HomeAssistantTap
+        rules = HomeAssistantTap(rules, homeassistant)
     return Agent(gw=cfg.gateway.id, key=key, store=store, uplink=uplink, sources=sources, clock=clock,
-                 batch=cfg.batch, rules=build_rules(cfg), backoff=(cfg.uplink.backoff_min_s, cfg.uplink.backoff_max_s),
+                 batch=cfg.batch, rules=rules, backoff=(cfg.uplink.backoff_min_s, cfg.uplink.backoff_max_s),
                  max_pending=cfg.store.memory_batches, deliver_first=cfg.store.deliver_first, **extra)
 
 
@@ -105,7 +110,9 @@ EXIT_RESTART = 75  # the console's `restart`: exit non-zero so systemd's Restart
 
 async def run_service(cfg, console_port=None):
     """Run the agent until SIGTERM/SIGINT, serving the technician console when a port is configured."""
-    agent = build_agent(cfg)
+    from gateway.app.homeassistant import build_publisher, report_gateway
+    publisher = build_publisher(cfg)  # None unless [homeassistant] enabled = true
+    agent = build_agent(cfg, homeassistant=publisher)
     marker = RunMarker(cfg.gateway.state_dir)
     try:
         previous = marker.start()
@@ -132,6 +139,11 @@ async def run_service(cfg, console_port=None):
         console = serve_console(agent, port, cfg.file, request_restart=request_restart)
     notifier = Notifier.from_env()
     supervisor = asyncio.create_task(supervise(notifier, stop), name="sd_notify")  # runs once agent.run awaits
+    reporter = None
+    if publisher is not None:
+        publisher.start()  # its own threads: a local broker that is down costs the agent nothing
+        reporter = asyncio.create_task(report_gateway(agent, publisher, cfg.homeassistant.status_s),
+                                       name="homeassistant")
     try:
         await agent.run(stop)
     except BaseException as exc:  # recorded for the next start's "last stop", then raised on
@@ -140,6 +152,10 @@ async def run_service(cfg, console_port=None):
     finally:
         supervisor.cancel()
         await asyncio.gather(supervisor, return_exceptions=True)
+        if publisher is not None:
+            reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
+            await asyncio.to_thread(publisher.close)  # "offline" on the availability topic: a clean stop
         notifier.close()
         await stop_downlink(downlink)
         if console is not None:
