@@ -16,9 +16,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from backend.receiver import Receiver, ReceiverServer
-from gateway.adapters import keys
 from gateway.adapters.keys import TrustStore
-from tests.support import closed_port, wait_until
+from tests.support import closed_port, wait_until, write_agent_config
 from tests.support.mosquitto import Broker
 from tools.sim.harness import PtyNode
 
@@ -59,39 +58,15 @@ class Watcher:
 
 
 def _config(tmp_path, port, url, broker_url):
-    state = tmp_path / "state"
-    state.mkdir(exist_ok=True)
-    key = keys.SigningKey.generate()
-    keys.write_private(str(state / "key.pem"), key)
-    cfg = tmp_path / "config.toml"
-    cfg.write_text("""
-[gateway]
-id = "%s"
-state_dir = "%s"
-[batch]
-max_age_s = 0.5
-[uplink]
-url = "%s"
-backoff_min_s = 0.1
-backoff_max_s = 1
-[clock]
-mode = "synced"
+    return write_agent_config(tmp_path, port, url, gw=GW, extra="""
 [homeassistant]
 enabled = true
 broker = "%s"
 status_s = 1
-[[sources]]
-type = "serial"
-name = "board"
-port = "%s"
-baud = 115200
-protocol = "lines"
-units = {temp = "Cel", hum = "%%RH"}
 [[rules]]
 match = {name = "temp"}
 low = 100.0
-""" % (GW, state, url, broker_url, port))
-    return str(cfg), key
+""" % broker_url)
 
 
 @pytest.fixture
