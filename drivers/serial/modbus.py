@@ -5,13 +5,14 @@ planner and a per-slave backoff scheduler. No IO and no clock (house style, habi
 Why our own framing instead of pymodbus or minimalmodbus: pymodbus 3.16.1 (a 168 kB wheel, measured with
 ``pip download``, with its own asyncio serial transport) would be a second serial stack beside the one pyserial
 adapter every serial source shares, and its client owns the port and the timing; minimalmodbus 2.1.1 (32 kB) is
-blocking and also owns the port, which does not fit our asyncio source. The part we need (read holding and input registers, function 3 and 4) is
-this module: pure code that the fuzz tests drive with hundreds of thousands of inputs, and that also serves the
-simulated slave.
+blocking and also owns the port, which does not fit our asyncio source. The part we need (read coils, discrete
+inputs, holding and input registers: functions 1 to 4) is this module: pure code that the fuzz tests drive with
+hundreds of thousands of inputs, and that also serves the simulated slave. pymodbus serves as the independent
+slave in ``tests/integration/test_modbus_pymodbus.py``.
 
 RTU frames carry no delimiter (the 3.5-character silence does not survive a USB serial adapter), so the framer
-knows the outstanding request and therefore the answer's length: ``5 + 2 * count`` bytes for a normal answer,
-5 for an exception. It hunts for ``slave, function`` at every offset, so noise before the answer is skipped, and
+knows the outstanding request and therefore the answer's length: ``5 + byte count`` bytes for a normal answer
+(``2 * count`` for registers, ``ceil(count / 8)`` for coils and discrete inputs), 5 for an exception. It hunts for ``slave, function`` at every offset, so noise before the answer is skipped, and
 checks the byte count and the CRC. An exception answer raises ``ModbusException(code)`` (reason
 ``exception_<code>``). ``ResponseFramer.timeout()`` ends a transaction that got no valid answer and says why:
 ``bad_crc`` (a frame arrived with a wrong CRC), ``truncated`` (the answer stopped short) or ``timeout``.
@@ -26,10 +27,14 @@ from drivers.serial.modbus_schedule import PollScheduler, SlaveState  # noqa: F4
 from gateway.core.errors import ConfigError, DecodeError
 from gateway.core.model import Measurement
 
+READ_COILS = 1
+READ_DISCRETE = 2
 READ_HOLDING = 3
 READ_INPUT = 4
-TABLES = {"holding": READ_HOLDING, "input": READ_INPUT}
-MAX_REGISTERS = 125  # Modbus Application Protocol V1.1b3, 6.3: quantity of registers 1..125
+TABLES = {"coil": READ_COILS, "discrete": READ_DISCRETE, "holding": READ_HOLDING, "input": READ_INPUT}
+BIT_FUNCTIONS = (READ_COILS, READ_DISCRETE)
+MAX_REGISTERS = 125  # Modbus Application Protocol V1.1b3, 6.3 and 6.4: quantity of registers 1..125
+MAX_BITS = 2000  # Modbus Application Protocol V1.1b3, 6.1 and 6.2: quantity of coils or inputs 1..2000
 
 EXCEPTIONS = {
     1: "illegal function",
@@ -84,7 +89,8 @@ class ModbusException(DecodeError):
 
 @dataclass(frozen=True, slots=True)
 class ReadRequest:
-    """Read ``count`` registers from ``address`` (0-based protocol address) with function 3 or 4."""
+    """Read ``count`` registers (function 3 or 4) or bits (function 1 or 2) from ``address`` (0-based protocol
+    address)."""
 
     slave: int
     function: int
@@ -94,17 +100,23 @@ class ReadRequest:
     def __post_init__(self):
         if not 1 <= self.slave <= 247:
             raise ValueError("slave must be 1..247, not %r" % (self.slave,))
-        if self.function not in (READ_HOLDING, READ_INPUT):
-            raise ValueError("function must be 3 or 4, not %r" % (self.function,))
-        if not 1 <= self.count <= MAX_REGISTERS or not 0 <= self.address <= 0xFFFF - self.count + 1:
+        if self.function not in BIT_FUNCTIONS + (READ_HOLDING, READ_INPUT):
+            raise ValueError("function must be 1, 2, 3 or 4, not %r" % (self.function,))
+        most = MAX_BITS if self.function in BIT_FUNCTIONS else MAX_REGISTERS
+        if not 1 <= self.count <= most or not 0 <= self.address <= 0xFFFF - self.count + 1:
             raise ValueError("bad register range %r+%r" % (self.address, self.count))
 
     def encode(self):
         return with_crc(struct.pack(">BBHH", self.slave, self.function, self.address, self.count))
 
     @property
+    def byte_count(self):
+        """The byte count of a normal answer: 2 per register, 8 bits per byte (the last one padded)."""
+        return (self.count + 7) // 8 if self.function in BIT_FUNCTIONS else 2 * self.count
+
+    @property
     def response_length(self):
-        return 5 + 2 * self.count
+        return 5 + self.byte_count
 
 
 def read_holding(slave, address, count):
@@ -113,6 +125,14 @@ def read_holding(slave, address, count):
 
 def read_input(slave, address, count):
     return ReadRequest(slave, READ_INPUT, address, count)
+
+
+def read_coils(slave, address, count):
+    return ReadRequest(slave, READ_COILS, address, count)
+
+
+def read_discrete(slave, address, count):
+    return ReadRequest(slave, READ_DISCRETE, address, count)
 
 
 def parse_request(frame):
@@ -132,7 +152,7 @@ def parse_request(frame):
 class ReadResponse:
     slave: int
     function: int
-    registers: tuple  # unsigned 16-bit values
+    registers: tuple  # unsigned 16-bit values; for functions 1 and 2, one 0 or 1 per coil or input
 
 
 class ResponseFramer:
@@ -195,7 +215,7 @@ class ResponseFramer:
                 i += 1
                 continue
             if buf[i + 1] == function:
-                if i + 2 < n and buf[i + 2] != 2 * req.count:
+                if i + 2 < n and buf[i + 2] != req.byte_count:
                     i += 1
                     continue
                 length = normal_len
@@ -212,10 +232,17 @@ class ResponseFramer:
             self._finish(buf[i + length:])
             if length == 5 and buf[i + 1] != function:
                 raise ModbusException(frame[2], slave, function)
-            return ReadResponse(slave, function, struct.unpack(">%dH" % req.count, frame[3:-2]))
+            return ReadResponse(slave, function, _values(req, frame[3:-2]))
         self._count("skipped", i)
         self._buf = buf[i:]
         return None
+
+
+def _values(request, data):
+    """Registers (big-endian 16-bit) or bits (LSB of the first byte is the first coil, spec 6.1) of an answer."""
+    if request.function in BIT_FUNCTIONS:
+        return tuple((data[k >> 3] >> (k & 7)) & 1 for k in range(request.count))
+    return struct.unpack(">%dH" % request.count, data)
 
 
 # --- register maps ------------------------------------------------------------------------------------------
@@ -226,13 +253,17 @@ _TYPES = {  # type -> (words, struct format of the big-endian value)
     "int32": (2, ">i"),
     "uint32": (2, ">I"),
     "float32": (2, ">f"),
+    "bool": (1, None),  # one coil or discrete input
 }
+WORD_ORDERS = ("big", "little")
 
 
 @dataclass(frozen=True, slots=True)
 class RegisterEntry:
     """One quantity in a slave's register map. ``word_order`` says which register holds the high word of a
-    32-bit value: ``big`` (the first, the Modbus convention) or ``little``. The value is ``raw * scale``."""
+    32-bit value: ``big`` (the first, the Modbus convention; "ABCD") or ``little`` (word-swapped; "CDAB"). The
+    value is ``raw * scale``. In the bit tables (``coil``, ``discrete``) the type is ``bool`` and the value is
+    true or false (SenML ``vb``)."""
 
     name: str
     address: int
@@ -250,18 +281,26 @@ class RegisterEntry:
     def from_dict(cls, d, file=None, key="registers"):
         """Build and validate an entry from config; errors are ``ConfigError`` naming the key."""
         try:
-            entry = cls(name=str(d["name"]), address=int(d["address"]), type=d.get("type", "uint16"),
+            table = d.get("table", "holding")
+            default_type = "bool" if table in ("coil", "discrete") else "uint16"
+            entry = cls(name=str(d["name"]), address=int(d["address"]), type=d.get("type", default_type),
                         word_order=d.get("word_order", "big"), scale=d.get("scale", 1), unit=d.get("unit"),
-                        table=d.get("table", "holding"))
+                        table=table)
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError("bad register entry %r: %s" % (d, exc), file=file, key=key) from None
         where = "%s.%s" % (key, entry.name)
         if entry.type not in _TYPES:
             raise ConfigError("type must be one of %s" % ", ".join(_TYPES), file=file, key=where)
-        if entry.word_order not in ("big", "little"):
-            raise ConfigError("word_order must be big or little", file=file, key=where)
+        if entry.word_order not in WORD_ORDERS:
+            raise ConfigError("word_order must be big or little (word-swapped)", file=file, key=where)
         if entry.table not in TABLES:
-            raise ConfigError("table must be holding or input", file=file, key=where)
+            raise ConfigError("table must be one of %s" % ", ".join(TABLES), file=file, key=where)
+        bits = TABLES[entry.table] in BIT_FUNCTIONS
+        if bits != (entry.type == "bool"):
+            raise ConfigError("type bool is for the coil and discrete tables, and only bool is" if bits else
+                              "type bool is only for table = \"coil\" or \"discrete\"", file=file, key=where)
+        if bits and (entry.scale != 1 or entry.unit is not None):
+            raise ConfigError("a coil or discrete input is true or false: no scale, no unit", file=file, key=where)
         if not 0 <= entry.address <= 0x10000 - entry.words:
             raise ConfigError("address out of range", file=file, key=where)
         if (isinstance(entry.scale, bool) or not isinstance(entry.scale, (int, float)) or not entry.scale
@@ -271,7 +310,10 @@ class RegisterEntry:
 
 
 def decode_value(entry, words):
-    """The value of ``entry`` from its 1 or 2 registers (unsigned 16-bit ints), scaled; None if not a number."""
+    """The value of ``entry`` from its 1 or 2 registers (unsigned 16-bit ints), scaled; None if not a number. A
+    ``bool`` entry (one coil or discrete input) is true or false."""
+    if entry.type == "bool":
+        return bool(words[0])
     if len(words) == 2 and entry.word_order == "little":
         words = (words[1], words[0])
     raw = struct.unpack(_TYPES[entry.type][1], struct.pack(">%dH" % len(words), *words))[0]
@@ -296,8 +338,9 @@ def decode_registers(entries, start, registers):
         value = decode_value(entry, registers[offset:offset + entry.words])
         if value is None:
             continue
-        check(entry.name, value)  # a huge scale can push a register past int64 or a float32 to infinity
-        resolution = None if entry.type == "float32" or entry.scale == 1 else abs(entry.scale)
+        if entry.type != "bool":
+            check(entry.name, value)  # a huge scale can push a register past int64 or a float32 to infinity
+        resolution = None if entry.type in ("float32", "bool") or entry.scale == 1 else abs(entry.scale)
         out.append(Measurement(entry.name, value, entry.unit, resolution))
     return out
 
@@ -327,8 +370,8 @@ def plan_polls(register_maps, max_count=MAX_REGISTERS, max_gap=0):
 
     ``register_maps`` is ``{slave: [RegisterEntry, ...]}``. Entries of one table whose registers touch or overlap
     (or leave a hole of at most ``max_gap`` registers; 0 by default, because many devices answer exception 2 for
-    unmapped registers) share one request of at most ``max_count`` registers. Returns a list of ``Poll`` in slave,
-    table, address order.
+    unmapped registers) share one request of at most ``max_count`` registers (``MAX_BITS`` coils or inputs in the
+    bit tables). Returns a list of ``Poll`` in slave, table, address order.
     """
     if not 1 <= max_count <= MAX_REGISTERS:
         raise ValueError("max_count must be 1..125")
@@ -339,7 +382,8 @@ def plan_polls(register_maps, max_count=MAX_REGISTERS, max_gap=0):
         start = end = None
         for e in entries:
             e_end = e.address + e.words
-            if group and e.table == group[0].table and e.address <= end + max_gap and max(end, e_end) - start <= max_count:
+            most = MAX_BITS if TABLES[e.table] in BIT_FUNCTIONS else max_count
+            if group and e.table == group[0].table and e.address <= end + max_gap and max(end, e_end) - start <= most:
                 group.append(e)
                 end = max(end, e_end)
                 continue
@@ -352,7 +396,8 @@ def plan_polls(register_maps, max_count=MAX_REGISTERS, max_gap=0):
 
 
 def cli_decode(text, mac=None, key=None):
-    """``edge-gateway decode modbus 'HEX'``: a response frame; the registers come out as ``reg<N>`` (uint16).
+    """``edge-gateway decode modbus 'HEX'``: a response frame; the registers come out as ``reg<N>`` (uint16), the
+    coils or discrete inputs of a function 1 or 2 answer as ``bit<N>`` (0 or 1, eight per data byte).
 
     The request is inferred from the frame itself (slave, function and byte count; address 0)."""
     if isinstance(text, str):
@@ -365,7 +410,8 @@ def cli_decode(text, mac=None, key=None):
     if len(data) < 5:
         raise DecodeError("frame too short", reason="malformed")
     function = data[1] & 0x7F
-    count = data[2] // 2 if not data[1] & 0x80 else 1
+    per_byte = 8 if function in BIT_FUNCTIONS else 0.5
+    count = int(data[2] * per_byte) if not data[1] & 0x80 else 1
     try:
         request = ReadRequest(data[0], function, 0, max(count, 1))
     except ValueError as exc:
@@ -375,4 +421,5 @@ def cli_decode(text, mac=None, key=None):
     response = framer.feed(data)
     if response is None:
         raise framer.timeout()
-    return [Measurement("reg%d" % i, v) for i, v in enumerate(response.registers)]
+    label = "bit%d" if function in BIT_FUNCTIONS else "reg%d"
+    return [Measurement(label % i, v) for i, v in enumerate(response.registers)]

@@ -16,7 +16,8 @@ from drivers.sources import parse_source
 from gateway.adapters import files
 from gateway.adapters.uplink import UPLINKS, SectionError, uplink_class
 from gateway.core.errors import ConfigError
-from gateway.core.fields import DAY, check_number, unknown_key
+from gateway.core.fields import DAY, Table, check_number, join, parse, setting, unknown_key
+from gateway.core.presence import MODES as PRESENCE_MODES
 
 #: ``edge-gateway run`` exits with this (sysexits.h EX_CONFIG) when the config is wrong; the systemd unit's
 #: ``RestartPreventExitStatus=`` names it, so a bad config is not restarted in a loop.
@@ -132,6 +133,8 @@ class Config:
     metrics: MetricsSection = field(default_factory=MetricsSection)
     sources: list = field(default_factory=list)  # the [[sources]] tables as written (the console edits them)
     rules: list = field(default_factory=list)
+    presence: object = None  # PresenceSection, or None: no [presence] table (parse_presence)
+    homeassistant: object = None  # HomeAssistantSection, or None: no [homeassistant] table
     file: str = None
     source_configs: list = field(default_factory=list)  # the same, parsed once: typed, from drivers/sources.py
     actuators: list = field(default_factory=list)  # [[actuators]]: actuator boards on serial lines
@@ -238,9 +241,120 @@ def _check_rules(rules, file):
         raise ConfigError(detail[len(prefix):] if detail.startswith(prefix) else detail, file, exc.key) from None
 
 
+def _ids(value, error):
+    """A list of distinct sensor ids (aliases or MACs, as the readings name them)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        error("must be a list of sensor ids (aliases or MACs), got %r" % (value,))
+    if len(set(value)) != len(value):
+        error("lists a sensor twice")
+    return tuple(value)
+
+
+def _zone_name(value, error):
+    if not isinstance(value, str) or not ID_RE.match(value):
+        error("must be a short identifier (letters, digits, '-', '_', '.', ':'), got %r" % (value,))
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneSection(Table):
+    """One ``[[presence.zones]]`` table."""
+    name: str = setting(None, parse=_zone_name)
+    gateway: str = ""  # only the gateway with this id tracks the zone ("": every gateway that loads the file)
+    beacons: tuple = setting((), parse=_ids)
+    sensors: tuple = setting((), parse=_ids)  # occupancy sensors (BTHome occupancy/motion)
+    enter_dbm: float = setting(-70.0, lo=-127.0, hi=20.0)
+    leave_dbm: float = setting(-80.0, lo=-127.0, hi=20.0)
+    timeout_s: float = setting(0.0, lo=0.0, hi=DAY)  # 0: presence.timeout_s
+
+    def check(self, error):
+        if self.name is None:
+            error("is required", "name")
+        if self.leave_dbm >= self.enter_dbm:
+            error("must be below enter_dbm (%g): the gap is the hysteresis that stops a beacon on the edge "
+                  "flapping" % self.enter_dbm, "leave_dbm")
+        if not self.beacons and not self.sensors:
+            error("a zone needs beacons or occupancy sensors", "beacons")
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceSection(Table):
+    """``[presence]``: zones from BLE beacons and occupancy sensors (gateway/core/presence.py)."""
+    mode: str = setting("counts", choices=PRESENCE_MODES)  # counts: no beacon or sensor id ever leaves
+    alpha: float = setting(0.3, above=0.0, hi=1.0)  # RSSI smoothing (1: none)
+    timeout_s: float = setting(60.0, above=0.0, hi=DAY)
+    report_s: float = setting(300.0, lo=0.0, hi=DAY)  # every zone's count at least this often (0: on change)
+    zones: tuple = field(default=(), metadata={"internal": True})  # ZoneSections, parsed by parse_presence
+
+    def zones_for(self, gw):
+        """The zones this gateway tracks."""
+        return tuple(z for z in self.zones if not z.gateway or z.gateway == gw)
+
+
+def parse_presence(table, file=None):
+    """The ``[presence]`` table -> ``PresenceSection`` (None when absent); errors name ``presence.<key>``."""
+    if table is None:
+        return None
+    section = parse(PresenceSection, {k: v for k, v in table.items() if k != "zones"} if isinstance(
+        table, dict) else table, file, "presence", "[presence]", extra=("zones",))
+    raw = table.get("zones", [])
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("must be a non-empty array of tables ([[presence.zones]])", file, "presence.zones")
+    zones = []
+    for i, item in enumerate(raw):
+        where = "presence.zones[%d]" % i
+        zone = parse(ZoneSection, item, file, where, "[[presence.zones]]")
+        if any(z.name == zone.name and z.gateway == zone.gateway for z in zones):
+            raise ConfigError("zone %r appears twice" % zone.name, file, join(where, "name"))
+        zones.append(zone)
+    return dataclasses.replace(section, zones=tuple(zones))
+
+
+def _topic(value, error):
+    if not isinstance(value, str) or not value.strip("/") or any(c in value for c in "+#\0"):
+        error("must be an MQTT topic without wildcards, got %r" % (value,))
+    return value.strip("/")
+
+
+def _broker(value, error):
+    from gateway.adapters.uplink.mqtt import parse_url
+    try:
+        parse_url(value)
+    except (ValueError, TypeError, AttributeError) as exc:
+        error(str(exc))
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class HomeAssistantSection(Table):
+    """``[homeassistant]``: the optional local publisher with MQTT discovery (gateway/app/homeassistant.py)."""
+    enabled: bool = False
+    broker: str = setting("mqtt://127.0.0.1:1883", parse=_broker)  # mqtt[s]://[user:pass@]host[:port]
+    discovery_prefix: str = setting("homeassistant", parse=_topic)
+    base_topic: str = setting("edge-gateway", parse=_topic)  # state and availability: <base>/<gw>/...
+    client_id: str = ""
+    ca_file: str = ""
+    keepalive_s: int = setting(30, lo=5, hi=3600)
+    queue: int = setting(1000, lo=1, hi=100_000)  # items waiting for the local broker; more are dropped, counted
+    status_s: float = setting(30.0, lo=1.0, hi=DAY)  # the gateway's own entities, this often
+
+
+def parse_homeassistant(table, file=None):
+    """The ``[homeassistant]`` table -> ``HomeAssistantSection`` (None when absent)."""
+    if table is None:
+        return None
+    return parse(HomeAssistantSection, table, file, "homeassistant", "[homeassistant]")
+
+
 def from_dict(data, file=None):
     _check_finite(data, file)
     cfg = Config(file=file)
+    if isinstance(data, dict) and "presence" in data:
+        data = dict(data)
+        cfg.presence = parse_presence(data.pop("presence"), file)
+    if isinstance(data, dict) and "homeassistant" in data:
+        data = dict(data)
+        cfg.homeassistant = parse_homeassistant(data.pop("homeassistant"), file)
     _fill(cfg, data, file, "")
     if not ID_RE.match(cfg.gateway.id):
         raise ConfigError("must be 1-64 letters, digits, '-', '_', '.' or ':', starting with a letter or digit",

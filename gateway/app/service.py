@@ -32,18 +32,38 @@ log = logging.getLogger(__name__)
 
 
 def build_rules(cfg):
-    if not cfg.rules:
-        return None
-    from gateway.core.model import Event
-    from gateway.core.rules import RuleEngine
-    try:
-        return RuleEngine(cfg.rules, event_factory=Event)
-    except ValueError as exc:
-        raise ConfigError(str(exc), cfg.file, "rules") from exc
+    """The pipeline's rules stage: the rules engine (None without ``[[rules]]``), behind presence when
+    ``[presence]`` gives this gateway zones."""
+    rules = None
+    if cfg.rules:
+        from gateway.core.model import Event
+        from gateway.core.rules import RuleEngine
+        try:
+            rules = RuleEngine(cfg.rules, event_factory=Event)
+        except ValueError as exc:
+            raise ConfigError(str(exc), cfg.file, "rules") from exc
+    if cfg.presence is not None:
+        return presence_stage(cfg.presence, cfg.gateway.id, rules)
+    return rules
 
 
-def build_agent(cfg, clock=None, **extra):
-    """Build an ``Agent`` (not started) from a validated ``Config``."""
+def presence_stage(section, gw, rules=None):
+    """A ``PresenceStage`` for the zones of ``section`` (a ``PresenceSection``) that gateway ``gw`` tracks, in
+    front of ``rules``; just ``rules`` when none of the zones is this gateway's."""
+    from gateway.core.presence import PresenceStage, PresenceTracker
+    zones = section.zones_for(gw)
+    if not zones:
+        log.warning("[presence]: no zone is for gateway %s (each names another gateway); presence is off", gw)
+        return rules
+    tracker = PresenceTracker([{"name": z.name, "beacons": z.beacons, "sensors": z.sensors, "enter_dbm": z.enter_dbm,
+                                "leave_dbm": z.leave_dbm, "timeout_s": z.timeout_s or None} for z in zones],
+                              alpha=section.alpha, timeout_s=section.timeout_s, mode=section.mode)
+    return PresenceStage(tracker, rules, report_s=section.report_s)
+
+
+def build_agent(cfg, clock=None, homeassistant=None, **extra):
+    """Build an ``Agent`` (not started) from a validated ``Config``. ``homeassistant``: a Home Assistant publisher
+    that sees what the rules stage forwards (``gateway/app/homeassistant.py``), or None."""
     clock = clock or SystemClock(cfg.clock.mode)
     os.makedirs(cfg.gateway.state_dir, mode=0o700, exist_ok=True)
     key = keys.load_private(cfg.state_path(cfg.gateway.key))
@@ -61,8 +81,12 @@ def build_agent(cfg, clock=None, **extra):
     if store.recovered_from:  # the store logged what it salvaged and lost; this line is for the start-up summary
         log.error("store %s was corrupt; moved aside to %s (delete it once inspected) and started a new one: %s",
                   store.path, store.recovered_from, store.salvage.summary() if store.salvage else "nothing salvaged")
+    rules = build_rules(cfg)
+    if homeassistant is not None:
+        from gateway.app.homeassistant import HomeAssistantTap
+        rules = HomeAssistantTap(rules, homeassistant)
     return Agent(gw=cfg.gateway.id, key=key, store=store, uplink=uplink, sources=sources, clock=clock,
-                 batch=cfg.batch, rules=build_rules(cfg), backoff=(cfg.uplink.backoff_min_s, cfg.uplink.backoff_max_s),
+                 batch=cfg.batch, rules=rules, backoff=(cfg.uplink.backoff_min_s, cfg.uplink.backoff_max_s),
                  max_pending=cfg.store.memory_batches, deliver_first=cfg.store.deliver_first,
                  actions=build_actions(cfg, clock), **extra)
 
@@ -107,7 +131,9 @@ EXIT_RESTART = 75  # the console's `restart`: exit non-zero so systemd's Restart
 async def run_service(cfg, console_port=None):
     """Run the agent until SIGTERM/SIGINT, serving the technician console when a port is configured."""
     cfg, interrupted_check = recover_check(cfg)  # an uplink change a stop interrupted: the previous config is back
-    agent = build_agent(cfg)
+    from gateway.app.homeassistant import build_publisher, report_gateway
+    publisher = build_publisher(cfg)  # None unless [homeassistant] enabled = true
+    agent = build_agent(cfg, homeassistant=publisher)
     metrics = await _start_metrics(agent, cfg)  # before the run marker: a port in use is like a config error
     marker = RunMarker(cfg.gateway.state_dir)
     try:
@@ -137,6 +163,11 @@ async def run_service(cfg, console_port=None):
         console = serve_console(agent, port, cfg.file, request_restart=request_restart)
     notifier = Notifier.from_env()
     supervisor = asyncio.create_task(supervise(notifier, stop), name="sd_notify")  # runs once agent.run awaits
+    reporter = None
+    if publisher is not None:
+        publisher.start()  # its own threads: a local broker that is down costs the agent nothing
+        reporter = asyncio.create_task(report_gateway(agent, publisher, cfg.homeassistant.status_s),
+                                       name="homeassistant")
     try:
         await agent.run(stop)
     except BaseException as exc:  # recorded for the next start's "last stop", then raised on
@@ -147,6 +178,10 @@ async def run_service(cfg, console_port=None):
             if task is not None:
                 task.cancel()
         await asyncio.gather(*(t for t in (supervisor, update) if t is not None), return_exceptions=True)
+        if publisher is not None:
+            reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
+            await asyncio.to_thread(publisher.close)  # "offline" on the availability topic: a clean stop
         notifier.close()
         await stop_downlink(downlink)
         if metrics is not None:

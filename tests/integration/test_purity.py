@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-PURE = ["gateway.core.senml", "gateway.core.wire", "gateway.core.commands", "gateway.core.batcher", "gateway.core.model", "gateway.core.rules", "gateway.core.presence",
+PURE = ["gateway.core.senml", "gateway.core.wire", "gateway.core.commands", "gateway.core.batcher", "gateway.core.model", "gateway.core.rules", "gateway.core.presence", "gateway.core.homeassistant",
         "drivers.ble.adverts", "drivers.ble.selection", "drivers.bounds", "gateway.core.redact", "gateway.core.cbor_strict", "gateway.core.poison", "gateway.core.pipeline", "gateway.core.clock",
         "drivers.ble.bthome", "drivers.ble.ruuvi", "drivers.ble.atc", "drivers.ble.ess",
         "drivers.serial.nmea", "drivers.serial.modbus", "drivers.serial.lines", "drivers.serial.protocols",

@@ -128,3 +128,36 @@ def run_agent(agent, driver):
             stop.set()
             await asyncio.wait_for(task, 20)
     asyncio.run(main())
+
+
+def write_agent_config(tmp_path, port, url, extra="", gw="gw-run"):
+    """``tmp_path/config.toml`` for ``edge-gateway run``: a new key in ``tmp_path/state``, a 0.5 s batch age, the
+    HTTP uplink ``url``, a synced clock and one line-protocol serial source on ``port`` (``temp`` in Cel, ``hum``
+    in %RH); ``extra`` TOML is appended. Returns ``(path, signing key)``."""
+    from gateway.adapters import keys
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    key = keys.SigningKey.generate()
+    keys.write_private(str(state / "key.pem"), key)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("""
+[gateway]
+id = "%s"
+state_dir = "%s"
+[batch]
+max_age_s = 0.5
+[uplink]
+url = "%s"
+backoff_min_s = 0.1
+backoff_max_s = 1
+[clock]
+mode = "synced"
+[[sources]]
+type = "serial"
+name = "board"
+port = "%s"
+baud = 115200
+protocol = "lines"
+units = {temp = "Cel", hum = "%%RH"}
+%s""" % (gw, state, url, port, extra))
+    return str(cfg), key

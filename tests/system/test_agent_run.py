@@ -7,40 +7,11 @@ import time
 
 
 from tools.sim.harness import PtyNode
-from gateway.adapters import keys
 from gateway.adapters.keys import TrustStore
 from backend.receiver import Receiver, ReceiverServer
+from tests.support import write_agent_config
 
 EG = [sys.executable, "-m", "gateway.cli"]
-
-
-def write_config(tmp_path, port, url, extra=""):
-    state = tmp_path / "state"
-    state.mkdir()
-    key = keys.SigningKey.generate()
-    keys.write_private(str(state / "key.pem"), key)
-    cfg = tmp_path / "config.toml"
-    cfg.write_text("""
-[gateway]
-id = "gw-run"
-state_dir = "%s"
-[batch]
-max_age_s = 0.5
-[uplink]
-url = "%s"
-backoff_min_s = 0.1
-backoff_max_s = 1
-[clock]
-mode = "synced"
-[[sources]]
-type = "serial"
-name = "board"
-port = "%s"
-baud = 115200
-protocol = "lines"
-units = {temp = "Cel", hum = "%%RH"}
-%s""" % (state, url, port, extra))
-    return str(cfg), key
 
 
 def wait_for(predicate, timeout):
@@ -55,7 +26,7 @@ def wait_for(predicate, timeout):
 def test_run_serial_node_to_receiver_and_sigterm(tmp_path):
     node = PtyNode("line_node", ["--sensors", 2, "--rate", 10, "--prefix", "unit"], link=str(tmp_path / "ttyB"))
     node.start()
-    cfg, key = write_config(tmp_path, node.path, "http://127.0.0.1:1/placeholder")
+    cfg, key = write_agent_config(tmp_path, node.path, "http://127.0.0.1:1/placeholder")
     receiver = Receiver(str(tmp_path / "rx.sqlite"), TrustStore({"keys": [key.jwk("gw-run")]}))
     server = ReceiverServer(receiver).start()
     text = open(cfg).read().replace("http://127.0.0.1:1/placeholder", server.url)

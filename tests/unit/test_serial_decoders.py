@@ -239,6 +239,64 @@ def test_modbus_register_decode_types_and_word_order():
     assert exc.value.reason == "short_read"
 
 
+
+# An independent encoder for the 32-bit cross-check: pymodbus's own register conversion (its client's
+# convert_to_registers, pure), in both word orders, against our decoder.
+@pytest.mark.parametrize("word_order", ["big", "little"])
+@pytest.mark.parametrize("kind,value,scale", [
+    ("int16", -1234, 1), ("int16", -32768, 0.1), ("uint16", 65535, 1), ("int32", -70000, 1),
+    ("int32", -2147483648, 0.001), ("uint32", 4294967295, 1), ("uint32", 1234567, 3600), ("float32", -21.5, 1),
+    ("float32", 1.25, 10)])
+def test_modbus_values_match_pymodbus_encoding(kind, value, scale, word_order):
+    from pymodbus.client.mixin import ModbusClientMixin as M
+    words = M.convert_to_registers(value, getattr(M.DATATYPE, kind.upper()), word_order=word_order)
+    entry = _entry(name="x", address=7, type=kind, word_order=word_order, scale=scale)
+    (got,) = modbus.decode_registers([entry], 7, tuple(words))
+    assert got.value == pytest.approx(value * scale, rel=1e-12)
+    if kind.startswith("int") and value < 0:
+        assert got.value < 0  # signed, not read as unsigned
+    if len(words) == 2 and word_order == "little":  # word-swapped ("CDAB") is the low word first
+        hi_first = modbus.decode_registers([_entry(name="x", address=7, type=kind, scale=scale)], 7,
+                                           tuple(reversed(words)))
+        assert hi_first[0].value == pytest.approx(got.value, rel=1e-12)
+
+
+def test_modbus_coils_and_discrete_inputs_are_booleans():
+    coils = [_entry(name="pump", address=20, table="coil"), _entry(name="valve", address=21, table="coil"),
+             _entry(name="fan", address=27, table="coil")]
+    # the spec's 01 example: coils 20..38 from CD 6B 05 (6.1)
+    bits = (1, 0, 1, 1, 0, 0, 1, 1, 1, 1, 0, 1, 0, 1, 1, 0, 1, 0, 1)
+    got = modbus.decode_registers(coils, 20, bits)
+    assert [(m.name, m.value, m.unit, m.resolution) for m in got] == [
+        ("pump", True, None, None), ("valve", False, None, None), ("fan", True, None, None)]
+    assert all(m.value.__class__ is bool for m in got)  # SenML vb, not a number
+    door = [_entry(name="door", address=196, table="discrete"), _entry(name="smoke", address=198, table="discrete")]
+    assert [(p.table, p.address, p.count) for p in modbus.plan_polls({1: coils + door})] == [
+        ("coil", 20, 2), ("coil", 27, 1), ("discrete", 196, 1), ("discrete", 198, 1)]
+    polls = modbus.plan_polls({1: coils + door}, max_gap=6)
+    assert [(p.table, p.address, p.count) for p in polls] == [("coil", 20, 8), ("discrete", 196, 3)]
+    assert polls[0].request() == modbus.read_coils(1, 20, 8) and polls[1].request() == modbus.read_discrete(1, 196, 3)
+    assert polls[0].request().response_length == 6 and modbus.read_coils(1, 0, 9).response_length == 7
+    # the bit tables allow 2000 per request (6.1), the register tables 125
+    run = [_entry(name="c%d" % i, address=i, table="coil") for i in range(2500)]
+    assert [(p.address, p.count) for p in modbus.plan_polls({1: run})] == [(0, 2000), (2000, 500)]
+    with pytest.raises(ValueError):
+        modbus.read_coils(1, 0, 2001)
+
+
+@pytest.mark.parametrize("entry,says", [
+    ({"name": "x", "address": 1, "type": "bool"}, "only for table"),
+    ({"name": "x", "address": 1, "table": "coil", "type": "uint16"}, "only bool"),
+    ({"name": "x", "address": 1, "table": "coil", "scale": 2}, "no scale"),
+    ({"name": "x", "address": 1, "table": "discrete", "unit": "V"}, "no unit"),
+    ({"name": "x", "address": 1, "table": "coils"}, "coil, discrete, holding, input"),
+    ({"name": "x", "address": 1, "type": "int32", "word_order": "swapped"}, "big or little"),
+])
+def test_modbus_bit_table_config_errors(entry, says):
+    with pytest.raises(ConfigError, match=says) as exc:
+        modbus.RegisterEntry.from_dict(entry, file="gw.toml")
+    assert exc.value.key == "registers.x"
+
 def test_modbus_register_map_config_errors():
     with pytest.raises(ConfigError) as exc:
         modbus.RegisterEntry.from_dict({"name": "x", "address": 1, "type": "int64"}, file="gw.toml")
@@ -281,7 +339,7 @@ def test_modbus_scheduler_backs_off_one_slave_only():
 
 
 def test_modbus_request_validation():
-    for args in ((0, 3, 0, 1), (1, 6, 0, 1), (1, 3, 0, 126), (1, 3, 65535, 2)):
+    for args in ((0, 3, 0, 1), (1, 6, 0, 1), (1, 3, 0, 126), (1, 3, 65535, 2), (1, 1, 0, 2001), (1, 2, 0, 0)):
         with pytest.raises(ValueError):
             modbus.ReadRequest(*args)
     with pytest.raises(DecodeError) as exc:
@@ -291,6 +349,8 @@ def test_modbus_request_validation():
 
 def test_modbus_cli():
     assert cli_decoder("modbus")("11 04 02 000A F8F4") == [Measurement("reg0", 10)]
+    coils = cli_decoder("modbus")("010103CD6B054282")  # the spec's 01 example (tests/vectors/modbus/spec_fc01_pdu)
+    assert [m.name for m in coils[:2]] == ["bit0", "bit1"] and [m.value for m in coils[:8]] == [1, 0, 1, 1, 0, 0, 1, 1]
     with pytest.raises(modbus.ModbusException) as exc:
         cli_decoder("modbus")("018302C0F1")
     assert exc.value.reason == "exception_2"
