@@ -311,6 +311,9 @@ def register(sub):
     p = sub.add_parser("bench", help="run the benchmark suite (docs/performance.md)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quick", action="store_true", help="a shorter run (under 60 s)")
+    p.add_argument("--backend", action="store_true", help="only the backend at fleet scale: SQLite and PostgreSQL "
+                   "ingest through Mosquitto from the fleet simulator (tools/bench_backend.py; %s)"
+                   % "needs mosquitto and postgresql")
     p.set_defaults(func=_cmd)
 
 
@@ -318,6 +321,8 @@ def _cmd(args):
     # progress goes to stderr with --json too (stdout stays one JSON object): a long run shows it is alive
     def progress(msg):
         print("... " + msg, file=sys.stderr, flush=True)
+    if args.backend:
+        return _cmd_backend(args, progress)
     results = run_bench(args.quick, progress)
     if args.json:
         print(json.dumps(results, sort_keys=True))
@@ -326,4 +331,24 @@ def _cmd(args):
             flag = results["met"].get(key)
             mark = "" if flag is None else ("  ok" if flag else "  MISSED (target %s)" % results["targets"][key])
             print("%-26s %s%s" % (key, results[key], mark))
+    return 0
+
+
+def _cmd_backend(args, progress):
+    from tools.bench_backend import TARGETS as BACKEND_TARGETS, run_backend_bench
+    results = run_backend_bench(args.quick, progress)
+    if "error" in results:
+        print("edge-gateway: %s" % results["error"], file=sys.stderr)
+        return 2
+    results["targets"] = {k: "%s %s" % v for k, v in BACKEND_TARGETS.items()}
+    results["met"] = {k: _met(results["figures"][k], *BACKEND_TARGETS[k]) for k in BACKEND_TARGETS}
+    if args.json:
+        print(json.dumps(results, sort_keys=True))
+        return 0
+    for engine in ("sqlite", "postgresql"):
+        print("%s: cpu split %s" % (engine, json.dumps(results[engine]["cpu_split"], sort_keys=True)))
+        print("%s: ingest %s" % (engine, json.dumps(results[engine]["ingest"], sort_keys=True)))
+    for key, flag in sorted(results["met"].items()):
+        print("%-26s %s%s" % (key, results["figures"][key], "" if flag is None else (
+            "  ok" if flag else "  MISSED (target %s)" % results["targets"][key])))
     return 0
