@@ -113,6 +113,9 @@ def ingest(target, workers, broker, workdir, gateways, rate, seconds, records=RE
     sim = [sys.executable, "-m", "gateway.cli", "fleet-sim", "--trust", trust, "--gateways", str(gateways),
            "--prefix", "bench-" + name]
     subprocess.run(sim + ["--enroll-only"], check=True, timeout=120, stdout=subprocess.DEVNULL)
+    # Each engine's workers form their own group: a stopped worker's session keeps its shared subscription on
+    # the broker (so that a restart gets redelivered what it had not acknowledged), and the broker goes on routing
+    # that group's share of the batches into it (docs/backend.md, "Retiring a worker").
     procs, logs = [], []
     storage = open_storage(target)
     try:
@@ -121,7 +124,7 @@ def ingest(target, workers, broker, workdir, gateways, rate, seconds, records=RE
             with open(logs[-1], "wb") as log:
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", "gateway.cli", "receive", "--listen", "127.0.0.1:0", "--ops-listen", "off",
-                     "--trust", trust, "--db", target, "--mqtt", broker.url + "/bench", "--mqtt-group", "bench",
+                     "--trust", trust, "--db", target, "--mqtt", broker.url + "/bench", "--mqtt-group", name,
                      "--mqtt-client-id", "bench-%s-%d" % (name, i), "--log-level", "error"],
                     stdout=log, stderr=subprocess.STDOUT))
         for proc, log in zip(procs, logs):
@@ -153,6 +156,7 @@ def ingest(target, workers, broker, workdir, gateways, rate, seconds, records=RE
         cpu1 = {k: sum(proc_cpu_s(p) for p in pids) for k, pids in watched.items()}
         stored = {(gw, boot, seq): received for gw, boot, seq, received in
                   storage.query("SELECT gw, boot, seq, received FROM batches")}
+        size = _database_bytes(storage)
     finally:
         storage.close()
         for proc in procs:
@@ -162,7 +166,18 @@ def ingest(target, workers, broker, workdir, gateways, rate, seconds, records=RE
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    return _ingest_figures(report, acked, stored, workers, cpu0, cpu1, sim_cpu, rss, records)
+    figures = _ingest_figures(report, acked, stored, workers, cpu0, cpu1, sim_cpu, rss, records)
+    figures["database_bytes_per_record"] = round(size / (len(stored) * records), 1) if stored else None
+    return figures
+
+
+def _database_bytes(storage):
+    """The bytes the database takes on disk: tables and indexes (PostgreSQL), the file's pages (SQLite)."""
+    if storage.engine == "postgresql":
+        return int(storage.query("SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c "
+                                 "JOIN pg_namespace s ON s.oid = c.relnamespace "
+                                 "WHERE s.nspname = 'public' AND c.relkind = 'r'")[0][0])
+    return storage.query("PRAGMA page_count")[0][0] * storage.query("PRAGMA page_size")[0][0]
 
 
 def _ingest_figures(report, acked, stored, workers, cpu0, cpu1, sim_cpu, rss, records):
