@@ -91,6 +91,29 @@ def _placeholders(conn):
     return lambda sql, args=(): conn.execute(sql.replace("?", "%s"), args)
 
 
+#: the batch row and, only if it was new, its records (passed as one array per column and unnested): one
+#: statement, one round trip. Returns 1 when the batch was inserted, 0 when ``(gw, boot, seq)`` was there already.
+INSERT_BATCH = """WITH b AS (
+    INSERT INTO batches (gw, boot, seq, kid, clock, anchor_mono, anchor_wall, received, records, digest)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (gw, boot, seq) DO NOTHING RETURNING gw, boot, seq),
+  r AS (
+    INSERT INTO records (gw, boot, seq, n, t, u, v, vs, vb, v_exact)
+    SELECT b.gw, b.boot, b.seq, x.n, x.t, x.u, x.v, x.vs, x.vb, x.v_exact::numeric FROM b,
+        unnest(%b::text[], %b::float8[], %b::text[], %b::float8[], %b::text[], %b::int2[], %b::text[])
+            AS x (n, t, u, v, vs, vb, v_exact))
+SELECT count(*) FROM b"""
+
+
+def _columns(rows):
+    """The records rows (``batch_rows``) as one list per column from ``n`` on, numbers as floats (the columns are
+    ``double precision``; psycopg wants one type per array)."""
+    if not rows:
+        return ([], [], [], [], [], [], [])
+    _, _, _, n, t, u, v, vs, vb, v_exact = zip(*rows)
+    return (list(n), [float(x) for x in t], list(u), [None if x is None else float(x) for x in v], list(vs),
+            list(vb), list(v_exact))
+
+
 def _no_nul(rows):
     """PostgreSQL text cannot hold U+0000 (SQLite can): such a batch is unstorable here, before the transaction."""
     for i, row in enumerate(rows):
@@ -257,18 +280,21 @@ class PostgresStorage(Storage):
                 self.maintain(received)
             first, last = self._window(received)
             self._ensure({int(r[4] // DAY) for r in rows if first <= r[4] // DAY <= last})
-            with conn.transaction():
-                inserted = conn.execute(
-                    "INSERT INTO batches (gw, boot, seq, kid, clock, anchor_mono, anchor_wall, received, records, "
-                    "digest) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (gw, boot, seq) DO NOTHING",
-                    head + meta + (received, len(rows), digest)).rowcount
-                if inserted:
-                    with conn.cursor() as cur:
-                        cur.executemany(_INSERT_RECORDS, rows)
-                    if outcomes:
+            # One statement, so one round trip: the batch row and its records commit together or not at all, and
+            # the records go in only when the batch row did. Its own transaction (autocommit), unless the batch
+            # carries command outcomes, which commit with it.
+            args = head + meta + (received, len(rows), digest) + _columns(rows)
+            if outcomes:
+                with conn.transaction():
+                    inserted = conn.execute(INSERT_BATCH, args, prepare=True).fetchone()[0]
+                    if inserted:
                         record_outcomes(_placeholders(conn), outcomes, head, received)
-                    outcome = STORED
-                else:
+            else:
+                inserted = conn.execute(INSERT_BATCH, args, prepare=True).fetchone()[0]
+            if inserted:
+                outcome = STORED
+            else:
+                with conn.transaction():
                     known = conn.execute("SELECT digest FROM batches WHERE gw = %s AND boot = %s AND seq = %s",
                                          head).fetchone()
                     if known[0] is None or bytes(known[0]) == digest:

@@ -138,7 +138,16 @@ def cmd_receive(args):
     consumer = None
     if args.mqtt:
         from backend.mqtt_consumer import MqttConsumer
-        consumer = MqttConsumer.from_url(args.mqtt, receiver, group=args.mqtt_group).start()
+        try:
+            consumer = MqttConsumer.from_url(args.mqtt, receiver, group=args.mqtt_group,
+                                             client_id=args.mqtt_client_id or "").start()
+        except ValueError as exc:
+            print("edge-gateway: --mqtt/--mqtt-group: %s" % exc, file=sys.stderr)
+            server.stop()
+            receiver.close()
+            return 2
+        print("consuming %s as MQTT client %s%s" % (consumer.topic, consumer.client_id, "" if
+              consumer.wait_subscribed(0) else " (not subscribed yet; retrying)"), flush=True)
     stopped = []
     signal.signal(signal.SIGTERM, lambda *a: stopped.append(1))
     try:
@@ -248,7 +257,7 @@ def cmd_decode(args):
 #: (``run``) does not carry the installer's, the bench's or the console's code in its memory.
 EXTRA_COMMANDS = {"provision": "tools.provision", "doctor": "gateway.app.doctor", "console": "gateway.app.console.command",
                   "bench": "tools.bench", "fuzz": "tools.fuzz_cmd", "operator": "tools.operator_cmd",
-                  "command": "tools.command_cmd", "update": "gateway.app.update_cmd"}
+                  "command": "tools.command_cmd", "update": "gateway.app.update_cmd", "fleet-sim": "tools.fleet_sim"}
 
 
 #: ``run --config`` default, as ``doctor``'s and docs/configuration.md's
@@ -341,7 +350,12 @@ def _add_receive(sub):
     rc.add_argument("--workers", type=int, default=8, metavar="N", help="threads verifying and storing "
                     "batches (default 8)")
     rc.add_argument("--mqtt", metavar="URL", help="also consume mqtt://HOST:PORT/PREFIX with a shared subscription")
-    rc.add_argument("--mqtt-group", default="receivers", help="shared subscription group (default receivers)")
+    rc.add_argument("--mqtt-group", default="receivers", help="shared subscription group (default receivers): "
+                    "every worker of one fleet's backend joins the same group, and the broker shares the batches "
+                    "out among them")
+    rc.add_argument("--mqtt-client-id", metavar="ID", help="the consumer's MQTT client id (default: derived from "
+                    "host, database and group). Several workers on one host with one database need one each, and "
+                    "each keeps its own across restarts: the broker redelivers to it what it had not acknowledged")
     rc.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                     help="debug, info, warning or error (default info)")
     rc.set_defaults(func=cmd_receive)

@@ -341,6 +341,9 @@ def register(sub):
     p.add_argument("--plots", metavar="DIR", help="write the e2e and curves figures as SVG plots into DIR")
     p.add_argument("--backlog-max", type=int, default=10 ** 6, metavar="N",
                    help="largest backlog of the curves, in readings (default 1e6; 1e7 takes several minutes)")
+    p.add_argument("--backend", action="store_true", help="only the backend at fleet scale: SQLite and PostgreSQL "
+                   "ingest through Mosquitto from the fleet simulator (tools/bench_backend.py; %s)"
+                   % "needs mosquitto and postgresql")
     p.set_defaults(func=_cmd)
 
 
@@ -348,6 +351,8 @@ def _cmd(args):
     # progress goes to stderr with --json too (stdout stays one JSON object): a long run shows it is alive
     def progress(msg):
         print("... " + msg, file=sys.stderr, flush=True)
+    if args.backend:
+        return _cmd_backend(args, progress)
     sections = SECTIONS if args.sections == "all" else tuple(x.strip() for x in args.sections.split(",") if x)
     unknown = [x for x in sections if x not in SECTIONS]
     if unknown or not sections:
@@ -364,4 +369,24 @@ def _cmd(args):
             flag = results["met"].get(key)
             mark = "" if flag is None else ("  ok" if flag else "  MISSED (target %s)" % results["targets"][key])
             print("%-26s %s%s" % (key, results[key], mark))
+    return 0
+
+
+def _cmd_backend(args, progress):
+    from tools.bench_backend import TARGETS as BACKEND_TARGETS, run_backend_bench
+    results = run_backend_bench(args.quick, progress)
+    if "error" in results:
+        print("edge-gateway: %s" % results["error"], file=sys.stderr)
+        return 2
+    results["targets"] = {k: "%s %s" % v for k, v in BACKEND_TARGETS.items()}
+    results["met"] = {k: _met(results["figures"][k], *BACKEND_TARGETS[k]) for k in BACKEND_TARGETS}
+    if args.json:
+        print(json.dumps(results, sort_keys=True))
+        return 0
+    for engine in ("sqlite", "postgresql"):
+        print("%s: cpu split %s" % (engine, json.dumps(results[engine]["cpu_split"], sort_keys=True)))
+        print("%s: ingest %s" % (engine, json.dumps(results[engine]["ingest"], sort_keys=True)))
+    for key, flag in sorted(results["met"].items()):
+        print("%-26s %s%s" % (key, results["figures"][key], "" if flag is None else (
+            "  ok" if flag else "  MISSED (target %s)" % results["targets"][key])))
     return 0

@@ -18,6 +18,22 @@ from gateway.core.model import EncodedBatch, Event, Reading
 GW = "gw-bench"
 
 
+def proc_rss_mb(pid):
+    """A process's resident set (MB), from ``/proc``."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return None
+
+
+def proc_cpu_s(pid):
+    """A process's CPU time so far (user + system, seconds), from ``/proc``."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # -- the real agent process, measured from outside -----------------------------------------------------------
 class AgentProcess:
     """``edge-gateway run`` on a line-protocol board over a pty, with its own state dir and config."""
@@ -48,16 +64,10 @@ class AgentProcess:
         return self
 
     def rss_mb(self):
-        with open("/proc/%d/status" % self.proc.pid) as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-        return None
+        return proc_rss_mb(self.proc.pid)
 
     def cpu_s(self):
-        with open("/proc/%d/stat" % self.proc.pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return proc_cpu_s(self.proc.pid)
 
     def accepted(self):
         path = os.path.join(self.dir, "queue.sqlite")

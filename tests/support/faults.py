@@ -51,15 +51,21 @@ def prepare_store(store):
 class Receiver:
     """``edge-gateway receive`` as a separate process on a fixed loopback port."""
 
-    def __init__(self, workdir, trust_file, port, mqtt=None, group="receivers", operators=None):
-        self.args = ["receive", "--listen", "127.0.0.1:%d" % port, "--trust", trust_file,
-                     "--db", os.path.join(workdir, "receiver.sqlite"), "--log-level", "warning"]
+    def __init__(self, workdir, trust_file, port, mqtt=None, group="receivers", db=None, client_id=None,
+                 operators=None):
+        """``db``: a SQLite file or ``postgresql://`` URL (default ``workdir/receiver.sqlite``); ``client_id``: the
+        consumer's MQTT client id (several workers of one group on one database need one each)."""
+        self.db = db or os.path.join(workdir, "receiver.sqlite")
+        self.args = ["receive", "--listen", "127.0.0.1:%d" % port, "--trust", trust_file, "--db", self.db,
+                     "--log-level", "warning"]
         if mqtt:
             self.args += ["--mqtt", mqtt, "--mqtt-group", group]
+        if client_id:
+            self.args += ["--mqtt-client-id", client_id]
         if operators:
             self.args += ["--operators", operators]  # a command queue (POST /v1/commands)
-        self.db = os.path.join(workdir, "receiver.sqlite")
-        self.log = open(os.path.join(workdir, "receiver.log"), "ab")
+        self.log_path = os.path.join(workdir, "receiver.log")
+        self.log = open(self.log_path, "ab")
         self.port = port
         self.url = "http://127.0.0.1:%d/v1/batches" % port
         self.proc = None

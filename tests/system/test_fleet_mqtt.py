@@ -1,0 +1,116 @@
+"""The backend at fleet scale (issue 16): 200 simulated gateways (``edge-gateway fleet-sim``) for 60 s over a real
+Mosquitto into 3 ``edge-gateway receive`` workers on one MQTT v5 shared subscription, all writing one real
+PostgreSQL. One worker is SIGKILLed mid-run (during the reconnect storm) and restarted under its client id; 20% of
+the gateways are cut off for 20 s and reconnect with their backlog. Every batch the simulator had acknowledged
+(PUBACK) is in PostgreSQL exactly once: one ``batches`` row and exactly its records, no more.
+
+Wall time: about 60 s of simulation, a few seconds of drain, ~10 s of start and stop (bounded throughout).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.support import reserve_port, wait_until
+from tests.support.faults import BIN, Receiver
+from tests.support.mosquitto import Broker, have_mosquitto
+from tests.support.postgres import pg_url, postgres  # noqa: F401  (fixtures: a real PostgreSQL)
+from tools.fleet_sim import read_acked
+
+pytestmark = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed")
+
+GATEWAYS, SECONDS, RATE, RECORDS = 200, 60, 1.0, 10
+CUT_SHARE, CUT_AT, CUT_FOR = 0.2, 15, 20
+KILL_AT = CUT_AT + CUT_FOR + 2  # seconds into the run: the storm is being drained
+DOWN_FOR = 3                    # the killed worker stays dead this long (the behaviour under test)
+BOOT = 7
+
+
+def _consuming(worker, starts):
+    with open(worker.log_path, "rb") as f:
+        return f.read().count(b"consuming $share/") >= starts
+
+
+def test_fleet_over_shared_subscription_into_postgres(tmp_path, pg_url):  # noqa: F811
+    broker = Broker(tmp_path / "broker").start()
+    trust = str(tmp_path / "jwks.json")
+    sim_args = ["fleet-sim", "--trust", trust, "--gateways", str(GATEWAYS), "--seed", "3", "--boot", str(BOOT)]
+    subprocess.run([BIN] + sim_args + ["--enroll-only"], check=True, timeout=60, stdout=subprocess.DEVNULL)
+    workers = []
+    try:
+        for i in range(3):
+            os.makedirs(tmp_path / ("w%d" % i))
+            workers.append(Receiver(str(tmp_path / ("w%d" % i)), trust, reserve_port(), mqtt=broker.url + "/edge",
+                                    group="fleet", db=pg_url, client_id="rx-fleet-%d" % i).start())
+        for w in workers:
+            wait_until(lambda: _consuming(w, 1), 20, "worker %s subscribed" % w.args[-1])
+
+        acked_file = str(tmp_path / "acked.csv")
+        with open(tmp_path / "sim.json", "wb") as out, open(tmp_path / "sim.err", "wb") as err:
+            sim = subprocess.Popen([BIN] + sim_args + [
+                "--uplink", broker.url + "/edge", "--rate", str(RATE), "--records", str(RECORDS), "--duration",
+                str(SECONDS), "--cut-share", str(CUT_SHARE), "--cut-at", str(CUT_AT), "--cut-for", str(CUT_FOR),
+                "--drain", "30", "--acked", acked_file, "--json"], stdout=out, stderr=err)
+            start = time.monotonic()
+            victim = workers[1]
+            try:
+                time.sleep(KILL_AT)  # the schedule under test: the kill lands during the storm's drain
+                victim.kill()
+                time.sleep(DOWN_FOR)  # the worker stays dead a while; the broker keeps its session
+                victim.start()
+                wait_until(lambda: _consuming(victim, 2), 20, "the restarted worker subscribed")
+                assert sim.wait(SECONDS + 60) == 0, (tmp_path / "sim.err").read_text()[-2000:]
+            finally:
+                if sim.poll() is None:
+                    sim.kill()
+                    sim.wait(10)
+        elapsed = time.monotonic() - start
+        report = json.loads((tmp_path / "sim.json").read_text())
+        acked = read_acked(acked_file)
+
+        # the simulator: everything it made was acknowledged; the outage happened and drained
+        assert report["made"] == report["acked"] == len(acked) > GATEWAYS * SECONDS * RATE * 0.9
+        assert report["pending"] == report["dropped"] == report["rejected"] == 0
+        outage = report["outage"]
+        assert outage["gateways"] == GATEWAYS * CUT_SHARE
+        assert outage["backlog_at_reconnect"] >= outage["gateways"] * (CUT_FOR - 2) * RATE
+        assert outage["caught_up"] == outage["gateways"] and outage["drain_s"] is not None
+
+        # PostgreSQL: every acknowledged batch exactly once, with exactly its records
+        import psycopg
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            def stored_count():
+                return conn.execute("SELECT count(*) FROM batches WHERE boot = %s", (BOOT,)).fetchone()[0]
+            wait_until(lambda: stored_count() >= len(acked), 60, "PostgreSQL holding every acknowledged batch")
+            batches = {(gw, boot, seq): n for gw, boot, seq, n in conn.execute(
+                "SELECT gw, boot, seq, records FROM batches WHERE boot = %s", (BOOT,))}
+            rows = {(gw, boot, seq): n for gw, boot, seq, n in conn.execute(
+                "SELECT gw, boot, seq, count(*) FROM records WHERE boot = %s GROUP BY gw, boot, seq", (BOOT,))}
+        missing = sorted(set(acked) - set(batches))
+        assert missing == [], "%d acknowledged batches not in PostgreSQL, e.g. %s" % (len(missing), missing[:5])
+        # a batch stored but never acknowledged can only come from a send the simulator saw fail
+        assert len(set(batches) - set(acked)) <= report["retries"]
+        wrong = [k for k, (n, *_times) in acked.items() if batches[k] != n or rows.get(k) != n]
+        assert wrong == [], "batches whose records are not there exactly once: %s" % wrong[:5]
+        assert sum(rows.values()) == sum(batches.values())
+        assert sum(n for n, *_ in acked.values()) == report["acked_records"]
+
+        # the killed worker came back under its client id and took its share again
+        for w in workers:
+            w.stop()
+        stats = []
+        for w in workers:
+            w.proc.wait(30)
+            with open(w.log_path) as f:
+                stats.append([json.loads(line) for line in f if line.startswith("{")][-1])
+        assert all(s["stored"] > 0 and s["store_failures"] == 0 and s["rejected"] == 0 for s in stats), stats
+        assert elapsed < SECONDS + 45, "the run took %.0f s" % elapsed
+    finally:
+        for w in workers:
+            if w.proc and w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGKILL)
+        broker.stop()
