@@ -22,6 +22,7 @@ from gateway.core.clock import SystemClock
 from gateway.core.errors import ConfigError, KeyFileError, StoreError
 from gateway.core.model import Reading
 from gateway.core.pipeline import HEALTH_SENSOR
+from gateway.adapters.journal import SUFFIX as JOURNAL_SUFFIX, Journal
 from gateway.adapters.store import Store
 from gateway.adapters.uplink import SectionError, WARN, build_uplink, uplink_class
 
@@ -58,9 +59,11 @@ def build_agent(cfg, clock=None, **extra):
     if store.recovered_from:  # the store logged what it salvaged and lost; this line is for the start-up summary
         log.error("store %s was corrupt; moved aside to %s (delete it once inspected) and started a new one: %s",
                   store.path, store.recovered_from, store.salvage.summary() if store.salvage else "nothing salvaged")
+    journal = Journal(store.path + JOURNAL_SUFFIX) if cfg.store.journal else None
     return Agent(gw=cfg.gateway.id, key=key, store=store, uplink=uplink, sources=sources, clock=clock,
                  batch=cfg.batch, rules=build_rules(cfg), backoff=(cfg.uplink.backoff_min_s, cfg.uplink.backoff_max_s),
-                 max_pending=cfg.store.memory_batches, deliver_first=cfg.store.deliver_first, **extra)
+                 max_pending=cfg.store.memory_batches, deliver_first=cfg.store.deliver_first, journal=journal,
+                 frame_bytes=uplink.frame_bytes, **extra)
 
 
 def report_last_stop(agent, previous):

@@ -72,6 +72,7 @@ def parse_retry_after(value, now=None):
 
 class HttpUplink(Uplink):
     kind = "http"
+    frame_bytes = 180  # request line and headers (docs/performance.md, "Bytes on the wire")
     schemes = ("http", "https")
 
     def __init__(self, url, ca_file=None, timeout=10.0, headers=None, compress=True):
