@@ -66,6 +66,8 @@ LEARN = 0.3
 #: batches between two probes (a batch grown to ``growth_limit`` to learn what a large batch costs), doubling up to
 #: ``PROBE_MAX`` while probes find the target out of reach; a probe needs at least ``PROBE_MIN`` readings
 PROBE_EVERY, PROBE_MAX, PROBE_MIN = 16, 1024, 16
+#: the budget aims this far under the target: the model is an estimate, and batches vary around it
+AIM = 0.95
 
 
 class Batcher:
@@ -82,6 +84,7 @@ class Batcher:
         self.journaled = journaled  # open readings survive a kill (the journal): growth may go past ``hold``
         self.fixed = None  # bytes per batch besides its readings (set by the pipeline)
         self.per_reading = None  # learned bytes per reading beyond the fixed part
+        self.model_n = 1  # the size of the batches the model was last learned from
         self.rate = None  # learned readings per second
         self.last_cut = None
         self.wanted = 0  # readings this batch grows to for the byte budget (0: it does not grow for bytes)
@@ -120,12 +123,14 @@ class Batcher:
         are needed), or a rate too low to gather them within ``growth_limit``."""
         if not self.target or self.per_reading is None or self.fixed is None or not self.rate:
             return 0
-        margin = self.target - self.per_reading
+        margin = AIM * self.target - self.per_reading
         if margin <= 0:
             return 0
         need = int(self.fixed / margin) + 1
-        if need <= 1 or need > self.max_readings or need > self.rate * self.growth_limit():
-            return 0
+        if need > self.max_readings or need > self.rate * self.growth_limit():
+            return 0  # out of reach within the latency it may cost
+        if need <= self.rate * min(self.linger, self.hold):
+            return 0  # the ordinary cut already gathers that many: growing would not pay, cutting early would cost
         return need
 
     def probe(self):
@@ -139,8 +144,7 @@ class Batcher:
             return 0
         size = min(self.max_readings, int(self.rate * self.growth_limit()))
         if size < PROBE_MIN:
-            self._probe_later()
-            return 0
+            return 0  # too slow to tell anything: try again at the next batch
         self.probing = True
         return size
 
@@ -156,11 +160,12 @@ class Batcher:
             return
         per_reading = max(0.0, (size - half_size) / (n - half))
         fixed = max(0.0, size - per_reading * n)
-        if self.per_reading is None:
-            self.per_reading, self.fixed = per_reading, fixed
-        else:
-            self.per_reading = LEARN * per_reading + (1 - LEARN) * self.per_reading
-            self.fixed = LEARN * fixed + (1 - LEARN) * self.fixed
+        # Deflate does better on larger batches: a sample from a batch much smaller than those the model was
+        # learned from says little about them, so it counts in proportion (a probe replaces the model).
+        weight = 1.0 if self.per_reading is None or self.probed else LEARN * min(1.0, n / self.model_n)
+        self.per_reading = weight * per_reading + (1 - weight) * self.per_reading if self.per_reading else per_reading
+        self.fixed = weight * fixed + (1 - weight) * self.fixed if self.fixed is not None else fixed
+        self.model_n = n if weight >= LEARN else self.model_n
         if self.probed:
             self.probed = False
             if self.budget():
