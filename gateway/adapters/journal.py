@@ -70,13 +70,12 @@ class Recovered:
 def _read(path):
     """``(records, complete, torn)`` of one journal file."""
     records, torn = [], 0
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
-        while True:
+        while f.tell() < size:
             try:
                 rec = cbor2.load(f)
-            except EOFError:
-                break
-            except (cbor2.CBORDecodeError, ValueError, TypeError):
+            except (EOFError, cbor2.CBORDecodeError, ValueError, TypeError):
                 torn += 1  # the tail a kill cut in the middle of a write: nothing after it was written whole
                 break
             records.append(rec)
