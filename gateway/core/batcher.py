@@ -121,17 +121,19 @@ class Batcher:
         """Readings a new batch should grow to for the byte budget, or 0 when growing does not pay: no budget, not
         learned yet, a target no size reaches (``per_reading`` alone is over it, or more than ``max_readings``
         are needed), or a rate too low to gather them within ``growth_limit``."""
-        if not self.target or self.per_reading is None or self.fixed is None or not self.rate:
-            return 0
-        margin = AIM * self.target - self.per_reading
-        if margin <= 0:
-            return 0
-        need = int(self.fixed / margin) + 1
-        if need > self.max_readings or need > self.rate * self.growth_limit():
+        need = self._need()
+        if not need or need > self.max_readings or need > self.rate * self.growth_limit():
             return 0  # out of reach within the latency it may cost
         if need <= self.rate * min(self.linger, self.hold):
             return 0  # the ordinary cut already gathers that many: growing would not pay, cutting early would cost
         return need
+
+    def _need(self):
+        """Readings a batch needs to meet the target by the learned model (0: not known, or never)."""
+        if not self.target or self.per_reading is None or self.fixed is None or not self.rate:
+            return 0
+        margin = AIM * self.target - self.per_reading
+        return int(self.fixed / margin) + 1 if margin > 0 else 0
 
     def probe(self):
         """Size of a probe batch, or 0. Small batches deflate worse than large ones, so a cost model learned only
@@ -139,6 +141,9 @@ class Batcher:
         rate gathers within ``growth_limit``, and its measurement (``learn``) tells whether to keep growing."""
         if not self.target or not self.rate:
             return 0
+        need = self._need()
+        if need and need <= self.rate * min(self.linger, self.hold):
+            return 0  # the ordinary cut meets the target already
         self.until_probe -= 1
         if self.until_probe > 0:
             return 0

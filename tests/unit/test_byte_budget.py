@@ -151,3 +151,11 @@ def test_pipeline_learns_the_model_and_meets_the_budget_for_200x2_at_1_hz():
     assert logged == 200 * 2 * 12
     # sealed or still open (the first batch also carries the health record readings_bad_value)
     assert sum(b.readings for b in sealed) + len(p.batcher.readings) == logged + 1
+
+
+def test_no_probe_while_the_ordinary_cut_meets_the_target():
+    b = known(budget_batcher(), 0.4, 430.0, 1000.0)  # a single stream: 81 readings needed, linger gathers 100
+    for i in range(3 * PROBE_EVERY):
+        b.add(r(i), float(i))
+        assert not b.probing and b.wanted == 0
+        b.cut(None)
