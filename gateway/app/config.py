@@ -53,7 +53,7 @@ class BatchSection:
     linger_s: float = 0.1  # nothing in flight: cut once the oldest reading waited this long (Nagle / linger)
     hold_s: float = 0.2  # in any case: cut and commit within this (the kill window, with the commit's few ms)
     target_bytes_per_reading: float = 6.0  # the byte budget: grow a batch while that brings it under this (0: off)
-    budget_linger_s: float = 0.8  # ... for at most this long (the latency it may cost)
+    budget_linger_s: float = 0.9  # ... for at most this long (the latency it may cost)
     time_quantum_s: float = 1.0
 
 

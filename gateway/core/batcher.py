@@ -67,7 +67,7 @@ LEARN = 0.3
 #: ``PROBE_MAX`` while probes find the target out of reach; a probe needs at least ``PROBE_MIN`` readings
 PROBE_EVERY, PROBE_MAX, PROBE_MIN = 16, 1024, 16
 #: the budget aims this far under the target: the model is an estimate, and batches vary around it
-AIM = 0.95
+AIM = 0.9
 
 
 class Batcher:
