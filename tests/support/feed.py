@@ -11,7 +11,7 @@ import threading
 import time
 import tty
 
-from tests.support.faults import GW
+from tests.support.faults import GW, killpg
 
 
 class Feed:
@@ -86,3 +86,12 @@ def query(db, sql, *args):
 def received_counter(db):
     """The ``n`` values of ``board-1`` the receiver holds."""
     return {int(v) for (v,) in query(db, "SELECT v FROM records WHERE gw = ? AND n LIKE '%board-1/n'", GW)}
+
+
+def stop_all(feed, log, proc, receiver):
+    """The end of a kill-cycle run: the feed, the agent's log, the agent (if still running), the receiver."""
+    feed.close()
+    log.close()
+    if proc is not None:
+        killpg(proc)
+    receiver.stop()

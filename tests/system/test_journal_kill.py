@@ -21,7 +21,7 @@ import pytest
 from gateway.adapters import boot_epoch
 from tests.support import reserve_port, wait_until
 from tests.support.faults import GW, Receiver, killpg, prepare_store, spawn
-from tests.support.feed import Feed, query, received_counter, write_config
+from tests.support.feed import Feed, query, received_counter, stop_all, write_config
 
 WINDOW = 0.25
 OPEN_LONG = "[batch]\nlinger_s = 30\nhold_s = 30\nmax_age_s = 30\nmax_readings = 150\n"
@@ -55,6 +55,7 @@ def kill_cycles(tmp_path, cycles, seed, store_toml=""):
                 time.sleep(1.0)
                 feed.counting = False
                 required.update(k for k, _ in feed.written[start:])
+                wait_until(feed.drained, 10, "the agent to read the last lines")
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
                 break
@@ -64,16 +65,15 @@ def kill_cycles(tmp_path, cycles, seed, store_toml=""):
             feed.counting = False
             required.update(k for k, t in feed.written[start:] if t <= kill_at - WINDOW)
         written.update(k for k, _ in feed.written)
-        # the last run's restart replayed its predecessor; one more start delivers anything a clean stop left
+        # the clean stop committed what it had not sent yet: one more start delivers it
+        proc = spawn(["run", "--config", config], log)
         wait_until(lambda: required <= received_counter(receiver.db), 30, "every required reading")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
     except AssertionError:
         pass  # the assertions below say what is missing
     finally:
-        feed.close()
-        log.close()
-        if proc is not None:
-            killpg(proc)
-        receiver.stop()
+        stop_all(feed, log, proc, receiver)
     with open(log_path, "rb") as f:
         agent_log = f.read().decode(errors="replace")
     got = received_counter(receiver.db)

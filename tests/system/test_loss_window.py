@@ -27,7 +27,7 @@ from gateway.adapters import boot_epoch
 from tests.support import reserve_port as free_port
 from tests.support.faults import Receiver, killpg, prepare_store, spawn
 from tests.support import wait_until
-from tests.support.feed import Feed, received_counter, write_config
+from tests.support.feed import Feed, received_counter, stop_all, write_config
 from tests.support.mosquitto import Broker, have_mosquitto
 
 WINDOW = 0.25  # the promise: readings that arrived earlier than this before a kill survive it
@@ -79,11 +79,7 @@ def run_loss_window(tmp_path, uplink_toml, receiver, cycles, seed):
             required.update(k for k, t in feed.written[start:] if t <= kill_at - WINDOW)
             print("cycle", i, feed.rate, len(feed.written) - start, len(required), receiver_down)
     finally:
-        feed.close()
-        log.close()
-        if proc is not None:
-            killpg(proc)
-        receiver.stop()
+        stop_all(feed, log, proc, receiver)
     got = received_counter(receiver.db)
     assert len(required) > 500
     missing = sorted(required - got)
