@@ -136,7 +136,14 @@ class Agent(Delivery, CommitTask):
         self.journal = journal
         self._journal_timer = None
         if journal is not None:
-            self._replay_journal()
+            try:
+                self._replay_journal()
+            except StoreError as exc:  # a full or read-only disk: run without it, as with ``store.journal = false``
+                self.counters["journal_errors"] += 1
+                log.error("journal: %s; running without it (batches are cut at batch.hold_s)", exc)
+                self.journal = None
+                self.pipeline.log = None
+                self.pipeline.batcher.journaled = False
 
     # -- input side (runs on the event loop, must be fast and must not raise for bad data) ---------------------
     def emit(self, item):

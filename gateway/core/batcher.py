@@ -15,7 +15,8 @@ The **byte budget** (``target`` bytes per reading on the wire, ``stretch`` secon
 ``linger`` and ``hold`` while that is what brings its bytes per reading under ``target``. Every batch costs a
 fixed part (``fixed``: the signed envelope and the transport's frame, which deflate cannot shrink) plus about
 ``per_reading`` bytes per reading (both learned from the batches sealed so far, ``learn``), so ``n`` readings cost
-``per_reading + fixed / n`` bytes each; the target needs ``wanted = fixed / (target - per_reading)`` readings.
+``per_reading + fixed / n`` bytes each; the target needs ``wanted = fixed / (AIM * target - per_reading)``
+readings (aiming 10 % under it: the model is an estimate).
 When, at the arrival rate seen so far, the batch reaches ``wanted`` within ``stretch``, it grows until it has
 them (then it is cut at once) or ``stretch`` is over; otherwise (a low rate, or a target no batch size reaches)
 the rules above apply unchanged: growing would cost latency and buy nothing. Growing past ``hold`` is only kill-safe
@@ -168,8 +169,11 @@ class Batcher:
         # Deflate does better on larger batches: a sample from a batch much smaller than those the model was
         # learned from says little about them, so it counts in proportion (a probe replaces the model).
         weight = 1.0 if self.per_reading is None or self.probed else LEARN * min(1.0, n / self.model_n)
-        self.per_reading = weight * per_reading + (1 - weight) * self.per_reading if self.per_reading else per_reading
-        self.fixed = weight * fixed + (1 - weight) * self.fixed if self.fixed is not None else fixed
+        if self.per_reading is None or self.fixed is None:
+            self.per_reading, self.fixed = per_reading, fixed
+        else:
+            self.per_reading = weight * per_reading + (1 - weight) * self.per_reading
+            self.fixed = weight * fixed + (1 - weight) * self.fixed
         self.model_n = n if weight >= LEARN else self.model_n
         if self.probed:
             self.probed = False

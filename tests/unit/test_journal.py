@@ -142,3 +142,15 @@ def test_the_agent_replays_sealed_batches_as_they_are_and_reseals_open_readings_
     assert [b.seq for b in again.sealed] == [b.seq for b in agent._pending] and again.items == []
     assert len(again.files) == 1 and not os.path.exists("%s.%d" % (j.path, j.gen))
     store.close()
+
+
+def test_an_agent_whose_journal_cannot_be_written_runs_without_it(tmp_path):
+    path = str(tmp_path / "queue.sqlite")
+    clock = FakeClock(mono=500.0, wall=OFFSET + 500.0)
+    store = Store(path, clock=clock)
+    agent = Agent(gw="gw-1", key=keys.SigningKey.generate(), store=store, uplink=Refusing(), clock=clock,
+                  journal=Journal(str(tmp_path / "gone" / "queue.sqlite.journal")),  # no such directory
+                  batch=type("B", (), {"hold_s": 0.2, "linger_s": 0.1}))
+    assert agent.journal is None and agent.counters["journal_errors"] == 1
+    assert not agent.pipeline.batcher.journaled  # the byte budget's growth stops at hold_s again
+    store.close()
