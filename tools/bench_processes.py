@@ -361,8 +361,10 @@ def bench_sd_wear(workdir, rate, seconds, name, batch_toml="", store_toml="", re
         time.sleep(3.0)  # start-up (boot epoch, first commit) is not the steady state being measured
         pid = _agent_pid(proc.pid)
         wb0, f0, t0 = _io_write_bytes(pid), _count_fsyncs(trace), time.monotonic()
+        cw0 = _io_write_bytes(pid, "cancelled_write_bytes")
         time.sleep(seconds)
         wb1, f1, t1 = _io_write_bytes(pid), _count_fsyncs(trace), time.monotonic()
+        cw1 = _io_write_bytes(pid, "cancelled_write_bytes")
     finally:
         stop.set()
         _stop_traced(proc, pid)
@@ -381,6 +383,8 @@ def bench_sd_wear(workdir, rate, seconds, name, batch_toml="", store_toml="", re
         db.close()
     return {"rate": rate, "seconds": round(t1 - t0, 1), "receiver": receiver, "delivered": delivered,
             "mb_per_day": (wb1 - wb0) * per_day / 1e6,
+            # dirtied, then dropped before write-back (a journal file unlinked in time): never reached the card
+            "cancelled_mb_per_day": (cw1 - cw0) * per_day / 1e6,
             "fsyncs_per_day": (f1 - f0) * per_day if strace else None,
             "fsyncs_per_1k_readings": 1000.0 * (f1 - f0) / readings if strace else None}
 
@@ -439,10 +443,12 @@ def _agent_pid(pid):
     return pid
 
 
-def _io_write_bytes(pid):
+def _io_write_bytes(pid, field="write_bytes"):
+    """``write_bytes`` of ``/proc/PID/io`` (charged when a page is dirtied), or another of its fields:
+    ``cancelled_write_bytes`` is what was dirtied and then truncated or unlinked before write-back (the journal)."""
     with open("/proc/%d/io" % pid) as f:
         for line in f:
-            if line.startswith("write_bytes:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
 

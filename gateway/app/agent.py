@@ -35,6 +35,7 @@ runs on the loop.
 import asyncio
 import collections
 import concurrent.futures
+import dataclasses
 import logging
 import random
 import threading
@@ -48,6 +49,7 @@ from gateway.core import wire
 from gateway.core.backoff import Backoff
 from gateway.core.openmetrics import Histogram
 from gateway.core.rates import DailyRate
+from gateway.core.errors import StoreError
 from gateway.core.pipeline import Pipeline
 from gateway.core.poison import PoisonPolicy
 
@@ -62,6 +64,8 @@ AGENT_HEALTH = ("memory_dropped_batches", "memory_dropped_readings", "store_erro
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0)
 #: what the console may change while the agent runs (``Agent.configure``)
 LIVE = ("max_age_s", "max_readings", "linger_s", "hold_s", "backoff_min_s", "backoff_max_s")
+#: an item that entered the batcher reaches the journal (the page cache) within this many seconds
+JOURNAL_FLUSH_S = 0.05
 
 
 async def sleep_or_wake(clock, seconds, wake):
@@ -98,7 +102,8 @@ async def _cancel(tasks, again_after=1.0, timeout=20.0):
 class Agent(Delivery, CommitTask):
     def __init__(self, *, gw, key, store, uplink, sources=(), clock, batch=None, rules=None, rng=None,
                  backoff=(0.5, 300.0), max_pending=256, health_interval=60.0, on_commit=None, on_sent=None,
-                 retry_every=60.0, poison=(3, 5, 600.0), deliver_first=False, actions=None):
+                 retry_every=60.0, poison=(3, 5, 600.0), deliver_first=False, actions=None, journal=None,
+                 frame_bytes=0):
         self.gw = gw
         self.store = store
         self.uplink = uplink
@@ -124,7 +129,8 @@ class Agent(Delivery, CommitTask):
             actions.connect(self.emit)
         self.pipeline = Pipeline(gw=gw, boot=self.boot, signer=wire.Signer(key), clock=clock, batch=batch,
                                  rules=rules, health_interval=health_interval, health_values=self._health_values,
-                                 counters=self.counters, on_event=actions.submit if actions is not None else None)
+                                 counters=self.counters, on_event=actions.submit if actions is not None else None,
+                                 journaled=journal is not None, frame_bytes=frame_bytes)
         self.uplink_state = "starting"
         self.last_ack = None
         self.last_error = None
@@ -160,6 +166,18 @@ class Agent(Delivery, CommitTask):
         self.readings_in = collections.Counter()  # source name -> readings and events it emitted
         self.latency = Histogram(LATENCY_BUCKETS)  # cut -> acknowledged, seconds (wall clock)
         self._disk_rate = DailyRate()
+        # The journal of the open batch (``gateway.adapters.journal``): what a kill left in it is replayed now.
+        self.journal = journal
+        self._journal_timer = None
+        if journal is not None:
+            try:
+                self._replay_journal()
+            except StoreError as exc:  # a full or read-only disk: run without it, as with ``store.journal = false``
+                self.counters["journal_errors"] += 1
+                log.error("journal: %s; running without it (batches are cut at batch.hold_s)", exc)
+                self.journal = None
+                self.pipeline.log = None
+                self.pipeline.batcher.journaled = False
 
     # -- input side (runs on the event loop, must be fast and must not raise for bad data) ---------------------
     def emit(self, item):
@@ -170,7 +188,10 @@ class Agent(Delivery, CommitTask):
         batches = self.pipeline.accept(item, self.clock.monotonic())
         if batches:
             self._enqueue(batches)
-        elif was_empty and batcher.oldest is not None and self._tick_wake is not None:
+            return
+        if self.journal is not None:
+            self._journal_soon()
+        if was_empty and batcher.oldest is not None and self._tick_wake is not None:
             self._tick_wake.set()  # a batch began: the ticker sleeps until its linger or hold, not a whole period
 
     def _refresh_idle(self):
@@ -188,7 +209,14 @@ class Agent(Delivery, CommitTask):
         self._enqueue(self.pipeline.flush(self.clock.monotonic()))
 
     def _enqueue(self, batches):
-        """Sealed batches wait in memory until the commit task writes them; an alarm wakes the uplink."""
+        """Sealed batches wait in memory until the commit task writes them; an alarm wakes the uplink. With a
+        journal, they (and what entered the batcher before them) are written to it first, before anything can
+        send or commit them."""
+        if self.journal is not None:
+            if batches:
+                self._journal_flush()
+            else:
+                self._journal_soon()
         commit_by = self.pipeline.commit_by
         now = self.clock.monotonic()
         for batch in batches:
@@ -208,6 +236,72 @@ class Agent(Delivery, CommitTask):
                 if self._tick_wake is not None:
                     self._tick_wake.set()
             self._commit_wake.set()
+
+    # -- the journal of the open batch ------------------------------------------------------------------------------
+    def _replay_journal(self):
+        """At start: batches the last run sealed go to the store as they are; readings it held open go back into the
+        batcher, to be sealed under this boot. Then the journal starts afresh (``gateway.adapters.journal``)."""
+        now = self.clock.monotonic()
+        recovered = self.journal.recover()
+        if recovered.torn:
+            self.counters["journal_torn_records"] += recovered.torn
+        memory = []
+        if recovered.sealed:
+            try:
+                self.store.put_many(recovered.sealed)
+            except StoreError as exc:
+                log.error("store: %s; keeping the %d batches of the journal in memory", exc, len(recovered.sealed))
+                memory = recovered.sealed
+        self.journal.start(now)
+        offset = self.pipeline.timebase.offset
+        items = [dataclasses.replace(item, t=item.t - offset) for item in recovered.items]
+        batches = self.pipeline.restore(items, now)
+        self.journal.append([(b, False) for b in memory], offset)
+        self.journal.append(self.pipeline.take_log(), offset)
+        self.journal.complete()
+        if recovered:
+            self.counters["journal_replayed_batches"] += len(recovered.sealed)
+            self.counters["journal_replayed_items"] += len(recovered.items)
+            log.warning("journal: the last run stopped without flushing; replayed %d sealed batches and %d open "
+                        "readings from %s", len(recovered.sealed), len(recovered.items), ", ".join(recovered.files))
+        self._pending.extend(memory)
+        self._enqueue(batches)
+
+    def _journal_soon(self):
+        """Move what entered the batcher into the journal's buffer; write it within ``JOURNAL_FLUSH_S``."""
+        log_entries = self.pipeline.take_log()
+        if log_entries:
+            self.journal.append(log_entries, self.pipeline.timebase.offset)
+        if self.journal.buffered and self._journal_timer is None:
+            if self._loop is None or not self._loop.is_running():
+                self._journal_flush()
+            else:
+                self._journal_timer = self._loop.call_later(JOURNAL_FLUSH_S, self._journal_flush)
+
+    def _journal_flush(self):
+        self._journal_timer = None
+        log_entries = self.pipeline.take_log()
+        if log_entries:
+            self.journal.append(log_entries, self.pipeline.timebase.offset)
+        try:
+            self.journal.flush()
+        except StoreError as exc:
+            self.counters["journal_errors"] += 1
+            if self.last_error != str(exc):
+                log.error("journal: %s; open readings are not kill-safe until it is writable", exc)
+            self.last_error = str(exc)
+
+    def _journal_rotate(self):
+        """A fresh journal file with what still matters: batches only in memory, and the open batch."""
+        self._journal_flush()
+        batcher = self.pipeline.batcher
+        try:
+            self.journal.rotate(list(self._pending), batcher.readings + batcher.events,
+                                self.pipeline.timebase.offset, self.clock.monotonic())
+        except StoreError as exc:
+            self.counters["journal_errors"] += 1
+            self.last_error = str(exc)
+            log.error("journal: %s", exc)
 
     def _drop_from_memory(self):
         # A batch being committed right now is on its way to disk: dropping (and counting) it would be a lie.
@@ -328,6 +422,8 @@ class Agent(Delivery, CommitTask):
                 next_retry = now + self.retry_every
                 await self._retry_quarantined()
             self._enqueue(self.pipeline.tick(now))
+            if self.journal is not None and self.journal.rotate_due(now):
+                self._journal_rotate()
             if self.store.sync_interval and self.store.sync_due(self.store.clock.monotonic()):
                 await self._sync()
 
@@ -366,6 +462,11 @@ class Agent(Delivery, CommitTask):
             self.cut()
             self._commit_wake.set()
             await self._wait(lambda: not self._pending, 10.0)
+            if self.journal is not None:
+                if self._journal_timer is not None:
+                    self._journal_timer.cancel()
+                self._journal_flush()
+                self.journal.close(remove=not self._pending)  # all committed: nothing in it is needed any more
             if drain_timeout:
                 await self._wait(lambda: self.depth()[0] == 0, drain_timeout)
             await _cancel(core)

@@ -44,6 +44,7 @@ class StoreSection:
     memory_batches: int = 256  # bounded RAM buffer used while the disk refuses writes
     sync_interval_s: float = 10.0  # the power-cut window for batches not yet delivered (0: fsync every commit)
     deliver_first: bool = True  # send a batch from memory first; write it only if unacknowledged after hold_s
+    journal: bool = True  # append the open batch's readings to an unsynced journal: kill-safe beyond hold_s
 
 
 @dataclass
@@ -52,6 +53,8 @@ class BatchSection:
     max_age_s: float = 10.0
     linger_s: float = 0.1  # nothing in flight: cut once the oldest reading waited this long (Nagle / linger)
     hold_s: float = 0.2  # in any case: cut and commit within this (the kill window, with the commit's few ms)
+    target_bytes_per_reading: float = 6.0  # the byte budget: grow a batch while that brings it under this (0: off)
+    budget_linger_s: float = 0.9  # ... for at most this long (the latency it may cost)
     time_quantum_s: float = 1.0
 
 
@@ -161,6 +164,8 @@ RANGES = {
     "batch.max_age_s": (0.01, DAY),
     "batch.linger_s": (0.0, DAY),
     "batch.hold_s": (0.01, DAY),
+    "batch.target_bytes_per_reading": (0.0, 1_000_000.0),
+    "batch.budget_linger_s": (0.0, DAY),
     "batch.time_quantum_s": (0.001, 3600.0),
     "uplink.timeout_s": (0.1, 3600.0),
     "uplink.backoff_min_s": (0.01, 3600.0),

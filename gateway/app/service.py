@@ -25,6 +25,7 @@ from gateway.core.clock import SystemClock
 from gateway.core.errors import ConfigError, KeyFileError, StoreError
 from gateway.core.model import Reading
 from gateway.core.pipeline import HEALTH_SENSOR
+from gateway.adapters.journal import SUFFIX as JOURNAL_SUFFIX, Journal
 from gateway.adapters.store import Store
 from gateway.adapters.uplink import SectionError, WARN, build_uplink, uplink_class
 
@@ -85,10 +86,11 @@ def build_agent(cfg, clock=None, homeassistant=None, **extra):
     if homeassistant is not None:
         from gateway.app.homeassistant import HomeAssistantTap
         rules = HomeAssistantTap(rules, homeassistant)
+    journal = Journal(store.path + JOURNAL_SUFFIX) if cfg.store.journal else None
     return Agent(gw=cfg.gateway.id, key=key, store=store, uplink=uplink, sources=sources, clock=clock,
                  batch=cfg.batch, rules=rules, backoff=(cfg.uplink.backoff_min_s, cfg.uplink.backoff_max_s),
                  max_pending=cfg.store.memory_batches, deliver_first=cfg.store.deliver_first,
-                 actions=build_actions(cfg, clock), **extra)
+                 actions=build_actions(cfg, clock), journal=journal, frame_bytes=uplink.frame_bytes, **extra)
 
 
 def report_last_stop(agent, previous, counts=None):

@@ -24,6 +24,7 @@ pipeline never asks the store or the sources itself.
 """
 
 import collections
+import zlib
 
 from gateway.core import senml, wire
 from gateway.core.batcher import Batcher, TimeBase
@@ -40,6 +41,11 @@ HEALTH_RIDE_ALONG = ("uptime_s", "disk_written_bytes", "disk_written_bytes_per_d
 HEALTH_MARKS = ("error", "dropped", "reopen", "restarts", "silent", "open_failed", "bad_value", "power_cycle",
                 "needs_reset")
 _NONE = ()
+#: the uplinks' deflate level (``gateway.adapters.uplink.base.DEFLATE_LEVEL``): the byte budget's estimate of a
+#: batch's size on the wire deflates it the same way
+WIRE_DEFLATE_LEVEL = 6
+#: the byte budget measures its cost model on one batch in this many (and on every batch until it has one)
+LEARN_EVERY = 8
 
 
 def bad_value(value, unit):
@@ -60,7 +66,7 @@ def _reported(key):
 
 class Pipeline:
     def __init__(self, *, gw, boot, signer, clock, batch=None, rules=None, health_interval=60.0,
-                 health_values=None, counters=None, on_event=None):
+                 health_values=None, counters=None, on_event=None, journaled=False, frame_bytes=0):
         self.gw = gw
         self.prefix = gw + "/"
         self.boot = boot
@@ -69,7 +75,14 @@ class Pipeline:
         self.clock = clock
         self.rules = rules
         self.batcher = Batcher(getattr(batch, "max_readings", 1000), getattr(batch, "max_age_s", 10.0),
-                               getattr(batch, "linger_s", None), getattr(batch, "hold_s", None))
+                               getattr(batch, "linger_s", None), getattr(batch, "hold_s", None),
+                               getattr(batch, "target_bytes_per_reading", 0.0), getattr(batch, "budget_linger_s", 0.0),
+                               journaled)
+        self.frame_bytes = frame_bytes  # the transport's bytes per batch besides the body (the byte budget)
+        self._learn_count = 0
+        #: with a journal: what entered the batcher (readings and events) and what was sealed, in order
+        #: (``take_log``); the shell writes it to the journal before the sealed batches leave memory
+        self.log = [] if journaled else None
         self.idle = False  # nothing in flight downstream (no batch waiting for the disk or the upstream)
         #: seq -> the monotonic time by which that batch must be on disk unless delivered: its oldest reading's
         #: arrival + ``hold_s`` (the kill window). The shell pops it when it takes the batch.
@@ -162,6 +175,20 @@ class Pipeline:
         sleeps until then, so a linger or hold cut is not late by a tick period."""
         return self.batcher.deadline(self.idle)
 
+    def restore(self, items, now):
+        """Readings and events a journal held open when the last run died, back into the batcher (no rules: they
+        passed them already). They are cut and sealed under this boot like any other."""
+        for item in items:
+            self._add(item, now)
+        return self._take()
+
+    def take_log(self):
+        """The journal entries since the last call: ``Reading``/``Event`` items that entered the batcher, and
+        ``(batch, consumed)`` for each sealed batch (``consumed``: it holds every item logged before it that no
+        earlier consuming batch holds; alarm batches hold none of them)."""
+        out, self.log = self.log, []
+        return out
+
     def flush(self, now):
         """At shutdown: what the rules still hold, then whatever the batcher holds (with health records)."""
         if self.rules is not None and hasattr(self.rules, "flush"):
@@ -179,6 +206,8 @@ class Pipeline:
         return out
 
     def _add(self, item, now):
+        if self.log is not None:
+            self.log.append(item)
         if self.batcher.add(item, now) or not self.first_cut or (self.idle and self.batcher.due(now, True)):
             # The first reading after start is committed at once: an installer sees data arrive within a second
             # of boot, and a crash loop still gets each boot's first reading out.
@@ -189,7 +218,7 @@ class Pipeline:
         self.counters["events"] += 1
         if event.alarm:
             self.counters["alarms"] += 1
-            self._seal([], [event], priority=1, commit_by=now)
+            self._seal([], [event], priority=1, commit_by=now, consumed=False)
         else:
             self._add(event, now)
         if self.on_event is not None:
@@ -197,11 +226,16 @@ class Pipeline:
 
     def _cut(self, now):
         oldest = self.batcher.oldest
-        readings, events = self.batcher.cut()
+        readings, events = self.batcher.cut(now)
         if self.last_health is None or now - self.last_health >= self.health_interval:
             readings = readings + self.health_readings(now)
         if readings or events:
+            # Deliver first: the time the upstream has to acknowledge the batch before it is written. A journaled
+            # batch is kill-safe in the journal already, so it gets ``hold`` from its cut; otherwise ``hold`` runs
+            # from its oldest reading (the kill window).
             commit_by = now if oldest is None else oldest + self.batcher.hold
+            if self.log is not None:
+                commit_by = max(commit_by, now + self.batcher.hold)
             self._seal(readings, events, priority=0, commit_by=commit_by)
 
     def health_readings(self, now):
@@ -216,17 +250,41 @@ class Pipeline:
                 out.append(Reading(HEALTH_SENSOR, key, value, None, now))
         return out
 
-    def _seal(self, readings, events, priority, commit_by):
+    def _seal(self, readings, events, priority, commit_by, consumed=True):
         """Encode and sign one batch; from here on its bytes never change."""
         synced = self.timebase.refresh()
         records = senml.encode_records(readings, events, self.prefix, time_quantum=self.time_quantum,
                                        time_offset=self.timebase.offset)
         payload = wire.encode_payload(self.gw, self.boot, self.seq, synced, records, self.timebase.anchor())
-        self._out.append(EncodedBatch(self.boot, self.seq, self.signer(payload), priority, len(readings),
-                                      len(events), self.clock.wall()))
+        batch = EncodedBatch(self.boot, self.seq, self.signer(payload), priority, len(readings), len(events),
+                             self.clock.wall())
+        self._out.append(batch)
+        if self.log is not None:
+            self.log.append((batch, consumed))
+        if self.batcher.target and not priority:
+            self._learn(readings, events, batch)
         self.commit_by[self.seq] = commit_by
         if len(self.commit_by) > 4096:  # a caller that never pops (a bench): keep it bounded
             del self.commit_by[next(iter(self.commit_by))]
         self.seq += 1
         self.counters["batches_cut"] += 1
         self.idle = False  # this batch is in flight now, until the shell says otherwise
+
+    def _learn(self, readings, events, batch):
+        """The byte budget's cost model (``Batcher.learn``): a batch of ``n`` records costs ``fixed + n * per_reading``
+        bytes on the wire (its signed bytes deflated as the uplinks do, plus the transport's frame). Deflate does
+        better on larger batches, so neither part is known in advance: now and then (``LEARN_EVERY`` batches) the
+        first half of a batch is encoded and deflated as well, and the two sizes give both parts."""
+        n = len(readings) + len(events)
+        self._learn_count += 1
+        if n < 8 or (self.batcher.per_reading is not None and self._learn_count % LEARN_EVERY
+                     and not self.batcher.probed):
+            return
+        half = n // 2
+        part = wire.encode_payload(self.gw, self.boot, batch.seq, self.timebase.synced,
+                                   senml.encode_records(readings[:half], events[:max(0, half - len(readings))],
+                                                        self.prefix, time_quantum=self.time_quantum,
+                                                        time_offset=self.timebase.offset), self.timebase.anchor())
+        size = len(zlib.compress(batch.data, WIRE_DEFLATE_LEVEL)) + self.frame_bytes
+        half_size = len(zlib.compress(self.signer(part), WIRE_DEFLATE_LEVEL)) + self.frame_bytes
+        self.batcher.learn(n, size, half, half_size)

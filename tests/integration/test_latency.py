@@ -31,6 +31,7 @@ def reading(t, v=1.0):
 
 def pipeline(clock, **batch):
     batch.setdefault("max_readings", 1000)
+    batch.setdefault("target_bytes_per_reading", 0.0)  # the ordinary rule; the byte budget: tests/unit/test_byte_budget.py
     return Pipeline(gw=GW, boot=1, signer=wire.Signer(keys.SigningKey.generate()), clock=clock,
                     batch=BatchSection(**batch), health_interval=1e9)
 

@@ -16,106 +16,21 @@ are at risk in the broker's queue rather than in the agent's store; the broker i
 more than 0.25 s before a kill (and every line of the last, cleanly stopped run) is at the receiver.
 """
 
-import fcntl
 import os
 import random
 import signal
-import sqlite3
-import struct
-import termios
-import threading
 import time
-import tty
 
 import pytest
 
 from gateway.adapters import boot_epoch
 from tests.support import reserve_port as free_port
-from tests.support.faults import GW, Receiver, killpg, prepare_store, spawn
+from tests.support.faults import Receiver, killpg, prepare_store, spawn
+from tests.support import wait_until
+from tests.support.feed import Feed, received_counter, stop_all, write_config
 from tests.support.mosquitto import Broker, have_mosquitto
 
 WINDOW = 0.25  # the promise: readings that arrived earlier than this before a kill survive it
-
-
-class Feed:
-    """Writes ``id=board-1 n=<k>`` lines to a pty at ``rate`` while ``counting``; a slow ``board-0`` probe else."""
-
-    def __init__(self):
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)  # the test keeps the slave open: settings and buffer survive agent restarts
-        self.path = os.ttyname(self.slave)
-        self.rate = 50
-        self.counting = False
-        self.written = []  # (k, monotonic time the write returned), for counted lines
-        self.n = 0
-        self.probe = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        next_at = time.monotonic()
-        while not self.stop.is_set():
-            if not self.counting:
-                self.probe += 1
-                os.write(self.master, b"id=board-0 n=%d\n" % self.probe)
-                self.stop.wait(0.05)
-                next_at = time.monotonic()
-                continue
-            os.write(self.master, b"id=board-1 n=%d\n" % self.n)
-            self.written.append((self.n, time.monotonic()))
-            self.n += 1
-            next_at += 1.0 / self.rate
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                self.stop.wait(delay)
-
-    def start(self):
-        self.thread.start()
-        return self
-
-    def drained(self):
-        """True when nothing written is left unread on the pty: the agent reads it."""
-        return struct.unpack("i", fcntl.ioctl(self.slave, termios.FIONREAD, b"\0\0\0\0"))[0] == 0
-
-    def close(self):
-        self.stop.set()
-        self.thread.join(5)
-        os.close(self.master)
-        os.close(self.slave)
-
-
-def write_config(state_dir, feed_path, uplink_toml):
-    path = os.path.join(state_dir, "config.toml")
-    with open(path, "w") as f:
-        f.write('[gateway]\nid = "%s"\nstate_dir = "%s"\nlog_level = "warning"\n%s\n[clock]\nmode = "synced"\n'
-                '[[sources]]\ntype = "serial"\nname = "lw"\nport = "%s"\nbaud = 115200\n'
-                % (GW, state_dir, uplink_toml, feed_path))
-    return path
-
-
-def query(db, sql, *args):
-    """Rows from a SQLite file another process writes (read-only; [] while it has no tables yet)."""
-    if not os.path.exists(db):
-        return []
-    con = sqlite3.connect("file:%s?mode=ro" % db, uri=True, timeout=5)
-    try:
-        return con.execute(sql, args).fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        con.close()
-
-
-def received_counter(db):
-    """The ``n`` values of ``board-1`` the receiver holds."""
-    return {int(v) for (v,) in query(db, "SELECT v FROM records WHERE gw = ? AND n LIKE '%board-1/n'", GW)}
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting for " + what
-        time.sleep(0.02)
 
 
 def run_loss_window(tmp_path, uplink_toml, receiver, cycles, seed):
@@ -141,8 +56,8 @@ def run_loss_window(tmp_path, uplink_toml, receiver, cycles, seed):
             proc = spawn(["run", "--config", config], log)
             # Ready: the agent started a new boot epoch and has read every probe line written meanwhile (the
             # probes piled up in the pty while no agent ran).
-            wait_for(lambda: boot_epoch.read(boot_file) != previous, 30, "a new boot epoch")
-            wait_for(feed.drained, 30, "the agent to read the pty")
+            wait_until(lambda: boot_epoch.read(boot_file) != previous, 30, "a new boot epoch")
+            wait_until(feed.drained, 30, "the agent to read the pty")
             assert proc.poll() is None, "agent exited early (%s)" % proc.returncode
             feed.rate = rates[i % len(rates)]
             start = len(feed.written)
@@ -164,11 +79,7 @@ def run_loss_window(tmp_path, uplink_toml, receiver, cycles, seed):
             required.update(k for k, t in feed.written[start:] if t <= kill_at - WINDOW)
             print("cycle", i, feed.rate, len(feed.written) - start, len(required), receiver_down)
     finally:
-        feed.close()
-        log.close()
-        if proc is not None:
-            killpg(proc)
-        receiver.stop()
+        stop_all(feed, log, proc, receiver)
     got = received_counter(receiver.db)
     assert len(required) > 500
     missing = sorted(required - got)

@@ -61,6 +61,9 @@ class Uplink(abc.ABC):
     """connect/send/close. ``send`` blocks; the agent runs it in a worker thread."""
 
     kind = "uplink"
+    #: about how many bytes one batch costs on the link besides its (deflated) body: the batcher's byte budget
+    #: counts them as part of every batch's fixed cost (``gateway.core.batcher``)
+    frame_bytes = 0
     schemes = ()  # URL schemes ``from_url`` takes
     #: how commands come down this uplink: "" (they cannot), "answer" (in the answers to ``send``, given to the
     #: sink), "subscribe" (a subscriber of its own on the same broker: ``gateway.adapters.downlink_mqtt``)

@@ -76,6 +76,7 @@ def parse_retry_after(value, now=None):
 
 class HttpUplink(Uplink):
     kind = "http"
+    frame_bytes = 180  # request line and headers (docs/performance.md, "Bytes on the wire")
     schemes = ("http", "https")
     downlink = "answer"
 

@@ -203,6 +203,7 @@ class Connection:
 
 class MqttUplink(Uplink):
     kind = "mqtt"
+    frame_bytes = 60  # PUBLISH header, topic, packet id, properties (docs/performance.md, "Bytes on the wire")
     schemes = ("mqtt", "mqtts")
     downlink = "subscribe"
 
