@@ -512,13 +512,16 @@ def test_salvage_drops_a_batch_whose_overflow_page_is_damaged_never_sends_it(tmp
     key = keys.SigningKey.from_seed(b"\x08" * 32)
     path = str(tmp_path / "queue.sqlite")
     store = Store(path, page_size=1024)
-    batches = signed_batches(key, 60, readings=800)  # a few KB deflated: each spills into overflow pages
+    batches = signed_batches(key, 60, readings=3000)  # a few KB deflated: each spills into overflow pages
     store.put_many(batches)
     store.close()
     con = sqlite3.connect(path)
     overflow = [p for (p,) in con.execute("SELECT pageno FROM dbstat WHERE name = 'batches' AND pagetype = "
                                           "'overflow' ORDER BY pageno")]
     con.close()
+    # the premise: 3 damaged overflow pages in 3 different batches (format 2 packs readings tighter than format 1
+    # did, so the batches had to grow to spill over)
+    assert len(overflow) >= 60, len(overflow)
     with open(path, "r+b") as f:
         for pageno in overflow[30:33]:
             f.seek((pageno - 1) * 1024)
