@@ -2,7 +2,8 @@
 over a real pty at fixed rates, delivering through a real Mosquitto (or HTTP) to a real ``edge-gateway receive``
 process; the agent's footprint against the number of sensors and against the size of its backlog; and the BLE path
 as deployed (bleak's BlueZ backend over D-Bus, against the mocked BlueZ). Part of ``edge-gateway bench``
-(``--e2e``, ``--curves``, ``--ble``; docs/performance.md).
+(``--sections e2e,curves,ble``; docs/performance.md). The broker is the test suite's (``tests/support/mosquitto.py``),
+so this runs from a checkout.
 
 Everything is bounded: each run has a fixed duration and a bounded wait for the last deliveries.
 """
@@ -10,7 +11,6 @@ Everything is bounded: each run has a fixed duration and a bounded wait for the 
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import sqlite3
@@ -21,7 +21,8 @@ import time
 import tty
 
 from gateway.adapters import keys
-from tools.bench_processes import GW, _p99, _receiver_process
+from tools.bench_processes import (DEAD_UPLINK, GW, _p99, _receiver_process, proc_cpu_s, proc_rss_mb,
+                                    queue_readings)
 
 E2E_RATES = (1, 20, 100, 1000, 4000)  # line-protocol readings per second, the issue's range
 E2E_SENSORS = 20
@@ -85,50 +86,6 @@ class Relay:
     def close(self):
         self._closed = True
         self.sock.close()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-class Mosquitto:
-    """A loopback Mosquitto with persistence off, for one bench run."""
-
-    def __init__(self, path):
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not os.path.exists(binary):
-            raise RuntimeError("mosquitto is not installed (Debian package mosquitto); bench --e2e needs it")
-        self.port = free_port()
-        conf = os.path.join(path, "mosquitto.conf")
-        with open(conf, "w") as f:
-            f.write("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\nlog_type error\n"
-                    "max_queued_messages 100000\n%s" % (self.port, "user root\n" if os.geteuid() == 0 else ""))
-        self.proc = subprocess.Popen([binary, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        if not wait_port(self.port):
-            self.stop()
-            raise RuntimeError("mosquitto did not start on port %d" % self.port)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 class Feeder:
@@ -211,26 +168,10 @@ def agent_config(path, port, uplink_toml, extra="", units='{temp = "Cel"}'):
     return config
 
 
-def proc_cpu_s(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def proc_rss_mb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
 
 
-def proc_write_bytes(pid):
-    with open("/proc/%d/io" % pid) as f:
-        for line in f:
-            if line.startswith("write_bytes:"):
-                return int(line.split()[1])
-    return 0
 
 
 def start_agent(config, log_path):
@@ -308,7 +249,8 @@ def bench_e2e(workdir, rate, seconds, transport="mqtt", sensors=E2E_SENSORS, qua
     feeder = Feeder(rate, sensors, quantities)
     try:
         if transport == "mqtt":
-            broker = Mosquitto(path)
+            from tests.support.mosquitto import Broker  # the suite's broker helper (bench runs from a checkout)
+            broker = Broker(os.path.join(path, "broker")).start()
             relay = Relay(broker.port)
             rx, _url, rx_db = _receiver_process(path, {"keys": [key.jwk(GW)]}, "rx",
                                                 extra=["--mqtt", "mqtt://127.0.0.1:%d/edge" % broker.port])
@@ -450,15 +392,12 @@ def bench_backlog(workdir, readings, drain_limit_s=300.0):
                         os.path.join(path, "agent.log"))
     startup = drained_s = None
     rss = 0.0
-    wb0 = 0
     try:
         deadline = started + drain_limit_s
         while time.monotonic() < deadline:
             if agent.poll() is not None:
                 break
             rss = max(rss, proc_rss_mb(agent.pid))
-            if not wb0:
-                wb0 = proc_write_bytes(agent.pid)
             received = _received_readings(rx_db)
             if startup is None and received:
                 startup = time.monotonic() - started
@@ -507,7 +446,7 @@ def bench_ble(workdir, devices=50, seconds=10.0, rate=300):
     config = os.path.join(path, "config.toml")
     with open(config, "w") as f:
         f.write('[gateway]\nid = "%s"\nstate_dir = "%s"\nlog_level = "warning"\n[uplink]\nurl = "%s"\n'
-                '[clock]\nmode = "synced"\n[[sources]]\ntype = "ble"\nname = "ble0"\n' % (GW, path, DEAD)
+                '[clock]\nmode = "synced"\n[[sources]]\ntype = "ble"\nname = "ble0"\n' % (GW, path, DEAD_UPLINK)
                 + "".join('[[sources.sensors]]\nmac = "%s"\n' % mac for mac in macs))
     sent = 0
     with BluezMock() as bt:
@@ -536,26 +475,12 @@ def bench_ble(workdir, devices=50, seconds=10.0, rate=300):
             rss = proc_rss_mb(agent.pid)
         finally:
             stop_process(agent)
-    committed = _committed_readings(path)
+    committed = queue_readings(path, timeout=1)
     return {"devices": devices, "adverts": sent, "adverts_per_s": sent / elapsed, "readings_committed": committed,
             "agent_cpu_s_per_1k_adverts": 1000.0 * cpu["agent"] / max(1, sent),
             "bus_cpu_s_per_1k_adverts": 1000.0 * cpu["bus"] / max(1, sent),
             "mock_cpu_s_per_1k_adverts": 1000.0 * cpu["mock"] / max(1, sent),
             "agent_cpu_percent": 100.0 * cpu["agent"] / elapsed, "rss_mb": rss}
-
-
-DEAD = "http://127.0.0.1:9/v1/batches"  # refused at once: the queue keeps every batch, so it can be counted
-
-
-def _committed_readings(state_dir):
-    try:
-        db = sqlite3.connect("file:%s?mode=ro" % os.path.join(state_dir, "queue.sqlite"), uri=True, timeout=1)
-        try:
-            return db.execute("SELECT COALESCE(SUM(readings), 0) FROM batches").fetchone()[0]
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return 0
 
 
 # -- the sections of ``edge-gateway bench`` -----------------------------------------------------------------------

@@ -34,6 +34,22 @@ def proc_cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def queue_readings(state_dir, timeout=0.05):
+    """Readings in the batches of the agent's queue in ``state_dir`` (read-only, from outside; 0 while there is none
+    or it is locked)."""
+    path = os.path.join(state_dir, "queue.sqlite")
+    if not os.path.exists(path):
+        return 0
+    try:
+        db = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=timeout)
+        try:
+            return db.execute("SELECT COALESCE(SUM(readings), 0) FROM batches").fetchone()[0]
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+
+
 # -- the real agent process, measured from outside -----------------------------------------------------------
 class AgentProcess:
     """``edge-gateway run`` on a line-protocol board over a pty, with its own state dir and config."""
@@ -70,17 +86,7 @@ class AgentProcess:
         return proc_cpu_s(self.proc.pid)
 
     def accepted(self):
-        path = os.path.join(self.dir, "queue.sqlite")
-        if not os.path.exists(path):
-            return 0
-        try:
-            db = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=0.05)
-            try:
-                return db.execute("SELECT COALESCE(SUM(readings), 0) FROM batches").fetchone()[0]
-            finally:
-                db.close()
-        except sqlite3.Error:
-            return 0
+        return queue_readings(self.dir)
 
     def stop(self):
         if self.proc and self.proc.poll() is None:

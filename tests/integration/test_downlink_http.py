@@ -25,7 +25,7 @@ from gateway.adapters import keys
 from gateway.app.config import to_toml
 from gateway.core import commands, wire
 from tests.support import closed_port, reserve_port, wait_until
-from tests.support.downlink import Gateway, cli, operator_setup
+from tests.support.downlink import CommandFiles, Gateway, cli, operator_setup
 from tests.support.faults import GW, Receiver, killpg, prepare_store, spawn
 from tools.sim.harness import PtyNode
 
@@ -84,16 +84,8 @@ def test_commands_over_http_through_the_reference_receiver(tmp_path):
                          "protocol": "lines", "units": {"temp": "Cel", "hum": "%RH"}}]}))
     gateway = Gateway(work, cfg_path, ready="operator keys, commands from")
 
-    def signed(name, *args, gw=GW, ttl="600"):
-        path = os.path.join(work, name)
-        cli("command", "sign", "--key", op_key, "--gw", gw, "--ttl", ttl, "--out", path, *args)
-        return path
-
-    def raw(name, data):
-        path = os.path.join(work, name)
-        with open(path, "wb") as f:
-            f.write(data)
-        return path
+    files = CommandFiles(work, op_key)
+    signed, raw = files.signed, files.raw
 
     def read(path):
         with open(path, "rb") as f:

@@ -16,7 +16,7 @@ from gateway.adapters import keys
 from gateway.app.config import to_toml
 from gateway.core import commands, wire
 from tests.support import reserve_port
-from tests.support.downlink import Gateway, cli, operator_setup, op_seq_of
+from tests.support.downlink import CommandFiles, Gateway, cli, operator_setup, op_seq_of
 from tests.support.downlink import await_outcomes as await_stored
 from tests.support.faults import GW, Receiver
 from tests.support.mosquitto import Broker, have_mosquitto
@@ -58,16 +58,8 @@ def test_commands_over_mqtt_applied_once_rejections_reported(tmp_path):
     receiver = Receiver(work, os.path.join(store, "jwks.json"), reserve_port(), mqtt=url).start()
     gateway = Gateway(work, cfg_path)
 
-    def signed(name, *args, gw=GW, ttl="600"):
-        path = os.path.join(work, name)
-        cli("command", "sign", "--key", op_key, "--gw", gw, "--ttl", ttl, "--out", path, *args)
-        return path
-
-    def raw(name, data):
-        path = os.path.join(work, name)
-        with open(path, "wb") as f:
-            f.write(data)
-        return path
+    files = CommandFiles(work, op_key)
+    signed, raw = files.signed, files.raw
 
     def config_text():
         with open(cfg_path) as f:

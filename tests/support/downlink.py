@@ -58,6 +58,25 @@ def operator_setup(work):
     return store, op_key, keys.load_private(op_key)
 
 
+class CommandFiles:
+    """Command files in ``work``: ``signed(name, ACTION, ARG...)`` through ``edge-gateway command sign`` with the
+    operator key ``op_key``; ``raw(name, bytes)`` for bytes made by hand (forged, expired, oversized ...)."""
+
+    def __init__(self, work, op_key):
+        self.work, self.op_key = work, op_key
+
+    def signed(self, name, *args, gw=GW, ttl="600"):
+        path = os.path.join(self.work, name)
+        cli("command", "sign", "--key", self.op_key, "--gw", gw, "--ttl", ttl, "--out", path, *args)
+        return path
+
+    def raw(self, name, data):
+        path = os.path.join(self.work, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+
 def op_seq_of(path):
     with open(path, "rb") as f:
         return cbor2.loads(cbor2.loads(f.read()).value[2])["op_seq"]
