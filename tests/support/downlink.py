@@ -1,5 +1,6 @@
-"""The downlink rig shared by tests/integration/test_downlink_mqtt.py and test_downlink_http.py: ``edge-gateway run``
-as a real process, the outcome records the receiver stored, the operator's CLI."""
+"""The downlink rig shared by tests/integration/test_downlink_mqtt.py, test_downlink_http.py and test_update.py:
+``edge-gateway run`` as a real process, the outcome records the receiver stored, the operator's CLI and the
+receiver's command status."""
 
 import json
 import os
