@@ -16,6 +16,7 @@ And in the agent's state directory (the service user's, written by the agent)::
     update-unproven          the version that gave up proving itself (the supervisor rolls it back)
     update-reported          the id of the last outcome the agent reported upstream
     update/                  bundles fetched or staged by the agent; update/request names the one to install
+                             (the updater consumes the request and removes the bundle after the install)
 
 Every file here is replaced atomically (``files.write_atomic``); the key=value format is what a POSIX shell reads
 with ``sed``, because the supervisor must work when no Python version does.

@@ -3,6 +3,7 @@
 
     edge-gateway update [--config FILE] FILE          install FILE now (a USB stick, a file the technician copied)
     edge-gateway update --staged [--config FILE]      the updater unit: install what the agent staged, if anything
+                                                      (the staged bundle is removed afterwards)
     edge-gateway update --rollback [--config FILE]    switch back to the previous version now
     edge-gateway update build ...                     build a bundle (operators: tools/update_build.py, through
                                                       gateway/cli.py, since the tools do not ship on a gateway)
@@ -62,13 +63,28 @@ def cmd_update(args):
             if bundle is None:
                 print("nothing staged")
                 return 0
-        install(bundle, cfg, python=args.python, user=_service_user(),
-                say=lambda text: print(text, flush=True))
+        try:
+            install(bundle, cfg, python=args.python, user=_service_user(),
+                    say=lambda text: print(text, flush=True))
+        finally:
+            if args.staged:
+                _discard(bundle)
     except GatewayError as exc:
         return _fail(str(exc))
     except OSError as exc:
         return _fail("%s%s" % (exc.filename + ": " if exc.filename else "", exc.strerror or exc))
     return _restart(args)
+
+
+def _discard(path):
+    """A staged bundle serves one install (its request is consumed first): removed afterwards, whatever the outcome,
+    so bundles do not pile up in the state directory (tens of MB each on an SD card)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        print("edge-gateway: update: cannot remove the staged bundle %s: %s" % (path, exc.strerror), file=sys.stderr)
 
 
 def _service_user():

@@ -25,18 +25,12 @@ from gateway.adapters import keys
 from gateway.app.config import to_toml
 from gateway.core import commands, wire
 from tests.support import closed_port, reserve_port, wait_until
-from tests.support.downlink import CommandFiles, Gateway, cli, operator_setup
+from tests.support.downlink import CommandFiles, Gateway, await_commands, cli, operator_setup
 from tests.support.faults import GW, Receiver, killpg, prepare_store, spawn
 from tools.sim.harness import PtyNode
 
 pytestmark = pytest.mark.integration
 CHECK_S = 5.0
-
-
-def status(db):
-    """``command status --json``: ``{(kid, op_seq): row}`` (a replay has the digest of what it replays)."""
-    rows = [json.loads(line) for line in cli("command", "status", "--db", db, "--gw", GW, "--json").splitlines()]
-    return {(row["kid"], row["op_seq"]): row for row in rows}
 
 
 def inject(db, data, op_seq):
@@ -96,13 +90,7 @@ def test_commands_over_http_through_the_reference_receiver(tmp_path):
             return f.read()
 
     def settled(ids, what, timeout=30):
-        """Wait until each command (``(kid, op_seq)``) has a final outcome at the receiver; returns the status."""
-        try:
-            wait_until(lambda: all(status(receiver.db).get(i, {}).get("state") not in (None, "queued", "checking")
-                                   for i in ids), timeout, what)
-        except AssertionError as exc:
-            raise AssertionError("%s; status: %r" % (exc, status(receiver.db))) from None
-        return status(receiver.db)
+        return await_commands(receiver.db, ids, what, timeout)
 
     exp = int(time.time())
 

@@ -1,7 +1,9 @@
 """Updating the agent in the field, in a temporary root: signed bundles of versions the test builds (0.1.0 as
 installed, 0.1.1 good, 0.1.2 an agent that exits at start, 0.0.9 for a downgrade), installed with
 ``edge-gateway update`` run from the installed version, the supervisor (deploy/supervise.sh) run as the unit's
-``ExecStartPre=`` would be, and the agent delivering to the reference receiver on loopback.
+``ExecStartPre=`` would be, and the agent delivering to the reference receiver on loopback. The last test takes the
+whole downlink path with real processes: ``command sign``/``send --http`` -> ``edge-gateway receive --operators`` ->
+the running agent -> a bundle server on loopback -> ``update --staged`` -> the new agent -> the outcomes upstream.
 
 Wheels are built once per session; each install is a real virtualenv filled offline by pip from the bundle
 (~4 s). No systemd: the tests play its part (supervisor, then the agent; again when it exits).
@@ -10,6 +12,7 @@ Wheels are built once per session; each install is a real virtualenv filled offl
 import hashlib
 import io
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -23,7 +26,9 @@ from gateway.adapters import keys
 from gateway.app.config import load
 from gateway.app.update_install import STEPS, install
 from gateway.core.update import UpdateError
-from tests.support import ROOT, receiver_server, wait_until
+from tests.support import ROOT, receiver_server, reserve_port, wait_until
+from tests.support.downlink import await_commands, cli
+from tests.support.faults import Receiver
 from tests.support.update import CRASHING_RUN, version_wheelhouse
 from tools.update_build import build
 
@@ -53,9 +58,11 @@ def bundles(tmp_path_factory, wheels):
 
 
 class Site:
-    """One installed gateway in a temporary root, delivering to an in-process receiver."""
+    """One installed gateway in a temporary root, delivering to an in-process receiver; with ``operators`` (an
+    operator JWK Set), to ``edge-gateway receive --operators`` as a process instead, and taking signed commands from
+    its answers."""
 
-    def __init__(self, tmp_path, wheels, bundles, uplink=None):
+    def __init__(self, tmp_path, wheels, bundles, uplink=None, operators=None):
         self.tmp = tmp_path
         self.root = tmp_path / "root"
         self.root.mkdir()
@@ -64,15 +71,23 @@ class Site:
         prov = tmp_path / "prov"
         run([sys.executable, "-m", "gateway.cli", "provision", "--gateway-id", GW, "--uplink", "http://127.0.0.1:9/",
              "--out", str(prov), "--state-dir", str(self.state)])
-        self.receiver = receiver_server(tmp_path / "recv.sqlite", keys.TrustStore.load(str(prov / "jwks.json")))
+        if operators:
+            self.receiver = Receiver(str(tmp_path), str(prov / "jwks.json"), reserve_port(),
+                                     db=str(tmp_path / "recv.sqlite"), operators=operators)  # started below
+            extra = '[clock]\nmode = "synced"\n\n[downlink]\noperators = "%s"\npoll_s = 5.0\n' % operators
+        else:
+            self.receiver = receiver_server(tmp_path / "recv.sqlite", keys.TrustStore.load(str(prov / "jwks.json")))
+            extra = ""
         run(["sh", os.path.join(DEPLOY, "install.sh"), "--root", str(self.root), "--wheelhouse", wheels, "--config",
              str(prov / GW / "config.toml"), "--key", str(prov / GW / "key.pem"), "--python", BASE_PYTHON])
         self.cfg = str(self.root / "etc/edge-gateway/config.toml")
         text = open(self.cfg).read().replace("http://127.0.0.1:9/", uplink or self.receiver.url)
         with open(self.cfg, "w") as f:
-            f.write(text + '\n[batch]\nmax_age_s = 0.5\n\n[update]\nbase = "%s"\noperators = "%s"\nprove_s = 4\n'
-                    % (self.base, bundles["operators"]))
+            f.write(text + '\n[batch]\nmax_age_s = 0.5\n\n[update]\nbase = "%s"\noperators = "%s"\nprove_s = 4\n\n%s'
+                    % (self.base, bundles["operators"], extra))
         self.proc = None
+        if operators:
+            self.receiver.start()
 
     def current(self):
         return os.readlink(self.base / "current")
@@ -119,7 +134,8 @@ class Site:
     def close(self):
         self.stop()
         self.receiver.stop()
-        self.receiver.receiver.close()
+        if not isinstance(self.receiver, Receiver):
+            self.receiver.receiver.close()
 
 
 def clean_env(**extra):
@@ -286,9 +302,10 @@ def test_sigkill_at_each_step_leaves_a_startable_install(site, bundles):
 
 
 class RangeServer:
-    """A bundle over HTTP on loopback that honours Range, and cuts its first answer off half-way (a dropped link)."""
+    """A bundle over HTTP on loopback that honours Range, and (``cut``) cuts its first answer off half-way (a dropped
+    link)."""
 
-    def __init__(self, data):
+    def __init__(self, data, cut=True):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
         import threading
         self.ranges = []
@@ -304,7 +321,7 @@ class RangeServer:
                     self.send_header("Content-Range", "bytes %d-%d/%d" % (start, len(data) - 1, len(data)))
                 self.send_header("Content-Length", str(len(data) - start))
                 self.end_headers()
-                body = data[start:] if len(server.ranges) > 1 else data[:len(data) // 2]
+                body = data[start:] if len(server.ranges) > 1 or not cut else data[:len(data) // 2]
                 self.wfile.write(body)
                 self.close_connection = True
 
@@ -356,8 +373,60 @@ def test_the_signed_update_command_fetches_resumes_stages_and_the_updater_instal
     assert (site.state / "update/request").read_text().strip() == "bundle-0.1.1.tar"
     out = site.cli("update", "--staged", "--config", site.cfg).stdout
     assert "switched to 0.1.1" in out and site.current() == "versions/0.1.1"
-    assert not (site.state / "update/request").exists()
+    assert os.listdir(site.state / "update") == []  # the request consumed, the bundle removed
     assert site.cli("update", "--staged", "--config", site.cfg).stdout.strip() == "nothing staged"
     site.start()
     wait_until(lambda: site.records(GW + "/update/0.1.1"), 20, "the switch reported by the new agent")
     assert site.records(GW + "/update/0.1.1")[0][1].startswith("switched: switched 0.1.1 (from 0.1.0)")
+
+
+@pytest.mark.timeout(300)
+def test_a_signed_update_command_through_the_reference_receiver_updates_the_running_agent(tmp_path, wheels, bundles):
+    """The downlink path end to end, with real processes: the operator signs ``update URL SHA256`` and queues it
+    at ``edge-gateway receive --operators``; the running 0.1.0 agent gets it in the answer to a batch, fetches the
+    bundle from a loopback HTTP server, verifies and stages it; the updater (``update --staged``, what the path
+    unit runs) installs and switches; the restarted 0.1.1 proves itself; every outcome arrives at the receiver."""
+    site = Site(tmp_path, wheels, bundles, operators=bundles["operators"])
+    data = open(bundles["0.1.1"], "rb").read()
+    server = RangeServer(data, cut=False)
+    op_pem = str(tmp_path / "operator.pem")
+    keys.write_private(op_pem, bundles["key"])
+    db = site.receiver.db
+    try:
+        site.start()
+        wait_until(lambda: ("%s/health/update.running" % GW, "0.1.0") in site.records(GW + "/health/update.running"),
+                   20, "the 0.1.0 agent's first delivery")
+        cmd = str(tmp_path / "update.cose")
+        cli("command", "sign", "--key", op_pem, "--gw", GW, "--out", cmd, "update", server.url,
+            digest(bundles["0.1.1"]))
+        assert "queued" in cli("command", "send", "--http", site.receiver.url, cmd)
+        command = (bundles["key"].kid, 1)  # (operator key, op_seq)
+        row = await_commands(db, [command], "the update command's outcome", 60, gw=GW)[command]
+        assert (row["action"], row["state"]) == ("update", "applied"), row
+        assert "fetched %d bytes; bundle 0.1.1 verified (replaces 0.1.0" % len(data) in row["outcome"], row
+        assert server.ranges == [None]  # one whole download
+        assert (site.state / "update/request").read_text().strip() == "bundle-0.1.1.tar"
+        assert site.current() == "versions/0.1.0"  # the agent stages; only root's updater installs
+
+        # edge-gateway-update.path sees update/request and runs the updater while 0.1.0 still runs
+        out = site.cli("update", "--staged", "--config", site.cfg).stdout
+        assert "switched to 0.1.1" in out and site.current() == "versions/0.1.1", out
+        assert os.listdir(site.state / "update") == []  # the request consumed, the bundle removed
+        # its "systemctl restart": the agent stops, the supervisor starts the trial, 0.1.1 runs
+        assert site.stop() == 0
+        site.start()
+        wait_until(lambda: any(vs.startswith("kept") for _, vs in site.records(GW + "/update/0.1.1")), 30,
+                   "the new version's proof upstream")
+        assert (site.state / "update-proven").read_text().strip() == "0.1.1"
+        states = [vs.split(":")[0] for _, vs in site.records(GW + "/update/0.1.1")]
+        assert states == ["switched", "kept"], states
+        assert site.records(GW + "/health/update.running")[-1] == ("%s/health/update.running" % GW, "0.1.1")
+        assert site.records(GW + "/health/update.previous")[-1][1] == "0.1.0"
+        assert site.stop() == 0
+        site.supervise()  # the next start ends the trial: kept
+        assert site.fields("update-outcome")["outcome"] == "kept" and not (site.base / "trial").exists()
+        table = cli("command", "status", "--db", db, "--gw", GW)  # what the operator reads
+        assert re.search(r"\b1\s+update\s+applied\b", table), table
+    finally:
+        server.close()
+        site.close()

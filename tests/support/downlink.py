@@ -1,6 +1,8 @@
-"""The downlink rig shared by tests/integration/test_downlink_mqtt.py and test_downlink_http.py: ``edge-gateway run``
-as a real process, the outcome records the receiver stored, the operator's CLI."""
+"""The downlink rig shared by tests/integration/test_downlink_mqtt.py, test_downlink_http.py and test_update.py:
+``edge-gateway run`` as a real process, the outcome records the receiver stored, the operator's CLI and the
+receiver's command status."""
 
+import json
 import os
 import signal
 import sqlite3
@@ -37,6 +39,24 @@ def await_outcomes(db, expected, what, timeout=30):
     except AssertionError as exc:
         raise AssertionError("%s; the receiver holds %r" % (exc, outcomes(db))) from None
     return outcomes(db)
+
+
+def command_status(db, gw=GW):
+    """``command status --db DB --json``: ``{(kid, op_seq): row}`` (a replay has the digest of what it replays)."""
+    rows = [json.loads(line) for line in cli("command", "status", "--db", db, "--gw", gw, "--json").splitlines()]
+    return {(row["kid"], row["op_seq"]): row for row in rows}
+
+
+def await_commands(db, ids, what, timeout=30, gw=GW):
+    """Wait until each command (``(kid, op_seq)``) has a final state at the receiver; returns ``command_status``."""
+    def final():
+        states = command_status(db, gw)
+        return all(states.get(i, {}).get("state") not in (None, "queued", "checking") for i in ids)
+    try:
+        wait_until(final, timeout, what)
+    except AssertionError as exc:
+        raise AssertionError("%s; status: %r" % (exc, command_status(db, gw))) from None
+    return command_status(db, gw)
 
 
 def cli(*args, ok=True):
