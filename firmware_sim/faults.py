@@ -14,6 +14,7 @@ pacing (default 200), ``disconnect`` close the line and exit with status 0.
 Randomness is a xorshift32 seeded by ``--seed``, so MicroPython and CPython emit the same bytes.
 """
 
+import argparse
 import sys
 
 try:
@@ -70,27 +71,29 @@ def parse_fault(text):
 
 
 def parse_args(argv, options):
-    """A tiny ``--name value`` parser (MicroPython has no argparse). ``options`` maps name -> default; returns
-    (dict, schedule) where schedule maps N -> [(kind, arg), ...] from ``--fault KIND[:ARG]@N``."""
-    values = dict(options)
+    """``--name value`` options through argparse (the unix port ships micropython-lib's). ``options`` maps name ->
+    default, whose type converts the value (``--start-temp 3.5``: ``start_temp``). Returns (dict, schedule) where
+    schedule maps N -> [(kind, arg), ...] from ``--fault KIND[:ARG]@N``. ``--fault`` repeats, which
+    micropython-lib's argparse cannot (no ``action="append"``), so it is taken out of ``argv`` first. A bad option
+    prints the usage and exits with status 2."""
     schedule = {}
+    rest = []
     i = 0
     while i < len(argv):
-        name = argv[i]
-        if not name.startswith("--") or i + 1 >= len(argv):
-            raise ValueError("bad argument %r" % name)
-        key = name[2:].replace("-", "_")
-        value = argv[i + 1]
-        i += 2
-        if key == "fault":
-            spec, _, at = value.partition("@")
+        if argv[i] == "--fault" and i + 1 < len(argv):
+            spec, _, at = argv[i + 1].partition("@")
             schedule.setdefault(int(at or "0"), []).append(parse_fault(spec))
-        elif key in values:
-            default = values[key]
-            values[key] = type(default)(value) if default is not None else value
+            i += 2
         else:
-            raise ValueError("unknown option %r" % name)
-    return values, schedule
+            rest.append(argv[i])
+            i += 1
+    parser = argparse.ArgumentParser()
+    for name, default in options.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
+                            help="default %s" % (default,))
+    parser.add_argument("--fault", help="KIND[:ARG]@N, repeatable: %s" % ", ".join(KINDS))
+    args = parser.parse_args(rest)
+    return dict((name, getattr(args, name)) for name in options), schedule
 
 
 def now_ms():

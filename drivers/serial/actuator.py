@@ -48,6 +48,7 @@ class ActuatorBoard:
         self.states = {}  # channel -> 0/1: what the board said in its last ACK
         self.history = collections.deque(maxlen=64)
         self.alive = None  # None: not heard yet; True; False: dead (reported)
+        self.last_ack = None  # stamp() of the board's last reply (a command's or a keep-alive's)
         self.connected = False
         self._queue = collections.deque()  # channels whose wanted state is to be sent
         self._queued_at = {}
@@ -66,8 +67,9 @@ class ActuatorBoard:
 
     def status(self):
         return {"name": self.name, "port": self.port, "connected": self.connected,
-                "state": {None: "unknown", True: "alive", False: "dead"}[self.alive], "wanted": dict(self.wanted),
-                "board": dict(self.states), "counters": dict(self.counters)}
+                "state": {None: "unknown", True: "alive", False: "dead"}[self.alive], "last_ack": self.last_ack,
+                "channels": list(self.config.channels), "wanted": dict(self.wanted), "board": dict(self.states),
+                "counters": dict(self.counters)}
 
     # -- the task ---------------------------------------------------------------------------------------------
     async def run(self):
@@ -181,6 +183,7 @@ class ActuatorBoard:
             finally:
                 self._expect = None
             self.counters["acked"] += 1
+            self.last_ack = self.stamp()
             if entry is not None:
                 entry["acked"] = loop.time()
             self._alive()

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 #: the health records local actions add (docs/wire-format.md, "Health records"; the pipeline sends the names with
 #: ``error`` or ``dropped`` in them)
 HEALTH = ("actuator.<board>.error.<reason>", "program.<action>.error.<reason>", "program.<action>.dropped_busy")
+#: a program action's counters (gateway/adapters/programs.py), as ``status()`` reports them
+PROGRAM_COUNTERS = ("runs", "ok", "error.exit", "error.timeout", "error.spawn", "dropped_busy")
 
 
 def event_env(event, action, gw):
@@ -103,9 +105,11 @@ class ActionRunner:
         return values
 
     def status(self):
+        programs = [dict(name=a.name, **{k: self.programs.counters["%s.%s" % (a.name, k)] for k in PROGRAM_COUNTERS})
+                    for a in self.planner.actions if a.program]
         return {"boards": [b.status() for b in self.boards.values()],
                 "outputs": {"%s/%s" % k: on for k, on in self.planner.wanted().items()},
-                "counters": self.health_values()}
+                "programs": programs, "counters": self.health_values()}
 
 
 def build_actions(cfg, clock):

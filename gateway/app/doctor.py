@@ -11,29 +11,36 @@ new version is on trial or after a rollback); a config holding the PIN hash or a
 others (WARN); transport (a WARN when the uplink is plain text (``http://`` or MQTT
 without TLS) to a host other than this machine); clock synchronised (kernel adjtimex);
 the state directory is writable (a probe file is written, fsynced and removed there, as the store and the
-boot epoch will); free disk for the store bound; serial ports present and read/write; BLE adapter present and powered (BlueZ over
+boot epoch will); free disk for the store bound; serial ports (sources and ``[[actuators]]`` boards) present and
+read/write; BLE adapter present and powered (BlueZ over
 D-Bus, ``org.bluez.Adapter1.Powered``; only a WARN when no BLE source is configured); uplink reachable with a
 valid TLS certificate (HTTP: an ``OPTIONS`` request to the batch URL, which a batch endpoint answers 2xx and a
-wrong path 404, a FAIL; MQTT: TCP and, with ``tls``, a verified TLS handshake). With ``[downlink] operators``:
+wrong path 404, a FAIL; MQTT: TCP and, with ``tls``, a verified TLS handshake); with ``[homeassistant]`` on, its
+broker likewise (a password in clear to another host is a WARN); with ``[metrics] listen``, the port free to bind
+or served by this gateway's running agent (in use by another program is a FAIL). With ``[downlink] operators``:
 the operator trust store (present, a JWK Set of valid public Ed25519 keys, none bound to a gateway with ``gw``,
 not writable by group or others, since whoever can write it can command the gateway), the applied-sequence state
 readable, and no uplink check left pending (``downlink-check.json``).
 """
 
 import asyncio
+import errno
+import http.client
 import os
 import shutil
+import socket
 import stat
 import sys
 import tempfile
+import urllib.parse
 from dataclasses import dataclass
 
 from gateway.adapters import keys
 from gateway.core.clock import kernel_clock_synced
-from gateway.app.config import load
+from gateway.app.config import load, parse_listen
 from gateway.core.errors import ConfigError, KeyFileError
 from gateway.adapters.uplink import FAIL as PROBE_FAIL, OK as PROBE_OK, SectionError, build_uplink, uplink_class
-from gateway.core.redact import redact_text
+from gateway.core.redact import is_loopback, redact_text
 
 DEFAULT_CONFIG = "/etc/edge-gateway/config.toml"
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
@@ -77,8 +84,10 @@ def check_key(cfg):
 
 def check_config_mode(cfg):
     """The config holds the PIN hash and broker passwords: nobody but its owner should read it."""
+    ha = cfg.homeassistant.broker if cfg.homeassistant is not None and cfg.homeassistant.enabled else ""
     secrets = [k for k, v in (("console.pin_hash", cfg.console.pin_hash), ("uplink.mqtt.password",
-                                                                          cfg.uplink.mqtt.password)) if v]
+                                                                          cfg.uplink.mqtt.password),
+                              ("the homeassistant.broker password", urllib.parse.urlsplit(ha).password)) if v]
     try:
         mode = stat.S_IMODE(os.stat(cfg.file).st_mode)
     except (OSError, TypeError):
@@ -174,21 +183,26 @@ def check_disk(cfg):
     return Check(PASS, "disk", detail)
 
 
+def _port(check, name, port):
+    """A serial port the agent opens: present, and readable and writable by this user. Not opened here: opening a
+    tty raises DTR, which resets many boards (an actuator board would switch its relay off)."""
+    if not port or not os.path.exists(port):
+        return Check(FAIL, check, "%s: %s does not exist" % (name, port or "(no port)"),
+                     "plug the adapter in; list names with: ls -l /dev/edge-gateway/ /dev/serial/by-id/")
+    if not os.access(port, os.R_OK | os.W_OK):
+        return Check(FAIL, check, "%s: %s is not readable and writable" % (name, port),
+                     "add the service user to the dialout group, or check the udev rule's GROUP/MODE")
+    return Check(PASS, check, "%s: %s" % (name, os.path.realpath(port)))
+
+
 def check_serial(cfg):
-    out = []
-    for i, src in enumerate(cfg.sources):
-        if src.get("type") != "serial":
-            continue
-        name, port = src.get("name") or "serial%d" % i, src.get("port", "")
-        if not port or not os.path.exists(port):
-            out.append(Check(FAIL, "serial", "%s: %s does not exist" % (name, port or "(no port)"),
-                             "plug the adapter in; list names with: ls -l /dev/edge-gateway/ /dev/serial/by-id/"))
-        elif not os.access(port, os.R_OK | os.W_OK):
-            out.append(Check(FAIL, "serial", "%s: %s is not readable and writable" % (name, port),
-                             "add the service user to the dialout group, or check the udev rule's GROUP/MODE"))
-        else:
-            out.append(Check(PASS, "serial", "%s: %s" % (name, os.path.realpath(port))))
-    return out
+    return [_port("serial", src.get("name") or "serial%d" % i, src.get("port", ""))
+            for i, src in enumerate(cfg.sources) if src.get("type") == "serial"]
+
+
+def check_actuators(cfg):
+    """Each ``[[actuators]]`` board's port, as the serial sources' (a board the agent cannot open is dead at once)."""
+    return [_port("actuator", board.name, board.port) for board in cfg.actuator_configs]
 
 
 async def _bluez_adapters(timeout):
@@ -247,6 +261,67 @@ def check_uplink(cfg):
         uplink.close()
 
 
+def check_homeassistant(cfg, timeout=3.0):
+    """With ``[homeassistant] enabled``: its broker reachable (TCP, and a verified TLS handshake for ``mqtts://``),
+    and its password not sent in clear to another machine. None when it is off."""
+    section = cfg.homeassistant
+    if section is None or not section.enabled:
+        return None
+    from gateway.adapters.uplink.mqtt import parse_url, probe_broker
+    broker = parse_url(section.broker)
+    probe = probe_broker(broker["host"], broker["port"], broker["tls"], timeout, (section.ca_file or None, None, None),
+                         ca_key="homeassistant.ca_file")
+    if probe.status != PROBE_OK:
+        return Check(FAIL, "homeassistant", "%s (Home Assistant's broker)" % probe.message,
+                     "%s; or fix homeassistant.broker" % probe.fix)
+    if broker["password"] and not broker["tls"] and not is_loopback(broker["host"]):
+        return Check(WARN, "homeassistant", "%s: the broker password travels in clear" % probe.message,
+                     "use mqtts:// and the broker's TLS port (usually 8883) in homeassistant.broker")
+    return Check(PASS, "homeassistant", "%s (Home Assistant's broker)" % probe.message)
+
+
+def _serves_metrics(host, port, gw, timeout):
+    """True when ``http://host:port/metrics`` is this gateway's running agent (its ``edge_gateway_build`` line)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/metrics")
+        reply = conn.getresponse()
+        body = reply.read(1 << 20).decode("utf-8", "replace")
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+    return reply.status == 200 and any(line.startswith("edge_gateway_build_info{") and 'gw="%s"' % gw in line
+                                       for line in body.splitlines())
+
+
+def check_metrics(cfg, timeout=3.0):
+    """``[metrics] listen``: an address of this machine and a port the agent can bind (at start, a port in use stops
+    it with exit 78), unless this gateway's running agent already serves it. None when it is off."""
+    if not cfg.metrics.listen:
+        return None
+    listen = cfg.metrics.listen
+    host, port = parse_listen(listen)
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the agent's listener
+                sock.bind(address)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE and _serves_metrics(host, port, cfg.gateway.id, timeout):
+            return Check(PASS, "metrics", "%s: served by the running agent" % listen)
+        if exc.errno == errno.EADDRINUSE:
+            return Check(FAIL, "metrics", "%s is in use by another program: the agent would stop at start (exit 78)"
+                         % listen, "choose a free port for metrics.listen, or stop what holds it (ss -ltnp "
+                         "'sport = :%d')" % port)
+        if exc.errno == errno.EACCES:
+            return Check(FAIL, "metrics", "%s: port %d needs root" % (listen, port),
+                         "use a port above 1023 in metrics.listen, e.g. 9108")
+        return Check(FAIL, "metrics", "cannot listen on %s: %s" % (listen, exc.strerror or exc),
+                     "use 127.0.0.1 or an address of this machine (ip -brief addr) in metrics.listen")
+    return Check(PASS, "metrics", "%s free: GET /metrics is served there while the agent runs" % listen)
+
+
 def check_operators(cfg):
     """The downlink's trust root (None when the downlink is off)."""
     path = cfg.downlink.operators
@@ -291,12 +366,15 @@ def run_checks(config_path, quick=False):
     checks += [c for c in (check_operators(cfg),) if c]
     if quick:
         return checks
-    checks += [check_clock(), check_state_dir(cfg), check_disk(cfg)] + check_serial(cfg) + [check_ble(cfg), check_uplink(cfg)]
+    checks += [check_clock(), check_state_dir(cfg), check_disk(cfg)] + check_serial(cfg) + check_actuators(cfg)
+    checks += [check_ble(cfg), check_uplink(cfg)]
+    checks += [c for c in (check_homeassistant(cfg), check_metrics(cfg)) if c]
     return checks
 
 
 def register(subparsers):
-    p = subparsers.add_parser("doctor", help="check this gateway: config, key, clock, state directory, disk, serial, BLE, uplink")
+    p = subparsers.add_parser("doctor", help="check this gateway: config, key, clock, state directory, disk, serial "
+                              "ports, actuator boards, BLE, uplink, Home Assistant's broker, metrics port")
     p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE", help="the config to check (default %s)"
                    % DEFAULT_CONFIG)
     p.add_argument("--quick", action="store_true", help="config, key, transport and versions only (no network, "

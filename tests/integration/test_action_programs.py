@@ -53,6 +53,9 @@ def test_the_program_gets_the_event_and_its_output_is_logged(caplog, monkeypatch
     assert r.programs.last_exit == {"site-buzzer": 0, "failing": 3}
     assert "program for action failing: %s exited with status 3" % sys.executable in lines
     assert r.health_values()["program.failing.error.exit"] == 1
+    programs = {p["name"]: p for p in r.status()["programs"]}  # what the console's status shows
+    assert (programs["failing"]["runs"], programs["failing"]["ok"], programs["failing"]["error.exit"]) == (1, 0, 1)
+    assert (programs["site-buzzer"]["ok"], programs["site-buzzer"]["dropped_busy"]) == (1, 0)
 
 
 def test_a_hung_program_is_killed_and_a_missing_one_counted():

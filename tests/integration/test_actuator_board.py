@@ -69,6 +69,7 @@ def test_each_command_is_acknowledged_with_the_board_state(tmp_path):
 
     async def steps():
         await async_wait_until(lambda: rig.board.alive, 10, "the first keep-alive answered")
+        assert 0 <= time.monotonic() - rig.board.status()["last_ack"] < 5  # stamped on the stamp() clock
         rig.board.set("buzzer", True)
         entry = await async_wait_until(lambda: rig.acked("buzzer", True) and rig.board.history[-1], 5, "the ack")
         assert entry["acked"] - entry["queued"] < 2.0  # real time, a generous bound (it is milliseconds)
@@ -137,7 +138,8 @@ def test_a_killed_board_is_reported_dead_and_back(tmp_path):
         assert time.monotonic() - killed < 3.0  # (retries + 1) * ack_timeout after the next ping, and a margin
         assert dead[0].state == "raised" and dead[0].alarm and dead[0].sensor == "ward-3"
         assert rig.board.alive is False and rig.board.counters["error.no_ack"] >= 1
-        assert rig.board.status()["state"] == "dead"
+        status = rig.board.status()
+        assert status["state"] == "dead" and status["wanted"] == {"buzzer": True} and status["last_ack"] < killed
         rig.node.replug()  # a new board on the same stable name
         await async_wait_until(lambda: any(e.name == DEAD and e.state == "cleared" for e in rig.events), 10,
                                "actuator_dead cleared")

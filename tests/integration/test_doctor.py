@@ -1,6 +1,7 @@
 """edge-gateway doctor: each check against the real thing (files, a loopback HTTPS server, BlueZ on a private bus)."""
 
 import argparse
+import dataclasses
 import datetime
 import http.server
 import io
@@ -215,3 +216,94 @@ def test_operators_trust_store(tmp_path):
         assert rc == 1 and words in line(lines, "operators"), lines
     ops.write_text("{")
     assert "not valid JSON" in line(doctor_run(cfg, quick=True)[1], "operators")
+
+
+# -- actuator boards, Home Assistant's broker, the metrics port ---------------------------------------------------
+ACTIONS = '\n[[actuators]]\nname = "ward-3"\nport = "%s"\n\n[[actions]]\nname = "buzz"\non = "alarm"\n' \
+          'actuator = "ward-3"\nchannel = "buzzer"\n'
+
+
+def test_each_actuator_port_is_checked_like_a_serial_source(tmp_path):
+    master, slave = os.openpty()  # a real pseudo-terminal, as a USB serial adapter is a tty
+    try:
+        cfg, _ = make_gateway(tmp_path, sources=ACTIONS % os.ttyname(slave))
+        rc, lines = doctor_run(cfg)
+        assert line(lines, "actuator") == "PASS actuator ward-3: %s" % os.path.realpath(os.ttyname(slave))
+    finally:
+        os.close(master)
+        os.close(slave)
+    cfg, _ = make_gateway(tmp_path / "gone", sources=ACTIONS % "/dev/edge-gateway/usb-ward3-board")
+    rc, lines = doctor_run(cfg)
+    assert rc == 1 and line(lines, "actuator").startswith("FAIL actuator ward-3: /dev/edge-gateway/usb-ward3-board "
+                                                          "does not exist")
+    assert "ls -l /dev/edge-gateway/" in line(lines, "actuator")
+
+
+def test_home_assistant_broker_reachable_or_a_failure_with_the_key(tmp_path):
+    from tests.support import closed_port
+    from tests.support.mosquitto import Broker
+    cfg, _ = make_gateway(tmp_path)
+    assert doctor.check_homeassistant(load(cfg)) is None  # off: no line
+    with Broker(tmp_path / "mqtt") as broker:
+        with open(cfg, "a") as f:
+            f.write('\n[homeassistant]\nenabled = true\nbroker = "mqtt://ha:secret@127.0.0.1:%d"\n' % broker.port)
+        ok = doctor.check_homeassistant(load(cfg))
+        assert ok.status == "PASS" and "127.0.0.1:%d reachable" % broker.port in ok.detail
+        os.chmod(cfg, 0o644)  # its password is in the config: others must not read it
+        secrets = doctor.check_config_mode(load(cfg))
+        assert secrets.status == "WARN" and "homeassistant.broker password" in secrets.detail
+        tls = load(cfg)
+        tls.homeassistant = dataclasses.replace(tls.homeassistant, broker="mqtts://127.0.0.1:%d" % broker.port)
+        bad = doctor.check_homeassistant(tls)
+        assert bad.status == "FAIL" and "TLS failed" in bad.detail  # a plain listener where TLS is expected
+    c = load(cfg)
+    c.homeassistant = dataclasses.replace(c.homeassistant, broker="mqtt://127.0.0.1:%d" % closed_port())
+    rc_line = doctor.check_homeassistant(c).line()
+    assert rc_line.startswith("FAIL homeassistant") and "unreachable" in rc_line and "homeassistant.broker" in rc_line
+
+
+@pytest.fixture
+def metrics_server():
+    """A real metrics listener (the agent's ``MetricsServer``) on a loop thread, serving one gateway's build line."""
+    import asyncio
+    from gateway.adapters.metrics_http import MetricsServer
+    from gateway.core.openmetrics import CONTENT_TYPE, Family, render
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def serve(gw):
+        build = Family("edge_gateway_build", "info", "the agent's version and gateway id")
+        build.add(1, version="0.1.0", gw=gw)
+        server = MetricsServer(lambda: render([build]), CONTENT_TYPE)
+        return asyncio.run_coroutine_threadsafe(server.start("127.0.0.1", 0), loop).result(10)
+    yield serve
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+def test_metrics_port_free_served_by_this_agent_or_taken(tmp_path, metrics_server):
+    import socket
+    from tests.support import closed_port
+    cfg, _ = make_gateway(tmp_path)
+    assert doctor.check_metrics(load(cfg)) is None  # off: no line
+    c = load(cfg)
+    port = closed_port()
+    c.metrics.listen = "127.0.0.1:%d" % port
+    free = doctor.check_metrics(c)
+    assert free.status == "PASS" and "free" in free.detail
+    with socket.socket() as other:  # another program holds the port
+        other.bind(("127.0.0.1", port))
+        other.listen()
+        taken = doctor.check_metrics(c)
+    assert taken.status == "FAIL" and "in use by another program" in taken.detail and "exit 78" in taken.detail
+    assert "sport = :%d" % port in taken.fix
+    c.metrics.listen = "127.0.0.1:%d" % metrics_server("gw-doc").port  # this gateway's agent, running
+    ours = doctor.check_metrics(c)
+    assert ours.status == "PASS" and "served by the running agent" in ours.detail
+    c.metrics.listen = "127.0.0.1:%d" % metrics_server("gw-other").port  # another gateway's agent
+    assert doctor.check_metrics(c).status == "FAIL"
+    c.metrics.listen, c.metrics.allow_remote = "192.0.2.7:9108", True  # TEST-NET-1: not an address of this machine
+    absent = doctor.check_metrics(c)
+    assert absent.status == "FAIL" and "cannot listen" in absent.detail and "ip -brief addr" in absent.fix

@@ -47,6 +47,19 @@ def test_each_fault_shows_as_the_gateway_expects():
     assert max(ticks) == 26  # nothing after the disconnect
 
 
+def test_options_go_through_micropythons_argparse():
+    """The unix port's argparse (micropython-lib) parses the options: typed, --help lists them, a bad one is refused
+    with the usage and status 2 (not a traceback); --fault, which it cannot repeat, is taken out first."""
+    rc, out = board("--help")
+    assert rc == 0 and b"--start-temp" in out and b"--fault" in out and b"repeatable" in out
+    rc, out = board("--count", "1", "--start-temp", "-3.5", "--tick", "0", "--fault", "badsum@5")
+    assert rc == 0 and out.startswith(b"id=board-1 temp=-3.")  # negative, as a float; no tick counter
+    rc, out = board("--cuont", "3")
+    assert rc == 2 and b"unknown option --cuont" in out
+    rc, out = board("--count", "many")
+    assert rc == 2 and b"invalid value for --count" in out
+
+
 def test_control_lines_on_stdin():
     env = dict(os.environ, MICROPYPATH=ROOT + ":.frozen")
     proc = subprocess.Popen([MICROPYTHON, os.path.join(ROOT, "firmware_sim", "line_node.py"), "--sensors", "1",

@@ -151,14 +151,53 @@ def subcommands():
 
 
 def test_every_option_of_every_subcommand_has_help_text():
+    """Nested ones too (``command status``, ``operator keygen``): each option, and each sub-command in its list."""
     missing = []
-    for name, parser in subcommands().items():
+
+    def walk(name, parser):
         for action in parser._actions:
             if isinstance(action, argparse._HelpAction):
                 continue
-            if not action.help or action.help == argparse.SUPPRESS:
+            if isinstance(action, argparse._SubParsersAction):
+                listed = {choice.dest for choice in action._choices_actions}
+                missing.extend("%s %s" % (name, sub) for sub in action.choices if sub not in listed)
+                for sub, child in action.choices.items():
+                    walk("%s %s" % (name, sub), child)
+            elif not action.help or action.help == argparse.SUPPRESS:
                 missing.append("%s %s" % (name, "/".join(action.option_strings) or action.dest))
+    for name, parser in subcommands().items():
+        walk(name, parser)
     assert missing == []
+
+
+def readme_commands():
+    """The ``edge-gateway ...`` lines of README's command block, continuation lines joined, comments dropped."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    block = text.split("After the first run, the tools are in `.venv/bin`:", 1)[1].split("```sh", 1)[1]
+    block = block.split("```", 1)[0].replace("\\\n", " ")
+    lines = [line.split("  #", 1)[0].strip() for line in block.splitlines()]
+    return [shlex.split(line)[1:] for line in lines if re.match(r"(\.venv/bin/)?edge-gateway ", line)]
+
+
+def test_the_readme_commands_parse_and_show_every_command(capsys):
+    """README's commands take the flags they show (``--help`` is the truth), and every command is there."""
+    from gateway import cli
+    from tools import update_build
+    commands = readme_commands()
+    for argv in commands:
+        if argv[:2] == ["update", "build"]:
+            with pytest.raises(SystemExit):
+                update_build.main(["--help"])
+            usage = capsys.readouterr().out
+            assert all(a in usage for a in argv[2:] if a.startswith("--")), argv
+            continue
+        cli.build_parser().parse_args(argv)  # a wrong flag exits with a usage error
+    shown = {argv[0] for argv in commands} | {" ".join(argv[:2]) for argv in commands}
+    internal = {"record-stop"}  # the systemd unit's, not a person's
+    assert set(subcommands()) - internal <= shown
+    for flags in (["bench", "--sections"], ["bench", "--backend"], ["receive", "--api"], ["receive", "--operators"],
+                  ["command", "status"], ["update", "--rollback"], ["fleet-sim", "--cut-share"]):
+        assert any(argv[0] == flags[0] and flags[1] in argv for argv in commands), flags
 
 
 def test_help_lists_the_values_and_shows_no_markup():

@@ -22,6 +22,7 @@ class FakeView(GatewayView):
         self.calls = []
         self.alarm_list = None
         self.downlink = None  # (recent commands, downlink counters) once a test turns the downlink on
+        self.actions = None  # agent.status()["actions"] once a test configures local actions
         self.probe = Probe(True, 0.0042, "127.0.0.1:8080 answered HTTP 404 Not Found")
         self.config = {"gateway": {"id": "gw-7"}, "uplink": {"url": "http://h/x", "mqtt": {"password": "hunter2"}},
                        "console": {"pin_hash": PIN_HASH},
@@ -42,6 +43,7 @@ class FakeView(GatewayView):
                              "memory_dropped_batches": 0, "memory_dropped_readings": 0},
                 "store_counters": {"dropped_batches": 2, "dropped_readings": 50, "quarantined": 1},
                 "sources": [{"name": "board", "counters": {"lines": 77, "error.checksum": 2}}],
+                "actions": self.actions,
                 "update": {"running": "0.1.1", "previous": "0.1.0", "on_trial": False, "proven": False,
                            "last": "rolled_back 0.1.2 -> 0.1.1: not proven after 3 starts (crash loop) " + LONG}}
 

@@ -224,3 +224,52 @@ def test_downlink_needs_an_uplink_that_carries_commands():
         cfg = config.loads('[uplink]\nkind = "%s"\n[downlink]\noperators = "/x/ops.json"\n' % kind)
         assert cfg.downlink.operators == "/x/ops.json" and cfg.downlink.state == "downlink-seq.json"
         assert (cfg.downlink.check_s, cfg.downlink.poll_s) == (60.0, 30.0)
+
+
+# -- deploy/config.example.toml: every section of docs/configuration.md, and valid with its optional ones on -------
+def example_with_every_section_on(tmp_path):
+    """The example config with its optional sections (the ``#key = value`` and ``#[table]`` lines: "#" and no space)
+    uncommented, written into ``tmp_path``; returns its path and text."""
+    import os
+    import re
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    text = open(os.path.join(root, "deploy", "config.example.toml")).read()
+    enabled = re.sub(r"(?m)^#(?=\S)", "", text)
+    assert enabled != text
+    path = tmp_path / "config.toml"
+    path.write_text(enabled)
+    return str(path), enabled
+
+
+def test_the_example_config_loads_with_every_optional_section_on(tmp_path):
+    """The commented examples go through the real checker, so they cannot drift from it; and the example shows
+    every table docs/configuration.md documents and every key of the typed sections."""
+    import dataclasses
+    import os
+    import re
+    import tomllib
+    path, text = example_with_every_section_on(tmp_path)
+    cfg = config.load(path)
+    assert [z.name for z in cfg.presence.zones] == ["lab"] and cfg.presence.mode == "counts"
+    assert cfg.homeassistant.enabled and cfg.homeassistant.broker == "mqtt://127.0.0.1:1883"
+    assert [b.name for b in cfg.actuator_configs] == ["ward-3"]
+    assert [a.output for a in cfg.action_configs] == ["ward-3/buzzer", "program:page-nurse"]
+    assert cfg.rules and cfg.downlink.check_s == 60.0 and cfg.downlink.poll_s == 30.0
+
+    data = tomllib.loads(text)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    doc = open(os.path.join(root, "docs", "configuration.md")).read()
+    tables = re.findall(r"`\[\[?([a-z_.]+)\]\]?`", "\n".join(re.findall(r"(?m)^#{2,3} .*$", doc)))
+    assert {"gateway", "downlink", "update", "metrics", "actions", "presence", "homeassistant"} <= set(tables)
+    for table in tables + ["presence.zones"]:
+        node = data
+        for part in table.split("."):
+            node = node.get(part) if isinstance(node, dict) else node[0].get(part)
+            assert node is not None, "deploy/config.example.toml has no [%s]" % table
+    for section in ("gateway", "store", "batch", "uplink", "uplink.mqtt", "clock", "console", "downlink", "update",
+                    "metrics"):
+        typed, table = cfg, data
+        for part in section.split("."):
+            typed, table = getattr(typed, part), table[part]
+        missing = [f.name for f in dataclasses.fields(typed) if f.name not in table]
+        assert missing == [], "[%s] in deploy/config.example.toml lacks %s" % (section, missing)

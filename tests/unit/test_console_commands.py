@@ -51,6 +51,38 @@ def test_status_reports_the_view_and_fits(rig):
     assert all(len(line) <= 80 for line in lines)
 
 
+def board_status(name, state, last_ack, wanted, said, port="/dev/edge-gateway/usb-ward3-board", connected=True):
+    """One board as ``ActuatorBoard.status()`` reports it."""
+    return {"name": name, "port": port, "connected": connected, "state": state, "last_ack": last_ack,
+            "channels": ["buzzer", "relay"], "wanted": wanted, "board": said, "counters": {"acked": 9}}
+
+
+def test_status_shows_each_actuator_board_its_channels_and_last_ack(rig):
+    clock, view, _, _, console = rig
+    assert not [l for l in say(console, "status") if l.startswith(("actuator", "program"))]  # no [[actions]]
+    view.actions = {"boards": [board_status("ward-3", "alive", clock.monotonic() - 0.4, {"buzzer": True},
+                                            {"buzzer": 1, "relay": 0}),
+                               board_status("cold-room", "dead", clock.monotonic() - 250, {"relay": True},
+                                            {"buzzer": 0, "relay": 0}, port="/dev/edge-gateway/" + LONG,
+                                            connected=False),
+                               board_status("spare", "unknown", None, {}, {})],
+                    "programs": [{"name": "page-nurse", "runs": 3, "ok": 2, "error.exit": 1, "error.timeout": 0,
+                                  "error.spawn": 0, "dropped_busy": 0},
+                                 {"name": "never-ran", "runs": 0, "ok": 0, "error.exit": 0, "error.timeout": 0,
+                                  "error.spawn": 0, "dropped_busy": 0}],
+                    "outputs": {"ward-3/buzzer": True, "cold-room/relay": True}, "counters": {}}
+    lines = say(console, "status")
+    text = " ".join(" ".join(lines).split())  # the long port wraps
+    assert "actuator  ward-3 alive, last ack 0.4s ago: buzzer ON, relay off" in lines
+    assert "actuator  cold-room DEAD, last ack 4m ago: buzzer off, relay off (->ON)" in lines
+    assert "not open: check the board's power and cable; see 'log'" in text
+    assert "actuator  spare not heard yet, last ack never: buzzer ?, relay ?" in lines
+    assert "program   page-nurse: 3 runs, 2 ok, 1 failed, 0 dropped (busy); see 'log'" in lines
+    assert "never-ran" not in text
+    help_status = " ".join(say(console, "help status"))
+    assert "actuators" in help_status and "DEAD" in help_status and "->ON" in help_status
+
+
 def test_update_needs_unlock_then_stages_the_bundle_and_is_audited(rig):
     _, view, _, audit, console = rig
     say(console, "unlock " + PIN)

@@ -102,6 +102,31 @@ def parse_url(url):
                 password=urllib.parse.unquote(parts.password or ""))
 
 
+def probe_broker(host, port, tls, timeout, tls_files=(None, None, None), ca_key="uplink.mqtt.ca_file",
+                 monotonic=time.monotonic):
+    """A TCP connect to a broker and, with ``tls``, a verified handshake: a ``Probe`` (no MQTT session, nothing is
+    published). ``ca_key`` is the config key a certificate error's fix names. The uplink's probe and ``doctor``'s
+    Home Assistant check use it."""
+    where = "mqtt %s:%d" % (host, port)
+    start = monotonic()
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        return Probe(FAIL, "%s unreachable: %s" % (where, exc.strerror or exc), "check the broker address and "
+                     "firewall", monotonic() - start)
+    try:
+        if tls:
+            sock = _tls_context(*tls_files).wrap_socket(sock, server_hostname=host)
+    except ssl.SSLCertVerificationError as exc:
+        return Probe(FAIL, "%s: TLS certificate not valid: %s" % (where, exc.verify_message),
+                     "check the clock and %s" % ca_key, monotonic() - start)
+    except (ssl.SSLError, OSError) as exc:
+        return Probe(FAIL, "%s: TLS failed: %s" % (where, exc), "check port and tls setting", monotonic() - start)
+    finally:
+        sock.close()
+    return Probe(OK, "%s reachable%s" % (where, ", TLS verified" if tls else ""), latency_s=monotonic() - start)
+
+
 class Connection:
     """One paho client on its own network thread, with connection state other threads can wait for."""
 
@@ -276,25 +301,8 @@ class MqttUplink(Uplink):
 
     def probe(self, timeout, monotonic=time.monotonic):
         """A TCP connect to the broker and, with TLS, a verified handshake (no MQTT session: nothing is published)."""
-        host, port = self._conn.host, self._conn.port
-        where, tls = "mqtt %s:%d" % (host, port), self.scheme == "mqtts"
-        start = monotonic()
-        try:
-            sock = socket.create_connection((host, port), timeout=timeout)
-        except OSError as exc:
-            return Probe(FAIL, "%s unreachable: %s" % (where, exc.strerror or exc), "check the broker address and "
-                         "firewall", monotonic() - start)
-        try:
-            if tls:
-                sock = _tls_context(*self.tls_files).wrap_socket(sock, server_hostname=host)
-        except ssl.SSLCertVerificationError as exc:
-            return Probe(FAIL, "%s: TLS certificate not valid: %s" % (where, exc.verify_message),
-                         "check the clock and uplink.mqtt.ca_file", monotonic() - start)
-        except (ssl.SSLError, OSError) as exc:
-            return Probe(FAIL, "%s: TLS failed: %s" % (where, exc), "check port and tls setting", monotonic() - start)
-        finally:
-            sock.close()
-        return Probe(OK, "%s reachable%s" % (where, ", TLS verified" if tls else ""), latency_s=monotonic() - start)
+        return probe_broker(self._conn.host, self._conn.port, self.scheme == "mqtts", timeout, self.tls_files,
+                            monotonic=monotonic)
 
     # -- paho callbacks (network thread) ------------------------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties):

@@ -26,6 +26,37 @@ def update_line(up):
     return text[:79]
 
 
+def actions_lines(actions, now):
+    """The local actions (``agent.status()["actions"]``, None without ``[[actions]]``): one line per actuator board,
+    alive or DEAD, the age of its last reply and each channel as the board last acknowledged it (``->ON`` while a
+    change is not acknowledged yet); one line per program action that ran or was dropped."""
+    if not actions:
+        return []
+    lines = []
+    for b in actions.get("boards", []):
+        said, wanted = b.get("board", {}), b.get("wanted", {})
+        channels = []
+        for ch in b.get("channels") or sorted(set(said) | set(wanted)):
+            on = said.get(ch)
+            text = "%s %s" % (ch, "?" if on is None else "ON" if on else "off")
+            if ch in wanted and (on is None or bool(on) != wanted[ch]):
+                text += " (->%s)" % ("ON" if wanted[ch] else "off")
+            channels.append(text)
+        state = {"alive": "alive", "dead": "DEAD", "unknown": "not heard yet"}.get(b.get("state"), b.get("state"))
+        ack = "never" if b.get("last_ack") is None else "%s ago" % age(now - b["last_ack"])
+        lines.append("actuator  %s %s, last ack %s: %s" % (b.get("name"), state, ack, ", ".join(channels)))
+        if b.get("state") == "dead":
+            lines.append("          %s%s: check the board's power and cable; see 'log'" % (
+                b.get("port"), "" if b.get("connected") else " not open"))
+    for p in actions.get("programs", []):
+        failed = p.get("error.exit", 0) + p.get("error.timeout", 0) + p.get("error.spawn", 0)
+        if p.get("runs") or p.get("dropped_busy"):
+            lines.append("program   %s: %d runs, %d ok, %d failed, %d dropped (busy)%s" % (
+                p.get("name"), p.get("runs", 0), p.get("ok", 0), failed, p.get("dropped_busy", 0),
+                "; see 'log'" if failed else ""))
+    return lines
+
+
 def rejection(s):
     """The upstream's refusal still in force (no acknowledgement since), from a status dict, or None:
     ``(what, reason, hint)``, e.g. ``("HTTP 404 on 11 batches", "... answered 404 Not Found", "check uplink.url")``."""
@@ -129,6 +160,7 @@ class ReadCommands:
                 lines.append("          adapter %s NEEDS A RESET: unplug and replug it, or reboot" % src.get("adapter"))
             elif state not in (None, "scanning"):
                 lines.append("          adapter %s %s" % (src.get("adapter"), state.replace("_", " ")))
+        lines += actions_lines(s.get("actions"), self.view.now())
         return self._reply(lines)
 
     def do_sensors(self, args, text):

@@ -26,7 +26,10 @@ class Command:
 
 COMMANDS = (
     Command(("help",), "[COMMAND]", "list the commands, or explain one"),
-    Command(("status",), "", "gateway id, uptime, clock, uplink, queue and drops"),
+    Command(("status",), "", "gateway, clock, uplink, queue, drops, actuators",
+            detail="Actuator boards ([[actuators]]): alive or DEAD, the last reply's age, each channel ON or off "
+                   "as the board last acknowledged it (->ON: a change not acknowledged yet); program actions: "
+                   "runs and failures."),
     Command(("sensors",), "", "each sensor: last value, age, RSSI, battery"),
     Command(("read",), "SENSOR [N]", "last readings of one sensor (N up to 50)"),
     Command(("alarms",), "", "alarms in force (needs [[rules]] in the config)"),
