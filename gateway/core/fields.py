@@ -108,7 +108,8 @@ def _value(f, value, file, key):
         if not isinstance(value, bool):
             raise ConfigError("must be true or false, got %r" % (value,), file, key)
     elif f.type is str:
-        if not isinstance(value, str) or not value.strip():
+        # empty text is refused, except where empty is the key's own default (its "not set")
+        if not isinstance(value, str) or (not value.strip() and not (value == "" and f.default == "")):
             raise ConfigError("must be non-empty text", file, key)
     choices = meta.get("choices")
     if choices is not None and value not in choices:

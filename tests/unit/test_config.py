@@ -273,3 +273,17 @@ def test_the_example_config_loads_with_every_optional_section_on(tmp_path):
             typed, table = getattr(typed, part), table[part]
         missing = [f.name for f in dataclasses.fields(typed) if f.name not in table]
         assert missing == [], "[%s] in deploy/config.example.toml lacks %s" % (section, missing)
+
+
+def test_writing_a_text_key_s_empty_default_out_is_accepted_but_blank_text_is_not(tmp_path):
+    # "" is the documented default of these keys ("not set"): an installer who writes it out must not be refused;
+    # blank text where a value is required, or "  " anywhere, still is
+    base = '[gateway]\nid = "gw-1"\nstate_dir = "/var/lib/eg"\n[uplink]\nurl = "https://b.example/v1/batches"\n'
+    cfg = config.load(write(tmp_path, base + '[homeassistant]\nclient_id = ""\nca_file = ""\n'
+                                            '[presence]\n[[presence.zones]]\nname = "lab"\ngateway = ""\n'
+                                            'beacons = ["b1"]\n'))
+    assert cfg.homeassistant.client_id == "" and cfg.homeassistant.ca_file == ""
+    with pytest.raises(ConfigError, match="homeassistant.client_id: must be non-empty text"):
+        config.load(write(tmp_path, base + '[homeassistant]\nclient_id = "  "\n'))
+    with pytest.raises(ConfigError, match="presence.zones\\[0\\].name: must be a short identifier"):
+        config.load(write(tmp_path, base + '[presence]\n[[presence.zones]]\nname = ""\nbeacons = ["b1"]\n'))
