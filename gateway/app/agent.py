@@ -329,6 +329,8 @@ class Agent(Delivery, CommitTask):
         values["version"] = __version__
         values["clock_synced"] = int(bool(self.pipeline.timebase.synced))
         values["uptime_s"] = int(now - self.started)
+        if snapshot is not None:  # the backlog waiting on disk (the fleet page's "queue backlog")
+            values["queue_batches"], values["queue_readings"] = snapshot.depth[0], snapshot.depth[1]
         written = procstats.write_bytes()
         if written is not None:
             values["disk_written_bytes"] = written

@@ -35,9 +35,10 @@ INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 #: the health values that travel upstream (besides any name with error/dropped/... in it, see ``_reported``)
 HEALTH_KEEP = ("dropped_batches", "dropped_readings", "dropped_alarm_batches", "expired_batches", "quarantined",
                "conflict_batches", "poison_batches", "salvaged_batches", "lost_batches", "version", "clock_synced",
-               "uptime_s", "disk_written_bytes", "disk_written_bytes_per_day")
+               "uptime_s", "disk_written_bytes", "disk_written_bytes_per_day", "queue_batches", "queue_readings")
 #: health values that change all the time: they travel with the others but never cut a batch on their own
-HEALTH_RIDE_ALONG = ("uptime_s", "disk_written_bytes", "disk_written_bytes_per_day")
+HEALTH_RIDE_ALONG = ("uptime_s", "disk_written_bytes", "disk_written_bytes_per_day", "queue_batches",
+                     "queue_readings")
 HEALTH_MARKS = ("error", "dropped", "reopen", "restarts", "silent", "open_failed", "bad_value", "power_cycle",
                 "needs_reset")
 _NONE = ()
