@@ -149,6 +149,19 @@ class Receiver:
 
         Input never raises: every batch gets a status. An exception that escapes is a bug in this module.
         """
+        checked = self.check(data, encoding)
+        if checked[0] is not None:
+            return checked
+        _, batch, digest, data = checked
+        status, body = self.store(batch, digest, data)
+        if hand_over and status in (200, 201):
+            self._hand_over(batch.gw, body)
+        return status, body
+
+    def check(self, data, encoding=None):
+        """The verify half of ``process``: ``(None, batch, digest, signed_bytes)`` for a batch to store, else the
+        ``(status, body_dict)`` of its rejection (counted). Holds no lock while it verifies, so the MQTT consumer
+        verifies the next batch while the last group commits (``store_many``)."""
         self.count("received")
         try:
             if coding_of(encoding) == DEFLATE:
@@ -170,10 +183,7 @@ class Receiver:
             log.error("verify raised %s on a %d-byte batch (a verifier bug): %s", type(exc).__name__, len(data),
                       exc, exc_info=True)
             return self.reject("unverifiable", "the batch could not be verified (%s)" % type(exc).__name__)
-        status, body = self.store(batch, digest, data)
-        if hand_over and status in (200, 201):
-            self._hand_over(batch.gw, body)
-        return status, body
+        return None, batch, digest, data
 
     def _hand_over(self, gw, body):
         """Put ``gw``'s queued commands in the answer. A storage failure here costs the commands this answer, not
@@ -235,19 +245,33 @@ class Receiver:
 
     def store(self, batch, digest, data):
         """Store a ``VerifiedBatch`` whose payload hashes to ``digest``; ``data`` is kept if it conflicts."""
+        return self.store_many([(batch, digest, data)])[0]
+
+    def store_many(self, items):
+        """Store ``(batch, digest, data)`` items, a group committed together where the engine can (group commit,
+        ``Storage.store_many``). Returns one ``(status, body_dict)`` per item, in order, each true after the
+        COMMIT; a storage failure answers 503 for every item."""
         try:
             with self._lock:
-                outcome, n = self._store.store(batch, digest, data, self.clock())
-                status, counter = _OUTCOMES[outcome]
-                self.counters[counter] += 1
-                if outcome == STORED:
-                    self.counters["records"] += n
-        except UnstorableError as exc:
-            return self.reject(exc.reason, "batch %s: %s" % (batch.key, exc))
+                results = self._store.store_many(items, self.clock())
+                for result in results:
+                    if not isinstance(result, UnstorableError):
+                        outcome, n = result
+                        self.counters[_OUTCOMES[outcome][1]] += 1
+                        if outcome == STORED:
+                            self.counters["records"] += n
         except StorageError as exc:
-            self.count("store_failures")
-            log.error("cannot store batch %s in %s: %s", batch.key, redact(self.db_path), exc)
-            return 503, {"error": "store_failed", "detail": str(exc)}
+            self.count("store_failures", len(items))
+            log.error("cannot store %s in %s: %s", "batch %s" % (items[0][0].key,) if len(items) == 1 else
+                      "%d batches" % len(items), redact(self.db_path), exc)
+            return [(503, {"error": "store_failed", "detail": str(exc)})] * len(items)
+        return [self._answer(batch, result) for (batch, _, _), result in zip(items, results)]
+
+    def _answer(self, batch, result):
+        if isinstance(result, UnstorableError):
+            return self.reject(result.reason, "batch %s: %s" % (batch.key, result))
+        outcome, n = result
+        status = _OUTCOMES[outcome][0]
         body = {"gw": batch.gw, "boot": batch.boot, "seq": batch.seq, "status": outcome}
         if outcome == STORED:
             body["records"] = n
