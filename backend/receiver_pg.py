@@ -15,9 +15,10 @@ thousands of tables; when the window reaches such a day, its rows move from the 
 in the same transaction. Retention (``retention_days``) drops whole day partitions; rows of the default partition
 older than the retention are deleted by row (they are the exception).
 
-Indexes: ``records (n, t)`` ("one sensor over a day"), ``records (gw, t)`` ("one gateway in the last hour") and
-``records (gw, n, t)`` (the read API: a gateway's names, a name's newest record), declared on the parent, so every
-partition has them.
+Indexes: ``records (gw, n, t)`` ("one sensor over a day", and the read API: a gateway's names, a name's newest
+record) and ``records (gw, t)`` ("one gateway in the last hour"), declared on the parent, so every partition has
+them. Every reading writes both; version 5 dropped a third, ``(n, t)``, that no query needed (a sensor's name
+starts with its gateway's id, and every query names the gateway).
 """
 
 import contextlib
@@ -75,6 +76,9 @@ MIGRATIONS = (
     # the read API (backend.readapi): a gateway's names and each name's newest record, a gateway's last batch
     (4, ("CREATE INDEX records_by_gw_name ON records (gw, n, t)",
          "CREATE INDEX batches_by_received ON batches (gw, received)")),
+    # ingest at fleet scale: every query names the gateway, so (gw, n, t) serves "one sensor over a day" and
+    # (n, t) was a third index written per reading for nothing (docs/performance.md, "The backend at fleet scale")
+    (5, ("DROP INDEX IF EXISTS records_by_name",)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
