@@ -126,6 +126,37 @@ def test_stores_answers_duplicates_and_keeps_conflicts_apart(server, signing_key
     assert (stats["stored"], stats["duplicates"], stats["conflicts"], stats["rejected"]) == (1, 1, 2, 0)
 
 
+def test_a_group_commit_answers_each_batch_as_if_it_came_alone(db_target, two_gw_trust, signing_key, other_key):
+    """``store_many`` (the MQTT consumer's group commit): one transaction for the group, one answer per batch, in
+    order; a key repeated inside the group is a duplicate or a conflict of its first, never stored twice."""
+    rx = Receiver(db_target, two_gw_trust)
+    try:
+        assert rx.process(batch(signing_key, 1))[0] == 201  # stored before the group
+
+        def checked(data):
+            status, verified, digest, signed = rx.check(data)
+            assert status is None
+            return verified, digest, signed
+        items = [checked(d) for d in (batch(signing_key, 3), batch(signing_key, 1), batch(signing_key, 2),
+                                      batch(signing_key, 2), batch(signing_key, 2, values=(9.0,)),
+                                      batch(other_key, 1, gw="gw-other"))]
+        lax = checked(batch(signing_key, 4))
+        items.append((dataclasses.replace(lax[0], seq=1 << 63),) + lax[1:])  # what a lax verifier would pass
+        answers = rx.store_many(items)
+        assert [status for status, _ in answers] == [201, 200, 201, 200, 409, 201, 422]
+        assert [body.get("status") for _, body in answers[:6]] == ["stored", "duplicate", "stored", "duplicate",
+                                                                    "conflict", "stored"]
+        assert rx.query("SELECT gw, seq, records FROM batches ORDER BY gw, seq") == [
+            ("gw-other", 1, 3), (GW, 1, 3), (GW, 2, 3), (GW, 3, 3)]
+        assert rx.query("SELECT seq, COUNT(*) FROM records WHERE gw = ? GROUP BY seq ORDER BY seq", (GW,)) == [
+            (1, 3), (2, 3), (3, 3)]
+        assert rx.query("SELECT seq FROM conflicts") == [(2,)]
+        stats = rx.stats()
+        assert (stats["stored"], stats["duplicates"], stats["conflicts"], stats["rejected"]) == (4, 2, 1, 1)
+    finally:
+        rx.close()
+
+
 @pytest.mark.parametrize("change", [
     {"records": [{"n": GW + "/s1/temp", "t": 1.0, "v": -(10 ** 30)}]},
     {"records": [{"n": GW + "/s1/temp", "t": 1.0, "v": float("nan")}]},
