@@ -130,7 +130,9 @@ class Receiver:
         self.db_path = db_path
         self.clock = clock
         self._store = open_storage(db_path, busy_timeout)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the storage (one connection)
+        # the counters: a lock of their own, so verifying and counting never wait for a COMMIT in progress
+        self._counting = threading.Lock()
         self.counters = {"received": 0, "stored": 0, "duplicates": 0, "conflicts": 0, "rejected": 0, "records": 0,
                          "store_failures": 0, "internal_errors": 0, "http_errors": 0, "busy": 0, "deflated": 0,
                          "deflated_bytes_in": 0, "deflated_bytes_out": 0,
@@ -139,7 +141,7 @@ class Receiver:
         self.maintenance_until = 0.0
 
     def count(self, name, n=1):
-        with self._lock:
+        with self._counting:
             self.counters[name] = self.counters.get(name, 0) + n
 
     def process(self, data, encoding=None, hand_over=False):
@@ -167,7 +169,7 @@ class Receiver:
             if coding_of(encoding) == DEFLATE:
                 packed = len(data)
                 data = inflate(data, self.max_bytes)
-                with self._lock:
+                with self._counting:
                     self.counters["deflated"] += 1
                     self.counters["deflated_bytes_in"] += packed
                     self.counters["deflated_bytes_out"] += len(data)
@@ -231,7 +233,7 @@ class Receiver:
                                                        "action": cmd.action, "digest": digest, "status": state}
 
     def _refuse_command(self, reason, detail):
-        with self._lock:
+        with self._counting:
             self.counters["commands_refused"] += 1
             key = "command." + reason
             self.rejections[key] = self.rejections.get(key, 0) + 1
@@ -254,6 +256,7 @@ class Receiver:
         try:
             with self._lock:
                 results = self._store.store_many(items, self.clock())
+            with self._counting:
                 for result in results:
                     if not isinstance(result, UnstorableError):
                         outcome, n = result
@@ -282,14 +285,14 @@ class Receiver:
         return status, body
 
     def reject(self, reason, detail):
-        with self._lock:
+        with self._counting:
             self.counters["rejected"] += 1
             self.rejections[reason] = self.rejections.get(reason, 0) + 1
         log.warning("rejected batch: %s", detail)
         return _STATUS.get(reason, 400), {"error": reason, "detail": detail}
 
     def stats(self):
-        with self._lock:
+        with self._counting:
             return dict(self.counters, rejections=dict(self.rejections))
 
     def storage_stats(self):
