@@ -74,7 +74,7 @@ class MqttConsumer:
 
     def __init__(self, receiver, host="127.0.0.1", port=1883, topic_prefix="edge", group="receivers", client_id="",
                  username="", password="", tls=False, ca_file=None, cert_file=None, key_file=None, keepalive=30,
-                 reconnect=(1, 10), session_expiry=3600, redeliver=(1.0, 30.0), max_group=64, linger=0.002):
+                 reconnect=(1, 10), session_expiry=3600, redeliver=(1.0, 30.0), max_group=32, linger=0.002):
         if not group or any(c in group for c in "/+#\0"):
             raise ValueError("shared subscription group must be one topic level, not %r" % (group,))
         if not 1 <= max_group <= 1000 or not 0 <= linger <= 1:
@@ -98,8 +98,9 @@ class MqttConsumer:
         self._closed = False
         self._retiring = False
         self._supervisor = None
-        # the writer: messages verified by paho's thread, in arrival order, waiting for their group's COMMIT
-        self._queue = queue.Queue(max_group * 4)
+        # the writer: messages verified by paho's thread, in arrival order, waiting for their group's COMMIT (one
+        # group's worth: the next group fills while one commits, and a decoded 100-reading batch is ~40 KB)
+        self._queue = queue.Queue(max_group)
         self._writer = None
         self._writer_stop = threading.Event()
         self._unacked = 0  # messages of the current connection not acknowledged yet (the drain waits for 0)

@@ -110,25 +110,38 @@ INSERT_GROUP = """WITH b AS (
 SELECT gw, boot, seq FROM b"""
 
 
+#: a group of at least this many batches goes in by ``INSERT_BATCHES`` and a COPY of the records (fewer round
+#: trips pay off from here); smaller ones by the one statement ``INSERT_GROUP``
+COPY_MIN = 4
+#: the ``batches`` rows of a group (the records follow by COPY, ``COPY_RECORDS``); returns the keys inserted
+INSERT_BATCHES = """INSERT INTO batches (gw, boot, seq, kid, clock, anchor_mono, anchor_wall, received, records, digest)
+    SELECT * FROM unnest(%b::text[], %b::int8[], %b::int8[], %b::text[], %b::int2[], %b::float8[], %b::float8[],
+                         %b::float8[], %b::int4[], %b::bytea[])
+    ON CONFLICT (gw, boot, seq) DO NOTHING RETURNING gw, boot, seq"""
+#: text format: psycopg escapes each value in C, floats as their shortest exact text, the server parses them back
+COPY_RECORDS = "COPY records (gw, boot, seq, n, t, u, v, vs, vb, v_exact) FROM STDIN"
+
+
 def _float(x):
     return None if x is None else float(x)
 
 
-def _group_args(group, received):
-    """The parameters of ``INSERT_GROUP`` for the group's entries ``(index, head, meta, rows, ...)``: one list per
-    column, numbers as floats where the column is ``double precision`` (psycopg wants one type per array)."""
+def _group_args(group, received, records=True):
+    """The parameters of ``INSERT_GROUP`` (``INSERT_BATCHES`` without ``records``) for the group's entries
+    ``(index, head, meta, rows, ...)``: one list per column, numbers as floats where the column is ``double
+    precision`` (psycopg wants one type per array)."""
     batch_cols = [[] for _ in range(10)]
     record_cols = [[] for _ in range(10)]
     for _, head, meta, rows, digest, _, _ in group:
         for col, value in zip(batch_cols, head + meta + (received, len(rows), digest)):
             col.append(value)
-        if rows:
+        if rows and records:
             for col, values in zip(record_cols, zip(*rows)):
                 col.extend(values)
     for cols, floats in ((batch_cols, (5, 6, 7)), (record_cols, (4, 6))):
         for k in floats:
             cols[k] = [_float(x) for x in cols[k]]
-    return batch_cols + record_cols
+    return batch_cols + record_cols if records else batch_cols
 
 
 def _no_nul(rows):
@@ -294,10 +307,12 @@ class PostgresStorage(Storage):
         return result
 
     def store_many(self, items, received):
-        """Group commit: the new batches of ``items`` and their records in one statement (``INSERT_GROUP``), and,
-        in the same transaction, the command outcomes they carry and the duplicate/conflict check of the others.
-        A group without outcomes or repeats is that one statement in autocommit. Keys are inserted in sorted
-        order, so two workers' groups never wait on each other in a cycle."""
+        """Group commit, one transaction: the batch rows of ``items``, the records of those that were new, the
+        command outcomes they carry, and the duplicate/conflict check of the others. From ``COPY_MIN`` batches the
+        records go in by COPY (``INSERT_BATCHES``, then ``COPY_RECORDS``: about a third less CPU a record, on
+        either side, than the array statement); a smaller group is one statement (``INSERT_GROUP``), in
+        autocommit when it has no outcomes or repeats. Keys are inserted in sorted order, so two workers' groups
+        never wait on each other in a cycle."""
         results = [None] * len(items)
         group, later, seen = [], [], set()  # later: a key that is already earlier in this group
         for i, (batch, digest, data) in enumerate(items):
@@ -318,6 +333,16 @@ class PostgresStorage(Storage):
                 self.maintain(received)
             first, last = self._window(received)
             self._ensure({int(r[4] // DAY) for entry in group for r in entry[3] if first <= r[4] // DAY <= last})
+            if len(group) >= COPY_MIN:
+                with conn.transaction():
+                    inserted = self._insert_group(conn, _group_args(group, received, records=False), INSERT_BATCHES)
+                    with conn.cursor().copy(COPY_RECORDS) as copy:
+                        for _, head, _, rows, _, _, _ in group:
+                            if head in inserted:
+                                for row in rows:
+                                    copy.write_row(row)
+                    self._settle(conn, group, later, inserted, received, results)
+                return results
             args = _group_args(group, received)
             if later or any(entry[6] for entry in group):
                 with conn.transaction():
@@ -335,8 +360,8 @@ class PostgresStorage(Storage):
         return results
 
     @staticmethod
-    def _insert_group(conn, args):
-        return {tuple(key) for key in conn.execute(INSERT_GROUP, args, prepare=True).fetchall()}
+    def _insert_group(conn, args, sql=INSERT_GROUP):
+        return {tuple(key) for key in conn.execute(sql, args, prepare=True).fetchall()}
 
     def _settle(self, conn, group, later, inserted, received, results):
         """Inside the group's transaction: record the outcomes of the batches inserted; for the others, compare

@@ -151,9 +151,12 @@ def ingest(target, workers, broker, workdir, gateways, rate, seconds, records=RE
                                               "--acked", acked_file, "--json"] + (["--preseal"] if preseal else []),
                                        stdout=out)
             rss = [[] for _ in procs]
+            running = False  # RSS is sampled from the first batch stored on (--preseal seals before the run)
             while simproc.poll() is None:
-                for samples, p in zip(rss, procs):
-                    samples.append(proc_rss_mb(p.pid))
+                running = running or _count(storage) > 0
+                if running:
+                    for samples, p in zip(rss, procs):
+                        samples.append(proc_rss_mb(p.pid))
                 time.sleep(1.0)
         with open(os.path.join(workdir, "%s-sim.json" % name)) as f:
             report = json.load(f)
