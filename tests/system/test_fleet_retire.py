@@ -7,7 +7,6 @@ the middle of a fleet simulator's run and finds every acknowledged batch in the 
 """
 
 import json
-import os
 import subprocess
 import threading
 import time
@@ -18,8 +17,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.support import reserve_port, wait_until
-from tests.support.faults import BIN, Receiver
+from tests.support import wait_until
+from tests.support.faults import BIN
+from tests.support.fleet import assert_exactly_once, enrolled, final_stats, start_workers, stored
 from tests.support.mosquitto import Broker, have_mosquitto
 from tests.support.postgres import pg_url, postgres  # noqa: F401  (fixtures: a real PostgreSQL)
 from tools.fleet_sim import read_acked
@@ -85,17 +85,10 @@ BOOT = 11
 
 def test_a_worker_retired_mid_run_loses_nothing(tmp_path, pg_url):  # noqa: F811
     broker = Broker(tmp_path / "broker").start()
-    trust = str(tmp_path / "jwks.json")
-    sim_args = ["fleet-sim", "--trust", trust, "--gateways", str(GATEWAYS), "--seed", "5", "--boot", str(BOOT)]
-    subprocess.run([BIN] + sim_args + ["--enroll-only"], check=True, timeout=60, stdout=subprocess.DEVNULL)
+    trust, sim_args = enrolled(tmp_path, GATEWAYS, 5, BOOT)
     workers = []
     try:
-        for i in range(3):
-            os.makedirs(tmp_path / ("w%d" % i))
-            workers.append(Receiver(str(tmp_path / ("w%d" % i)), trust, reserve_port(), mqtt=broker.url + "/edge",
-                                    group="fleet", db=pg_url, client_id="rx-retire-%d" % i).start())
-        for w in workers:
-            wait_until(lambda: b"consuming $share/" in open(w.log_path, "rb").read(), 20, "worker subscribed")
+        workers = start_workers(tmp_path, trust, broker, pg_url, 3, "fleet", "rx-retire")
         acked_file = str(tmp_path / "acked.csv")
         with open(tmp_path / "sim.json", "wb") as out, open(tmp_path / "sim.err", "wb") as err:
             sim = subprocess.Popen([BIN] + sim_args + [
@@ -114,24 +107,12 @@ def test_a_worker_retired_mid_run_loses_nothing(tmp_path, pg_url):  # noqa: F811
         acked = read_acked(acked_file)
         assert report["made"] == report["acked"] == len(acked) > GATEWAYS * SECONDS * RATE * 0.9
 
-        import psycopg
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            def stored_count():
-                return conn.execute("SELECT count(*) FROM batches WHERE boot = %s", (BOOT,)).fetchone()[0]
-            wait_until(lambda: stored_count() >= len(acked), 30, "PostgreSQL holding every acknowledged batch")
-            batches = {(gw, boot, seq): n for gw, boot, seq, n in conn.execute(
-                "SELECT gw, boot, seq, records FROM batches WHERE boot = %s", (BOOT,))}
-            rows = {(gw, boot, seq): n for gw, boot, seq, n in conn.execute(
-                "SELECT gw, boot, seq, count(*) FROM records WHERE boot = %s GROUP BY gw, boot, seq", (BOOT,))}
-        missing = sorted(set(acked) - set(batches))
-        assert missing == [], "%d acknowledged batches not in PostgreSQL, e.g. %s" % (len(missing), missing[:5])
-        wrong = [k for k, (n, *_times) in acked.items() if batches[k] != n or rows.get(k) != n]
-        assert wrong == [], "batches whose records are not there exactly once: %s" % wrong[:5]
+        assert_exactly_once(acked, *stored(pg_url, BOOT, len(acked), timeout=30))
 
         # the retired worker drained and ended its session: the broker holds nothing for its client id
         log = open(victim.log_path).read()
         assert "retiring: unsubscribed" in log and "retired: drained" in log
-        victim_stats = [json.loads(line) for line in log.splitlines() if line.startswith("{")][-1]
+        victim_stats = final_stats(victim)
         assert victim_stats["stored"] > 0 and victim_stats["consumer"]["not_acked"] == 0
         probe, got, present = _member(broker, victim.args[victim.args.index("--mqtt-client-id") + 1],
                                       subscribe=False)
