@@ -7,12 +7,12 @@ found already stored (200 duplicate, 409 conflict: kept apart) or rejected for g
 **Group commit.** paho's network thread verifies each message as it arrives (``Receiver.check``: the signature,
 the strict decode) and hands it to a bounded queue; one writer thread takes what has arrived (up to
 ``max_group`` batches, waiting at most ``linger`` seconds for more after the first), stores the group in one
-transaction (``Receiver.store_many``; PostgreSQL commits a group with one statement) and then acknowledges each
-message, in the order they came (MQTT v5 section 4.6), after that COMMIT. A full queue blocks the network thread,
-so the broker's socket pushes back instead of this process holding an unbounded backlog. A message acknowledged
-on another connection than the one it came on would acknowledge a stranger (packet ids are per connection), so a
-message of a connection since closed is stored but not acknowledged: the broker redelivers it, and it is then a
-duplicate.
+transaction (``Receiver.store_many``; on PostgreSQL one INSERT of the batch rows and one COPY of the records)
+and then acknowledges each message, in the order they came (MQTT v5 section 4.6), after that COMMIT. A full
+queue blocks the network thread, so the broker's socket pushes back instead of this process holding an unbounded
+backlog. A message acknowledged on another connection than the one it came on would acknowledge a stranger
+(packet ids are per connection), so a message of a connection since closed is stored but not acknowledged: the
+broker redelivers it, and it is then a duplicate.
 
 Nothing the broker delivers can stop the consumer:
 
@@ -116,7 +116,9 @@ class MqttConsumer:
         if self._conn.on_connect(reason_code):
             with self._cond:
                 self._unacked = 0  # a new connection: the broker redelivers whatever the old one did not ack
-            if not self._retiring:  # also when the session is present: the broker may have lost it
+            if self._retiring:  # the connection dropped while retiring: the UNSUBSCRIBE may not have arrived
+                client.unsubscribe(self.topic)
+            else:  # also when the session is present: the broker may have lost it
                 client.subscribe(self.topic, qos=1)
         else:
             log.warning("mqtt consumer: broker refused the connection: %s", reason_code)

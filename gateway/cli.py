@@ -160,7 +160,7 @@ def cmd_receive(args):
         pass
     finally:
         if consumer and stopped and stopped[0] == "retire":
-            print("retiring: unsubscribed from %s, draining" % consumer.topic, flush=True)
+            print("retiring: unsubscribing from %s, then draining" % consumer.topic, flush=True)
             if consumer.retire(quiet=args.retire_quiet):
                 print("retired: drained, session of %s ended" % consumer.client_id, flush=True)
             else:

@@ -111,7 +111,7 @@ def test_a_worker_retired_mid_run_loses_nothing(tmp_path, pg_url):  # noqa: F811
 
         # the retired worker drained and ended its session: the broker holds nothing for its client id
         log = open(victim.log_path).read()
-        assert "retiring: unsubscribed" in log and "retired: drained" in log
+        assert "retiring: unsubscribing" in log and "retired: drained" in log
         victim_stats = final_stats(victim)
         assert victim_stats["stored"] > 0 and victim_stats["consumer"]["not_acked"] == 0
         probe, got, present = _member(broker, victim.args[victim.args.index("--mqtt-client-id") + 1],
