@@ -130,7 +130,9 @@ class Receiver:
         self.db_path = db_path
         self.clock = clock
         self._store = open_storage(db_path, busy_timeout)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the storage (one connection)
+        # the counters: a lock of their own, so verifying and counting never wait for a COMMIT in progress
+        self._counting = threading.Lock()
         self.counters = {"received": 0, "stored": 0, "duplicates": 0, "conflicts": 0, "rejected": 0, "records": 0,
                          "store_failures": 0, "internal_errors": 0, "http_errors": 0, "busy": 0, "deflated": 0,
                          "deflated_bytes_in": 0, "deflated_bytes_out": 0,
@@ -139,7 +141,7 @@ class Receiver:
         self.maintenance_until = 0.0
 
     def count(self, name, n=1):
-        with self._lock:
+        with self._counting:
             self.counters[name] = self.counters.get(name, 0) + n
 
     def process(self, data, encoding=None, hand_over=False):
@@ -149,12 +151,25 @@ class Receiver:
 
         Input never raises: every batch gets a status. An exception that escapes is a bug in this module.
         """
+        checked = self.check(data, encoding)
+        if checked[0] is not None:
+            return checked
+        _, batch, digest, data = checked
+        status, body = self.store(batch, digest, data)
+        if hand_over and status in (200, 201):
+            self._hand_over(batch.gw, body)
+        return status, body
+
+    def check(self, data, encoding=None):
+        """The verify half of ``process``: ``(None, batch, digest, signed_bytes)`` for a batch to store, else the
+        ``(status, body_dict)`` of its rejection (counted). Holds no lock while it verifies, so the MQTT consumer
+        verifies the next batch while the last group commits (``store_many``)."""
         self.count("received")
         try:
             if coding_of(encoding) == DEFLATE:
                 packed = len(data)
                 data = inflate(data, self.max_bytes)
-                with self._lock:
+                with self._counting:
                     self.counters["deflated"] += 1
                     self.counters["deflated_bytes_in"] += packed
                     self.counters["deflated_bytes_out"] += len(data)
@@ -170,10 +185,7 @@ class Receiver:
             log.error("verify raised %s on a %d-byte batch (a verifier bug): %s", type(exc).__name__, len(data),
                       exc, exc_info=True)
             return self.reject("unverifiable", "the batch could not be verified (%s)" % type(exc).__name__)
-        status, body = self.store(batch, digest, data)
-        if hand_over and status in (200, 201):
-            self._hand_over(batch.gw, body)
-        return status, body
+        return None, batch, digest, data
 
     def _hand_over(self, gw, body):
         """Put ``gw``'s queued commands in the answer. A storage failure here costs the commands this answer, not
@@ -221,7 +233,7 @@ class Receiver:
                                                        "action": cmd.action, "digest": digest, "status": state}
 
     def _refuse_command(self, reason, detail):
-        with self._lock:
+        with self._counting:
             self.counters["commands_refused"] += 1
             key = "command." + reason
             self.rejections[key] = self.rejections.get(key, 0) + 1
@@ -235,19 +247,34 @@ class Receiver:
 
     def store(self, batch, digest, data):
         """Store a ``VerifiedBatch`` whose payload hashes to ``digest``; ``data`` is kept if it conflicts."""
+        return self.store_many([(batch, digest, data)])[0]
+
+    def store_many(self, items):
+        """Store ``(batch, digest, data)`` items, a group committed together where the engine can (group commit,
+        ``Storage.store_many``). Returns one ``(status, body_dict)`` per item, in order, each true after the
+        COMMIT; a storage failure answers 503 for every item."""
         try:
             with self._lock:
-                outcome, n = self._store.store(batch, digest, data, self.clock())
-                status, counter = _OUTCOMES[outcome]
-                self.counters[counter] += 1
-                if outcome == STORED:
-                    self.counters["records"] += n
-        except UnstorableError as exc:
-            return self.reject(exc.reason, "batch %s: %s" % (batch.key, exc))
+                results = self._store.store_many(items, self.clock())
+            with self._counting:
+                for result in results:
+                    if not isinstance(result, UnstorableError):
+                        outcome, n = result
+                        self.counters[_OUTCOMES[outcome][1]] += 1
+                        if outcome == STORED:
+                            self.counters["records"] += n
         except StorageError as exc:
-            self.count("store_failures")
-            log.error("cannot store batch %s in %s: %s", batch.key, redact(self.db_path), exc)
-            return 503, {"error": "store_failed", "detail": str(exc)}
+            self.count("store_failures", len(items))
+            log.error("cannot store %s in %s: %s", "batch %s" % (items[0][0].key,) if len(items) == 1 else
+                      "%d batches" % len(items), redact(self.db_path), exc)
+            return [(503, {"error": "store_failed", "detail": str(exc)})] * len(items)
+        return [self._answer(batch, result) for (batch, _, _), result in zip(items, results)]
+
+    def _answer(self, batch, result):
+        if isinstance(result, UnstorableError):
+            return self.reject(result.reason, "batch %s: %s" % (batch.key, result))
+        outcome, n = result
+        status = _OUTCOMES[outcome][0]
         body = {"gw": batch.gw, "boot": batch.boot, "seq": batch.seq, "status": outcome}
         if outcome == STORED:
             body["records"] = n
@@ -258,14 +285,14 @@ class Receiver:
         return status, body
 
     def reject(self, reason, detail):
-        with self._lock:
+        with self._counting:
             self.counters["rejected"] += 1
             self.rejections[reason] = self.rejections.get(reason, 0) + 1
         log.warning("rejected batch: %s", detail)
         return _STATUS.get(reason, 400), {"error": reason, "detail": detail}
 
     def stats(self):
-        with self._lock:
+        with self._counting:
             return dict(self.counters, rejections=dict(self.rejections))
 
     def storage_stats(self):

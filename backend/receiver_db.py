@@ -139,26 +139,46 @@ class SqliteStorage(Storage):
         Raises ``UnstorableError`` before touching the database, ``StorageError`` when storage fails (after the
         rollback); any other exception also rolls back first.
         """
-        head, meta, rows = batch_rows(batch)
-        outcomes = outcome_rows(batch)
-        with self.transaction() as execute:
-            known = execute("SELECT digest FROM batches WHERE gw = ? AND boot = ? AND seq = ?", head).fetchone()
-            if known is None:
-                execute("INSERT INTO batches (gw, boot, seq, kid, clock, anchor_mono, anchor_wall, received, "
-                        "records, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        head + meta + (received, len(rows), digest))
-                self.db.executemany(_INSERT_RECORDS, rows)
-                if outcomes:
-                    record_outcomes(execute, outcomes, head, received)
-                outcome = STORED
-            elif known[0] is None or bytes(known[0]) == digest:
-                outcome = DUPLICATE
-            else:
-                execute("INSERT OR IGNORE INTO conflicts (gw, boot, seq, kid, received, reason, digest, data) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        head + (meta[0], received, CONFLICT_REASON, digest, bytes(data)))
-                outcome = CONFLICT
-        return outcome, len(rows)
+        (result,) = self.store_many([(batch, digest, data)], received)
+        if isinstance(result, UnstorableError):
+            raise result
+        return result
+
+    def store_many(self, items, received):
+        """Group commit: the storable batches of ``items`` in one transaction, so one COMMIT (one fsync with
+        ``synchronous=FULL``) for the group. A key repeated within the group is a duplicate or a conflict of its
+        first, as if they had come one by one."""
+        results = [None] * len(items)
+        group = []
+        for i, (batch, digest, data) in enumerate(items):
+            try:
+                head, meta, rows = batch_rows(batch)
+            except UnstorableError as exc:
+                results[i] = exc
+                continue
+            group.append((i, head, meta, rows, digest, data, outcome_rows(batch)))
+        if group:
+            with self.transaction() as execute:
+                for i, head, meta, rows, digest, data, outcomes in group:
+                    results[i] = (self._store_one(execute, head, meta, rows, digest, data, outcomes, received),
+                                  len(rows))
+        return results
+
+    def _store_one(self, execute, head, meta, rows, digest, data, outcomes, received):
+        known = execute("SELECT digest FROM batches WHERE gw = ? AND boot = ? AND seq = ?", head).fetchone()
+        if known is None:
+            execute("INSERT INTO batches (gw, boot, seq, kid, clock, anchor_mono, anchor_wall, received, "
+                    "records, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    head + meta + (received, len(rows), digest))
+            self.db.executemany(_INSERT_RECORDS, rows)
+            if outcomes:
+                record_outcomes(execute, outcomes, head, received)
+            return STORED
+        if known[0] is None or bytes(known[0]) == digest:
+            return DUPLICATE
+        execute("INSERT OR IGNORE INTO conflicts (gw, boot, seq, kid, received, reason, digest, data) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", head + (meta[0], received, CONFLICT_REASON, digest, bytes(data)))
+        return CONFLICT
 
     @contextlib.contextmanager
     def transaction(self):

@@ -90,24 +90,45 @@ RECORD_COLUMNS = ("gw", "boot", "seq", "n", "t", "u", "v", "vs", "vb", "v_exact"
 
 
 def batch_rows(batch):
-    """``(head, rows)``: the ``batches`` key columns and the ``records`` rows (``RECORD_COLUMNS``), converted or
-    ``UnstorableError``."""
+    """``(head, meta, rows)``: the ``batches`` key columns, its other columns and the ``records`` rows
+    (``RECORD_COLUMNS``), converted or ``UnstorableError``.
+
+    A record of the common shape (text name, float or int64 time and value, ASCII texts: what ``wire.verify``
+    resolves from a reading) is checked inline; any other goes through the per-value checks (``_row``), which name
+    the record and the field that cannot be held. Both accept and refuse exactly the same values."""
     head = (_text(batch.gw, "gw"), _int(batch.boot, "boot"), _int(batch.seq, "seq"))
     rows = []
+    append = rows.append
     for i, r in enumerate(batch.records):
-        vb = r.get("vb")
-        if vb is not None and vb.__class__ is not bool:
-            raise UnstorableError("record %d: vb must be a boolean" % i)
-        rows.append(head + (_text(r.get("n"), "record %d: n" % i) or "", _real(r.get("t"), "record %d: t" % i),
-                            _text(r.get("u"), "record %d: u" % i), _real(r.get("v"), "record %d: v" % i),
-                            _text(r.get("vs"), "record %d: vs" % i), None if vb is None else int(vb),
-                            _text(r.get("exact"), "record %d: exact" % i)))
-        if rows[-1][4] is None:
-            raise UnstorableError("record %d has no time" % i)
+        get = r.get
+        n, t, u, v, vs, vb, exact = get("n"), get("t"), get("u"), get("v"), get("vs"), get("vb"), get("exact")
+        if n.__class__ is str and n.isascii() and vs is None and vb is None \
+                and ((t.__class__ is float and t - t == 0.0) or (t.__class__ is int and INT64_MIN <= t <= INT64_MAX)) \
+                and (v is None or (v.__class__ is float and v - v == 0.0)
+                     or (v.__class__ is int and INT64_MIN <= v <= INT64_MAX)) \
+                and (u is None or (u.__class__ is str and u.isascii())) \
+                and (exact is None or (exact.__class__ is str and exact.isascii())):
+            append(head + (n, t, u, v, None, None, exact))
+        else:
+            append(_row(head, r, i))
     anchor = batch.anchor or (None, None)
     meta = (_text(batch.kid, "kid"), int(bool(batch.clock)), _real(anchor[0], "anchor mono"),
             _real(anchor[1], "anchor wall"))
     return head, meta, rows
+
+
+def _row(head, r, i):
+    """One ``records`` row, each value checked for its column (``UnstorableError`` names the record and field)."""
+    vb = r.get("vb")
+    if vb is not None and vb.__class__ is not bool:
+        raise UnstorableError("record %d: vb must be a boolean" % i)
+    row = head + (_text(r.get("n"), "record %d: n" % i) or "", _real(r.get("t"), "record %d: t" % i),
+                  _text(r.get("u"), "record %d: u" % i), _real(r.get("v"), "record %d: v" % i),
+                  _text(r.get("vs"), "record %d: vs" % i), None if vb is None else int(vb),
+                  _text(r.get("exact"), "record %d: exact" % i))
+    if row[4] is None:
+        raise UnstorableError("record %d has no time" % i)
+    return row
 
 
 CONFLICT_REASON = "same (gw, boot, seq), different content"
@@ -129,6 +150,21 @@ class Storage(abc.ABC):
         """Store one verified batch whose signed payload hashes to ``digest``; ``data`` (the signed bytes) is kept
         if it conflicts; ``received`` is the receiver's clock. Returns ``(outcome, records)``, ``outcome`` one of
         ``STORED``, ``DUPLICATE``, ``CONFLICT``, after the commit. Raises ``UnstorableError`` or ``StorageError``."""
+
+    def store_many(self, items, received):
+        """Store several verified batches, ``items`` a list of ``(batch, digest, data)``. Returns one result per
+        item, in order: ``(outcome, records)`` as ``store`` returns it, or the ``UnstorableError`` that item raised.
+        Every result holds after a COMMIT. ``StorageError`` fails the whole call (no result is promised).
+
+        This default stores one transaction per batch; an engine overrides it to commit a group in one transaction
+        (PostgreSQL: group commit, ``backend.receiver_pg``)."""
+        out = []
+        for batch, digest, data in items:
+            try:
+                out.append(self.store(batch, digest, data, received))
+            except UnstorableError as exc:
+                out.append(exc)
+        return out
 
     @abc.abstractmethod
     def transaction(self):

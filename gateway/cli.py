@@ -149,19 +149,32 @@ def cmd_receive(args):
         print("consuming %s as MQTT client %s%s" % (consumer.topic, consumer.client_id, "" if
               consumer.wait_subscribed(0) else " (not subscribed yet; retrying)"), flush=True)
     stopped = []
-    signal.signal(signal.SIGTERM, lambda *a: stopped.append(1))
+    signal.signal(signal.SIGTERM, lambda *a: stopped.append("stop"))
+    # SIGUSR2: leave the shared subscription group for good, without loss (docs/backend.md, "Retiring a worker")
+    signal.signal(signal.SIGUSR2, lambda *a: stopped.append("retire"))
+    rc = 0
     try:
         while not stopped:
             signal.pause() if hasattr(signal, "pause") else None
     except KeyboardInterrupt:
         pass
     finally:
-        if consumer:
+        if consumer and stopped and stopped[0] == "retire":
+            print("retiring: unsubscribing from %s, then draining" % consumer.topic, flush=True)
+            if consumer.retire(quiet=args.retire_quiet):
+                print("retired: drained, session of %s ended" % consumer.client_id, flush=True)
+            else:
+                print("edge-gateway: could not drain %s; the session is kept: start this worker again with "
+                      "--mqtt-client-id %s, then retire it again" % (consumer.topic, consumer.client_id),
+                      file=sys.stderr, flush=True)
+                rc = 1
+        elif consumer:
             consumer.stop()
         server.stop()  # graceful: stop accepting, finish the requests in flight
-        print(json.dumps(receiver.stats(), sort_keys=True), flush=True)
+        print(json.dumps(dict(receiver.stats(), consumer=consumer.counters if consumer else None), sort_keys=True),
+              flush=True)
         receiver.close()
-    return 0
+    return rc
 
 
 def cmd_verify(args):
@@ -356,6 +369,9 @@ def _add_receive(sub):
     rc.add_argument("--mqtt-client-id", metavar="ID", help="the consumer's MQTT client id (default: derived from "
                     "host, database and group). Several workers on one host with one database need one each, and "
                     "each keeps its own across restarts: the broker redelivers to it what it had not acknowledged")
+    rc.add_argument("--retire-quiet", type=float, default=1.0, metavar="S", help="on SIGUSR2 the worker retires: "
+                    "it unsubscribes, stores and acknowledges what the broker still sends it until nothing has come "
+                    "for S seconds (default 1), then ends its session (docs/backend.md, \"Retiring a worker\")")
     rc.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                     help="debug, info, warning or error (default info)")
     rc.set_defaults(func=cmd_receive)

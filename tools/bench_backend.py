@@ -44,8 +44,13 @@ class Unavailable(RuntimeError):
     """A service the bench needs is missing."""
 
 
-def cpu_split(target, n, records=RECORDS):
-    """CPU microseconds per batch of verify, decode and insert, for the storage ``target`` names."""
+#: batches per ``store_many`` in the CPU split: a group the MQTT consumer commits at once under load
+GROUP = 16
+
+
+def cpu_split(target, n, records=RECORDS, group=GROUP):
+    """CPU microseconds per batch of verify, decode and insert (``Storage.store_many`` in groups of ``group``:
+    group commit on PostgreSQL, one transaction a batch on SQLite), for the storage ``target`` names."""
     plan = Plan(1, 10.0, records, 1.0)
     gw = SimGateway("bench-0000", plan, fleet=None)
     now = time.time()
@@ -70,16 +75,17 @@ def cpu_split(target, n, records=RECORDS):
     try:
         server = _server_pid(storage)
         s0 = proc_cpu_s(server) if server else None
+        items = [(batch, digest, data) for data, (batch, digest) in zip(datas, batches)]
         t3 = time.thread_time()
-        for data, (batch, digest) in zip(datas, batches):
-            storage.store(batch, digest, data, time.time())
+        for i in range(0, n, group):
+            storage.store_many(items[i:i + group], time.time())
         t4 = time.thread_time()
         s1 = proc_cpu_s(server) if server else None
     finally:
         storage.close()
     us = lambda dt: round(dt / n * 1e6, 1)  # noqa: E731
     out = {"verify_us": us(t1 - t0), "decode_us": us(t2 - t1 - (t1 - t0)), "insert_us": us(t4 - t3),
-           "records_per_batch": records, "batches": n}
+           "records_per_batch": records, "batches": n, "group": group}
     if server:
         out["insert_server_us"] = us(s1 - s0)
     return out
@@ -106,8 +112,10 @@ def _count(storage):
     return storage.query("SELECT count(*) FROM batches")[0][0]
 
 
-def ingest(target, workers, broker, workdir, gateways, rate, seconds, records=RECORDS):
-    """One ingest run (see the module's docstring) against the storage ``target``; returns its figures."""
+def ingest(target, workers, broker, workdir, gateways, rate, seconds, records=RECORDS, preseal=True):
+    """One ingest run (see the module's docstring) against the storage ``target``; returns its figures.
+    ``preseal``: the simulator seals every batch before the run (``fleet-sim --preseal``), so the cores carry
+    only what the backend carries in production plus the simulator's sending."""
     name = "pg" if "://" in target else "sqlite"
     trust = os.path.join(workdir, "%s-jwks.json" % name)
     sim = [sys.executable, "-m", "gateway.cli", "fleet-sim", "--trust", trust, "--gateways", str(gateways),
@@ -140,15 +148,19 @@ def ingest(target, workers, broker, workdir, gateways, rate, seconds, records=RE
             simproc = subprocess.Popen(sim + ["--uplink", broker.url + "/bench", "--rate", str(rate), "--records",
                                               str(records), "--duration", str(seconds), "--cut-share", "0.2",
                                               "--cut-at", str(cut), "--cut-for", str(cut), "--drain", "60",
-                                              "--acked", acked_file, "--json"], stdout=out)
-            sim_cpu, rss = 0.0, [[] for _ in procs]
+                                              "--acked", acked_file, "--json"] + (["--preseal"] if preseal else []),
+                                       stdout=out)
+            rss = [[] for _ in procs]
+            running = False  # RSS is sampled from the first batch stored on (--preseal seals before the run)
             while simproc.poll() is None:
-                sim_cpu = proc_cpu_s(simproc.pid)
-                for samples, p in zip(rss, procs):
-                    samples.append(proc_rss_mb(p.pid))
+                running = running or _count(storage) > 0
+                if running:
+                    for samples, p in zip(rss, procs):
+                        samples.append(proc_rss_mb(p.pid))
                 time.sleep(1.0)
         with open(os.path.join(workdir, "%s-sim.json" % name)) as f:
             report = json.load(f)
+        sim_cpu = report["cpu_s"]  # the simulator's own CPU over the run (with --preseal, the sealing was before)
         acked = read_acked(acked_file)
         deadline = time.monotonic() + 120
         while _count(storage) < len(acked) and time.monotonic() < deadline:
@@ -200,7 +212,8 @@ def _ingest_figures(report, acked, stored, workers, cpu0, cpu1, sim_cpu, rss, re
         "storm": {k: report["outage"][k] for k in ("gateways", "backlog_at_reconnect", "drain_s")},
         "worker_rss_mb": [{"first": round(s[0], 1), "last": round(s[-1], 1), "max": round(max(s), 1)}
                           for s in steady],
-        "simulator_lag_s": report["producer_lag_s"],
+        "simulator_lag_s": report["producer_lag_s"], "simulator_presealed": report["preseal"],
+        "simulator_seal_cpu_s": report["seal_cpu_s"],
     }
 
 

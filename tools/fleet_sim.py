@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 from collections import deque
+import dataclasses
 from dataclasses import dataclass
 
 from gateway.adapters import keys
@@ -45,7 +46,8 @@ from gateway.core.model import Reading
 from gateway.core.redact import redact_url
 
 #: the bounds of one simulator process (one sender thread per gateway, and for MQTT one network thread)
-LIMITS = {"gateways": 2000, "duration": 3600.0, "rate": 100.0, "records": 1000, "max_backlog": 1_000_000}
+LIMITS = {"gateways": 2000, "duration": 3600.0, "rate": 100.0, "records": 1000, "max_backlog": 1_000_000,
+          "presealed": 200_000}
 #: marks a JWK Set this simulator wrote: it overwrites only such a file
 MARKER = "edge-gateway fleet-sim"
 SENSORS = 10  # sensors per gateway; a batch's readings go round them
@@ -66,6 +68,7 @@ class Plan:
     drain: float = 30.0  # seconds after ``duration`` to deliver the backlogs
     max_backlog: int = 10_000
     timeout: float = 10.0
+    preseal: bool = False  # seal every batch of the run before it starts (see ``Fleet.run``)
 
     def check(self):
         """``ValueError`` naming the flag, for a plan outside ``LIMITS``."""
@@ -83,6 +86,20 @@ class Plan:
             raise ValueError("--drain must be 0..%d s and --timeout 0..300 s" % LIMITS["duration"])
         if not self.prefix or any(c in self.prefix for c in "/+#\0 "):
             raise ValueError("--prefix must be one topic level, not %r" % (self.prefix,))
+        if self.preseal and self.gateways * self.rate * self.duration > LIMITS["presealed"]:
+            raise ValueError("--preseal holds the whole run in memory: at most %d batches, not %d" % (
+                LIMITS["presealed"], self.gateways * self.rate * self.duration))
+
+    def schedule(self):
+        """``(seconds into the run, gateway index)`` of every cut, in time order: each gateway cuts every
+        ``1 / rate`` seconds from a seeded phase."""
+        period = 1.0 / self.rate
+        rng = random.Random(self.seed)
+        due = [(rng.uniform(0, period), i) for i in range(self.gateways)]
+        heapq.heapify(due)
+        while due[0][0] < self.duration:
+            yield due[0]
+            heapq.heapreplace(due, (due[0][0] + period, due[0][1]))
 
     def gateway_ids(self):
         return ["%s-%04d" % (self.prefix, i) for i in range(self.gateways)]
@@ -141,7 +158,11 @@ class SimGateway:
 
     # -- cutting (the fleet's producer thread) ------------------------------------------------------------------
     def cut(self, wall):
-        """Seal one batch of ``records`` readings spread over the last batch interval ending at ``wall``."""
+        """Seal one batch (``seal``) and put it in the backlog."""
+        self.release(self.seal(wall))
+
+    def seal(self, wall):
+        """One sealed batch of ``records`` readings spread over the last batch interval ending at ``wall``."""
         plan = self.plan
         interval = 1.0 / plan.rate
         readings = []
@@ -153,8 +174,13 @@ class SimGateway:
         self.seq += 1
         records = senml.encode_records(readings, (), self.gw + "/", time_quantum=0.001)
         data = self.signer(wire.encode_payload(self.gw, plan.boot, self.seq, True, records))
+        return Sealed(self.seq, data, len(records), wall)
+
+    def release(self, sealed):
+        """Put a sealed batch in the backlog (the oldest goes beyond ``max_backlog``, counted)."""
+        plan = self.plan
         with self.cond:
-            self.backlog.append(Sealed(self.seq, data, len(records), wall))
+            self.backlog.append(sealed)
             self.counts["made"] += 1
             if len(self.backlog) > plan.max_backlog:
                 self.backlog.popleft()
@@ -249,7 +275,21 @@ class Fleet:
         return self.uplink_class.from_url(self.url, timeout=self.plan.timeout, retry_max_s=2.0, **extra)
 
     def run(self):
+        """Cut (or with ``preseal``, release) every gateway's batches on schedule while the gateways' threads
+        deliver them; returns the report.
+
+        ``preseal``: every batch of the run is sealed before the clock starts (readings timed as planned from the
+        moment sealing began), and the run only releases them on schedule. The sealing (SenML encoding and the
+        signature, about as much CPU a batch as a worker spends storing it) then does not share the cores with
+        the backend under test, as a real fleet's sealing runs on the gateways."""
         plan = self.plan
+        presealed = None
+        cpu = time.process_time()
+        if plan.preseal:
+            base = self.wall()
+            presealed = [(t, i, self.gateways[i].seal(base + t)) for t, i in plan.schedule()]
+        self.seal_cpu_s = time.process_time() - cpu
+        cpu = time.process_time()
         self.start = start = self.mono()
         for i in self._cut_index:
             self.gateways[i].offline = (start + plan.cut_at, start + plan.cut_at + plan.cut_for)
@@ -258,7 +298,10 @@ class Fleet:
         for t in threads:
             t.start()
         try:
-            self._produce(start)
+            if presealed is None:
+                self._produce(start)
+            else:
+                self._release(start, presealed)
         finally:
             self.producing.clear()
             drain_end = self.mono() + plan.drain
@@ -268,26 +311,34 @@ class Fleet:
             for t in threads:
                 t.join(plan.timeout + 5)
         self.wall_s = self.mono() - start
+        self.cpu_s = time.process_time() - cpu
         return self.report()
 
     def _produce(self, start):
-        plan = self.plan
-        period = 1.0 / plan.rate
-        rng = random.Random(plan.seed)
-        due = [(start + rng.uniform(0, period), i) for i in range(len(self.gateways))]
-        heapq.heapify(due)
-        end = start + plan.duration
+        end = start + self.plan.duration
+        for t, i in self.plan.schedule():
+            if not self._wait_until(start + t, end):
+                return
+            self.gateways[i].cut(self.wall())
+
+    def _release(self, start, presealed):
+        end = start + self.plan.duration
+        for t, i, sealed in presealed:
+            if not self._wait_until(start + t, end):
+                return
+            self.gateways[i].release(dataclasses.replace(sealed, cut=self.wall()))
+
+    def _wait_until(self, due, end):
+        """Wait for ``due`` (monotonic); False once stopped or at ``end``. Records how late the producer is."""
         while not self.stopped.is_set():
             now = self.mono()
             if now >= end:
-                return
-            t, i = due[0]
-            if t > now:
-                self.stopped.wait(min(t, end) - now)
-                continue
-            self.producer_lag = max(self.producer_lag, now - t)
-            self.gateways[i].cut(self.wall())
-            heapq.heapreplace(due, (t + period, i))
+                return False
+            if due <= now:
+                self.producer_lag = max(self.producer_lag, now - due)
+                return True
+            self.stopped.wait(min(due, end) - now)
+        return False
 
     def report(self):
         plan, gws = self.plan, self.gateways
@@ -311,6 +362,7 @@ class Fleet:
             "cut_to_ack_s": _percentiles([a[4] - a[2] for a in acked]),
             "acked_per_s": round(len(acked) / self.wall_s, 1) if self.wall_s else None,
             "producer_lag_s": round(self.producer_lag, 3), "wall_s": round(self.wall_s, 2),
+            "preseal": plan.preseal, "seal_cpu_s": round(self.seal_cpu_s, 2), "cpu_s": round(self.cpu_s, 2),
             "outage": {"gateways": len(cut), "at_s": plan.cut_at, "for_s": plan.cut_for,
                        "backlog_at_reconnect": sum(g.backlog_at_reconnect or 0 for g in cut),
                        "caught_up": len(caught),
@@ -369,6 +421,9 @@ def register(sub):
     f.add_argument("--max-backlog", type=int, default=10_000, help="batches a gateway holds unacknowledged "
                    "(default 10000; the oldest are dropped beyond, counted)")
     f.add_argument("--timeout", type=float, default=10.0, help="seconds one send may take (default 10)")
+    f.add_argument("--preseal", action="store_true", help="seal every batch before the run starts and only "
+                   "release them on schedule, so the simulator's sealing does not share the CPU with the backend "
+                   "it measures (at most %d batches, held in memory)" % LIMITS["presealed"])
     f.add_argument("--acked", metavar="FILE", help="write every acknowledged batch here (CSV)")
     f.add_argument("--json", action="store_true", help="print the report as one JSON object")
     f.add_argument("--log-level", default="error", choices=("debug", "info", "warning", "error"),
@@ -381,7 +436,7 @@ def cmd_fleet_sim(args):
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     boot = args.boot if args.boot is not None else int(time.time())
     plan = Plan(args.gateways, args.rate, args.records, args.duration, args.seed, boot, args.prefix, args.cut_share,
-                args.cut_at, args.cut_for, args.drain, args.max_backlog, args.timeout)
+                args.cut_at, args.cut_for, args.drain, args.max_backlog, args.timeout, args.preseal)
     try:
         plan.check()
     except ValueError as exc:

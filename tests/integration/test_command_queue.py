@@ -111,6 +111,24 @@ def test_outcomes_of_commands_sent_over_mqtt_are_listed(receiver, signing_key):
     assert [(r["op_seq"], r["action"], r["state"], r["kid"]) for r in rows] == [(7, None, "applied", OPERATOR.kid)]
 
 
+def test_outcomes_in_a_group_commit_settle_their_commands_in_the_same_transaction(receiver, signing_key):
+    """The MQTT consumer commits groups (``store_many``; on PostgreSQL a group this size goes in by COPY): the
+    outcome a batch of the group carries is recorded with it, once, and a repeat of that batch records none."""
+    first, second = command(1), command(2, "diagnose")
+    for data in (first, second):
+        assert receiver.queue_command(data)[0] == 201
+    applied = outcome(1, "applied", "store_requeue  (key %s, seq 1): nothing is quarantined" % OPERATOR.kid, first)
+    failed = outcome(2, "failed", "diagnose  (key %s, seq 2): FAIL clock" % OPERATOR.kid, second)
+    datas = [batch(signing_key, 0), batch(signing_key, 1, [applied]), batch(signing_key, 2), batch(signing_key, 3),
+             batch(signing_key, 4, [failed]), batch(signing_key, 1, [applied])]
+    items = [receiver.check(d)[1:] for d in datas]
+    assert [status for status, _ in receiver.store_many(items)] == [201, 201, 201, 201, 201, 200]
+    rows = receiver.command_status(GW)
+    assert [(r["op_seq"], r["state"]) for r in rows] == [(2, "failed"), (1, "applied")]
+    assert receiver.query("SELECT seq FROM command_outcomes WHERE gw = ? ORDER BY seq", (GW,)) == [(1,), (4,)]
+    assert receiver.query("SELECT COUNT(*) FROM records WHERE gw = ?", (GW,)) == [(7,)]  # 5 readings, 2 outcomes
+
+
 def test_an_expired_command_is_not_handed_over(receiver, signing_key, monkeypatch):
     data = command(1, ttl=30)
     assert receiver.queue_command(data)[0] == 201

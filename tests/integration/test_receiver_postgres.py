@@ -126,6 +126,37 @@ def test_stores_answers_duplicates_and_keeps_conflicts_apart(server, signing_key
     assert (stats["stored"], stats["duplicates"], stats["conflicts"], stats["rejected"]) == (1, 1, 2, 0)
 
 
+def test_a_group_commit_answers_each_batch_as_if_it_came_alone(db_target, two_gw_trust, signing_key, other_key):
+    """``store_many`` (the MQTT consumer's group commit): one transaction for the group, one answer per batch, in
+    order; a key repeated inside the group is a duplicate or a conflict of its first, never stored twice."""
+    rx = Receiver(db_target, two_gw_trust)
+    try:
+        assert rx.process(batch(signing_key, 1))[0] == 201  # stored before the group
+
+        def checked(data):
+            status, verified, digest, signed = rx.check(data)
+            assert status is None
+            return verified, digest, signed
+        items = [checked(d) for d in (batch(signing_key, 3), batch(signing_key, 1), batch(signing_key, 2),
+                                      batch(signing_key, 2), batch(signing_key, 2, values=(9.0,)),
+                                      batch(other_key, 1, gw="gw-other"))]
+        lax = checked(batch(signing_key, 4))
+        items.append((dataclasses.replace(lax[0], seq=1 << 63),) + lax[1:])  # what a lax verifier would pass
+        answers = rx.store_many(items)
+        assert [status for status, _ in answers] == [201, 200, 201, 200, 409, 201, 422]
+        assert [body.get("status") for _, body in answers[:6]] == ["stored", "duplicate", "stored", "duplicate",
+                                                                    "conflict", "stored"]
+        assert rx.query("SELECT gw, seq, records FROM batches ORDER BY gw, seq") == [
+            ("gw-other", 1, 3), (GW, 1, 3), (GW, 2, 3), (GW, 3, 3)]
+        assert rx.query("SELECT seq, COUNT(*) FROM records WHERE gw = ? GROUP BY seq ORDER BY seq", (GW,)) == [
+            (1, 3), (2, 3), (3, 3)]
+        assert rx.query("SELECT seq FROM conflicts") == [(2,)]
+        stats = rx.stats()
+        assert (stats["stored"], stats["duplicates"], stats["conflicts"], stats["rejected"]) == (4, 2, 1, 1)
+    finally:
+        rx.close()
+
+
 @pytest.mark.parametrize("change", [
     {"records": [{"n": GW + "/s1/temp", "t": 1.0, "v": -(10 ** 30)}]},
     {"records": [{"n": GW + "/s1/temp", "t": 1.0, "v": float("nan")}]},
@@ -227,7 +258,8 @@ def test_schema_is_built_from_an_empty_database_and_left_alone_at_a_second_start
     try:
         tables, indexes, partitioned = _catalog(first.conn)
         assert {"schema_version", "batches", "records_other", "conflicts", "commands", "command_outcomes"} <= tables
-        assert indexes == {"records_by_name", "records_by_gw", "records_by_gw_name"} and partitioned == {"records"}
+        # (n, t) was dropped in version 5: every query names the gateway, so (gw, n, t) serves it
+        assert indexes == {"records_by_gw", "records_by_gw_name"} and partitioned == {"records"}
         versions = first.query("SELECT version FROM schema_version ORDER BY version")
         from backend.receiver_pg import SCHEMA_VERSION
         assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)] and SCHEMA_VERSION >= 3
@@ -288,11 +320,11 @@ def test_readings_of_a_day_are_one_partition_and_index_lookups(pg_url, two_gw_tr
         got = store.query("SELECT tableoid::regclass::text, COUNT(*) FROM records GROUP BY 1 ORDER BY 1")
         assert got == [(partition_name(day - 1), 3), (partition_name(day), 6)]
         store.conn.execute("SET enable_seqscan = off")  # the tables are tiny: ask which plan the index gives
-        one_day = store.query("EXPLAIN SELECT t, v FROM records WHERE n = ? AND t >= ? AND t < ?",
-                              (GW + "/s1/temp", day * DAY, (day + 1) * DAY))
+        one_day = store.query("EXPLAIN SELECT t, v FROM records WHERE gw = ? AND n = ? AND t >= ? AND t < ?",
+                              (GW, GW + "/s1/temp", day * DAY, (day + 1) * DAY))
         plan = "\n".join(r[0] for r in one_day)
         assert partition_name(day) in plan and partition_name(day - 1) not in plan  # pruned to one partition
-        assert "Index" in plan and "n_t_idx" in plan
+        assert "Index" in plan and "gw_n_t_idx" in plan
         last_hour = "\n".join(r[0] for r in store.query(
             "EXPLAIN SELECT * FROM records WHERE gw = ? AND t >= ?", (GW, NOW - 3600)))
         assert "Index" in last_hour and "gw_t_idx" in last_hour

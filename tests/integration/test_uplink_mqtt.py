@@ -143,17 +143,17 @@ def test_poison_message_and_a_crashing_process_do_not_stop_the_consumer(tmp_path
                                                                        caplog):
     with Broker(tmp_path / "b") as broker:
         r = Receiver(str(tmp_path / "r.sqlite"), trust)
-        real_process = r.process
+        real_check = r.check  # the consumer's entry point (paho's thread verifies, the writer stores)
         crashes = []
 
-        def process_with_a_bug(data, encoding=None):
+        def check_with_a_bug(data, encoding=None):
             plain = zlib.decompress(data) if encoding == "deflate" else data  # the uplink deflates by default
             if plain == signed(signing_key, 3).data and not crashes:
                 crashes.append(data)
                 raise RuntimeError("simulated consumer bug")
-            return real_process(data, encoding)
+            return real_check(data, encoding)
 
-        monkeypatch.setattr(r, "process", process_with_a_bug)
+        monkeypatch.setattr(r, "check", check_with_a_bug)
         consumer = MqttConsumer.from_url(broker.url + "/edge", r, group="g", redeliver=(0.2, 1.0)).start()
         up = MqttUplink.from_url(broker.url + "/edge", gw="gw-test", timeout=5)
         try:

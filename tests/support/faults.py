@@ -81,6 +81,12 @@ class Receiver:
     def kill(self):
         killpg(self.proc)
 
+    def retire(self, timeout=60):
+        """SIGUSR2: the worker leaves its shared subscription group for good (unsubscribe, drain, end the session,
+        exit). Returns its exit status."""
+        self.proc.send_signal(signal.SIGUSR2)
+        return self.proc.wait(timeout)
+
     def stop(self):
         if self.proc:
             killpg(self.proc, signal.SIGTERM)

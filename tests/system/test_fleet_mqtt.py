@@ -8,15 +8,15 @@ Wall time: about 60 s of simulation, a few seconds of drain, ~10 s of start and 
 """
 
 import json
-import os
 import signal
 import subprocess
 import time
 
 import pytest
 
-from tests.support import reserve_port, wait_until
-from tests.support.faults import BIN, Receiver
+from tests.support import wait_until
+from tests.support.faults import BIN
+from tests.support.fleet import assert_exactly_once, consuming, enrolled, final_stats, start_workers, stored
 from tests.support.mosquitto import Broker, have_mosquitto
 from tests.support.postgres import pg_url, postgres  # noqa: F401  (fixtures: a real PostgreSQL)
 from tools.fleet_sim import read_acked
@@ -30,24 +30,12 @@ DOWN_FOR = 3                    # the killed worker stays dead this long (the be
 BOOT = 7
 
 
-def _consuming(worker, starts):
-    with open(worker.log_path, "rb") as f:
-        return f.read().count(b"consuming $share/") >= starts
-
-
 def test_fleet_over_shared_subscription_into_postgres(tmp_path, pg_url):  # noqa: F811
     broker = Broker(tmp_path / "broker").start()
-    trust = str(tmp_path / "jwks.json")
-    sim_args = ["fleet-sim", "--trust", trust, "--gateways", str(GATEWAYS), "--seed", "3", "--boot", str(BOOT)]
-    subprocess.run([BIN] + sim_args + ["--enroll-only"], check=True, timeout=60, stdout=subprocess.DEVNULL)
+    trust, sim_args = enrolled(tmp_path, GATEWAYS, 3, BOOT)
     workers = []
     try:
-        for i in range(3):
-            os.makedirs(tmp_path / ("w%d" % i))
-            workers.append(Receiver(str(tmp_path / ("w%d" % i)), trust, reserve_port(), mqtt=broker.url + "/edge",
-                                    group="fleet", db=pg_url, client_id="rx-fleet-%d" % i).start())
-        for w in workers:
-            wait_until(lambda: _consuming(w, 1), 20, "worker %s subscribed" % w.args[-1])
+        workers = start_workers(tmp_path, trust, broker, pg_url, 3, "fleet", "rx-fleet")
 
         acked_file = str(tmp_path / "acked.csv")
         with open(tmp_path / "sim.json", "wb") as out, open(tmp_path / "sim.err", "wb") as err:
@@ -62,7 +50,7 @@ def test_fleet_over_shared_subscription_into_postgres(tmp_path, pg_url):  # noqa
                 victim.kill()
                 time.sleep(DOWN_FOR)  # the worker stays dead a while; the broker keeps its session
                 victim.start()
-                wait_until(lambda: _consuming(victim, 2), 20, "the restarted worker subscribed")
+                wait_until(lambda: consuming(victim, 2), 20, "the restarted worker subscribed")
                 assert sim.wait(SECONDS + 60) == 0, (tmp_path / "sim.err").read_text()[-2000:]
             finally:
                 if sim.poll() is None:
@@ -81,21 +69,10 @@ def test_fleet_over_shared_subscription_into_postgres(tmp_path, pg_url):  # noqa
         assert outage["caught_up"] == outage["gateways"] and outage["drain_s"] is not None
 
         # PostgreSQL: every acknowledged batch exactly once, with exactly its records
-        import psycopg
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            def stored_count():
-                return conn.execute("SELECT count(*) FROM batches WHERE boot = %s", (BOOT,)).fetchone()[0]
-            wait_until(lambda: stored_count() >= len(acked), 60, "PostgreSQL holding every acknowledged batch")
-            batches = {(gw, boot, seq): n for gw, boot, seq, n in conn.execute(
-                "SELECT gw, boot, seq, records FROM batches WHERE boot = %s", (BOOT,))}
-            rows = {(gw, boot, seq): n for gw, boot, seq, n in conn.execute(
-                "SELECT gw, boot, seq, count(*) FROM records WHERE boot = %s GROUP BY gw, boot, seq", (BOOT,))}
-        missing = sorted(set(acked) - set(batches))
-        assert missing == [], "%d acknowledged batches not in PostgreSQL, e.g. %s" % (len(missing), missing[:5])
+        batches, rows = stored(pg_url, BOOT, len(acked))
+        assert_exactly_once(acked, batches, rows)
         # a batch stored but never acknowledged can only come from a send the simulator saw fail
         assert len(set(batches) - set(acked)) <= report["retries"]
-        wrong = [k for k, (n, *_times) in acked.items() if batches[k] != n or rows.get(k) != n]
-        assert wrong == [], "batches whose records are not there exactly once: %s" % wrong[:5]
         assert sum(rows.values()) == sum(batches.values())
         assert sum(n for n, *_ in acked.values()) == report["acked_records"]
 
@@ -105,8 +82,7 @@ def test_fleet_over_shared_subscription_into_postgres(tmp_path, pg_url):  # noqa
         stats = []
         for w in workers:
             w.proc.wait(30)
-            with open(w.log_path) as f:
-                stats.append([json.loads(line) for line in f if line.startswith("{")][-1])
+            stats.append(final_stats(w))
         assert all(s["stored"] > 0 and s["store_failures"] == 0 and s["rejected"] == 0 for s in stats), stats
         assert elapsed < SECONDS + 45, "the run took %.0f s" % elapsed
     finally:

@@ -52,6 +52,7 @@ def test_enroll_overwrites_only_its_own_trust_store(tmp_path):
     (dict(gateways=0), "--gateways"), (dict(gateways=2001), "--gateways"), (dict(rate=0.0), "--rate"),
     (dict(records=1001), "--records"), (dict(duration=4000.0), "--duration"), (dict(cut_share=1.5), "--cut-share"),
     (dict(cut_share=0.2, cut_at=50.0, cut_for=20.0), "--cut-at"), (dict(prefix="a/b"), "--prefix"),
+    (dict(gateways=2000, rate=10.0, duration=11.0, preseal=True), "--preseal"),
 ])
 def test_plan_bounds_name_the_flag(change, flag):
     fields = dict(gateways=10, rate=1.0, records=10, duration=60.0)
@@ -65,3 +66,28 @@ def test_the_outage_share_is_seeded():
     plan = Plan(200, 1.0, 10, 60.0, seed=3, cut_share=0.2, cut_at=15.0, cut_for=20.0)
     assert len(plan.cut_off()) == 40 and plan.cut_off() == plan.cut_off()
     assert Plan(200, 1.0, 10, 60.0, seed=4, cut_share=0.2).cut_off() != plan.cut_off()
+
+
+def test_the_schedule_cuts_each_gateway_at_its_rate_in_time_order():
+    """The producer's schedule, and with --preseal the order batches are sealed in before the run."""
+    plan = Plan(4, 5.0, 1, 2.0, seed=3)
+    cuts = list(plan.schedule())
+    assert [t for t, _ in cuts] == sorted(t for t, _ in cuts) and all(0 <= t < 2.0 for t, _ in cuts)
+    for i in range(4):
+        mine = [t for t, g in cuts if g == i]
+        assert len(mine) == 10 and mine[0] < 0.2
+        assert all(abs(b - a - 0.2) < 1e-9 for a, b in zip(mine, mine[1:]))
+    assert list(Plan(4, 5.0, 1, 2.0, seed=3).schedule()) == cuts != list(Plan(4, 5.0, 1, 2.0, seed=4).schedule())
+
+
+def test_a_presealed_batch_is_the_batch_a_cut_would_make(tmp_path):
+    plan = Plan(1, 2.0, 5, 10.0, seed=5, boot=42, preseal=True)
+    enroll(str(tmp_path / "jwks.json"), plan)
+    trust = TrustStore.load(str(tmp_path / "jwks.json"))
+    a, b = SimGateway("sim-0000", plan, fleet=None), SimGateway("sim-0000", plan, fleet=None)
+    sealed = a.seal(1_700_000_000.0)
+    assert not a.backlog  # sealed, not released yet
+    b.cut(1_700_000_000.0)
+    assert sealed == b.backlog[0] and verify(sealed.data, trust).seq == 1
+    a.release(sealed)
+    assert list(a.backlog) == [sealed] and a.counts["made"] == 1
