@@ -10,6 +10,7 @@ from gateway.core import senml, wire
 from gateway.adapters.keys import SigningKey
 from gateway.core.model import Reading
 from backend.receiver import Receiver, ReceiverServer
+from tests.support import post_batch
 
 
 @pytest.fixture
@@ -20,15 +21,7 @@ def server(tmp_path, trust):
     srv.receiver.close()
 
 
-def post(url, body, ctype=wire.HTTP_CONTENT_TYPE):
-    u = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=5)
-    conn.request("POST", u.path, body=body, headers={"Content-Type": ctype})
-    resp = conn.getresponse()
-    out = resp.status, json.loads(resp.read() or b"{}"), resp.getheader("Retry-After")
-    conn.close()
-    return out
-
+post = post_batch  # (status, body, Retry-After)
 
 def batch(key, seq, n=3, gw="gw-test"):
     readings = [Reading("s1", "temp", 4.0 + i / 4, "Cel", 1000.0 + i) for i in range(n)]

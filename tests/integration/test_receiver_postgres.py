@@ -12,7 +12,6 @@ import json
 import signal
 import subprocess
 import threading
-import urllib.parse
 
 import psycopg
 import pytest
@@ -23,7 +22,7 @@ from backend.receiver_pg import AHEAD_DAYS, DAY, PostgresStorage, partition_name
 from gateway.adapters.keys import SigningKey, TrustStore
 from gateway.core import senml, wire
 from gateway.core.model import Reading
-from tests.support import reserve_port, wait_for_port, wait_until
+from tests.support import post_batch, reserve_port, wait_for_port, wait_until
 
 GW = "gw-test"
 #: the receiver's fake "now" in the retention tests: 2026-11-30 12:00 UTC
@@ -48,16 +47,7 @@ def server(db_target, two_gw_trust):
     srv.receiver.close()
 
 
-def post(url, body, timeout=5):
-    u = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-    try:
-        conn.request("POST", u.path, body=body, headers={"Content-Type": wire.HTTP_CONTENT_TYPE})
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read() or b"{}"), resp.getheader("Retry-After")
-    finally:
-        conn.close()
-
+post = post_batch  # (status, body, Retry-After)
 
 def batch(key, seq, gw=GW, values=(4.0, 4.25, 4.5), t0=1_700_000_000.0, boot=1, name="temp"):
     readings = [Reading("s1", name, v, "Cel", t0 + i) for i, v in enumerate(values)]

@@ -24,7 +24,7 @@ from backend.httpd import Limits, ReceiverServer
 from backend.receiver import Receiver
 from gateway.core import senml, wire
 from gateway.core.model import Reading
-from tests.support import get_json
+from tests.support import get_json, post_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = pytest.mark.timeout(120)
@@ -37,16 +37,7 @@ def batch(key, seq, gw="gw-test"):
     return wire.sign(wire.encode_payload(gw, 1, seq, True, senml.encode_records(readings, (), gw + "/")), key)
 
 
-def post(url, body, timeout=5):
-    u = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
-    try:
-        conn.request("POST", u.path, body=body, headers={"Content-Type": wire.HTTP_CONTENT_TYPE})
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read() or b"{}"), resp.getheader("Retry-After")
-    finally:
-        conn.close()
-
+post = post_batch  # (status, body, Retry-After)
 
 get = get_json  # (status, JSON body) of a GET
 

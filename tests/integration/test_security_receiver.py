@@ -20,6 +20,7 @@ from gateway.core import senml, wire
 from gateway.adapters.keys import SigningKey, TrustStore
 from gateway.core.model import Reading
 from backend.receiver import Receiver, ReceiverServer
+from tests.support import post_batch
 
 
 @pytest.fixture
@@ -40,16 +41,8 @@ def server(tmp_path, two_gw_trust):
     srv.receiver.close()
 
 
-def post(url, body, ctype=wire.HTTP_CONTENT_TYPE):
-    u = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=5)
-    try:
-        conn.request("POST", u.path, body=body, headers={"Content-Type": ctype})
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read() or b"{}")
-    finally:
-        conn.close()
-
+def post(url, body, ctype=None):
+    return post_batch(url, body, ctype)[:2]  # (status, body)
 
 def raw_request(url, head, body=b""):
     """Send exact bytes; return the status code of the answer (or None if the connection closed unanswered)."""

@@ -83,6 +83,34 @@ def http_get(base, path, headers=None, timeout=5):
         conn.close()
 
 
+def post_batch(url, body, ctype=None, timeout=5):
+    """``POST`` one body to ``url`` (a batch, by default with the wire format's media type):
+    ``(status, JSON body or {}, Retry-After or None)``."""
+    import http.client
+    import json
+    import urllib.parse
+    from gateway.core import wire
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    try:
+        conn.request("POST", u.path, body=body, headers={"Content-Type": ctype or wire.HTTP_CONTENT_TYPE})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}"), resp.getheader("Retry-After")
+    finally:
+        conn.close()
+
+
+def load_vectors(directory):
+    """``[(file name, parsed JSON), ...]`` of the ``.json`` test vectors in ``directory``, by name."""
+    import json
+    out = []
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".json"):
+            with open(os.path.join(directory, name)) as f:
+                out.append((name, json.load(f)))
+    return out
+
+
 def get_json(base, path, headers=None):
     """``GET path`` answered in JSON: ``(status, body)`` (an empty body is ``{}``)."""
     import json

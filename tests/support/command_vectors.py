@@ -11,6 +11,7 @@ import os
 
 from gateway.adapters.keys import SigningKey
 from gateway.core import commands
+from tests.support import load_vectors
 
 VECTOR_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "vectors", "commands")
 INPUTS = {
@@ -33,12 +34,7 @@ def build(vec):
 
 
 def load_all():
-    out = []
-    for name in sorted(os.listdir(VECTOR_DIR)):
-        if name.endswith(".json"):
-            with open(os.path.join(VECTOR_DIR, name)) as f:
-                out.append((name, json.load(f)))
-    return out
+    return load_vectors(VECTOR_DIR)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import os
 from gateway.core import senml, wire
 from gateway.adapters.keys import SigningKey, b64url_decode
 from gateway.core.model import Event, Reading
+from tests.support import load_vectors
 
 
 def pycose_verify(data, jwk):
@@ -44,12 +45,7 @@ def is_current(vec):
 
 
 def load_all():
-    out = []
-    for name in sorted(os.listdir(VECTOR_DIR)):
-        if name.endswith(".json"):
-            with open(os.path.join(VECTOR_DIR, name)) as f:
-                out.append((name, json.load(f)))
-    return out
+    return load_vectors(VECTOR_DIR)
 
 
 if __name__ == "__main__":
