@@ -81,6 +81,8 @@ def outcome_rows(batch):
     out = []
     prefix = batch.gw + "/"
     for r in batch.records:
+        if r.get("vs") is None:  # an outcome is a text value: a reading (most records) is passed over at once
+            continue
         name = r.get("n")
         if not isinstance(name, str) or not name.startswith(prefix):
             continue
