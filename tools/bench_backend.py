@@ -38,6 +38,9 @@ from tools.fleet_sim import Plan, SimGateway, gateway_key, read_acked
 #: the issue's target on this machine (2 cores shared by broker, database, workers and simulator)
 TARGETS = {"postgresql_batches_per_s": (">=", 1000), "postgresql_lost": ("<=", 0), "sqlite_lost": ("<=", 0)}
 RECORDS = 100
+#: batches a second each simulated gateway is asked for, per engine (50 gateways): PostgreSQL's 1,250 a second is
+#: above the target, so the batches stored a second measure what the workers keep up with, not what was offered
+RATES = {"sqlite": 20.0, "postgresql": 25.0}
 
 
 class Unavailable(RuntimeError):
@@ -231,9 +234,10 @@ def run_backend_bench(quick=False, progress=None):
     if not have_mosquitto() or not have_postgres():
         return {"error": "bench --backend needs mosquitto and PostgreSQL's server (Debian mosquitto, postgresql)"}
     workdir = tempfile.mkdtemp(prefix="edge-gateway-bench-backend-", dir=os.environ.get("BENCH_DIR"))
-    gateways, rate, seconds = (50, 20.0, 10) if quick else (50, 20.0, 30)
+    gateways, seconds = 50, (10 if quick else 30)
     results = {"quick": quick, "cores": os.cpu_count(), "records_per_batch": RECORDS,
-               "offered": "%d gateways x %g batches/s x %d records, %d s" % (gateways, rate, RECORDS, seconds)}
+               "offered": {engine: "%d gateways x %g batches/s x %d records, %d s" % (gateways, rate, RECORDS, seconds)
+                           for engine, rate in RATES.items()}}
     cluster = broker = None
     try:
         say("backend: PostgreSQL and Mosquitto")
@@ -246,7 +250,7 @@ def run_backend_bench(quick=False, progress=None):
             results[engine] = {"cpu_split": cpu_split(split_target, 200 if quick else 1000)}
             say("backend: %s ingest, %d worker(s)" % (engine, workers))
             results[engine]["ingest"] = ingest(target or cluster.database("ingest"), workers, broker, workdir,
-                                               gateways, rate, seconds)
+                                               gateways, RATES[engine], seconds)
     finally:
         if broker is not None:
             broker.stop()
