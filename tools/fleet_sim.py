@@ -235,17 +235,26 @@ class SimGateway:
         try:
             self.uplink.send(item.data)
         except UplinkError as exc:
-            reason = "status_%s" % exc.status if exc.status else ("retryable" if exc.retryable else "rejected")
-            self.failures[reason] = self.failures.get(reason, 0) + 1
-            if exc.retryable:
-                return False
-            self.counts["rejected"] += 1  # the agent would quarantine it: it is not acknowledged
-            self._pop(item)
-            return True
-        self.acked.append((item.seq, item.records, item.cut, sent, fleet.wall()))
-        self._pop(item)
+            return self.failed(item, exc)
+        self.delivered(item, sent, fleet.wall())
         backoff.reset()
         return True
+
+    def failed(self, item, exc):
+        """Count a send of ``item`` that failed with ``exc`` (an ``UplinkError``); a rejection takes the batch out
+        of the backlog unacknowledged (the agent would quarantine it). False when the batch is to be retried."""
+        reason = "status_%s" % exc.status if exc.status else ("retryable" if exc.retryable else "rejected")
+        self.failures[reason] = self.failures.get(reason, 0) + 1
+        if exc.retryable:
+            return False
+        self.counts["rejected"] += 1
+        self._pop(item)
+        return True
+
+    def delivered(self, item, sent, acked):
+        """``item`` was acknowledged (wall clock: ``sent``, ``acked``): recorded, and out of the backlog."""
+        self.acked.append((item.seq, item.records, item.cut, sent, acked))
+        self._pop(item)
 
     def _pop(self, item):
         with self.cond:
@@ -294,6 +303,16 @@ class Fleet:
         for i in self._cut_index:
             self.gateways[i].offline = (start + plan.cut_at, start + plan.cut_at + plan.cut_for)
         self.producing.set()
+        if self.uplink_class.kind == "mqtt":  # one thread drives every gateway's client (tools/fleet_mqtt.py)
+            from tools.fleet_mqtt import MqttFleetLoop
+            try:
+                MqttFleetLoop(self).run(start, self._due(presealed))
+            finally:
+                self.producing.clear()
+                self.stopped.set()
+            self.wall_s = self.mono() - start
+            self.cpu_s = time.process_time() - cpu
+            return self.report()
         threads = [threading.Thread(target=g.run, name="sim-" + g.gw, daemon=True) for g in self.gateways]
         for t in threads:
             t.start()
@@ -313,6 +332,13 @@ class Fleet:
         self.wall_s = self.mono() - start
         self.cpu_s = time.process_time() - cpu
         return self.report()
+
+    def _due(self, presealed):
+        """``(seconds into the run, gateway index, make)`` of every batch in time order; ``make(wall)`` seals it
+        then, or with ``preseal`` gives the batch sealed before the run, its cut time ``wall``."""
+        if presealed is None:
+            return ((t, i, self.gateways[i].seal) for t, i in self.plan.schedule())
+        return ((t, i, lambda wall, s=sealed: dataclasses.replace(s, cut=wall)) for t, i, sealed in presealed)
 
     def _produce(self, start):
         end = start + self.plan.duration

@@ -326,6 +326,32 @@ class MqttUplink(Uplink):
     def topic_for(self, data):
         return "%s/%s/batches" % (self.prefix, self.gw or gateway_of(data))
 
+    def message_for(self, data, topic=None):
+        """``(topic, payload, properties)`` of the QoS 1 PUBLISH that carries the signed batch ``data``: deflated
+        and marked when ``compress`` makes it smaller, else as it is (properties None). ``send`` and the fleet
+        simulator's one-thread sender (tools/fleet_mqtt.py) publish this."""
+        topic = topic or self.topic_for(data)
+        packed = deflated(data) if self.compress else None
+        if packed is None:
+            return topic, data, None
+        props = Properties(PacketTypes.PUBLISH)
+        props.PayloadFormatIndicator = 0  # bytes, not UTF-8
+        props.UserProperty = (CONTENT_ENCODING, "deflate")
+        return topic, packed, props
+
+    def check_puback(self, code, topic):
+        """``code``, a PUBACK's reason code, when it acknowledges the batch; else the ``UplinkError`` it means
+        (no matching subscribers: retryable while ``require_subscribers``; the ``REJECTED`` codes: not retryable;
+        any other failure: retryable), raised."""
+        if code == NO_MATCHING_SUBSCRIBERS and self.require_subscribers:
+            raise UplinkError("MQTT broker %s has no subscriber for %s; keeping the batch" % (self.describe(), topic),
+                              retryable=True)
+        if code >= 0x80:
+            text = REJECTED.get(code)
+            raise UplinkError("MQTT broker %s refused the batch: reason 0x%02x %s" % (
+                self.describe(), code, text or "(unspecified)"), retryable=text is None, status=code)
+        return code
+
     def send(self, batch):
         data = batch.data if hasattr(batch, "data") else batch
         topic = self.topic_for(data)
@@ -337,12 +363,7 @@ class MqttUplink(Uplink):
                               retryable=True)
         with conn.cond:
             generation = conn.generation
-        payload, props = data, None
-        packed = deflated(data) if self.compress else None
-        if packed is not None:
-            payload, props = packed, Properties(PacketTypes.PUBLISH)
-            props.PayloadFormatIndicator = 0  # bytes, not UTF-8
-            props.UserProperty = (CONTENT_ENCODING, "deflate")
+        topic, payload, props = self.message_for(data, topic)
         info = conn.client.publish(topic, payload, qos=1, properties=props)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise UplinkError("MQTT publish to %s failed: %s" % (self.describe(), mqtt.error_string(info.rc)),
@@ -361,15 +382,8 @@ class MqttUplink(Uplink):
         self.last_latency = time.monotonic() - start
         self.counters["payload_bytes"] += len(payload)
         self.counters["signed_bytes"] += len(data)
-        self.counters["deflated"] += packed is not None
-        if code == NO_MATCHING_SUBSCRIBERS and self.require_subscribers:
-            raise UplinkError("MQTT broker %s has no subscriber for %s; keeping the batch" % (self.describe(), topic),
-                              retryable=True)
-        if code >= 0x80:
-            text = REJECTED.get(code)
-            raise UplinkError("MQTT broker %s refused the batch: reason 0x%02x %s" % (
-                self.describe(), code, text or "(unspecified)"), retryable=text is None, status=code)
-        return code
+        self.counters["deflated"] += payload is not data
+        return self.check_puback(code, topic)
 
     def close(self):
         self._conn.stop()
