@@ -2,7 +2,8 @@
 
 ``Broker(tmpdir).start()`` writes ``mosquitto.conf`` and runs ``mosquitto -c conf``; ``kill()`` sends SIGKILL and
 ``start()`` again restarts it on the same port (the listener sets SO_REUSEADDR). Optional TLS (server cert and key
-files, a CA for client certificates) and a password file (made with ``mosquitto_passwd``). Every wait is bounded.
+files, a CA for client certificates), a password file (made with ``mosquitto_passwd``) and an ACL file. Every
+wait is bounded.
 """
 
 import os
@@ -18,14 +19,17 @@ def have_mosquitto():
 
 
 class Broker:
-    def __init__(self, directory, port=None, tls=None, users=None, require_certificate=False):
-        """``tls`` = ``(certfile, keyfile, cafile)`` or None; ``users`` = ``{name: password}`` (no anonymous)."""
+    def __init__(self, directory, port=None, tls=None, users=None, require_certificate=False, acl=None):
+        """``tls`` = ``(certfile, keyfile, cafile)`` or None; ``users`` = ``{name: password}`` (no anonymous);
+        ``acl``: lines of a Mosquitto ACL file (``topic write edge/gw-1/batches``, ...; what they do not allow is
+        denied: a denied QoS 1 publish gets PUBACK 0x87 under MQTT v5), or None for no ACL."""
         self.directory = os.fspath(directory)
         os.makedirs(self.directory, exist_ok=True)
         self.port = port or reserve_port()
         self.tls = tls
         self.users = users
         self.require_certificate = require_certificate
+        self.acl = acl
         self.proc = None
         self.conf = os.path.join(self.directory, "mosquitto.conf")
         self.log = os.path.join(self.directory, "mosquitto.log")
@@ -47,6 +51,11 @@ class Broker:
             lines += ["allow_anonymous false", "password_file %s" % pwfile]
         else:
             lines.append("allow_anonymous true")
+        if self.acl is not None:
+            aclfile = os.path.join(self.directory, "acl")
+            with open(aclfile, "w") as f:
+                f.write("\n".join(self.acl) + "\n")
+            lines.append("acl_file %s" % aclfile)
         if self.tls:
             certfile, keyfile, cafile = self.tls
             lines += ["certfile %s" % certfile, "keyfile %s" % keyfile, "cafile %s" % cafile]
