@@ -18,6 +18,7 @@ backlog after it.
 Not thread-safe: ``MqttFleetLoop.run`` is the only thread that touches the gateways and their clients.
 """
 
+import dataclasses
 import heapq
 import selectors
 import time
@@ -134,6 +135,10 @@ class MqttFleetLoop:
         finally:
             self.close()
 
+    def prepared(self, i, sealed):
+        """``sealed`` (a batch of gateway ``i``) with its PUBLISH made now (``--preseal``: before the run)."""
+        return dataclasses.replace(sealed, message=self.links[i].uplink.message_for(sealed.data))
+
     def close(self):
         """Disconnect every client (a clean DISCONNECT where the socket takes it) and close the selector."""
         for link in self.links:
@@ -232,7 +237,7 @@ class MqttFleetLoop:
         gw, uplink = link.gw, link.uplink
         gw.counts["attempts"] += 1
         sent = self.fleet.wall()
-        topic, payload, props = uplink.message_for(item.data)
+        topic, payload, props = item.message or uplink.message_for(item.data)
         info = link.client.publish(topic, payload, qos=1, properties=props)  # written now unless the socket is full
         self._sync(link)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:

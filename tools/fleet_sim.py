@@ -135,6 +135,7 @@ class Sealed:
     data: bytes
     records: int
     cut: float  # wall clock
+    message: tuple | None = None  # with --preseal over MQTT: its PUBLISH made before the run (tools/fleet_mqtt.py)
 
 
 class SimGateway:
@@ -290,23 +291,28 @@ class Fleet:
         ``preseal``: every batch of the run is sealed before the clock starts (readings timed as planned from the
         moment sealing began), and the run only releases them on schedule. The sealing (SenML encoding and the
         signature, about as much CPU a batch as a worker spends storing it) then does not share the cores with
-        the backend under test, as a real fleet's sealing runs on the gateways."""
+        the backend under test, as a real fleet's sealing runs on the gateways. Over MQTT each batch's PUBLISH
+        (``MqttUplink.message_for``: its deflate) is made then too, for the same reason."""
         plan = self.plan
-        presealed = None
+        presealed = loop = None
+        if self.uplink_class.kind == "mqtt":  # one thread drives every gateway's client (tools/fleet_mqtt.py)
+            from tools.fleet_mqtt import MqttFleetLoop
+            loop = MqttFleetLoop(self)
         cpu = time.process_time()
         if plan.preseal:
             base = self.wall()
             presealed = [(t, i, self.gateways[i].seal(base + t)) for t, i in plan.schedule()]
+            if loop is not None:
+                presealed = [(t, i, loop.prepared(i, sealed)) for t, i, sealed in presealed]
         self.seal_cpu_s = time.process_time() - cpu
         cpu = time.process_time()
         self.start = start = self.mono()
         for i in self._cut_index:
             self.gateways[i].offline = (start + plan.cut_at, start + plan.cut_at + plan.cut_for)
         self.producing.set()
-        if self.uplink_class.kind == "mqtt":  # one thread drives every gateway's client (tools/fleet_mqtt.py)
-            from tools.fleet_mqtt import MqttFleetLoop
+        if loop is not None:
             try:
-                MqttFleetLoop(self).run(start, self._due(presealed))
+                loop.run(start, self._due(presealed))
             finally:
                 self.producing.clear()
                 self.stopped.set()
