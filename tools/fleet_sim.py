@@ -6,6 +6,8 @@ Each cuts a batch of ``--records`` readings every ``1 / --rate`` seconds, sealed
 (``gateway.core.senml.encode_records``, ``gateway.core.wire.encode_payload`` and ``Signer``), into an in-memory
 backlog, and sends its backlog oldest first through the agent's own uplinks (``gateway.adapters.uplink``: MQTT at
 QoS 1, the PUBACK is the acknowledgement; HTTP, a 2xx is). A batch leaves the backlog only once acknowledged.
+Over MQTT one thread drives every gateway's client and releases the batches (``tools/fleet_mqtt.py``); over HTTP
+each gateway has its sender thread and a producer thread cuts the batches.
 
 ``--cut-share F --cut-at S --cut-for S`` cuts a share of the gateways off (their connection closed) from ``S``
 seconds into the run for ``S`` seconds; they keep cutting batches meanwhile and reconnect with that backlog: the
@@ -45,7 +47,7 @@ from gateway.core.errors import KeyFileError, UplinkError
 from gateway.core.model import Reading
 from gateway.core.redact import redact_url
 
-#: the bounds of one simulator process (one sender thread per gateway, and for MQTT one network thread)
+#: the bounds of one simulator process (over MQTT one socket per gateway, over HTTP one sender thread per gateway)
 LIMITS = {"gateways": 2000, "duration": 3600.0, "rate": 100.0, "records": 1000, "max_backlog": 1_000_000,
           "presealed": 200_000}
 #: marks a JWK Set this simulator wrote: it overwrites only such a file
@@ -139,7 +141,8 @@ class Sealed:
 
 
 class SimGateway:
-    """One simulated gateway: cuts and seals batches (``cut``) and delivers its backlog (``run``, its thread)."""
+    """One simulated gateway: cuts and seals batches (``cut``) and delivers its backlog (over HTTP ``run``, its
+    thread; over MQTT ``tools.fleet_mqtt`` drives it)."""
 
     def __init__(self, gw, plan, fleet, offline=None):
         self.gw, self.plan, self.fleet = gw, plan, fleet
@@ -264,7 +267,8 @@ class SimGateway:
 
 
 class Fleet:
-    """The gateways of one plan, their threads, and the producer that cuts batches on schedule."""
+    """The gateways of one plan, and what delivers them: over MQTT one loop (``tools.fleet_mqtt``), over HTTP a
+    thread per gateway and a producer that cuts batches on schedule."""
 
     def __init__(self, plan, uplink_url, wall=time.time, mono=time.monotonic):
         plan.check()
@@ -285,8 +289,8 @@ class Fleet:
         return self.uplink_class.from_url(self.url, timeout=self.plan.timeout, retry_max_s=2.0, **extra)
 
     def run(self):
-        """Cut (or with ``preseal``, release) every gateway's batches on schedule while the gateways' threads
-        deliver them; returns the report.
+        """Cut (or with ``preseal``, release) every gateway's batches on schedule while they are delivered (over
+        MQTT by one loop, over HTTP by the gateways' threads); returns the report.
 
         ``preseal``: every batch of the run is sealed before the clock starts (readings timed as planned from the
         moment sealing began), and the run only releases them on schedule. The sealing (SenML encoding and the
