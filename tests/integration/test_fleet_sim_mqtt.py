@@ -97,8 +97,9 @@ def test_a_broker_killed_and_restarted_mid_run_loses_no_acknowledged_batch(tmp_p
 
 @pytest.mark.timeout(60)
 def test_a_publish_the_broker_refuses_is_rejected_not_acknowledged(tmp_path):
-    """Mosquitto's ACL lets every gateway publish but sim-0001: its PUBACKs carry 0x87 (not authorized)."""
-    plan = Plan(3, 5.0, 5, 2.0, seed=1, boot=9, drain=10.0, timeout=2.0)
+    """Mosquitto's ACL lets every gateway publish but sim-0001: its PUBACKs carry 0x87 (not authorized). With
+    ``--preseal`` (each PUBLISH made before the run): what the broker accepted is what the consumer stores."""
+    plan = Plan(3, 5.0, 5, 2.0, seed=1, boot=9, drain=10.0, timeout=2.0, preseal=True)
     allowed = ["topic read $share/g/edge/+/batches", "topic read edge/+/batches"]
     allowed += ["topic write edge/sim-%04d/batches" % i for i in (0, 2)]
     rig = Rig(tmp_path, plan, Broker(tmp_path / "broker", acl=allowed).start())
