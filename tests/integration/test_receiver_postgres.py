@@ -237,7 +237,8 @@ def test_receive_refuses_a_database_it_cannot_open_and_hides_the_password(postgr
 # -- the schema ---------------------------------------------------------------------------------------------------
 def _catalog(conn):
     tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-    indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'records'")}
+    indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename IN "
+                                          "('readings', 'sensors')")}
     partitioned = {r[0] for r in conn.execute("SELECT c.relname FROM pg_partitioned_table p "
                                               "JOIN pg_class c ON c.oid = p.partrelid")}
     return tables, indexes, partitioned
@@ -247,9 +248,11 @@ def test_schema_is_built_from_an_empty_database_and_left_alone_at_a_second_start
     first = PostgresStorage.from_target(pg_url)
     try:
         tables, indexes, partitioned = _catalog(first.conn)
-        assert {"schema_version", "batches", "records_other", "conflicts", "commands", "command_outcomes"} <= tables
-        # (n, t) was dropped in version 5: every query names the gateway, so (gw, n, t) serves it
-        assert indexes == {"records_by_gw", "records_by_gw_name"} and partitioned == {"records"}
+        assert {"schema_version", "batches", "sensors", "readings_other", "conflicts", "commands",
+                "command_outcomes"} <= tables and "records" not in tables
+        # version 6: one index on the readings, (sid, t); the sensors' (gw, n) serves "a gateway's sensors"
+        assert indexes == {"readings_by_sid", "sensors_pkey", "sensors_by_gw_name"} and partitioned == {"readings"}
+        assert first.query("SELECT viewname FROM pg_views WHERE viewname = 'records'") == [("records",)]
         versions = first.query("SELECT version FROM schema_version ORDER BY version")
         from backend.receiver_pg import SCHEMA_VERSION
         assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)] and SCHEMA_VERSION >= 3
@@ -307,17 +310,19 @@ def test_readings_of_a_day_are_one_partition_and_index_lookups(pg_url, two_gw_tr
         parts = store.partitions()
         assert {day - 1, day} <= set(parts) and set(range(day, day + AHEAD_DAYS + 1)) <= set(parts)
         # each reading sits in its day's partition
-        got = store.query("SELECT tableoid::regclass::text, COUNT(*) FROM records GROUP BY 1 ORDER BY 1")
+        got = store.query("SELECT tableoid::regclass::text, COUNT(*) FROM readings GROUP BY 1 ORDER BY 1")
         assert got == [(partition_name(day - 1), 3), (partition_name(day), 6)]
         store.conn.execute("SET enable_seqscan = off")  # the tables are tiny: ask which plan the index gives
         one_day = store.query("EXPLAIN SELECT t, v FROM records WHERE gw = ? AND n = ? AND t >= ? AND t < ?",
                               (GW, GW + "/s1/temp", day * DAY, (day + 1) * DAY))
         plan = "\n".join(r[0] for r in one_day)
         assert partition_name(day) in plan and partition_name(day - 1) not in plan  # pruned to one partition
-        assert "Index" in plan and "gw_n_t_idx" in plan
+        # through the view: the sensor by its unique (gw, n), then a nested loop into (sid, t)
+        assert "Nested Loop" in plan and "sensors_by_gw_name" in plan and "sid_t_idx" in plan, plan
         last_hour = "\n".join(r[0] for r in store.query(
             "EXPLAIN SELECT * FROM records WHERE gw = ? AND t >= ?", (GW, NOW - 3600)))
-        assert "Index" in last_hour and "gw_t_idx" in last_hour
+        assert "Nested Loop" in last_hour and "sensors_by_gw_name" in last_hour and "sid_t_idx" in last_hour
+        assert "Seq Scan" not in plan + last_hour and partition_name(day - 1) not in last_hour, last_hour
     finally:
         rx.close()
 
@@ -333,15 +338,15 @@ def test_retention_drops_old_partitions_whole_and_keeps_new_data(pg_url, two_gw_
         assert rx.process(batch(signing_key, 2, t0=NOW + 2 * DAY))[0] == 201
         store = rx._store
         assert old_day in store.partitions()
-        assert store.query("SELECT COUNT(*) FROM records_other") == [(3,)]
+        assert store.query("SELECT COUNT(*) FROM readings_other") == [(3,)]
         now[0] = NOW  # five days later
         assert rx.process(batch(signing_key, 3, t0=NOW))[0] == 201
         parts = store.partitions()
         assert old_day not in parts and min(parts) >= NOW // DAY - 3  # dropped whole
         assert store.query("SELECT seq, COUNT(*) FROM records GROUP BY seq ORDER BY seq") == [(2, 3), (3, 3)]
         # the readings from ahead moved out of the default partition once their day came into the window
-        assert store.query("SELECT COUNT(*) FROM records_other") == [(0,)]
-        assert store.query("SELECT DISTINCT tableoid::regclass::text FROM records WHERE seq = 2") == [
+        assert store.query("SELECT COUNT(*) FROM readings_other") == [(0,)]
+        assert store.query("SELECT DISTINCT tableoid::regclass::text FROM readings WHERE seq = 2") == [
             (partition_name(int((NOW + 2 * DAY) // DAY)),)]
         # the dedup memory stays: the old batch is still a duplicate, not stored again
         assert rx.process(batch(signing_key, 1, t0=NOW - 5 * DAY))[0] == 200
