@@ -430,7 +430,8 @@ class PostgresStorage(Storage):
                 self._sid_count += 1
             lost = [key for key in missing if key[1] not in cache[key[0]]]
             if lost:  # only if someone deleted them in between
-                raise StorageError("receiver database %s: sensor %s/%s vanished from sensors" % (self.name, *lost[0]))
+                raise StorageError("receiver database %s: the sensor %s of %s vanished from table sensors"
+                                   % (self.name, lost[0][1], lost[0][0]))
         return cache
 
     @staticmethod

@@ -224,6 +224,54 @@ def test_two_receivers_on_one_database_store_each_batch_once(pg_url, two_gw_trus
             rx.close()
 
 
+def test_workers_adding_the_same_new_sensors_at_once_get_one_id_each(pg_url, two_gw_trust, signing_key):
+    """The sensor dictionary (schema 6) under concurrency. First, deterministic: another worker's INSERT of a name
+    is still uncommitted when this receiver needs the same name; it waits for it and then uses that row's id
+    (not a second row, not a missing id). Then four receivers with the same new names released together."""
+    name = GW + "/s1/held"
+    rx = Receiver(pg_url, two_gw_trust)
+    try:
+        with psycopg.connect(pg_url) as other, psycopg.connect(pg_url, autocommit=True) as watch:
+            held = other.execute("INSERT INTO sensors (gw, n) VALUES (%s, %s) RETURNING id", (GW, name)).fetchone()
+            answer = []
+            worker = threading.Thread(target=lambda: answer.append(rx.process(batch(signing_key, 1, name="held"))))
+            worker.start()
+            wait_until(lambda: watch.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                             "AND query LIKE 'INSERT INTO sensors%%'").fetchone()[0],
+                       what="the receiver waiting on the uncommitted sensor row")
+            other.commit()
+        worker.join(timeout=30)
+        assert answer and answer[0][0] == 201
+        assert rx.query("SELECT id FROM sensors WHERE n = ?", (name,)) == [held]
+        assert rx.query("SELECT n, v FROM records WHERE seq = 1 ORDER BY t") == [(name, 4.0), (name, 4.25),
+                                                                                (name, 4.5)]
+    finally:
+        rx.close()
+    receivers = [Receiver(pg_url, two_gw_trust) for _ in range(4)]
+    start, answers = threading.Barrier(4), []
+    try:
+        def run(i):
+            # the same three new names in each receiver's batch (its own seq): all three unknown to every receiver
+            readings = [Reading("s1", q, float(i), "Cel", 1_700_000_000.0 + k) for k, q in enumerate("abc")]
+            data = wire.sign(wire.encode_payload(GW, 1, 10 + i, True, senml.encode_records(readings, (), GW + "/")),
+                             signing_key)
+            start.wait(timeout=30)
+            answers.append(receivers[i].process(data)[0])
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert answers == [201] * 4
+        assert receivers[0].query("SELECT n, COUNT(*) FROM sensors WHERE n LIKE '%/s1/_' GROUP BY n ORDER BY n") == [
+            (GW + "/s1/" + q, 1) for q in "abc"]
+        assert receivers[0].query("SELECT seq, n, v FROM records WHERE seq >= 10 ORDER BY seq, n") == [
+            (10 + i, GW + "/s1/" + q, float(i)) for i in range(4) for q in "abc"]
+    finally:
+        for r in receivers:
+            r.close()
+
+
 def test_receive_refuses_a_database_it_cannot_open_and_hides_the_password(postgres, tmp_path, signing_key):
     jwks = tmp_path / "trust.jwks"
     jwks.write_text(json.dumps({"keys": [signing_key.jwk(GW)]}))
@@ -265,6 +313,45 @@ def test_schema_is_built_from_an_empty_database_and_left_alone_at_a_second_start
         assert _catalog(again.conn) == (tables, indexes, partitioned)
     finally:
         again.close()
+
+
+def test_a_version_5_database_moves_its_records_into_readings_and_keeps_them(pg_url):
+    """Schema 6 on a database with data: the rows of every old day partition and of the default partition come
+    back unchanged through the ``records`` view, each old day has its ``readings_`` partition, the old tables are
+    gone, and retention still drops whole partitions."""
+    from backend.receiver_pg import MIGRATIONS
+    day = NOW // DAY
+    rows = [(GW, 1, 1, GW + "/s1/temp", (day - 5) * DAY + 60.0, "Cel", 4.25, None, None, "4.25"),
+            (GW, 1, 2, GW + "/s1/temp", day * DAY + 1.5, "Cel", 4.5, None, None, "4.50"),
+            (GW, 1, 2, GW + "/s1/door", day * DAY + 2.0, None, None, "open", None, None),
+            ("gw-other", 3, 9, "gw-other/s2/ok", day * DAY + 3.0, None, None, None, 1, None),
+            (GW, 1, 3, GW + "/s1/temp", (day + 30) * DAY, "Cel", -0.5, None, None, "-0.5")]  # default partition
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_version (version integer PRIMARY KEY, applied timestamptz NOT NULL "
+                     "DEFAULT now())")
+        for version, statements in MIGRATIONS[:5]:
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+        for d in (day - 5, day):  # as version 5 named them
+            conn.execute("CREATE TABLE records_%s PARTITION OF records FOR VALUES FROM (%d) TO (%d)"
+                         % (partition_name(d)[9:], d * DAY, (d + 1) * DAY))
+        with conn.cursor().copy("COPY records (gw, boot, seq, n, t, u, v, vs, vb, v_exact) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    store = PostgresStorage.from_target(pg_url + "?retention_days=3")
+    try:
+        cols = "gw, boot, seq, n, t, u, v, vs, vb, CAST(v_exact AS TEXT)"
+        assert store.query("SELECT %s FROM records ORDER BY t" % cols) == rows
+        assert store.partitions() == [day - 5, day]
+        assert store.query("SELECT tableoid::regclass::text, COUNT(*) FROM readings GROUP BY 1 ORDER BY 1") == [
+            (partition_name(day - 5), 1), (partition_name(day), 3), ("readings_other", 1)]
+        assert store.query("SELECT COUNT(*) FROM pg_class WHERE relname LIKE 'records%'") == [(1,)]  # the view
+        assert store.query("SELECT n FROM sensors ORDER BY id") == [(n,) for n in sorted({r[3] for r in rows})]
+        assert store.drop_expired(NOW) == [partition_name(day - 5)]
+        assert store.query("SELECT %s FROM records ORDER BY t" % cols) == rows[1:]
+    finally:
+        store.close()
 
 
 def test_a_database_from_a_newer_receiver_is_refused(pg_url, tmp_path):
