@@ -25,6 +25,7 @@ import contextlib
 import datetime
 import logging
 import urllib.parse
+from decimal import Decimal, InvalidOperation
 
 import psycopg
 
@@ -144,8 +145,11 @@ INSERT_BATCHES = """INSERT INTO batches (gw, boot, seq, kid, clock, anchor_mono,
     SELECT * FROM unnest(%b::text[], %b::int8[], %b::int8[], %b::text[], %b::int2[], %b::float8[], %b::float8[],
                          %b::float8[], %b::int4[], %b::bytea[])
     ON CONFLICT (gw, boot, seq) DO NOTHING RETURNING gw, boot, seq"""
-#: text format: psycopg escapes each value in C, floats as their shortest exact text, the server parses them back
-COPY_RECORDS = "COPY readings (sid, boot, seq, t, u, v, vs, vb, v_exact) FROM STDIN"
+#: binary format: numbers go as their bytes, not as text the server parses back (``v_exact`` as a ``Decimal``,
+#: which keeps the scale: "21.50" stays 21.50). Against text COPY, measured on 200,000 rows of 100-record batches:
+#: server 2.2 instead of 2.5 us a row, client the same (1.6; the Decimal costs what the escaping saved)
+COPY_RECORDS = "COPY readings (sid, boot, seq, t, u, v, vs, vb, v_exact) FROM STDIN (FORMAT BINARY)"
+COPY_TYPES = ("int4", "int8", "int8", "float8", "text", "float8", "text", "int2", "numeric")
 
 #: the sensor dictionary: the names of a group not in the cache, inserted sorted (two workers adding the same new
 #: names never wait on each other in a cycle) in their own autocommit statement; then their ids are read by a second
@@ -381,12 +385,15 @@ class PostgresStorage(Storage):
                 with conn.transaction():
                     inserted = self._insert_group(conn, _group_args(group, received), INSERT_BATCHES)
                     with conn.cursor().copy(COPY_RECORDS) as copy:
+                        copy.set_types(COPY_TYPES)
                         write = copy.write_row
                         for _, head, _, rows, _, _, _ in group:
                             if head in inserted:
                                 ids = sids[head[0]]
                                 for r in rows:
-                                    write((ids[r[3]], r[1], r[2], r[4], r[5], r[6], r[7], r[8], r[9]))
+                                    e = r[9]
+                                    write((ids[r[3]], r[1], r[2], r[4], r[5], r[6], r[7], r[8],
+                                           None if e is None else Decimal(e)))
                     self._settle(conn, group, later, inserted, received, results)
                 return results
             args = _group_args(group, received, sids)
@@ -401,7 +408,7 @@ class PostgresStorage(Storage):
                 else:
                     with conn.transaction():
                         self._settle(conn, group, later, inserted, received, results)
-        except psycopg.Error as exc:
+        except (psycopg.Error, InvalidOperation) as exc:  # (text COPY: the server refused such a decimal)
             raise StorageError("receiver database %s: %s" % (self.name, exc)) from exc
         return results
 

@@ -49,8 +49,8 @@ def server(db_target, two_gw_trust):
 
 post = post_batch  # (status, body, Retry-After)
 
-def batch(key, seq, gw=GW, values=(4.0, 4.25, 4.5), t0=1_700_000_000.0, boot=1, name="temp"):
-    readings = [Reading("s1", name, v, "Cel", t0 + i) for i, v in enumerate(values)]
+def batch(key, seq, gw=GW, values=(4.0, 4.25, 4.5), t0=1_700_000_000.0, boot=1, name="temp", resolution=None):
+    readings = [Reading("s1", name, v, "Cel", t0 + i, resolution) for i, v in enumerate(values)]
     return wire.sign(wire.encode_payload(gw, boot, seq, True, senml.encode_records(readings, (), gw + "/")), key)
 
 
@@ -127,7 +127,7 @@ def test_a_group_commit_answers_each_batch_as_if_it_came_alone(db_target, two_gw
             status, verified, digest, signed = rx.check(data)
             assert status is None
             return verified, digest, signed
-        items = [checked(d) for d in (batch(signing_key, 3), batch(signing_key, 1), batch(signing_key, 2),
+        items = [checked(d) for d in (batch(signing_key, 3, resolution=0.01), batch(signing_key, 1), batch(signing_key, 2),
                                       batch(signing_key, 2), batch(signing_key, 2, values=(9.0,)),
                                       batch(other_key, 1, gw="gw-other"))]
         lax = checked(batch(signing_key, 4))
@@ -140,6 +140,9 @@ def test_a_group_commit_answers_each_batch_as_if_it_came_alone(db_target, two_gw
             ("gw-other", 1, 3), (GW, 1, 3), (GW, 2, 3), (GW, 3, 3)]
         assert rx.query("SELECT seq, COUNT(*) FROM records WHERE gw = ? GROUP BY seq ORDER BY seq", (GW,)) == [
             (1, 3), (2, 3), (3, 3)]
+        # the group's readings (PostgreSQL: binary COPY) keep their exact decimals, scale and all
+        assert rx.query("SELECT CAST(v_exact AS TEXT), v FROM records WHERE gw = ? AND seq = 3 ORDER BY t", (GW,)) == [
+            ("4.00", 4.0), ("4.25", 4.25), ("4.50", 4.5)]
         assert rx.query("SELECT seq FROM conflicts") == [(2,)]
         stats = rx.stats()
         assert (stats["stored"], stats["duplicates"], stats["conflicts"], stats["rejected"]) == (4, 2, 1, 1)
