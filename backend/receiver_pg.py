@@ -6,19 +6,22 @@ NOTHING``, so two receivers racing on one batch store it once, and the loser com
 conflict). psycopg's errors become ``StorageError`` here (the receiver answers 503, the gateway retries); a broken
 connection is reopened at the next batch.
 
-Readings go to ``records``, partitioned by day on ``t`` (declarative range partitions ``records_YYYYMMDD``,
-``[day, day + 1)`` in Unix seconds). A day's partition is created when a batch first needs it, and the next
-``AHEAD_DAYS`` days are created ahead, each in its own short transaction before the batch's. Times outside the
-window a partition may be made for (older than the retention, or more than ``AHEAD_DAYS`` ahead of the receiver's
-clock: a gateway whose clock is wrong) go to the default partition ``records_other``, so a bad clock cannot make
-thousands of tables; when the window reaches such a day, its rows move from the default partition into the new one
-in the same transaction. Retention (``retention_days``) drops whole day partitions; rows of the default partition
-older than the retention are deleted by row (they are the exception).
+Readings go to ``readings`` (schema 6), keyed by an integer sensor id ``sid`` from the dictionary ``sensors (id,
+gw, n)``; ``records`` is a view with the columns of every earlier version (``readings JOIN sensors``), so queries
+written for it keep working. ``store_many`` maps ``(gw, n)`` to ``sid`` through a bounded in-process cache
+(``_sensor_ids``). ``readings`` is partitioned by day on ``t`` (declarative range partitions
+``readings_YYYYMMDD``, ``[day, day + 1)`` in Unix seconds). A day's partition is created when a batch first needs
+it, and the next ``AHEAD_DAYS`` days are created ahead, each in its own short transaction before the batch's. Times
+outside the window a partition may be made for (older than the retention, or more than ``AHEAD_DAYS`` ahead of the
+receiver's clock: a gateway whose clock is wrong) go to the default partition ``readings_other``, so a bad clock
+cannot make thousands of tables; when the window reaches such a day, its rows move from the default partition into
+the new one in the same transaction. Retention (``retention_days``) drops whole day partitions; rows of the default
+partition older than the retention are deleted by row (they are the exception).
 
-Indexes: ``records (gw, n, t)`` ("one sensor over a day", and the read API: a gateway's names, a name's newest
-record) and ``records (gw, t)`` ("one gateway in the last hour"), declared on the parent, so every partition has
-them. Every reading writes both; version 5 dropped a third, ``(n, t)``, that no query needed (a sensor's name
-starts with its gateway's id, and every query names the gateway).
+Indexes: ``sensors_by_gw_name (gw, n)`` (unique: the id of a name, and a gateway's names) and ``readings (sid,
+t)``, declared on the parent, so every partition has it. "One sensor over a day" through the view is a seek of the
+first and a range of the second; version 6 replaced the two text indexes ``(gw, n, t)`` and ``(gw, t)`` of every
+reading by this one (docs/performance.md, "The backend at fleet scale").
 """
 
 import contextlib
