@@ -127,8 +127,8 @@ def test_a_group_commit_answers_each_batch_as_if_it_came_alone(db_target, two_gw
             status, verified, digest, signed = rx.check(data)
             assert status is None
             return verified, digest, signed
-        items = [checked(d) for d in (batch(signing_key, 3, resolution=0.01), batch(signing_key, 1), batch(signing_key, 2),
-                                      batch(signing_key, 2), batch(signing_key, 2, values=(9.0,)),
+        items = [checked(d) for d in (batch(signing_key, 3, resolution=0.01), batch(signing_key, 1),
+                                      batch(signing_key, 2), batch(signing_key, 2), batch(signing_key, 2, values=(9.0,)),
                                       batch(other_key, 1, gw="gw-other"))]
         lax = checked(batch(signing_key, 4))
         items.append((dataclasses.replace(lax[0], seq=1 << 63),) + lax[1:])  # what a lax verifier would pass
