@@ -202,6 +202,8 @@ class Storage(abc.ABC):
     # -- the read side (backend.readapi): lookups on the indexes, never a scan of the tables ----------------------
     #: the SQL expression of a reading's bucket number ``floor((t - t0) / width)`` (two ``?``: t0, width)
     BUCKET = "CAST((t - ?) / ? AS INTEGER)"
+    #: the rows of one name (two ``?``: gw, n) with the columns t, u, v, vs, vb, boot, seq
+    ONE_NAME = "records WHERE gw = ? AND n = ?"
 
     @abc.abstractmethod
     def _rows(self, sql, args=()):
@@ -253,27 +255,26 @@ class Storage(abc.ABC):
 
     def latest(self, gw, name, count=1):
         """The newest ``count`` records of one name, newest first: ``(t, u, v, vs, vb, boot, seq)`` (one seek)."""
-        return self._rows("SELECT t, u, v, vs, vb, boot, seq FROM records WHERE gw = ? AND n = ? "
-                          "ORDER BY t DESC LIMIT ?", (gw, name, int(count)))
+        return self._rows("SELECT t, u, v, vs, vb, boot, seq FROM %s ORDER BY t DESC LIMIT ?" % self.ONE_NAME,
+                          (gw, name, int(count)))
 
     def count(self, gw, name, t0, t1):
         """How many records of one name have ``t0 <= t <= t1`` (an index range)."""
-        return self._rows("SELECT COUNT(*) FROM records WHERE gw = ? AND n = ? AND t >= ? AND t <= ?",
-                          (gw, name, t0, t1))[0][0]
+        return self._rows("SELECT COUNT(*) FROM %s AND t >= ? AND t <= ?" % self.ONE_NAME, (gw, name, t0, t1))[0][0]
 
     def series(self, gw, name, t0, t1, limit):
         """Records of one name with ``t0 <= t <= t1``, oldest first, at most ``limit``: ``(t, v, vs, vb)``."""
-        return self._rows("SELECT t, v, vs, vb FROM records WHERE gw = ? AND n = ? AND t >= ? AND t <= ? "
-                          "ORDER BY t LIMIT ?", (gw, name, t0, t1, int(limit)))
+        return self._rows("SELECT t, v, vs, vb FROM %s AND t >= ? AND t <= ? ORDER BY t LIMIT ?" % self.ONE_NAME,
+                          (gw, name, t0, t1, int(limit)))
 
     def buckets(self, gw, name, t0, t1, width):
         """One name's numeric readings with ``t0 <= t <= t1`` in buckets of ``width`` seconds, oldest first:
         ``(bucket, n, t_min, t_max, v_avg, v_min, v_max)`` (one pass over the index range)."""
         value = "COALESCE(v, vb)"
         return self._rows(
-            "SELECT %s AS b, COUNT(*), MIN(t), MAX(t), AVG(%s), MIN(%s), MAX(%s) FROM records WHERE gw = ? AND n = ? "
+            "SELECT %s AS b, COUNT(*), MIN(t), MAX(t), AVG(%s), MIN(%s), MAX(%s) FROM %s "
             "AND t >= ? AND t <= ? AND %s IS NOT NULL GROUP BY b ORDER BY b" % (self.BUCKET, value, value, value,
-                                                                                value),
+                                                                                self.ONE_NAME, value),
             (t0, width, gw, name, t0, t1))
 
 

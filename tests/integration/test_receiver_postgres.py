@@ -49,8 +49,8 @@ def server(db_target, two_gw_trust):
 
 post = post_batch  # (status, body, Retry-After)
 
-def batch(key, seq, gw=GW, values=(4.0, 4.25, 4.5), t0=1_700_000_000.0, boot=1, name="temp"):
-    readings = [Reading("s1", name, v, "Cel", t0 + i) for i, v in enumerate(values)]
+def batch(key, seq, gw=GW, values=(4.0, 4.25, 4.5), t0=1_700_000_000.0, boot=1, name="temp", resolution=None):
+    readings = [Reading("s1", name, v, "Cel", t0 + i, resolution) for i, v in enumerate(values)]
     return wire.sign(wire.encode_payload(gw, boot, seq, True, senml.encode_records(readings, (), gw + "/")), key)
 
 
@@ -127,8 +127,8 @@ def test_a_group_commit_answers_each_batch_as_if_it_came_alone(db_target, two_gw
             status, verified, digest, signed = rx.check(data)
             assert status is None
             return verified, digest, signed
-        items = [checked(d) for d in (batch(signing_key, 3), batch(signing_key, 1), batch(signing_key, 2),
-                                      batch(signing_key, 2), batch(signing_key, 2, values=(9.0,)),
+        items = [checked(d) for d in (batch(signing_key, 3, resolution=0.01), batch(signing_key, 1),
+                                      batch(signing_key, 2), batch(signing_key, 2), batch(signing_key, 2, values=(9.0,)),
                                       batch(other_key, 1, gw="gw-other"))]
         lax = checked(batch(signing_key, 4))
         items.append((dataclasses.replace(lax[0], seq=1 << 63),) + lax[1:])  # what a lax verifier would pass
@@ -140,6 +140,9 @@ def test_a_group_commit_answers_each_batch_as_if_it_came_alone(db_target, two_gw
             ("gw-other", 1, 3), (GW, 1, 3), (GW, 2, 3), (GW, 3, 3)]
         assert rx.query("SELECT seq, COUNT(*) FROM records WHERE gw = ? GROUP BY seq ORDER BY seq", (GW,)) == [
             (1, 3), (2, 3), (3, 3)]
+        # the group's readings (PostgreSQL: binary COPY) keep their exact decimals, scale and all
+        assert rx.query("SELECT CAST(v_exact AS TEXT), v FROM records WHERE gw = ? AND seq = 3 ORDER BY t", (GW,)) == [
+            ("4.00", 4.0), ("4.25", 4.25), ("4.50", 4.5)]
         assert rx.query("SELECT seq FROM conflicts") == [(2,)]
         stats = rx.stats()
         assert (stats["stored"], stats["duplicates"], stats["conflicts"], stats["rejected"]) == (4, 2, 1, 1)
@@ -224,6 +227,54 @@ def test_two_receivers_on_one_database_store_each_batch_once(pg_url, two_gw_trus
             rx.close()
 
 
+def test_workers_adding_the_same_new_sensors_at_once_get_one_id_each(pg_url, two_gw_trust, signing_key):
+    """The sensor dictionary (schema 6) under concurrency. First, deterministic: another worker's INSERT of a name
+    is still uncommitted when this receiver needs the same name; it waits for it and then uses that row's id
+    (not a second row, not a missing id). Then four receivers with the same new names released together."""
+    name = GW + "/s1/held"
+    rx = Receiver(pg_url, two_gw_trust)
+    try:
+        with psycopg.connect(pg_url) as other, psycopg.connect(pg_url, autocommit=True) as watch:
+            held = other.execute("INSERT INTO sensors (gw, n) VALUES (%s, %s) RETURNING id", (GW, name)).fetchone()
+            answer = []
+            worker = threading.Thread(target=lambda: answer.append(rx.process(batch(signing_key, 1, name="held"))))
+            worker.start()
+            wait_until(lambda: watch.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                             "AND query LIKE 'INSERT INTO sensors%%'").fetchone()[0],
+                       what="the receiver waiting on the uncommitted sensor row")
+            other.commit()
+        worker.join(timeout=30)
+        assert answer and answer[0][0] == 201
+        assert rx.query("SELECT id FROM sensors WHERE n = ?", (name,)) == [held]
+        assert rx.query("SELECT n, v FROM records WHERE seq = 1 ORDER BY t") == [(name, 4.0), (name, 4.25),
+                                                                                (name, 4.5)]
+    finally:
+        rx.close()
+    receivers = [Receiver(pg_url, two_gw_trust) for _ in range(4)]
+    start, answers = threading.Barrier(4), []
+    try:
+        def run(i):
+            # the same three new names in each receiver's batch (its own seq): all three unknown to every receiver
+            readings = [Reading("s1", q, float(i), "Cel", 1_700_000_000.0 + k) for k, q in enumerate("abc")]
+            data = wire.sign(wire.encode_payload(GW, 1, 10 + i, True, senml.encode_records(readings, (), GW + "/")),
+                             signing_key)
+            start.wait(timeout=30)
+            answers.append(receivers[i].process(data)[0])
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert answers == [201] * 4
+        assert receivers[0].query("SELECT n, COUNT(*) FROM sensors WHERE n LIKE '%/s1/_' GROUP BY n ORDER BY n") == [
+            (GW + "/s1/" + q, 1) for q in "abc"]
+        assert receivers[0].query("SELECT seq, n, v FROM records WHERE seq >= 10 ORDER BY seq, n") == [
+            (10 + i, GW + "/s1/" + q, float(i)) for i in range(4) for q in "abc"]
+    finally:
+        for r in receivers:
+            r.close()
+
+
 def test_receive_refuses_a_database_it_cannot_open_and_hides_the_password(postgres, tmp_path, signing_key):
     jwks = tmp_path / "trust.jwks"
     jwks.write_text(json.dumps({"keys": [signing_key.jwk(GW)]}))
@@ -237,7 +288,8 @@ def test_receive_refuses_a_database_it_cannot_open_and_hides_the_password(postgr
 # -- the schema ---------------------------------------------------------------------------------------------------
 def _catalog(conn):
     tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-    indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'records'")}
+    indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename IN "
+                                          "('readings', 'sensors')")}
     partitioned = {r[0] for r in conn.execute("SELECT c.relname FROM pg_partitioned_table p "
                                               "JOIN pg_class c ON c.oid = p.partrelid")}
     return tables, indexes, partitioned
@@ -247,9 +299,11 @@ def test_schema_is_built_from_an_empty_database_and_left_alone_at_a_second_start
     first = PostgresStorage.from_target(pg_url)
     try:
         tables, indexes, partitioned = _catalog(first.conn)
-        assert {"schema_version", "batches", "records_other", "conflicts", "commands", "command_outcomes"} <= tables
-        # (n, t) was dropped in version 5: every query names the gateway, so (gw, n, t) serves it
-        assert indexes == {"records_by_gw", "records_by_gw_name"} and partitioned == {"records"}
+        assert {"schema_version", "batches", "sensors", "readings_other", "conflicts", "commands",
+                "command_outcomes"} <= tables and "records" not in tables
+        # version 6: one index on the readings, (sid, t); the sensors' (gw, n) serves "a gateway's sensors"
+        assert indexes == {"readings_by_sid", "sensors_pkey", "sensors_by_gw_name"} and partitioned == {"readings"}
+        assert first.query("SELECT viewname FROM pg_views WHERE viewname = 'records'") == [("records",)]
         versions = first.query("SELECT version FROM schema_version ORDER BY version")
         from backend.receiver_pg import SCHEMA_VERSION
         assert versions == [(v,) for v in range(1, SCHEMA_VERSION + 1)] and SCHEMA_VERSION >= 3
@@ -262,6 +316,45 @@ def test_schema_is_built_from_an_empty_database_and_left_alone_at_a_second_start
         assert _catalog(again.conn) == (tables, indexes, partitioned)
     finally:
         again.close()
+
+
+def test_a_version_5_database_moves_its_records_into_readings_and_keeps_them(pg_url):
+    """Schema 6 on a database with data: the rows of every old day partition and of the default partition come
+    back unchanged through the ``records`` view, each old day has its ``readings_`` partition, the old tables are
+    gone, and retention still drops whole partitions."""
+    from backend.receiver_pg import MIGRATIONS
+    day = NOW // DAY
+    rows = [(GW, 1, 1, GW + "/s1/temp", (day - 5) * DAY + 60.0, "Cel", 4.25, None, None, "4.25"),
+            (GW, 1, 2, GW + "/s1/temp", day * DAY + 1.5, "Cel", 4.5, None, None, "4.50"),
+            (GW, 1, 2, GW + "/s1/door", day * DAY + 2.0, None, None, "open", None, None),
+            ("gw-other", 3, 9, "gw-other/s2/ok", day * DAY + 3.0, None, None, None, 1, None),
+            (GW, 1, 3, GW + "/s1/temp", (day + 30) * DAY, "Cel", -0.5, None, None, "-0.5")]  # default partition
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_version (version integer PRIMARY KEY, applied timestamptz NOT NULL "
+                     "DEFAULT now())")
+        for version, statements in MIGRATIONS[:5]:
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+        for d in (day - 5, day):  # as version 5 named them
+            conn.execute("CREATE TABLE records_%s PARTITION OF records FOR VALUES FROM (%d) TO (%d)"
+                         % (partition_name(d)[9:], d * DAY, (d + 1) * DAY))
+        with conn.cursor().copy("COPY records (gw, boot, seq, n, t, u, v, vs, vb, v_exact) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    store = PostgresStorage.from_target(pg_url + "?retention_days=3")
+    try:
+        cols = "gw, boot, seq, n, t, u, v, vs, vb, CAST(v_exact AS TEXT)"
+        assert store.query("SELECT %s FROM records ORDER BY t" % cols) == rows
+        assert store.partitions() == [day - 5, day]
+        assert store.query("SELECT tableoid::regclass::text, COUNT(*) FROM readings GROUP BY 1 ORDER BY 1") == [
+            (partition_name(day - 5), 1), (partition_name(day), 3), ("readings_other", 1)]
+        assert store.query("SELECT COUNT(*) FROM pg_class WHERE relname LIKE 'records%'") == [(1,)]  # the view
+        assert store.query("SELECT n FROM sensors ORDER BY id") == [(n,) for n in sorted({r[3] for r in rows})]
+        assert store.drop_expired(NOW) == [partition_name(day - 5)]
+        assert store.query("SELECT %s FROM records ORDER BY t" % cols) == rows[1:]
+    finally:
+        store.close()
 
 
 def test_a_database_from_a_newer_receiver_is_refused(pg_url, tmp_path):
@@ -307,17 +400,19 @@ def test_readings_of_a_day_are_one_partition_and_index_lookups(pg_url, two_gw_tr
         parts = store.partitions()
         assert {day - 1, day} <= set(parts) and set(range(day, day + AHEAD_DAYS + 1)) <= set(parts)
         # each reading sits in its day's partition
-        got = store.query("SELECT tableoid::regclass::text, COUNT(*) FROM records GROUP BY 1 ORDER BY 1")
+        got = store.query("SELECT tableoid::regclass::text, COUNT(*) FROM readings GROUP BY 1 ORDER BY 1")
         assert got == [(partition_name(day - 1), 3), (partition_name(day), 6)]
         store.conn.execute("SET enable_seqscan = off")  # the tables are tiny: ask which plan the index gives
         one_day = store.query("EXPLAIN SELECT t, v FROM records WHERE gw = ? AND n = ? AND t >= ? AND t < ?",
                               (GW, GW + "/s1/temp", day * DAY, (day + 1) * DAY))
         plan = "\n".join(r[0] for r in one_day)
         assert partition_name(day) in plan and partition_name(day - 1) not in plan  # pruned to one partition
-        assert "Index" in plan and "gw_n_t_idx" in plan
+        # through the view: the sensor by its unique (gw, n), then a nested loop into (sid, t)
+        assert "Nested Loop" in plan and "sensors_by_gw_name" in plan and "sid_t_idx" in plan, plan
         last_hour = "\n".join(r[0] for r in store.query(
             "EXPLAIN SELECT * FROM records WHERE gw = ? AND t >= ?", (GW, NOW - 3600)))
-        assert "Index" in last_hour and "gw_t_idx" in last_hour
+        assert "Nested Loop" in last_hour and "sensors_by_gw_name" in last_hour and "sid_t_idx" in last_hour
+        assert "Seq Scan" not in plan + last_hour and partition_name(day - 1) not in last_hour, last_hour
     finally:
         rx.close()
 
@@ -333,15 +428,15 @@ def test_retention_drops_old_partitions_whole_and_keeps_new_data(pg_url, two_gw_
         assert rx.process(batch(signing_key, 2, t0=NOW + 2 * DAY))[0] == 201
         store = rx._store
         assert old_day in store.partitions()
-        assert store.query("SELECT COUNT(*) FROM records_other") == [(3,)]
+        assert store.query("SELECT COUNT(*) FROM readings_other") == [(3,)]
         now[0] = NOW  # five days later
         assert rx.process(batch(signing_key, 3, t0=NOW))[0] == 201
         parts = store.partitions()
         assert old_day not in parts and min(parts) >= NOW // DAY - 3  # dropped whole
         assert store.query("SELECT seq, COUNT(*) FROM records GROUP BY seq ORDER BY seq") == [(2, 3), (3, 3)]
         # the readings from ahead moved out of the default partition once their day came into the window
-        assert store.query("SELECT COUNT(*) FROM records_other") == [(0,)]
-        assert store.query("SELECT DISTINCT tableoid::regclass::text FROM records WHERE seq = 2") == [
+        assert store.query("SELECT COUNT(*) FROM readings_other") == [(0,)]
+        assert store.query("SELECT DISTINCT tableoid::regclass::text FROM readings WHERE seq = 2") == [
             (partition_name(int((NOW + 2 * DAY) // DAY)),)]
         # the dedup memory stays: the old batch is still a duplicate, not stored again
         assert rx.process(batch(signing_key, 1, t0=NOW - 5 * DAY))[0] == 200
