@@ -2,12 +2,14 @@
 subscription into one PostgreSQL, and the exactly-once check of what the fleet simulator had acknowledged.
 """
 
+import contextlib
 import json
 import os
 import subprocess
 
 from tests.support import reserve_port, wait_until
 from tests.support.faults import BIN, Receiver
+from tools.fleet_sim import read_acked
 
 
 def enrolled(tmp_path, gateways, seed, boot):
@@ -17,6 +19,35 @@ def enrolled(tmp_path, gateways, seed, boot):
     sim_args = ["fleet-sim", "--trust", trust, "--gateways", str(gateways), "--seed", str(seed), "--boot", str(boot)]
     subprocess.run([BIN] + sim_args + ["--enroll-only"], check=True, timeout=60, stdout=subprocess.DEVNULL)
     return trust, sim_args
+
+
+@contextlib.contextmanager
+def fleet_run(tmp_path, sim_args, broker, rate, records, seconds, *extra):
+    """``edge-gateway fleet-sim`` (``sim_args`` from ``enrolled``) over ``broker`` for ``seconds`` at ``rate``
+    batches a second of ``records`` readings each, ``extra`` arguments added; its report goes to
+    ``tmp_path/sim.json``, its acknowledged batches to ``tmp_path/acked.csv``. Yields the process; one still running
+    when the block ends is killed. ``sim_results`` reads what it wrote."""
+    with open(tmp_path / "sim.json", "wb") as out, open(tmp_path / "sim.err", "wb") as err:
+        sim = subprocess.Popen([BIN] + sim_args + [
+            "--uplink", broker.url + "/edge", "--rate", str(rate), "--records", str(records), "--duration",
+            str(seconds), *extra, "--drain", "30", "--acked", str(tmp_path / "acked.csv"), "--json"],
+            stdout=out, stderr=err)
+        try:
+            yield sim
+        finally:
+            if sim.poll() is None:
+                sim.kill()
+                sim.wait(10)
+
+
+def sim_finished(sim, tmp_path, timeout):
+    """Wait for ``fleet_run``'s simulator to exit 0 (its stderr's tail on failure)."""
+    assert sim.wait(timeout) == 0, (tmp_path / "sim.err").read_text()[-2000:]
+
+
+def sim_results(tmp_path):
+    """``(report, acked)`` of a ``fleet_run``: the simulator's JSON report and its acknowledged batches."""
+    return json.loads((tmp_path / "sim.json").read_text()), read_acked(str(tmp_path / "acked.csv"))
 
 
 def consuming(worker, starts):

@@ -7,19 +7,16 @@ the gateways are cut off for 20 s and reconnect with their backlog. Every batch 
 Wall time: about 60 s of simulation, a few seconds of drain, ~10 s of start and stop (bounded throughout).
 """
 
-import json
 import signal
-import subprocess
 import time
 
 import pytest
 
 from tests.support import wait_until
-from tests.support.faults import BIN
-from tests.support.fleet import assert_exactly_once, consuming, enrolled, final_stats, start_workers, stored
+from tests.support.fleet import (assert_exactly_once, consuming, enrolled, final_stats, fleet_run, sim_finished,
+                                 sim_results, start_workers, stored)
 from tests.support.mosquitto import Broker, have_mosquitto
 from tests.support.postgres import pg_url, postgres  # noqa: F401  (fixtures: a real PostgreSQL)
-from tools.fleet_sim import read_acked
 
 pytestmark = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed")
 
@@ -37,28 +34,18 @@ def test_fleet_over_shared_subscription_into_postgres(tmp_path, pg_url):  # noqa
     try:
         workers = start_workers(tmp_path, trust, broker, pg_url, 3, "fleet", "rx-fleet")
 
-        acked_file = str(tmp_path / "acked.csv")
-        with open(tmp_path / "sim.json", "wb") as out, open(tmp_path / "sim.err", "wb") as err:
-            sim = subprocess.Popen([BIN] + sim_args + [
-                "--uplink", broker.url + "/edge", "--rate", str(RATE), "--records", str(RECORDS), "--duration",
-                str(SECONDS), "--cut-share", str(CUT_SHARE), "--cut-at", str(CUT_AT), "--cut-for", str(CUT_FOR),
-                "--drain", "30", "--acked", acked_file, "--json"], stdout=out, stderr=err)
+        with fleet_run(tmp_path, sim_args, broker, RATE, RECORDS, SECONDS, "--cut-share", str(CUT_SHARE),
+                       "--cut-at", str(CUT_AT), "--cut-for", str(CUT_FOR)) as sim:
             start = time.monotonic()
             victim = workers[1]
-            try:
-                time.sleep(KILL_AT)  # the schedule under test: the kill lands during the storm's drain
-                victim.kill()
-                time.sleep(DOWN_FOR)  # the worker stays dead a while; the broker keeps its session
-                victim.start()
-                wait_until(lambda: consuming(victim, 2), 20, "the restarted worker subscribed")
-                assert sim.wait(SECONDS + 60) == 0, (tmp_path / "sim.err").read_text()[-2000:]
-            finally:
-                if sim.poll() is None:
-                    sim.kill()
-                    sim.wait(10)
+            time.sleep(KILL_AT)  # the schedule under test: the kill lands during the storm's drain
+            victim.kill()
+            time.sleep(DOWN_FOR)  # the worker stays dead a while; the broker keeps its session
+            victim.start()
+            wait_until(lambda: consuming(victim, 2), 20, "the restarted worker subscribed")
+            sim_finished(sim, tmp_path, SECONDS + 60)
         elapsed = time.monotonic() - start
-        report = json.loads((tmp_path / "sim.json").read_text())
-        acked = read_acked(acked_file)
+        report, acked = sim_results(tmp_path)
 
         # the simulator: everything it made was acknowledged; the outage happened and drained
         assert report["made"] == report["acked"] == len(acked) > GATEWAYS * SECONDS * RATE * 0.9

@@ -6,8 +6,6 @@ of the broker (the reason ``retire`` exists); the second retires one of three Po
 the middle of a fleet simulator's run and finds every acknowledged batch in the database exactly once.
 """
 
-import json
-import subprocess
 import threading
 import time
 
@@ -18,11 +16,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.support import wait_until
-from tests.support.faults import BIN
-from tests.support.fleet import assert_exactly_once, enrolled, final_stats, start_workers, stored
+from tests.support.fleet import (assert_exactly_once, enrolled, final_stats, fleet_run, sim_finished,
+                                 sim_results, start_workers, stored)
 from tests.support.mosquitto import Broker, have_mosquitto
 from tests.support.postgres import pg_url, postgres  # noqa: F401  (fixtures: a real PostgreSQL)
-from tools.fleet_sim import read_acked
 
 pytestmark = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed")
 
@@ -89,22 +86,12 @@ def test_a_worker_retired_mid_run_loses_nothing(tmp_path, pg_url):  # noqa: F811
     workers = []
     try:
         workers = start_workers(tmp_path, trust, broker, pg_url, 3, "fleet", "rx-retire")
-        acked_file = str(tmp_path / "acked.csv")
-        with open(tmp_path / "sim.json", "wb") as out, open(tmp_path / "sim.err", "wb") as err:
-            sim = subprocess.Popen([BIN] + sim_args + [
-                "--uplink", broker.url + "/edge", "--rate", str(RATE), "--records", str(RECORDS), "--duration",
-                str(SECONDS), "--drain", "30", "--acked", acked_file, "--json"], stdout=out, stderr=err)
-            try:
-                time.sleep(RETIRE_AT)  # the schedule under test: the retirement lands mid-run, under traffic
-                victim = workers[1]
-                assert victim.retire(60) == 0, open(victim.log_path).read()[-2000:]
-                assert sim.wait(SECONDS + 60) == 0, (tmp_path / "sim.err").read_text()[-2000:]
-            finally:
-                if sim.poll() is None:
-                    sim.kill()
-                    sim.wait(10)
-        report = json.loads((tmp_path / "sim.json").read_text())
-        acked = read_acked(acked_file)
+        with fleet_run(tmp_path, sim_args, broker, RATE, RECORDS, SECONDS) as sim:
+            time.sleep(RETIRE_AT)  # the schedule under test: the retirement lands mid-run, under traffic
+            victim = workers[1]
+            assert victim.retire(60) == 0, open(victim.log_path).read()[-2000:]
+            sim_finished(sim, tmp_path, SECONDS + 60)
+        report, acked = sim_results(tmp_path)
         assert report["made"] == report["acked"] == len(acked) > GATEWAYS * SECONDS * RATE * 0.9
 
         assert_exactly_once(acked, *stored(pg_url, BOOT, len(acked), timeout=30))
